@@ -1,0 +1,175 @@
+"""Grid axes and their expansion into jobs.
+
+An axis is a dotted key and a list of values; the jobs are the cartesian product of the axes.
+
+    seed                         the experiment seed (data split, initialisation, batching)
+    data.<key>, train.<key>      a section value, e.g. train.lr, train.early_stopping.patience
+    variants.<name>.<param>      one variant's model parameter
+    variants.*.<param>           that parameter of every variant whose model has it
+
+A job's key is a hash of its resolved configuration, so the same grid point always lands in the same
+folder and a changed hyperparameter makes a new job.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from moelab.config.schema import Field, Issue, _did_you_mean
+from moelab.config.sections import DATA, DATA_COMMON, TOP, TRAIN
+
+KEY_LENGTH = 12
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str
+    config: dict  # {"seed", "data", "train", "variants"}: everything the job's training reads
+    grid_values: dict  # axis -> value at this grid point
+
+
+def job_key(config: dict) -> str:
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def check_grid(raw_grid: dict, doc: dict, variants_ok: bool = True) -> tuple[dict, list[Issue]]:
+    grid, issues = {}, []
+    for axis, values in raw_grid.items():
+        where = f"grid.{axis}"
+        fields, problem = _axis_fields(str(axis), doc)
+        if problem:
+            if variants_ok or not str(axis).startswith("variants."):
+                issues.append(Issue(where, problem))
+            continue
+        if not isinstance(values, list) or not values:
+            issues.append(Issue(where, f"must be a non-empty list of values, got {values!r}"))
+            continue
+        axis_issues = []
+        checked = []
+        for i, value in enumerate(values):
+            for field in fields:
+                value_ok, found = field.check(value, f"{where}[{i}]")
+                axis_issues += found
+            checked.append(value_ok)
+            if axis == "data.name" and not axis_issues:
+                axis_issues += _check_dataset_name(value, f"{where}[{i}]")
+        if len({json.dumps(v, sort_keys=True) for v in checked}) != len(checked) and not axis_issues:
+            axis_issues.append(Issue(where, f"has repeated values {values!r}; each value makes its own jobs"))
+        issues += axis_issues
+        grid[axis] = checked
+    return grid, issues
+
+
+def _axis_fields(axis: str, doc: dict) -> tuple[list[Field], str | None]:
+    """The schema fields a grid axis sets, or why the axis is not allowed."""
+    from moelab.models import get_model_spec
+
+    allowed = "allowed axes: seed, data.<key>, train.<key>, variants.<name>.<param>, variants.*.<param>"
+    if axis == "seed":
+        return [TOP["seed"]], None
+    section, _, rest = axis.partition(".")
+    if section in ("data", "train"):
+        node: Any = DATA if section == "data" else TRAIN
+        for part in rest.split("."):
+            if not isinstance(node, dict) or part not in node:
+                options = list(node) if isinstance(node, dict) else []
+                return [], f"unknown key {part!r} in {section}{_did_you_mean(part, options)}; {allowed}"
+            node = node[part]
+        if isinstance(node, dict):
+            return [], f"{axis} is a section; name one of its keys: {', '.join(node)}"
+        return [node], None
+    if section == "variants":
+        name, _, param = rest.partition(".")
+        if not param or "." in param:
+            return [], f"variant axes look like variants.<name>.<param> or variants.*.<param>; {allowed}"
+        names = [v["name"] for v in doc["variants"]]
+        if name != "*" and name not in names:
+            return [], f"no variant named {name!r}{_did_you_mean(name, names)}; variants: {', '.join(names)}"
+        targets = [v for v in doc["variants"] if name in ("*", v["name"])]
+        fields = [get_model_spec(v["model"]).schema[param] for v in targets if param in get_model_spec(v["model"]).schema]
+        if not fields:
+            where = "no variant's model" if name == "*" else f"model {targets[0]['model']!r} of variant {name!r}"
+            return [], f"{where} has no parameter {param!r}"
+        return fields, None
+    return [], f"unknown grid axis {axis!r}; {allowed}"
+
+
+def _check_dataset_name(value: Any, where: str) -> list[Issue]:
+    from moelab.data import dataset_names
+
+    if value in dataset_names():
+        return []
+    return [Issue(where, f"unknown dataset {value!r}{_did_you_mean(value, dataset_names())}; known: {', '.join(dataset_names())}")]
+
+
+def expand(doc: dict) -> list[Job]:
+    base = {key: doc[key] for key in ("seed", "data", "train", "variants")}
+    axes = list(doc["grid"].items())
+    jobs = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        config = copy.deepcopy(base)
+        grid_values = {}
+        for (axis, _), value in zip(axes, combo):
+            _apply(config, axis, value)
+            grid_values[axis] = value
+        config["data"] = _dataset_keys(config["data"])
+        jobs.append(Job(job_key(config), config, grid_values))
+    return jobs
+
+
+def _apply(config: dict, axis: str, value: Any) -> None:
+    if axis == "seed":
+        config["seed"] = value
+        return
+    section, _, rest = axis.partition(".")
+    if section == "variants":
+        name, _, param = rest.partition(".")
+        for variant in config["variants"]:
+            if name in ("*", variant["name"]) and param in variant:
+                variant[param] = value
+        return
+    node = config[section]
+    parts = rest.split(".")
+    for part in parts[:-1]:
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def _dataset_keys(data: dict) -> dict:
+    """Keep only the data keys the dataset reads, so unrelated defaults never change a job's key."""
+    from moelab.data import get_dataset_spec
+
+    used = set(DATA_COMMON) | set(get_dataset_spec(data["name"]).options)
+    return {k: v for k, v in data.items() if k in used}
+
+
+def check_jobs(doc: dict) -> list[Issue]:
+    """Checks that need resolved grid points: cross-parameter limits and dataset files on disk."""
+    from moelab.data import get_dataset_spec
+    from moelab.models import get_model_spec
+
+    issues: list[Issue] = []
+    seen: set[str] = set()
+    checked_data: set[str] = set()
+    for job in expand(doc):
+        point = ", ".join(f"{k}={v}" for k, v in job.grid_values.items() if k != "seed")
+        at = f" (at grid point {point})" if point else ""
+        for variant in job.config["variants"]:
+            params = {k: v for k, v in variant.items() if k not in ("name", "model")}
+            for problem in get_model_spec(variant["model"]).check(params):
+                message = f"variants.{variant['name']}: {problem}{at}"
+                if message not in seen:
+                    seen.add(message)
+                    issues.append(Issue(f"variants.{variant['name']}", f"{problem}{at}"))
+        data_text = json.dumps(job.config["data"], sort_keys=True)
+        if data_text not in checked_data:
+            checked_data.add(data_text)
+            for problem in get_dataset_spec(job.config["data"]["name"]).check(job.config["data"]):
+                issues.append(Issue("data", problem))
+    return issues

@@ -1,0 +1,168 @@
+"""A small declarative schema: typed fields with defaults, ranges and choices, checked all at once.
+
+Each check returns `Issue`s (a key path and what is wrong or allowed) instead of raising, so the user
+sees every problem in an experiment file in one go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+REQUIRED = object()
+PATH_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class Issue:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+@dataclass(frozen=True)
+class Field:
+    """One scalar or list value. `kind` is int, float, str, bool, list or dict."""
+
+    kind: type
+    default: Any = REQUIRED
+    min: float | None = None
+    max: float | None = None
+    exclusive_min: bool = False
+    choices: tuple | None = None
+    nullable: bool = False
+    item_kind: type | None = None  # element type for lists
+    pattern: re.Pattern | None = None
+    help: str = ""
+    extra_check: Callable[[Any], str | None] | None = None
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        else:
+            text = _KIND_WORDS[self.kind]
+            if self.kind is list and self.item_kind is not None:
+                text += f" of {_KIND_WORDS[self.item_kind]}s"
+            if self.min is not None:
+                text += f" {'>' if self.exclusive_min else '>='} {self.min}"
+            if self.max is not None:
+                text += f" <= {self.max}"
+            if self.pattern is PATH_SAFE:
+                text += " made of letters, digits, '.', '_' and '-' (a safe directory name)"
+        if self.nullable:
+            text += " or null"
+        return text
+
+    def check(self, value: Any, path: str) -> tuple[Any, list[Issue]]:
+        if value is None:
+            if self.nullable:
+                return None, []
+            return None, [Issue(path, f"must be {self.describe()}, got null")]
+        converted = _convert(self.kind, value)
+        if converted is _INVALID:
+            return None, [Issue(path, f"must be {self.describe()}, got {value!r} ({_type_name(value)})")]
+        value = converted
+        if self.kind is list and self.item_kind is not None:
+            items = [_convert(self.item_kind, v) for v in value]
+            bad = [v for v, c in zip(value, items) if c is _INVALID]
+            if bad:
+                return None, [Issue(path, f"must be {self.describe()}, got {bad[0]!r} in the list")]
+            value = items
+        if self.choices is not None and value not in self.choices:
+            return None, [Issue(path, f"must be {self.describe()}, got {value!r}{_did_you_mean(value, self.choices)}")]
+        if self.min is not None and (value < self.min or (self.exclusive_min and value == self.min)):
+            return None, [Issue(path, f"must be {self.describe()}, got {value!r}")]
+        if self.max is not None and value > self.max:
+            return None, [Issue(path, f"must be {self.describe()}, got {value!r}")]
+        if self.pattern is not None and not self.pattern.match(value):
+            return None, [Issue(path, f"must be {self.describe()}, got {value!r}")]
+        if self.extra_check is not None:
+            problem = self.extra_check(value)
+            if problem:
+                return None, [Issue(path, problem)]
+        return value, []
+
+
+Section = dict  # name -> Field | Section
+
+
+def check_section(schema: Section, doc: Any, path: str) -> tuple[dict, list[Issue]]:
+    """Fill defaults and check every key of `doc` against `schema`, collecting all issues."""
+    issues: list[Issue] = []
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        return {}, [Issue(path, f"must be a mapping of keys to values, got {_type_name(doc)}")]
+    resolved: dict = {}
+    for key, value in doc.items():
+        if key not in schema:
+            issues.append(Issue(join(path, str(key)), unknown_key_message(str(key), schema)))
+    for key, spec in schema.items():
+        sub = join(path, key)
+        if isinstance(spec, dict):
+            resolved[key], found = check_section(spec, doc.get(key), sub)
+            issues += found
+        elif key in doc:
+            resolved[key], found = spec.check(doc[key], sub)
+            issues += found
+        elif spec.default is REQUIRED:
+            issues.append(Issue(sub, f"is required: {spec.describe()}"))
+        else:
+            resolved[key] = spec.default
+    return resolved, issues
+
+
+def section_from_dataclass(cls: type) -> Section:
+    """Turn a params dataclass (defaults + `metadata` with min/max/choices/help) into a Section."""
+    section: Section = {}
+    for f in dataclasses.fields(cls):
+        meta = dict(f.metadata)
+        kind = meta.pop("kind", f.type if isinstance(f.type, type) else _KINDS_BY_NAME[str(f.type)])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        section[f.name] = Field(kind=kind, default=default, **meta)
+    return section
+
+
+def unknown_key_message(key: str, schema: dict) -> str:
+    allowed = ", ".join(schema)
+    return f"unknown key{_did_you_mean(key, list(schema))}; allowed keys here: {allowed}"
+
+
+def join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _did_you_mean(value: Any, options) -> str:
+    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_INVALID = object()
+_KIND_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a mapping"}
+_KINDS_BY_NAME = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
+
+
+def _convert(kind: type, value: Any) -> Any:
+    if kind is bool:
+        return value if isinstance(value, bool) else _INVALID
+    if kind is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _INVALID
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML reads `1e-3` (no dot) as a string; accept what is plainly a number
+        if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value.strip()):
+            return float(value)
+        return _INVALID
+    return value if isinstance(value, kind) else _INVALID
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer", float: "a number"}.get(
+        type(value), type(value).__name__
+    )

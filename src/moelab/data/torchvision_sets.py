@@ -1,0 +1,72 @@
+"""MNIST, Fashion-MNIST and CIFAR-10 through torchvision's own dataset classes, from `data.root`.
+
+Nothing is downloaded: the files must already be in torchvision's on-disk layout (data/README.md).
+The official training set is split into train/val by the seed; the official test set is the test set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+from moelab.data.registry import CLASSIFICATION, DatasetSpec, TaskData, register
+from moelab.data.splits import standardise, stratified_split, subsample
+
+README_HINT = "see data/README.md for how to put the files there (no download happens at run time)"
+
+
+def _expected_location(cls: type, root: str) -> Path:
+    folder = getattr(cls, "base_folder", None)  # CIFAR: <root>/cifar-10-batches-py
+    return Path(root) / folder if folder else Path(root) / cls.__name__ / "raw"
+
+
+def _open(cls: type, root: str, train: bool):
+    try:
+        return cls(root=root, train=train, download=False)
+    except RuntimeError as error:  # torchvision: "Dataset not found or corrupted"
+        raise FileNotFoundError(
+            f"{cls.__name__} files not found or corrupt in {_expected_location(cls, root)} ({error}); {README_HINT}"
+        ) from None
+
+
+def _arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
+    data = dataset.data
+    data = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+    if data.ndim == 4:  # CIFAR stores N x H x W x C
+        data = data.transpose(0, 3, 1, 2)
+    targets = dataset.targets
+    targets = targets.numpy() if isinstance(targets, torch.Tensor) else np.asarray(targets)
+    return data.astype(np.float32) / 255.0, targets.astype(np.int64)
+
+
+def _spec(name: str, cls: type, channels: int, description: str) -> DatasetSpec:
+    def check(cfg: dict) -> list[str]:
+        problems = []
+        for train in (True, False):
+            try:
+                _open(cls, cfg["root"], train)
+            except FileNotFoundError as error:
+                problems.append(str(error))
+                break
+        return problems
+
+    def load(cfg: dict, seed: int) -> TaskData:
+        x_full, y_full = _arrays(_open(cls, cfg["root"], train=True))
+        x_test, y_test = _arrays(_open(cls, cfg["root"], train=False))
+        train, val = stratified_split(y_full, cfg["val_fraction"], seed)
+        train = train[subsample(y_full[train], cfg["max_train_samples"], seed)]
+        flat = lambda a: torch.from_numpy(a.reshape(len(a), -1))
+        xs = standardise(flat(x_full[train]), flat(x_full[val]), flat(x_test), per_channel=channels)
+        ys = [torch.from_numpy(y) for y in (y_full[train], y_full[val], y_test)]
+        return TaskData(CLASSIFICATION, xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], d_out=10,
+                        info={"image_shape": list(x_test.shape[1:])})
+
+    return DatasetSpec(name, CLASSIFICATION, (), check, load, description)
+
+
+register(_spec("mnist", torchvision.datasets.MNIST, 1, "MNIST handwritten digits, torchvision format"))
+register(_spec("fashion_mnist", torchvision.datasets.FashionMNIST, 1, "Fashion-MNIST, torchvision format"))
+register(_spec("cifar10", torchvision.datasets.CIFAR10, 3, "CIFAR-10, torchvision format"))

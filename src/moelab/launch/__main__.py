@@ -1,0 +1,5 @@
+import sys
+
+from moelab.launch.cli import main
+
+sys.exit(main())

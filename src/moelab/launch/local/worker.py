@@ -1,0 +1,38 @@
+"""A worker process: import torch once, then run jobs from a queue until told to stop.
+
+This module must not import torch at the top: the GPU a worker may see is set in its environment
+before torch is first imported.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import traceback
+from dataclasses import asdict
+
+
+def worker_main(worker_id: int, gpu: int | None, threads: int, tasks, results) -> None:
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    # a terminate() from the launcher ends the job like Ctrl-C: status written, checkpoint kept
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        from moelab.train.job import JobOutcome, run_job
+
+        while (task := tasks.get()) is not None:
+            key, job_dir, fresh = task
+            results.put(("started", worker_id, key))
+            try:
+                outcome = run_job(job_dir, fresh=fresh)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as error:  # run_job records variant errors itself; this is the rest
+                outcome = JobOutcome(key, "failed", errors={"job": f"{type(error).__name__}: {error}"})
+                traceback.print_exc()
+            results.put(("finished", worker_id, key, asdict(outcome)))
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,85 @@
+"""Crash-safe file primitives for the experiments tree.
+
+Every file a reader may look at is replaced atomically (a temp file in the same directory, then
+os.replace), so a reader or a killed writer never sees half a JSON document.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
+    """Write `path` by calling `write(file)` on a temp file that then replaces it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
+    atomic_write(path, lambda f: f.write(text))
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text))
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    text = "".join(json.dumps(r, default=_json_default) + "\n" for r in rows)
+    atomic_write(path, lambda f: f.write(text))
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    """Append one line with a single write() call, so a line is either whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(row, default=_json_default) + "\n"
+    with open(path, "a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_json(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_jsonl(path: Path, on_bad_line: Callable[[int, str], None] | None = None) -> list[dict]:
+    """Read a JSON-lines file; a torn or corrupt line is reported to `on_bad_line` and skipped."""
+    return list(_iter_jsonl(path, on_bad_line))
+
+
+def _iter_jsonl(path: Path, on_bad_line) -> Iterator[dict]:
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                if on_bad_line is not None:
+                    on_bad_line(number, line)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):  # numpy and torch scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,248 @@
+"""Train one variant of a job: the epoch loop, early stopping, checkpoints, resume, test results.
+
+Read top to bottom: `train_variant` is the whole story; the helpers below it do one thing each.
+The full training state is checkpointed atomically after every epoch (weights/last.pt), so an
+interrupted variant resumes from its last finished epoch and ends exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from moelab.data import TaskData
+from moelab.models import build_model, count_parameters
+from moelab.results.io import atomic_write, write_json, write_jsonl, append_jsonl
+from moelab.results.tree import VariantTree
+from moelab.train.tasks import TASKS, batch_stats, finish_metrics
+
+
+class StopRequested(Exception):
+    """Raised between epochs when the caller asked to stop; the checkpoint is already on disk."""
+
+
+@dataclass
+class EarlyStopping:
+    patience: int
+    min_delta: float
+    best: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record this epoch's validation metric (higher is better); True when it is a new best."""
+        if value > self.best + self.min_delta or self.best_epoch < 0:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+
+def train_variant(
+    variant: dict,
+    data: TaskData,
+    train_cfg: dict,
+    seed: int,
+    out: VariantTree,
+    device: torch.device,
+    stop_requested: Callable[[], bool] = lambda: False,
+    on_epoch: Callable[[dict], None] = lambda row: None,
+) -> dict:
+    task = TASKS[data.task]
+    params = {k: v for k, v in variant.items() if k not in ("name", "model")}
+    torch.manual_seed(seed)  # every variant of a job starts from the same seed: paired comparisons
+    model = build_model(variant["model"], data.d_in, data.d_out, params).to(device)
+    optimizer = make_optimizer(model, train_cfg)
+    scheduler = make_scheduler(optimizer, train_cfg)
+    shuffle = torch.Generator().manual_seed(seed)
+    stopper = EarlyStopping(train_cfg["early_stopping"]["patience"], train_cfg["early_stopping"]["min_delta"])
+    history: list[dict] = []
+    start_epoch = 0
+    if out.last_checkpoint.is_file():
+        start_epoch, history = load_checkpoint(out, model, optimizer, scheduler, shuffle, stopper, device)
+        write_jsonl(out.metrics_file, history)  # drop lines written after the checkpoint
+    elif out.metrics_file.exists():
+        out.metrics_file.unlink()
+
+    for epoch in range(start_epoch, train_cfg["epochs"]):
+        if stopper.should_stop:
+            break
+        started = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train = train_one_epoch(model, data, task, optimizer, shuffle, train_cfg, data.task)
+        val = evaluate(model, data.x_val, data.y_val, data.task, train_cfg["eval_batch_size"])
+        scheduler.step()
+        improved = stopper.update(val[task.primary], epoch)
+        row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
+               "lr": lr, "seconds": time.perf_counter() - started}
+        history.append(row)
+        append_jsonl(out.metrics_file, row)
+        if improved:
+            save_atomic(out.best_weights, model.state_dict())
+        save_checkpoint(out, epoch + 1, model, optimizer, scheduler, shuffle, stopper, history)
+        on_epoch(row)
+        if stop_requested() and not stopper.should_stop and epoch + 1 < train_cfg["epochs"]:
+            raise StopRequested(f"stopped after epoch {epoch} on request; resumes from the checkpoint")
+
+    model.load_state_dict(torch.load(out.best_weights, map_location=device, weights_only=True))
+    results = test_results(model, data, train_cfg, task)
+    if data.render_inputs is not None:
+        save_rendering(model, data, train_cfg, out)
+    results = {
+        "variant": variant["name"], "model": variant["model"], "params": params, "task": data.task,
+        "metric": task.primary, "num_parameters": count_parameters(model),
+        "epochs_trained": len(history), "best_epoch": stopper.best_epoch, "stopped_early": stopper.should_stop,
+        f"best_val_{task.primary}": stopper.best, **results,
+        "train_seconds": sum(r["seconds"] for r in history), "device": str(device),
+    }
+    if not train_cfg["save_weights"]:
+        out.best_weights.unlink()
+    write_json(out.results_file, results)  # written last: the variant's completion marker
+    return results
+
+
+def train_one_epoch(model, data: TaskData, task, optimizer, shuffle, train_cfg, task_name) -> dict:
+    model.train()
+    x, y = data.x_train, data.y_train
+    order = torch.randperm(len(x), generator=shuffle).to(x.device)
+    sums: dict[str, torch.Tensor] = {}
+    loss_sum = torch.zeros((), device=x.device)
+    for start in range(0, len(x), train_cfg["batch_size"]):
+        index = order[start : start + train_cfg["batch_size"]]
+        out = model(x[index])
+        task_loss = task.loss(out.y, y[index])
+        loss = task_loss + sum(out.aux_losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if train_cfg["grad_clip"]:
+            nn.utils.clip_grad_norm_(model.parameters(), train_cfg["grad_clip"])
+        optimizer.step()
+        n = len(index)
+        loss_sum += task_loss.detach() * n
+        batch = batch_stats(task_name, out.y.detach(), y[index])
+        for name, value in out.aux_losses.items():
+            batch[f"aux_{name}"] = value.detach() * n
+        if out.gate_probs is not None:
+            chosen = out.expert_index[:, 0] if out.expert_index is not None else out.gate_probs.argmax(dim=1)
+            batch["expert_count"] = torch.bincount(chosen, minlength=out.gate_probs.shape[1]).float()
+            batch["gate_prob_sum"] = out.gate_probs.detach().sum(dim=0)
+        for name, value in batch.items():
+            sums[name] = sums[name] + value if name in sums else value
+    count = len(x)
+    host = {k: v.tolist() for k, v in sums.items()}  # one transfer per epoch
+    row = {"loss": loss_sum.item() / count, **finish_metrics(task_name, host, count)}
+    row.update({k: v / count for k, v in host.items() if k.startswith("aux_")})
+    if "expert_count" in host:
+        row["expert_load"] = [c / count for c in host["expert_count"]]
+        row["gate_mean"] = [p / count for p in host["gate_prob_sum"]]
+    return row
+
+
+@torch.no_grad()
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, task_name: str, batch_size: int) -> dict:
+    model.eval()
+    task = TASKS[task_name]
+    loss_sum = torch.zeros((), device=x.device)
+    sums: dict[str, torch.Tensor] = {}
+    for start in range(0, len(x), batch_size):
+        out = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        loss_sum += task.loss(out.y, target) * len(target)
+        for name, value in batch_stats(task_name, out.y, target).items():
+            sums[name] = sums[name] + value if name in sums else value
+    host = {k: v.item() for k, v in sums.items()}
+    return {"loss": loss_sum.item() / len(x), **finish_metrics(task_name, host, len(x))}
+
+
+def test_results(model, data: TaskData, train_cfg: dict, task) -> dict:
+    """Test metrics with the model's own inference routing, then under each extra routing mode."""
+    started = time.perf_counter()
+    results = {f"test_{k}": v for k, v in evaluate(model, data.x_test, data.y_test, data.task, train_cfg["eval_batch_size"]).items()}
+    results["test_seconds"] = time.perf_counter() - started
+    for mode in model.routing_modes():
+        with model.use_routing(mode):
+            started = time.perf_counter()
+            scores = evaluate(model, data.x_test, data.y_test, data.task, train_cfg["eval_batch_size"])
+            results.update({f"test_{k}@{mode}": v for k, v in scores.items()})
+            results[f"test_seconds@{mode}"] = time.perf_counter() - started
+    return results
+
+
+@torch.no_grad()
+def save_rendering(model, data: TaskData, train_cfg: dict, out: VariantTree) -> None:
+    """Save the model's prediction for every pixel as reconstruction.png (image_fit)."""
+    import matplotlib.image
+
+    model.eval()
+    bs = train_cfg["eval_batch_size"]
+    pixels = torch.cat([model(data.render_inputs[i : i + bs]).y for i in range(0, len(data.render_inputs), bs)])
+    image = pixels.clamp(0, 1).reshape(data.image_shape).cpu().numpy()
+    atomic_write(out.path / "reconstruction.png", lambda f: matplotlib.image.imsave(f, image, format="png"), mode="wb")
+
+
+def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    cls = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+
+
+def make_scheduler(optimizer, cfg: dict) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-epoch learning-rate factor: linear warmup, then constant, cosine to zero, or x0.1 steps."""
+    epochs, warmup = cfg["epochs"], cfg["warmup_epochs"]
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup:
+            return (epoch + 1) / (warmup + 1)
+        if cfg["schedule"] == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / max(1, epochs - warmup)))
+        if cfg["schedule"] == "step":
+            return 0.1 ** ((epoch - warmup) // cfg["step_every"])
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def save_atomic(path, obj) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
+
+
+def save_checkpoint(out: VariantTree, next_epoch, model, optimizer, scheduler, shuffle, stopper, history) -> None:
+    state = {
+        "next_epoch": next_epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "early_stopping": asdict(stopper), "history": history,
+        "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+    }
+    save_atomic(out.last_checkpoint, state)
+
+
+def load_checkpoint(out: VariantTree, model, optimizer, scheduler, shuffle, stopper, device) -> tuple[int, list[dict]]:
+    state = torch.load(out.last_checkpoint, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    for key, value in state["early_stopping"].items():
+        setattr(stopper, key, value)
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    shuffle.set_state(state["rng"]["shuffle"].cpu())
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+    return state["next_epoch"], state["history"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is {name!r} but no CUDA device is visible on this machine")
+    return torch.device(name)
