@@ -79,7 +79,8 @@ def _axis_fields(axis: str, doc: dict) -> tuple[list[Field], str | None]:
         for part in rest.split("."):
             if not isinstance(node, dict) or part not in node:
                 options = list(node) if isinstance(node, dict) else []
-                return [], f"unknown key {part!r} in {section}{_did_you_mean(part, options)}; {allowed}"
+                return [], (f"unknown key {part!r} in {section}{_did_you_mean(part, options)}; "
+                            f"keys there: {', '.join(options)}")
             node = node[part]
         if isinstance(node, dict):
             return [], f"{axis} is a section; name one of its keys: {', '.join(node)}"

@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 
 from moelab.report import plots
-from moelab.report.tables import summarise, to_markdown
+from moelab.report.tables import compact, group_columns, summarise, to_markdown
 from moelab.results import collect
 from moelab.results.io import atomic_write, write_text
 from moelab.results.status import DONE
@@ -44,7 +44,8 @@ def _write_one(path: Path) -> Path:
         reason = draw(out / name)
         if reason:
             skipped[name] = reason
-    write_text(out / "summary.md", _markdown(path.name, table, notes, skipped))
+    readable = compact(table, group_columns(runs, axes) if not runs.empty else [], metric)
+    write_text(out / "summary.md", _markdown(path.name, readable, notes, skipped))
     print(f"{path}: {int((runs['state'] == DONE).sum()) if not runs.empty else 0} of {len(runs)} runs finished")
     print(f"  tables: {out / 'summary.csv'}, {out / 'summary.md'}, {out / 'runs.csv'}")
     drawn = [name for name in ("learning_curves.png", f"test_{metric}.png", "params_vs_metric.png") if name not in skipped]
@@ -58,7 +59,8 @@ def _write_one(path: Path) -> Path:
 
 
 def _markdown(name: str, table, notes: list[str], skipped: dict[str, str]) -> str:
-    parts = [f"# {name}: summary\n", "Grouped by variant and grid values (seeds pooled): mean, std, n.\n", to_markdown(table)]
+    parts = [f"# {name}: summary\n", "Grouped by variant and grid values (seeds pooled): mean ± std over n runs; "
+             "every column, with std, is in summary.csv.\n\n", to_markdown(table)]
     if notes:
         parts += ["\n## Unfinished, failed or unreadable\n"] + [f"- {n}\n" for n in notes]
     if skipped:

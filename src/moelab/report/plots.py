@@ -25,16 +25,22 @@ def learning_curves(curves: pd.DataFrame, grid_axes: list[str], metric: str, pat
     for col, (label, part) in enumerate(points):
         for variant, rows in part.groupby("variant", sort=False):
             for row_index, (value, ylabel) in enumerate(((column, f"validation {metric}"), ("train_loss", "training loss"))):
-                stats = rows.groupby("epoch")[value].agg(["mean", "std"]).fillna(0.0)
+                stats = rows.groupby("epoch")[value].agg(["mean", "std", "count"])
+                stats["std"] = stats["std"].fillna(0.0)
                 ax = axes[row_index][col]
-                ax.plot(stats.index, stats["mean"], label=variant)
-                ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.2)
+                # solid while every seed still trains; dashed once early stopping has ended some runs
+                full = stats[stats["count"] == stats["count"].max()]
+                line, = ax.plot(full.index, full["mean"], label=variant)
+                ax.fill_between(full.index, full["mean"] - full["std"], full["mean"] + full["std"], alpha=0.2, color=line.get_color())
+                tail = stats.loc[full.index.max():]
+                if len(tail) > 1:
+                    ax.plot(tail.index, tail["mean"], linestyle="--", linewidth=0.8, color=line.get_color())
                 ax.set_ylabel(ylabel)
         axes[0][col].set_title(label or "all runs", fontsize=9)
         axes[1][col].set_xlabel("epoch")
         axes[1][col].set_yscale("log")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"Learning curves (mean ± std over seeds)")
+    fig.suptitle("Learning curves (mean ± std over seeds; dashed: after early stopping ended some seeds)", fontsize=10)
     _save(fig, path)
     return None
 
@@ -93,8 +99,15 @@ def _points(frame: pd.DataFrame, keys: list[str]) -> list[tuple[str, pd.DataFram
     points = []
     for point, part in labelled.groupby("_point", sort=False):
         first = part.iloc[0]
-        points.append((", ".join(f"{k}={first[k]}" for k in keys), part))
+        points.append((", ".join(f"{axis_label(k)}={first[k]}" for k in keys), part))
     return points
+
+
+def axis_label(axis: str) -> str:
+    """variants.*.num_experts -> num_experts; variants.moe.k -> moe.k; train.lr stays."""
+    if axis.startswith("variants.*."):
+        return axis[len("variants.*."):]
+    return axis[len("variants."):] if axis.startswith("variants.") else axis
 
 
 def _save(fig, path: Path) -> None:

@@ -34,6 +34,21 @@ def summarise(runs: pd.DataFrame, grid_axes: list[str]) -> pd.DataFrame:
     return table.reset_index()
 
 
+def compact(table: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
+    """The summary for reading: 'mean ± std' cells for the test metrics, means for the rest."""
+    if table.empty:
+        return table
+    out = table[[k for k in keys if k in table] + ["n"]].copy()
+    tests = [f"test_{metric}"] + sorted({c[: -len("_mean")] for c in table if c.startswith(f"test_{metric}@") and c.endswith("_mean")})
+    for column in tests:
+        if f"{column}_mean" in table:
+            out[column] = [_mean_std(m, s) for m, s in zip(table[f"{column}_mean"], table[f"{column}_std"])]
+    for column, fmt in (("num_parameters", "{:,.0f}"), ("epochs_trained", "{:.1f}"), ("train_seconds", "{:.2f}")):
+        if f"{column}_mean" in table:
+            out[column] = [fmt.format(v) if v == v else "" for v in table[f"{column}_mean"]]
+    return out
+
+
 def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
     """A GitHub-flavoured markdown table (no extra dependency)."""
     if table.empty:
@@ -48,6 +63,12 @@ def _cell(value, digits: int) -> str:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.{digits}g}" if abs(value) >= 1e4 else f"{value:.{digits}f}"
     return str(value).replace("|", "\\|")
+
+
+def _mean_std(mean: float, std: float) -> str:
+    if mean != mean:  # NaN: the variant has no such metric
+        return ""
+    return f"{mean:.4f} ± {std:.4f}" if std == std else f"{mean:.4f}"
 
 
 def _group_text(value):

@@ -1,0 +1,44 @@
+"""Shared helpers: tiny experiment files and running the launcher as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "name": "tiny",
+    "data": {"name": "digits", "max_train_samples": 300},
+    "train": {"epochs": 4, "batch_size": 64, "lr": 0.003, "early_stopping": {"patience": 10}},
+    "variants": [
+        {"name": "mlp", "model": "mlp", "hidden": 32},
+        {"name": "moe", "model": "moe", "hidden": 16},
+        {"name": "moe_topk", "model": "moe_topk", "hidden": 16, "k": 2},
+        {"name": "moe_hard", "model": "moe_hard", "hidden": 16},
+    ],
+    "grid": {"seed": [0, 1], "variants.*.num_experts": [2, 4]},
+}
+
+
+@pytest.fixture
+def write_experiment(tmp_path):
+    def write(doc: dict | str = TINY, name: str = "tiny.yaml") -> Path:
+        path = tmp_path / "configs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    return write
+
+
+def launch(cwd: Path, *args: str, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
+    """`launch_experiment.sh` minus the environment bootstrap: the same entry point, in `cwd`."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "moelab.launch", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout, **popen)

@@ -1,0 +1,120 @@
+"""Experiment files: every class of bad input is reported (exit 2, nothing written); grids expand stably."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from conftest import TINY, launch
+from moelab.config import ConfigError, load_experiment
+from moelab.launch.cli import main
+
+
+def bad(**changes):
+    doc = copy.deepcopy(TINY)
+    for path, value in changes.items():
+        node = doc
+        *parents, last = path.split("__")
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[last] = value
+    return doc
+
+
+CASES = {
+    "unknown key": (bad(train__lrr=0.1), "train.lrr: unknown key (did you mean 'lr'?)"),
+    "wrong type": (bad(train__epochs="many"), "train.epochs: must be an integer >= 1, got 'many'"),
+    "out of range": (bad(data__val_fraction=0.9), "data.val_fraction: must be a number > 0.0 <= 0.5, got 0.9"),
+    "unknown dataset": (bad(data__name="mnistt"), "data.name: unknown dataset 'mnistt' (did you mean 'mnist'?)"),
+    "unknown model": (bad(variants__1__model="moe_top"), "variants.moe.model: unknown model 'moe_top' (did you mean 'moe_topk'?)"),
+    "empty grid axis": (bad(grid__seed=[]), "grid.seed: must be a non-empty list of values"),
+    "duplicate variant": (bad(variants__1__name="mlp"), "variants.mlp: duplicate variant name 'mlp'"),
+    "unsafe name": (bad(name="../escape"), "name: must be a string made of letters"),
+    "missing dataset files": (bad(data={"name": "mnist", "root": "nowhere"}), "see data/README.md"),
+    "bad model parameter": (bad(variants__2__k=9), "variants.moe_topk: k=9 must be <= num_experts=2"),
+    "unknown grid axis": (bad(grid={"train.lrate": [1]}), "grid.train.lrate: unknown key 'lrate' in train; keys there: epochs, batch_size"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_exits_2_and_writes_nothing(case, write_experiment, tmp_path, monkeypatch, capsys):
+    doc, expected = CASES[case]
+    path = write_experiment(doc)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run_here", str(path), "--experiments-dir", "out"]) == 2
+    stderr = capsys.readouterr().err
+    assert str(path) in stderr and expected in stderr, stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_launcher_process_exits_2_on_bad_input(write_experiment, tmp_path):
+    done = launch(tmp_path, "run_here", str(write_experiment(bad(train__lrr=1))), "--experiments-dir", "out")
+    assert done.returncode == 2 and "train.lrr: unknown key" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_all_problems_are_reported_at_once(write_experiment):
+    doc = bad(train__lrr=0.1, train__epochs=0, variants__1__model="nope", data__name="cifar")
+    with pytest.raises(ConfigError) as caught:
+        load_experiment(write_experiment(doc))
+    paths = {issue.path for issue in caught.value.issues}
+    assert {"train.lrr", "train.epochs", "variants.moe.model", "data.name"} <= paths
+
+
+def test_yaml_syntax_error_and_missing_file_are_config_errors(write_experiment, tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_experiment(write_experiment("name: x\ntrain: [unclosed\n"))
+    with pytest.raises(ConfigError, match="experiment file not found"):
+        load_experiment(tmp_path / "missing.yaml")
+
+
+def test_override_errors_name_the_command_line(write_experiment):
+    with pytest.raises(ConfigError) as caught:
+        load_experiment(write_experiment(), ["train.lr=-1", "variants.nope.hidden=3", "oops"])
+    text = str(caught.value)
+    assert "(set on the command line: train.lr=-1)" in text
+    assert "no variant named 'nope'" in text
+    assert "must look like key=value" in text
+
+
+def test_overrides_set_values_parsed_as_yaml(write_experiment):
+    experiment = load_experiment(write_experiment(), ["train.lr=1e-2", "variants.moe.hidden=8", "grid.seed=[5]"])
+    assert experiment.doc["train"]["lr"] == 0.01  # PyYAML reads 1e-2 as text; a float field accepts it
+    assert next(v for v in experiment.doc["variants"] if v["name"] == "moe")["hidden"] == 8
+    assert [job.config["seed"] for job in experiment.jobs()] == [5, 5]
+
+
+def test_grid_is_the_cartesian_product_with_stable_keys(write_experiment):
+    jobs = load_experiment(write_experiment()).jobs()
+    assert len(jobs) == 4 and len({job.key for job in jobs}) == 4
+    again = load_experiment(write_experiment()).jobs()
+    assert [job.key for job in jobs] == [job.key for job in again]
+    point = jobs[1]
+    assert point.grid_values == {"seed": 0, "variants.*.num_experts": 4}
+    by_name = {v["name"]: v for v in point.config["variants"]}
+    assert by_name["moe"]["num_experts"] == 4 and by_name["moe_topk"]["num_experts"] == 4
+    assert "num_experts" not in by_name["mlp"]  # the wildcard only touches models that have the parameter
+
+
+def test_changing_a_hyperparameter_changes_job_keys_but_not_unrelated_settings(write_experiment):
+    base = {job.key for job in load_experiment(write_experiment()).jobs()}
+    assert base.isdisjoint(job.key for job in load_experiment(write_experiment(), ["train.lr=0.1"]).jobs())
+    # resources are not part of what a job computes
+    assert base == {job.key for job in load_experiment(write_experiment(), ["local.workers=2", "slurm.mem_gb=8"]).jobs()}
+
+
+def test_dataset_options_that_the_dataset_does_not_read_are_rejected(write_experiment):
+    with pytest.raises(ConfigError, match=r"data.image: is not read by dataset 'digits'"):
+        load_experiment(write_experiment(bad(data={"name": "digits", "image": "x.png"})))
+
+
+def test_default_experiments_are_valid():
+    from conftest import REPO
+
+    experiment = load_experiment(REPO / "experiments/configs/default.yaml")
+    assert [v["name"] for v in experiment.doc["variants"]] == ["mlp", "moe", "moe_topk", "moe_hard"]
+    assert len({job.config["seed"] for job in experiment.jobs()}) == 3
+    loaded = yaml.safe_load((REPO / "experiments/configs/default.yaml").read_text())
+    assert loaded["data"]["name"] == "digits"

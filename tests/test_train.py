@@ -1,0 +1,123 @@
+"""Training one job: determinism, resume after an interruption, failures recorded per variant."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from moelab.config import load_experiment
+from moelab.data import load_dataset
+from moelab.results.io import read_json, read_jsonl, write_json
+from moelab.results.tree import JobTree, VariantTree
+from moelab.train.job import run_job
+from moelab.train.trainer import EarlyStopping, StopRequested, train_variant
+
+TRAIN = {"epochs": 6, "batch_size": 64, "eval_batch_size": 512, "optimizer": "adamw", "lr": 0.003, "weight_decay": 1e-4,
+         "momentum": 0.9, "schedule": "cosine", "warmup_epochs": 1, "step_every": 30, "grad_clip": 1.0,
+         "early_stopping": {"patience": 20, "min_delta": 0.0}, "device": "cpu", "save_weights": True}
+DATA = {"name": "digits", "root": "data", "val_fraction": 0.15, "test_fraction": 0.15, "max_train_samples": 400}
+TOPK = {"name": "moe_topk", "model": "moe_topk", "num_experts": 4, "hidden": 16, "dropout": 0.1, "k": 2,
+        "noisy_gating": True, "balance_weight": 0.01}
+TIMING = ("seconds", "train_seconds", "test_seconds", "test_seconds@soft")
+
+
+def strip_timing(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in TIMING}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(DATA, seed=0)
+
+
+def test_same_config_and_seed_give_identical_results(tmp_path, digits):
+    first = train_variant(TOPK, digits, TRAIN, 0, VariantTree(tmp_path / "a"), torch.device("cpu"))
+    second = train_variant(TOPK, digits, TRAIN, 0, VariantTree(tmp_path / "b"), torch.device("cpu"))
+    assert strip_timing(first) == strip_timing(second)
+    curves = [[strip_timing(r) for r in read_jsonl(tmp_path / d / "metrics.jsonl")] for d in "ab"]
+    assert curves[0] == curves[1] and len(curves[0]) == 6
+
+
+def test_interrupted_training_resumes_to_the_same_result(tmp_path, digits):
+    straight = train_variant(TOPK, digits, TRAIN, 0, VariantTree(tmp_path / "straight"), torch.device("cpu"))
+    out = VariantTree(tmp_path / "resumed")
+    epochs_seen = []
+    with pytest.raises(StopRequested):
+        train_variant(TOPK, digits, TRAIN, 0, out, torch.device("cpu"),
+                      stop_requested=lambda: len(epochs_seen) >= 3, on_epoch=lambda row: epochs_seen.append(row["epoch"]))
+    assert epochs_seen == [0, 1, 2] and not out.results_file.exists() and out.last_checkpoint.exists()
+    # a torn half-epoch line written after the checkpoint must not survive the resume
+    with open(out.metrics_file, "a") as f:
+        f.write('{"epoch": 3, "train_lo')
+    resumed = train_variant(TOPK, digits, TRAIN, 0, out, torch.device("cpu"))
+    assert strip_timing(resumed) == strip_timing(straight)
+    assert [r["epoch"] for r in read_jsonl(out.metrics_file)] == list(range(6))
+
+
+def test_early_stopping_counts_epochs_without_improvement():
+    stopper = EarlyStopping(patience=2, min_delta=0.01)
+    assert stopper.update(0.5, 0) and stopper.update(0.6, 1)
+    assert not stopper.update(0.605, 2) and not stopper.should_stop  # under min_delta
+    assert not stopper.update(0.6, 3) and stopper.should_stop
+    assert stopper.best_epoch == 1
+
+
+def make_job(tmp_path, overrides=()) -> JobTree:
+    from conftest import TINY
+    import yaml
+
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "grid": {}}))
+    experiment = load_experiment(path, ["train.epochs=2", *overrides])
+    job = experiment.jobs()[0]
+    tree = JobTree(tmp_path / "jobs" / job.key)
+    write_json(tree.config_file, {"key": job.key, "experiment": "e", "grid_values": {}, "config": job.config})
+    return tree
+
+
+def test_a_failing_variant_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
+    job = make_job(tmp_path)
+    import moelab.train.job as job_module
+
+    real = job_module.train_variant
+
+    def flaky(variant, *args, **kwargs):
+        if variant["name"] == "moe":
+            raise RuntimeError("expert exploded\nsecond line")
+        return real(variant, *args, **kwargs)
+
+    monkeypatch.setattr(job_module, "train_variant", flaky)
+    outcome = run_job(job.path)
+    assert outcome.state == "failed" and outcome.errors == {"moe": "RuntimeError: expert exploded"}
+    status = read_json(job.status_file)
+    assert status["state"] == "failed" and status["attempts"] == 1
+    assert status["variants"]["moe"]["state"] == "failed" and "Traceback" in status["variants"]["moe"]["traceback"]
+    assert {n for n, v in status["variants"].items() if v["state"] == "done"} == {"mlp", "moe_topk", "moe_hard"}
+    assert not job.variant("moe").results_file.exists()
+    # a rerun trains only what is missing
+    monkeypatch.setattr(job_module, "train_variant", real)
+    trained = []
+    monkeypatch.setattr(job_module, "train_variant", lambda v, *a, **k: trained.append(v["name"]) or real(v, *a, **k))
+    assert run_job(job.path).state == "done" and trained == ["moe"]
+    assert read_json(job.status_file)["attempts"] == 2
+
+
+def test_a_job_held_by_another_process_is_not_run_twice(tmp_path):
+    from filelock import FileLock
+
+    job = make_job(tmp_path)
+    with FileLock(job.lock_file):
+        assert run_job(job.path).state == "busy"
+    assert not job.status_file.exists()
+
+
+def test_results_record_both_routings_for_moe_hard(tmp_path):
+    job = make_job(tmp_path)
+    assert run_job(job.path).state == "done"
+    results = read_json(job.variant("moe_hard").results_file)
+    assert {"test_acc", "test_acc@soft", "num_parameters", "best_epoch", "epochs_trained"} <= set(results)
+    line = json.loads(job.variant("moe_topk").metrics_file.read_text().splitlines()[-1])
+    assert len(line["train_expert_load"]) == 4 and sum(line["train_expert_load"]) == pytest.approx(1.0)
+    assert "train_aux_balance" in line
