@@ -31,7 +31,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--experiments-dir", type=Path, default=Path("experiments"),
                         help="where experiment folders are written (default: experiments)")
     parser.add_argument("--no-report", action="store_true", help="skip writing tables and plots at the end")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be >= 1")
     args.experiment = DEFAULT_EXPERIMENT

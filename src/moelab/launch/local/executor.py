@@ -40,7 +40,7 @@ class LocalExecutor(Executor):
         jobs = plan.to_run
         if not jobs:
             print("nothing to run")
-            return 0
+            return self._summarise(plan, {}, interrupted=False)
         gpus = visible_gpus()
         workers = min(len(jobs), self.requested_workers or max(1, len(gpus)))
         threads = max(1, len(os.sched_getaffinity(0)) // workers)
@@ -66,7 +66,8 @@ class LocalExecutor(Executor):
         if interrupted:
             print("interrupted: run the same command again to resume where it stopped")
             return 130
-        return 1 if failed else 0
+        # the grid is incomplete while any of its jobs is failed, whichever launch ran it
+        return 1 if failed or skipped.get("failed") else 0
 
 
 def visible_gpus() -> list[int]:

@@ -1,0 +1,179 @@
+"""run_here end to end, as a user runs it: the tree, skipping, --force, --rerun-failed, Ctrl-C, dead workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from conftest import TINY, launch
+from moelab.config import load_experiment
+from moelab.results.io import read_json, read_jsonl
+
+TIMING = ("seconds", "train_seconds", "test_seconds", "test_seconds@soft")
+
+
+def results_of(experiment_dir) -> dict:
+    found = {}
+    for path in sorted(experiment_dir.glob("jobs/*/*/results.json")):
+        found[f"{path.parent.parent.name}/{path.parent.name}"] = {k: v for k, v in read_json(path).items() if k not in TIMING}
+    return found
+
+
+def test_run_here_writes_the_tree_and_the_tables(write_experiment, tmp_path):
+    experiment = write_experiment()
+    done = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out")
+    assert done.returncode == 0, done.stdout + done.stderr
+    root = tmp_path / "out" / "tiny"
+    jobs = sorted((root / "jobs").iterdir())
+    assert len(jobs) == 4
+    for job in jobs:
+        status = read_json(job / "status.json")
+        assert status["state"] == "done" and status["attempts"] == 1 and status["host"]
+        assert read_json(job / "config.json")["key"] == job.name
+        for variant in ("mlp", "moe", "moe_topk", "moe_hard"):
+            assert (job / variant / "results.json").is_file() and (job / variant / "weights" / "best.pt").is_file()
+            assert len(read_jsonl(job / variant / "metrics.jsonl")) == 4
+    launches = read_jsonl(root / "launches.jsonl")
+    assert launches[0]["mode"] == "run_here" and launches[0]["jobs_run"] == 4 and "git_commit" in launches[0]
+    assert (root / "experiment.yaml").is_file()
+    assert not list(root.rglob("*.tmp"))
+
+    summary = pd.read_csv(root / "summary" / "summary.csv")
+    assert set(summary["variant"]) == {"mlp", "moe", "moe_topk", "moe_hard"}
+    assert set(summary["n"]) == {2} and len(summary) == 8  # 4 variants x 2 expert counts, 2 seeds each
+    assert summary["test_acc_mean"].between(0.3, 1.0).all()
+    runs = pd.read_csv(root / "summary" / "runs.csv")
+    assert len(runs) == 16 and {"seed", "variants.*.num_experts", "train.lr", "params.hidden", "test_acc"} <= set(runs.columns)
+    assert runs.loc[runs["variant"] == "moe_hard", "test_acc@soft"].notna().all()
+    for plot in ("learning_curves.png", "test_acc.png", "params_vs_metric.png"):
+        assert (root / "summary" / plot).stat().st_size > 10_000
+    assert "summary.csv" in done.stdout and "learning_curves.png" in done.stdout
+
+    # launching again skips every finished job
+    again = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out")
+    assert again.returncode == 0 and "0 to run" in again.stdout and "nothing to run" in again.stdout
+    assert read_jsonl(root / "launches.jsonl")[-1]["jobs_skipped"] == {"done": 4}
+
+    # the same experiment run elsewhere gives identical metrics (determinism)
+    twin = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "twin", "--no-report")
+    assert twin.returncode == 0
+    assert results_of(root) == results_of(tmp_path / "twin" / "tiny")
+
+    # --force reruns everything from scratch
+    forced = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out", "--force", "--no-report")
+    assert forced.returncode == 0 and "4 to run" in forced.stdout
+    assert all(read_json(job / "status.json")["attempts"] == 1 for job in jobs)  # fresh status
+
+
+def test_failed_jobs_are_reported_skipped_and_rerun_on_request(write_experiment, tmp_path):
+    experiment = write_experiment({**TINY, "train": {**TINY["train"], "epochs": 1}, "grid": {"seed": [0, 1]}})
+    key = load_experiment(experiment).jobs()[0].key
+    blocked = tmp_path / "out" / "tiny" / "jobs" / key
+    blocked.mkdir(parents=True)
+    (blocked / "moe").write_text("a file where the variant's folder belongs makes it fail for real")
+
+    failed = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out")
+    assert failed.returncode == 1
+    assert "1 done" in failed.stdout and "1 failed" in failed.stdout and f"FAILED {key} moe:" in failed.stdout
+    assert f"out/tiny/jobs/{key}/status.json" in failed.stdout
+    status = read_json(blocked / "status.json")
+    assert status["state"] == "failed" and status["variants"]["mlp"]["state"] == "done"
+    assert status["variants"]["moe"]["state"] == "failed" and "Traceback" in status["variants"]["moe"]["traceback"]
+    summary_md = (tmp_path / "out" / "tiny" / "summary" / "summary.md").read_text()
+    assert f"job {key} variant moe: failed" in summary_md
+
+    skipped = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out", "--no-report")
+    assert skipped.returncode == 1 and "0 to run" in skipped.stdout and "--rerun-failed" in skipped.stdout
+
+    (blocked / "moe").unlink()
+    rerun = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out", "--rerun-failed")
+    assert rerun.returncode == 0, rerun.stdout
+    assert "1 to run" in rerun.stdout
+    status = read_json(blocked / "status.json")
+    assert status["state"] == "done" and status["attempts"] == 2
+
+
+def wait_for(predicate, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def running_variant_with_epochs(root) -> bool:
+    for status_file in root.glob("jobs/*/status.json"):
+        try:
+            status = read_json(status_file)
+        except (OSError, json.JSONDecodeError):
+            continue
+        for name, variant in status["variants"].items():
+            metrics = status_file.parent / name / "metrics.jsonl"
+            if variant["state"] == "running" and metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+                return True
+    return False
+
+
+def test_ctrl_c_stops_promptly_leaves_no_torn_file_and_the_next_launch_resumes(write_experiment, tmp_path):
+    slow = {**TINY, "data": {"name": "digits", "max_train_samples": 100},
+            "train": {**TINY["train"], "epochs": 200, "early_stopping": {"patience": 200}}, "grid": {"seed": [0]}}
+    experiment = write_experiment(slow)
+    args = [sys.executable, "-m", "moelab.launch", "run_here", str(experiment), "--experiments-dir", "out"]
+    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    root = tmp_path / "out" / "tiny"
+    try:
+        assert wait_for(lambda: running_variant_with_epochs(root))
+        started = time.monotonic()
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, output
+    assert time.monotonic() - started < 15
+    assert "run the same command again to resume" in output
+    assert not list(root.rglob("*.tmp")) and not list(root.rglob(".*.tmp"))
+    status = read_json(next(root.glob("jobs/*/status.json")))
+    assert status["state"] == "interrupted"
+    interrupted = next(n for n, v in status["variants"].items() if v["state"] == "interrupted")
+    epochs_before = len(read_jsonl(root / "jobs" / status["key"] / interrupted / "metrics.jsonl"))
+
+    resumed = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out", "--no-report")
+    assert resumed.returncode == 0, resumed.stdout
+    status = read_json(next(root.glob("jobs/*/status.json")))
+    assert status["state"] == "done" and status["attempts"] == 2
+    epochs = [r["epoch"] for r in read_jsonl(root / "jobs" / status["key"] / interrupted / "metrics.jsonl")]
+    assert epochs == list(range(200)) and epochs_before >= 2
+
+
+def test_a_worker_killed_mid_job_is_recorded_and_the_other_jobs_finish(write_experiment, tmp_path):
+    slow = {**TINY, "data": {"name": "digits", "max_train_samples": 100},
+            "train": {**TINY["train"], "epochs": 150, "early_stopping": {"patience": 150}},
+            "grid": {"seed": [0, 1]}}
+    experiment = write_experiment(slow)
+    args = [sys.executable, "-m", "moelab.launch", "run_here", str(experiment), "--experiments-dir", "out", "--no-report"]
+    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    root = tmp_path / "out" / "tiny"
+    try:
+        assert wait_for(lambda: running_variant_with_epochs(root))
+        status_file = next(p for p in root.glob("jobs/*/status.json") if read_json(p)["state"] == "running")
+        os.kill(read_json(status_file)["pid"], signal.SIGKILL)
+        output, _ = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, output
+    assert "worker process died with exit code -9 (killed: out of memory?)" in output
+    assert "1 done" in output and "1 failed" in output
+    # the killed job is not left claiming to run: the next launch sees it as interrupted and resumes it
+    again = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out", "--no-report")
+    assert again.returncode == 0 and "1 to run" in again.stdout
