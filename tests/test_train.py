@@ -68,6 +68,7 @@ def make_job(tmp_path, overrides=()) -> JobTree:
     from conftest import TINY
     import yaml
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "e.yaml"
     path.write_text(yaml.safe_dump({**TINY, "grid": {}}))
     experiment = load_experiment(path, ["train.epochs=2", *overrides])

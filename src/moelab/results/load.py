@@ -93,6 +93,9 @@ def _collect_job(tree: ExperimentTree, job: JobTree, rows: list, curve_rows: lis
             except (OSError, json.JSONDecodeError) as error:
                 problems.append(f"{out.results_file}: unreadable ({type(error).__name__}); variant counted as unfinished")
                 row["state"] = "corrupt"
+        elif row["state"] == DONE:
+            row["state"] = "missing"
+            problems.append(f"{out.results_file}: missing although status.json says done; variant counted as unfinished")
         if row["state"] != DONE and state == "interrupted":
             row["state"] = "interrupted"
         rows.append(row)

@@ -8,6 +8,7 @@ variant; a variant whose results.json exists is skipped, so a rerun only does wh
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import time
 import traceback
@@ -68,7 +69,8 @@ def _run_locked(job: JobTree, fresh: bool, stop_requested, runtime_info: dict) -
     outcome = JobOutcome(job.key, RUNNING, status_file=str(job.status_file))
 
     def finish(state: str) -> JobOutcome:
-        status.update(state=state, finished_at=now(), elapsed_s=round(time.perf_counter() - started, 3))
+        status.update(state=state, finished_at=now(), elapsed_s=round(time.perf_counter() - started, 3),
+                      peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
         write_json(job.status_file, status)
         outcome.state, outcome.seconds = state, status["elapsed_s"]
         return outcome
