@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The test suite (builds .venv with the test extras on first use). Extra arguments go to pytest.
+# The test suite (builds .venv on first use). Extra arguments go to pytest.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-MOELAB_EXTRAS=test moelab_python
+moelab_python
 cd "$moelab_repo"
 exec "$MOELAB_PY" -m pytest "$@"

@@ -118,3 +118,15 @@ def test_default_experiments_are_valid():
     assert len({job.config["seed"] for job in experiment.jobs()}) == 3
     loaded = yaml.safe_load((REPO / "experiments/configs/default.yaml").read_text())
     assert loaded["data"]["name"] == "digits"
+
+
+def test_shipped_experiment_files_are_valid_once_their_data_is_present(tmp_path):
+    from conftest import REPO
+
+    configs = REPO / "experiments" / "configs"
+    assert load_experiment(configs / "image_fit.yaml").doc["data"]["name"] == "image_fit"
+    for name in ("mnist", "cifar10"):
+        with pytest.raises(ConfigError) as caught:
+            load_experiment(configs / f"{name}.yaml", [f"data.root={tmp_path}"])
+        assert [issue.path for issue in caught.value.issues] == ["data"]  # only the missing files
+        assert "data/README.md" in str(caught.value)
