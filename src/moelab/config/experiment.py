@@ -129,10 +129,16 @@ def _set_path(doc: dict, key: str, value: Any) -> str | None:
 
 def check_document(raw: dict) -> tuple[dict, list[Issue]]:
     doc, issues = check_section(TOP, raw, "")
+    # only the cluster keys the experiment sets: the rest come from the site profile (slurm/profile.yaml)
+    explicit = raw.get("slurm") if isinstance(raw.get("slurm"), dict) else {}
+    doc["slurm"] = {k: v for k, v in doc["slurm"].items() if k in explicit}
     # variants and grid need more than a field check: their own functions below
     issues = [i for i in issues if i.path not in ("variants", "grid")]
     if not any(i.path.startswith("data.") for i in issues):
-        issues += check_data(raw.get("data") or {}, doc["data"])
+        found = check_data(raw.get("data") or {}, doc["data"])
+        issues += found
+        if not found:
+            doc["data"] = grid_module.dataset_keys(doc["data"])
     doc["variants"], variant_issues = check_variants(raw.get("variants"))
     issues += variant_issues
     raw_grid = raw.get("grid") or {}

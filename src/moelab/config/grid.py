@@ -119,7 +119,7 @@ def expand(doc: dict) -> list[Job]:
         for (axis, _), value in zip(axes, combo):
             _apply(config, axis, value)
             grid_values[axis] = value
-        config["data"] = _dataset_keys(config["data"])
+        config["data"] = dataset_keys(config["data"])
         jobs.append(Job(job_key(config), config, grid_values))
     return jobs
 
@@ -142,12 +142,13 @@ def _apply(config: dict, axis: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _dataset_keys(data: dict) -> dict:
-    """Keep only the data keys the dataset reads, so unrelated defaults never change a job's key."""
+def dataset_keys(data: dict) -> dict:
+    """Exactly the data keys the dataset reads (defaults for missing ones, e.g. after a grid changed
+    data.name), so settings another dataset reads never change a job's key."""
     from moelab.data import get_dataset_spec
 
     used = set(DATA_COMMON) | set(get_dataset_spec(data["name"]).options)
-    return {k: v for k, v in data.items() if k in used}
+    return {k: data[k] if k in data else DATA[k].default for k in DATA if k in used}
 
 
 def check_jobs(doc: dict) -> list[Issue]:

@@ -57,6 +57,7 @@ SLURM: Section = {
     "slurm_signal_delay_s": Field(int, 90, min=1),
     "setup": Field(list, [], item_kind=str, help="shell lines run before the job, e.g. module load"),
     "python": Field(str, None, nullable=True, help="python executable on the nodes"),
+    "max_array_size": Field(int, None, min=1, nullable=True, help="tasks per array (null: the cluster's MaxArraySize)"),
     "additional_parameters": Field(dict, {}, help="extra sbatch parameters"),
 }
 

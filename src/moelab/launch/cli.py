@@ -1,6 +1,8 @@
 """`run/launch_experiment.sh MODE [EXPERIMENT_FILE] [key=value ...] [options]`.
 
     run_here   run the grid on this machine, then write the tables and plots
+    submit     send the grid to SLURM as job arrays (returns right after submission)
+    status     one line per job: state, variants done, restarts, node, elapsed
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 from moelab.config import ConfigError, load_experiment
 
 DEFAULT_EXPERIMENT = Path("experiments/configs/default.yaml")
-MODES = ("run_here",)
+MODES = ("run_here", "submit", "status")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -22,7 +24,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "interrupted ones resume.",
         epilog="example: launch_experiment.sh run_here experiments/configs/default.yaml train.lr=0.01 grid.seed=[0,1]",
     )
-    parser.add_argument("mode", choices=MODES, help="run_here: run on this machine")
+    parser.add_argument("mode", choices=MODES, help="run_here: run on this machine; submit: send to SLURM; "
+                                                    "status: show job states")
     parser.add_argument("args", nargs="*", metavar="[EXPERIMENT_FILE] [key=value ...]",
                         help=f"experiment file (default {DEFAULT_EXPERIMENT}) and overrides, values parsed as YAML")
     parser.add_argument("--workers", type=int, help="worker processes (default: one per GPU, else one)")
@@ -30,7 +33,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rerun-failed", action="store_true", help="also rerun the jobs that failed before")
     parser.add_argument("--experiments-dir", type=Path, default=Path("experiments"),
                         help="where experiment folders are written (default: experiments)")
-    parser.add_argument("--no-report", action="store_true", help="skip writing tables and plots at the end")
+    parser.add_argument("--no-report", action="store_true", help="run_here: skip writing tables and plots at the end")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="submit: print the job table and the sbatch script; submit and write nothing")
+    parser.add_argument("--profile", type=Path,
+                        help="submit: site resource profile (default: $MOELAB_SLURM_PROFILE, else slurm/profile.yaml)")
     args = parser.parse_intermixed_args(argv)
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be >= 1")
@@ -38,6 +45,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.overrides = list(args.args)
     if args.overrides and "=" not in args.overrides[0]:
         args.experiment = Path(args.overrides.pop(0))
+    if args.experiment.is_dir():  # status experiments/<name>: the experiment as last launched
+        args.experiments_dir = args.experiment.parent
+        args.experiment = args.experiment / "experiment.yaml"
     return args
 
 
@@ -45,18 +55,46 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         experiment = load_experiment(args.experiment, args.overrides)
+        resources = None
+        if args.mode == "submit":
+            from moelab.launch.slurm.resources import load_resources
+
+            resources = load_resources(experiment.doc["slurm"], args.profile)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
+    if args.mode == "status":
+        from moelab.launch.status import print_status
+
+        return print_status(experiment, args.experiments_dir)
+    return launch(args, experiment, resources, sys.argv[1:] if argv is None else argv)
+
+
+def launch(args: argparse.Namespace, experiment, resources: dict | None, argv: list[str]) -> int:
     from moelab.launch import LocalExecutor, make_plan, write_plan
 
-    workers = args.workers or experiment.doc["local"]["workers"]
-    plan = make_plan(experiment, args.experiments_dir, force=args.force, rerun_failed=args.rerun_failed)
+    queued = {}
+    if args.mode == "submit":
+        from moelab.launch.slurm.executor import SlurmExecutor
+        from moelab.launch.status import queue_states
+        from moelab.results.tree import ExperimentTree
+
+        queued, _, problem = queue_states(ExperimentTree(args.experiments_dir / experiment.name))
+        if problem and not args.dry_run:
+            print(f"error: cannot ask SLURM about earlier submissions ({problem}); nothing was submitted",
+                  file=sys.stderr)
+            return 1
+        executor = SlurmExecutor(resources, dry_run=args.dry_run)
+    else:
+        executor = LocalExecutor(args.workers or experiment.doc["local"]["workers"])
+    plan = make_plan(experiment, args.experiments_dir, force=args.force, rerun_failed=args.rerun_failed,
+                     queue_states=queued)
     print(f"experiment {experiment.name}: {len(plan.jobs)} job(s) x {len(experiment.doc['variants'])} variant(s), "
-          f"{len(plan.to_run)} to run -> {plan.tree.path}")
-    write_plan(plan, args.mode, [args.mode, *(sys.argv[2:] if argv is None else argv[1:])])
-    code = LocalExecutor(workers).launch(plan)
-    if code != 130 and not args.no_report:
+          f"{len(plan.to_run)} to {'submit' if args.mode == 'submit' else 'run'} -> {plan.tree.path}")
+    if not args.dry_run:
+        write_plan(plan, args.mode, argv)
+    code = executor.launch(plan)
+    if args.mode == "run_here" and code != 130 and not args.no_report:
         from moelab.report import write_report
 
         write_report([plan.tree.path])

@@ -17,7 +17,7 @@ from filelock import FileLock
 
 from moelab.config import Experiment, Job
 from moelab.results.io import append_jsonl, read_json, write_json, write_text
-from moelab.results.status import DONE, FAILED, INTERRUPTED, PENDING, RUNNING, host, job_state, now
+from moelab.results.status import DONE, FAILED, INTERRUPTED, PENDING, host, job_state, now
 from moelab.results.tree import ExperimentTree
 
 
@@ -35,14 +35,35 @@ class LaunchPlan:
         return Counter(self.states[j.key] for j in self.jobs if j.key not in running)
 
 
-def make_plan(experiment: Experiment, experiments_dir: Path, force: bool = False, rerun_failed: bool = False) -> LaunchPlan:
+def make_plan(experiment: Experiment, experiments_dir: Path, force: bool = False, rerun_failed: bool = False,
+              queue_states: dict[str, str] | None = None) -> LaunchPlan:
+    """Select jobs by state: unstarted and interrupted ones always; failed ones (including cancelled,
+    timed out, out of memory) with `rerun_failed`; finished ones too with `force`. Jobs that are
+    running, or queued on the cluster (`queue_states`), are never started twice."""
     tree = ExperimentTree(Path(experiments_dir) / experiment.name)
     jobs = experiment.jobs()
     names = [v["name"] for v in experiment.doc["variants"]]
-    states = {job.key: job_state(tree.job(job.key), names) for job in jobs}
-    wanted = {PENDING, INTERRUPTED} | ({FAILED} if rerun_failed else set()) | ({DONE, FAILED} if force else set())
-    to_run = [job for job in jobs if states[job.key] in wanted]  # a running job is never started twice
+    queue_states = queue_states or {}
+    states = {job.key: merge_states(job_state(tree.job(job.key), names), queue_states.get(job.key)) for job in jobs}
+    wanted = {PENDING, INTERRUPTED}
+    if rerun_failed or force:
+        wanted |= FAILURES
+    if force:
+        wanted.add(DONE)
+    to_run = [job for job in jobs if states[job.key] in wanted]
     return LaunchPlan(experiment, tree, jobs, states, to_run, fresh=force)
+
+
+# what --rerun-failed reruns: failures recorded on disk, and the ways SLURM ends a job early
+FAILURES = {FAILED, "cancelled", "timeout", "out_of_memory", "node_fail"}
+
+
+def merge_states(disk: str, queue: str | None) -> str:
+    """The disk is trusted for finished work (SLURM's accounting can lag behind results files);
+    SLURM for what the disk cannot know: queued, cancelled, timed out, out of memory, node failure."""
+    if disk in (DONE, FAILED) or queue is None:
+        return disk
+    return queue
 
 
 def write_plan(plan: LaunchPlan, mode: str, argv: list[str]) -> None:
@@ -54,9 +75,16 @@ def write_plan(plan: LaunchPlan, mode: str, argv: list[str]) -> None:
         if not job_tree.config_file.is_file() or read_json(job_tree.config_file) != spec:
             write_json(job_tree.config_file, spec)
     skipped = plan.skipped()
+    time = now()
+    provenance = tree.path / "launches" / time.replace(":", "")
+    git = git_info(plan.experiment.source.parent)
+    diff = git.pop("diff")
+    if diff:
+        write_text(provenance / "git.diff", diff + "\n")
+    write_text(provenance / "pip-freeze.txt", pip_freeze())
     record = {
-        "time": now(), "mode": mode, "experiment_file": str(plan.experiment.source), "argv": argv,
-        **git_info(plan.experiment.source.parent), "host": host(), "python": sys.executable,
+        "time": time, "mode": mode, "experiment_file": str(plan.experiment.source), "argv": argv,
+        **git, "provenance": str(provenance), "host": host(), "python": sys.executable,
         "jobs_total": len(plan.jobs), "jobs_run": len(plan.to_run), "jobs_skipped": dict(skipped),
         "force": plan.fresh,
     }
@@ -75,4 +103,10 @@ def git_info(where: Path) -> dict:
 
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
+    diff = git("diff", "HEAD") if status else None
+    return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None, "diff": diff}
+
+
+def pip_freeze() -> str:
+    done = subprocess.run([sys.executable, "-m", "pip", "freeze"], capture_output=True, text=True, timeout=120)
+    return done.stdout if done.returncode == 0 else f"pip freeze failed: {done.stderr}"

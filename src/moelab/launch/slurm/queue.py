@@ -1,0 +1,98 @@
+"""What SLURM knows about jobs that the disk cannot: one batched sacct call (squeue without accounting)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+# SLURM states mapped to moelab's: queued or running jobs are never submitted twice;
+# the failure states are what --rerun-failed resubmits
+ACTIVE = {"PENDING": "queued", "REQUEUED": "queued", "REQUEUE_HOLD": "queued", "REQUEUE_FED": "queued",
+          "CONFIGURING": "running", "RUNNING": "running", "COMPLETING": "running", "SUSPENDED": "running",
+          "RESIZING": "running", "SIGNALING": "running", "STAGE_OUT": "running"}
+FAILED = {"FAILED": "failed", "CANCELLED": "cancelled", "TIMEOUT": "timeout", "OUT_OF_MEMORY": "out_of_memory",
+          "NODE_FAIL": "node_fail", "BOOT_FAIL": "node_fail", "DEADLINE": "timeout", "PREEMPTED": "cancelled",
+          "REVOKED": "cancelled"}
+FAILURE_STATES = set(FAILED.values())
+
+
+@dataclass
+class QueueRecord:
+    state: str  # SLURM's own word, e.g. CANCELLED
+    node: str = ""
+    elapsed_s: int | None = None
+    exit_code: str = ""
+
+    @property
+    def moelab_state(self) -> str | None:
+        return ACTIVE.get(self.state) or FAILED.get(self.state)
+
+
+class QueueUnavailable(RuntimeError):
+    pass
+
+
+def query(job_ids: list[str]) -> dict[str, QueueRecord]:
+    """SLURM's view of these job ids ('123' or '123_4'), keyed by those ids."""
+    if not job_ids:
+        return {}
+    base_ids = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        records = _sacct(base_ids)
+    except QueueUnavailable:
+        records = _squeue(base_ids)
+    return {j: records[j] for j in job_ids if j in records}
+
+
+def _sacct(base_ids: list[str]) -> dict[str, QueueRecord]:
+    out = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(base_ids), "-o", "JobID,State,NodeList,ElapsedRaw,ExitCode"])
+    records = {}
+    for line in out.splitlines():
+        fields = line.split("|")
+        if len(fields) < 5:
+            continue
+        job, state, node, elapsed, exit_code = fields[:5]
+        record = QueueRecord(state.split()[0] if state else "UNKNOWN", node if node != "None assigned" else "",
+                             int(elapsed) if elapsed.isdigit() else None, exit_code)
+        for expanded in expand_ids(job):
+            records[expanded] = record
+    return records
+
+
+def _squeue(base_ids: list[str]) -> dict[str, QueueRecord]:
+    out = _run(["squeue", "-h", "-r", "-j", ",".join(base_ids), "-o", "%i|%T|%N"])
+    records = {}
+    for line in out.splitlines():
+        job, state, node = (line.split("|") + ["", "", ""])[:3]
+        records[job] = QueueRecord(state, node)
+    return records
+
+
+def expand_ids(job: str) -> list[str]:
+    """'12_[0-2,5%4]' -> ['12_0', '12_1', '12_2', '12_5']: sacct's form for array tasks not started yet."""
+    match = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job)
+    if not match:
+        return [job]
+    base, spec = match.groups()
+    ids = []
+    for part in spec.split("%")[0].split(","):
+        low, _, high = part.partition("-")
+        ids += [f"{base}_{i}" for i in range(int(low), int(high or low) + 1)]
+    return ids
+
+
+def max_array_size() -> int:
+    """The cluster's MaxArraySize: an array holds at most this many tasks (indices 0..MaxArraySize-1)."""
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", _run(["scontrol", "show", "config"]), re.MULTILINE)
+    return int(match.group(1)) if match else 1001
+
+
+def _run(command: list[str]) -> str:
+    if shutil.which(command[0]) is None:
+        raise QueueUnavailable(f"{command[0]} not found: is this a SLURM login node?")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise QueueUnavailable(f"{' '.join(command[:2])} failed: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
