@@ -1,19 +1,14 @@
-"""Run one job of an experiment by hand: python run/train_models.py experiments/<name>/jobs/<key> [--force]
+"""Run one job of an experiment, the entry that every launcher uses.
 
-The launchers call the same function; use this to rerun or debug a single grid point.
+    python run/train_models.py experiments/<name>/jobs/<key> [--force]           # a job folder
+    python run/train_models.py EXPERIMENT_FILE --index N [key=value ...] [--force] # the N-th job of the grid
+
+The second form is what slurm/run_training.slurm runs in each array task.
 """
 
 import argparse
 import sys
 
-from moelab.train.job import run_job
+from moelab.train.cli import main
 
-parser = argparse.ArgumentParser(description=__doc__)
-parser.add_argument("job_dir", help="a job folder (holds config.json)")
-parser.add_argument("--force", action="store_true", help="discard the job's earlier outputs first")
-args = parser.parse_args()
-outcome = run_job(args.job_dir, fresh=args.force)
-print(f"{outcome.key}: {outcome.state} in {outcome.seconds:.1f}s")
-for name, error in outcome.errors.items():
-    print(f"  {name}: {error}")
-sys.exit(0 if outcome.state == "done" else 1)
+sys.exit(main())

@@ -1,0 +1,198 @@
+"""submit against a real SLURM cluster (slurm/dev-cluster/start.sh): arrays, requeue, cancel, failure.
+
+Outside CI these tests skip when no cluster answers; in CI (CI=true) an unreachable cluster fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, launch
+from moelab.config import load_experiment
+from moelab.launch.plan import merge_states
+from moelab.launch.status import queue_states, submitted_ids
+from moelab.results.status import job_state
+from moelab.results.tree import ExperimentTree
+from test_launch import results_of
+
+FINAL = {"done", "failed", "cancelled", "timeout", "out_of_memory", "node_fail"}
+
+
+def cluster_answers() -> str | None:
+    if shutil.which("sbatch") is None:
+        return "sbatch not found"
+    done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    if done.returncode != 0 or not done.stdout.strip():
+        return f"sinfo failed: {done.stderr.strip()}"
+    if not any(s.startswith(("idle", "mixed", "alloc")) for s in done.stdout.split()):
+        return f"no node is up (sinfo: {done.stdout.split()})"
+    accounting = subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True, text=True)
+    if accounting.returncode != 0:
+        return f"accounting (sacct) is not available: {accounting.stderr.strip()}"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    problem = cluster_answers()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"SLURM is required in CI: {problem}. .ci/run starts slurm/dev-cluster/start.sh first.")
+        pytest.skip(f"no SLURM cluster answers ({problem}); start one with: sudo bash slurm/dev-cluster/start.sh")
+
+
+@pytest.fixture
+def profile(tmp_path) -> Path:
+    path = tmp_path / "profile.yaml"
+    path.write_text("cpus_per_task: 1\nmem_gb: 1\ntimeout_min: 10\narray_parallelism: 2\n")
+    return path
+
+
+def states(experiment_file: Path, experiments_dir: Path, overrides=()) -> dict[str, str]:
+    experiment = load_experiment(experiment_file, overrides)
+    tree = ExperimentTree(experiments_dir / experiment.name)
+    queued, _, _ = queue_states(tree)
+    names = [v["name"] for v in experiment.doc["variants"]]
+    return {job.key: merge_states(job_state(tree.job(job.key), names), queued.get(job.key)) for job in experiment.jobs()}
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def all_final(experiment_file, experiments_dir, overrides=()):
+    found = states(experiment_file, experiments_dir, overrides)
+    return found if all(s in FINAL for s in found.values()) else None
+
+
+def submit(cwd, experiment, profile, *args):
+    done = launch(cwd, "submit", str(experiment), "--profile", str(profile), "--experiments-dir", "out", *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_submitted_grid_equals_run_here_and_splits_into_several_arrays(write_experiment, tmp_path, profile):
+    experiment = write_experiment({**TINY, "slurm": {"max_array_size": 3}})  # 4 jobs -> arrays of 3 and 1
+    started = time.monotonic()
+    submitted = submit(tmp_path, experiment, profile)
+    assert time.monotonic() - started < 30  # non-blocking: returns right after sbatch
+    assert "submitted 4 job(s) in 2 array(s)" in submitted.stdout and "status" in submitted.stdout
+    final = wait_until(lambda: all_final(experiment, tmp_path / "out"), 300, "the submitted grid")
+    assert set(final.values()) == {"done"}
+    tree = tmp_path / "out" / "tiny"
+    ids = submitted_ids(ExperimentTree(tree))
+    assert len({i.split("_")[0] for i in ids.values()}) == 2
+
+    local = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "local", "--workers", "2", "--no-report")
+    assert local.returncode == 0
+    assert results_of(tree) == results_of(tmp_path / "local" / "tiny")  # same numbers wherever a job ran
+
+    status = launch(tmp_path, "status", str(tree))
+    assert status.returncode == 0 and "4 DONE (4 jobs)" in status.stdout
+    plots = subprocess.run([sys.executable, "-m", "moelab.report.cli", str(tree)], cwd=tmp_path, capture_output=True, text=True)
+    assert plots.returncode == 0 and "16 of 16 runs finished" in plots.stdout
+
+    again = submit(tmp_path, experiment, profile)
+    assert "0 to submit" in again.stdout and "nothing to submit" in again.stdout
+
+
+def test_dry_run_prints_the_array_script_and_submits_nothing(write_experiment, tmp_path, profile):
+    experiment = write_experiment()
+    before = subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout
+    done = submit(tmp_path, experiment, profile, "--dry-run", "slurm.array_parallelism=3")
+    assert "#SBATCH --array=0-3%3" in done.stdout and "#SBATCH --signal=USR2@90" in done.stdout
+    assert "submitit.core._submit" in done.stdout and "dry run: nothing is submitted or written" in done.stdout
+    assert not (tmp_path / "out").exists()
+    assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == before
+
+
+def test_a_job_past_its_time_limit_is_requeued_and_ends_as_an_uninterrupted_run(write_experiment, tmp_path, profile):
+    # about 110 s of training: past the first signal (about 80 s in, see slurm_signal_delay_s)
+    long_job = {"name": "long", "data": {"name": "digits"},
+                "train": {"epochs": 800, "batch_size": 16, "lr": 0.001, "early_stopping": {"patience": 1000}},
+                "variants": [{"name": "moe_topk", "model": "moe_topk", "hidden": 256, "k": 2}]}
+    experiment = write_experiment(long_job)
+    submit(tmp_path, experiment, profile, "slurm.timeout_min=2", "slurm.slurm_signal_delay_s=30")
+    # the reference: the same job, uninterrupted, in another experiments folder, at the same time
+    reference = launch(tmp_path, "submit", str(experiment), "--profile", str(profile), "--experiments-dir", "reference")
+    assert reference.returncode == 0
+    final = wait_until(lambda: all_final(experiment, tmp_path / "out"), 540, "the requeued job")
+    assert set(final.values()) == {"done"}
+    wait_until(lambda: all_final(experiment, tmp_path / "reference"), 240, "the reference job")
+    job = next((tmp_path / "out" / "long" / "jobs").iterdir())
+    from moelab.results.io import read_json
+
+    status = read_json(job / "status.json")
+    assert status["slurm"]["restart_count"] >= 1 and status["attempts"] >= 2, status
+    assert results_of(tmp_path / "out" / "long") == results_of(tmp_path / "reference" / "long")
+
+
+def test_cancelled_job_shows_cancelled_and_rerun_failed_completes_it(write_experiment, tmp_path, profile):
+    slow = {**TINY, "data": {"name": "digits"}, "grid": {"seed": [0, 1]},
+            "train": {**TINY["train"], "epochs": 60, "batch_size": 16, "early_stopping": {"patience": 100}}}
+    experiment = write_experiment(slow)
+    submit(tmp_path, experiment, profile)
+    tree = ExperimentTree(tmp_path / "out" / "tiny")
+    key, slurm_id = sorted(submitted_ids(tree).items())[0]
+    wait_until(lambda: states(experiment, tmp_path / "out").get(key) == "running", 120, "the job to run")
+    subprocess.run(["scancel", slurm_id], check=True)
+    wait_until(lambda: states(experiment, tmp_path / "out").get(key) == "cancelled", 60, "sacct to say CANCELLED")
+    status = launch(tmp_path, "status", str(tree.path))
+    assert f"{key}  CANCELLED" in status.stdout and "--rerun-failed" in status.stdout
+
+    plain = submit(tmp_path, experiment, profile)
+    assert f"FAILED" not in plain.stdout and ("0 to submit" in plain.stdout or "1 to submit" in plain.stdout)
+    rerun = submit(tmp_path, experiment, profile, "--rerun-failed")
+    assert "to submit" in rerun.stdout
+    final = wait_until(lambda: all_final(experiment, tmp_path / "out"), 300, "the resubmitted job")
+    assert set(final.values()) == {"done"}
+
+
+def test_a_job_that_raises_is_failed_with_its_error_line(write_experiment, tmp_path, profile):
+    experiment = write_experiment({**TINY, "grid": {}})
+    key = load_experiment(experiment).jobs()[0].key
+    blocked = tmp_path / "out" / "tiny" / "jobs" / key
+    blocked.mkdir(parents=True)
+    (blocked / "moe").write_text("a file where the variant's folder belongs")
+    submit(tmp_path, experiment, profile)
+    final = wait_until(lambda: all_final(experiment, tmp_path / "out"), 180, "the failing job")
+    assert final == {key: "failed"}
+    # SLURM itself records the task as failed, not completed
+    def slurm_word():
+        record = queue_states(ExperimentTree(tmp_path / "out" / "tiny"))[1].get(key)
+        return record.state if record and record.state not in ("RUNNING", "COMPLETING", "PENDING") else None
+
+    assert wait_until(slurm_word, 60, "sacct to record the end of the task") == "FAILED"
+    status = launch(tmp_path, "status", str(tmp_path / "out" / "tiny"))
+    assert f"FAILED {key}: " in status.stdout and "Error" in status.stdout
+    assert "_0_log.err" in status.stdout
+
+
+def test_the_plain_sbatch_script_runs_the_same_job_entry(write_experiment, tmp_path):
+    from conftest import REPO
+
+    experiment = write_experiment({**TINY, "grid": {"seed": [0, 1]}})
+    env = {**os.environ, "MOELAB_PYTHON": sys.executable}
+    done = subprocess.run(["sbatch", "--parsable", "--array=0-1", "--mem=1G", "--cpus-per-task=1",
+                           f"--output={tmp_path}/plain-%A_%a.out", "slurm/run_training.slurm", str(experiment),
+                           "--experiments-dir", str(tmp_path / "plain")],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    final = wait_until(lambda: all_final(experiment, tmp_path / "plain"), 180, "the plain sbatch array")
+    assert set(final.values()) == {"done"}, [p.read_text() for p in tmp_path.glob("plain-*.out")]
+    local = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "local", "--workers", "2", "--no-report")
+    assert local.returncode == 0
+    assert results_of(tmp_path / "plain" / "tiny") == results_of(tmp_path / "local" / "tiny")

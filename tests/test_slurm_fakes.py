@@ -1,0 +1,140 @@
+"""SLURM cases a real cluster cannot produce on demand, with fake sacct/squeue/scontrol on PATH
+(node failure, out of memory, accounting lag or absence), and the resource profile precedence."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from moelab.config import ConfigError, load_experiment
+from moelab.launch.plan import make_plan, merge_states
+from moelab.launch.slurm import queue
+from moelab.launch.slurm.resources import load_resources, sbatch_parameters
+from moelab.launch.status import print_status
+from moelab.results.io import append_jsonl, write_json
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """fake_slurm(sacct=..., squeue=..., scontrol=...): shell bodies for fake commands."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+    def install(**commands: str) -> None:
+        for name, body in commands.items():
+            path = bin_dir / name
+            path.write_text(f"#!/bin/sh\n{body}\n")
+            path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+    return install
+
+
+def test_sacct_states_are_mapped_and_array_ranges_expanded(fake_slurm):
+    fake_slurm(sacct="""cat <<'EOF'
+7_0|COMPLETED|node1|12|0:0
+7_1|NODE_FAIL|node2|30|0:0
+7_2|OUT_OF_MEMORY|node1|5|0:125
+7_3|CANCELLED by 0|node1|9|0:15
+7_[4-5%2]|PENDING|None assigned|0|0:0
+EOF""")
+    records = queue.query(["7_0", "7_1", "7_2", "7_3", "7_4", "7_5", "8"])
+    assert {k: r.moelab_state for k, r in records.items()} == {
+        "7_0": None, "7_1": "node_fail", "7_2": "out_of_memory", "7_3": "cancelled", "7_4": "queued", "7_5": "queued"}
+    assert records["7_1"].node == "node2" and records["7_4"].node == ""
+
+
+def test_squeue_answers_when_accounting_is_disabled(fake_slurm):
+    fake_slurm(sacct='echo "Slurm accounting storage is disabled" >&2; exit 1',
+               squeue='printf "9_0|RUNNING|node1\\n9_1|PENDING|\\n"')
+    records = queue.query(["9_0", "9_1", "9_2"])
+    assert {k: r.moelab_state for k, r in records.items()} == {"9_0": "running", "9_1": "queued"}
+
+
+def test_no_slurm_at_all_is_a_clear_error(fake_slurm, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    with pytest.raises(queue.QueueUnavailable, match="not found"):
+        queue.query(["1"])
+
+
+def test_max_array_size_is_read_from_scontrol(fake_slurm):
+    fake_slurm(scontrol='printf "MaxArraySize            = 5\\nMaxJobCount = 10000\\n"')
+    assert queue.max_array_size() == 5
+
+
+def test_results_on_disk_win_over_a_lagging_sacct():
+    assert merge_states("done", "running") == "done"
+    assert merge_states("failed", "cancelled") == "failed"
+    assert merge_states("interrupted", "queued") == "queued"  # requeued after a time limit
+    assert merge_states("pending", "node_fail") == "node_fail"
+    assert merge_states("interrupted", None) == "interrupted"
+
+
+def tiny_experiment(tmp_path):
+    from conftest import TINY
+    import yaml
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return load_experiment(path)
+
+
+def test_queued_jobs_are_never_resubmitted_and_failures_only_on_request(tmp_path):
+    experiment = tiny_experiment(tmp_path)
+    keys = [job.key for job in experiment.jobs()]
+    queue_states = {keys[0]: "queued", keys[1]: "running", keys[2]: "node_fail"}
+    plan = make_plan(experiment, tmp_path / "out", queue_states=queue_states)
+    assert [job.key for job in plan.to_run] == [keys[3]]
+    rerun = make_plan(experiment, tmp_path / "out", rerun_failed=True, queue_states=queue_states)
+    assert [job.key for job in rerun.to_run] == [keys[2], keys[3]]
+    forced = make_plan(experiment, tmp_path / "out", force=True, queue_states=queue_states)
+    assert keys[0] not in [job.key for job in forced.to_run]
+
+
+def test_status_merges_disk_and_sacct(fake_slurm, tmp_path, capsys):
+    experiment = tiny_experiment(tmp_path)
+    keys = [job.key for job in experiment.jobs()]
+    root = tmp_path / "out" / "tiny"
+    append_jsonl(root / "slurm" / "submissions.jsonl", {"array_job_id": "7", "jobs": {k: f"7_{i}" for i, k in enumerate(keys)}})
+    write_json(root / "jobs" / keys[0] / "status.json", {"state": "done", "attempts": 2, "host": "n1", "elapsed_s": 75,
+                                                        "variants": {}})
+    for variant in ("mlp", "moe", "moe_topk", "moe_hard"):
+        write_json(root / "jobs" / keys[0] / variant / "results.json", {"test_acc": 1.0})
+    fake_slurm(sacct=f"""cat <<'EOF'
+7_0|RUNNING|n1|80|0:0
+7_1|OUT_OF_MEMORY|n2|5|0:125
+7_2|PENDING|None assigned|0|0:0
+EOF""")
+    assert print_status(experiment, tmp_path / "out") == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line[:12] in keys}
+    assert "DONE" in lines[keys[0]] and "4/4" in lines[keys[0]] and "0:01:15" in lines[keys[0]]
+    assert "OUT_OF_MEMORY" in lines[keys[1]] and "n2" in lines[keys[1]]
+    assert "QUEUED" in lines[keys[2]] and "NOT_STARTED" in lines[keys[3]]
+    assert f"OUT_OF_MEMORY {keys[1]}: SLURM says OUT_OF_MEMORY (exit code 0:125)" in out
+    assert "slurm/7_1_0_log.err" in out and "--rerun-failed" in out
+
+
+def test_resources_profile_then_experiment_then_command_line(tmp_path):
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("partition: gpu\nmem_gb: 16\ntimeout_min: 30\nsetup: [module load cuda]\n")
+    experiment = tiny_experiment(tmp_path)
+    path = experiment.source
+    experiment = load_experiment(path, ["slurm.timeout_min=90"])
+    resources = load_resources(experiment.doc["slurm"], profile)
+    assert (resources["partition"], resources["mem_gb"], resources["timeout_min"]) == ("gpu", 16.0, 90)
+    params = sbatch_parameters(resources, "moelab-tiny")
+    assert params["partition"] == "gpu" and params["mem"] == "16GB" and params["time"] == 90
+    assert params["setup"] == ["module load cuda"] and "gpus_per_node" not in params
+
+
+def test_a_bad_profile_names_the_file_and_the_allowed_keys(tmp_path):
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("partitoin: gpu\nmem_gb: lots\n")
+    with pytest.raises(ConfigError) as caught:
+        load_resources({}, profile)
+    text = str(caught.value)
+    assert str(profile) in text and "partitoin: unknown key (did you mean 'partition'?)" in text
+    assert "allowed keys here: partition, account" in text and "mem_gb: must be a number > 0.0" in text
