@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 
 from moelab.data.registry import CLASSIFICATION, DatasetSpec, TaskData, register
 from moelab.data.splits import standardise, stratified_split, subsample
 
 
 def load(cfg: dict, seed: int) -> TaskData:
+    from sklearn.datasets import load_digits
+
     bunch = load_digits()
     x, y = bunch.data.astype(np.float32), bunch.target.astype(np.int64)
     rest, test = stratified_split(y, cfg["test_fraction"], seed)

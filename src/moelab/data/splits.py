@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (kept, held_out) with `fraction` held out, class proportions preserved."""
+    from sklearn.model_selection import train_test_split
+
     index = np.arange(len(labels))
     if fraction <= 0:
         return index, index[:0]
@@ -18,6 +19,8 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 def subsample(labels: np.ndarray, max_samples: int | None, seed: int) -> np.ndarray:
     """At most `max_samples` stratified indices (all when None or when there are fewer)."""
+    from sklearn.model_selection import train_test_split
+
     index = np.arange(len(labels))
     if max_samples is None or max_samples >= len(labels):
         return index
