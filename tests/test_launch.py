@@ -16,13 +16,13 @@ from conftest import TINY, launch
 from moelab.config import load_experiment
 from moelab.results.io import read_json, read_jsonl
 
-TIMING = ("seconds", "train_seconds", "test_seconds", "test_seconds@soft")
+TIMING_WORDS = ("seconds", "latency", "throughput")
 
 
 def results_of(experiment_dir) -> dict:
     found = {}
     for path in sorted(experiment_dir.glob("jobs/*/*/results.json")):
-        found[f"{path.parent.parent.name}/{path.parent.name}"] = {k: v for k, v in read_json(path).items() if k not in TIMING}
+        found[f"{path.parent.parent.name}/{path.parent.name}"] = {k: v for k, v in read_json(path).items() if not any(word in k for word in TIMING_WORDS)}
     return found
 
 

@@ -18,13 +18,16 @@ TRAIN = {"epochs": 6, "batch_size": 64, "eval_batch_size": 512, "optimizer": "ad
          "momentum": 0.9, "schedule": "cosine", "warmup_epochs": 1, "step_every": 30, "grad_clip": 1.0,
          "early_stopping": {"patience": 20, "min_delta": 0.0}, "device": "cpu", "save_weights": True}
 DATA = {"name": "digits", "root": "data", "val_fraction": 0.15, "test_fraction": 0.15, "max_train_samples": 400}
-TOPK = {"name": "moe_topk", "model": "moe_topk", "num_experts": 4, "hidden": 16, "dropout": 0.1, "k": 2,
-        "noisy_gating": True, "balance_weight": 0.01}
-TIMING = ("seconds", "train_seconds", "test_seconds", "test_seconds@soft")
+from moelab.models import get_model_spec
+from moelab.config.schema import check_section
+
+TOPK = {"name": "moe_topk", "model": "moe_topk",
+        **check_section(get_model_spec("moe_topk").schema, {"num_experts": 4, "hidden": 16, "k": 2}, "")[0]}
+TIMING_WORDS = ("seconds", "latency", "throughput")
 
 
 def strip_timing(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in TIMING}
+    return {k: v for k, v in row.items() if not any(word in k for word in TIMING_WORDS)}
 
 
 @pytest.fixture(scope="module")
@@ -121,4 +124,13 @@ def test_results_record_both_routings_for_moe_hard(tmp_path):
     assert {"test_acc", "test_acc@soft", "num_parameters", "best_epoch", "epochs_trained"} <= set(results)
     line = json.loads(job.variant("moe_topk").metrics_file.read_text().splitlines()[-1])
     assert len(line["train_expert_load"]) == 4 and sum(line["train_expert_load"]) == pytest.approx(1.0)
-    assert "train_aux_balance" in line
+    assert "train_aux_cv_balance" in line and 0 <= line["train_load_entropy"] <= 1
+    analysis = job.variant("moe_topk").path / "analysis"
+    for name in ("utilisation.csv", "gates_per_batch.csv", "test_routing.csv", "class_expert.csv",
+                 "expert_class_accuracy.csv", "inference.json"):
+        assert (analysis / name).is_file(), name
+    topk = read_json(job.variant("moe_topk").results_file)
+    assert topk["active_parameters"] < topk["num_parameters"] and topk["latency_ms"] > 0
+    assert topk["active_parameters@soft"] == topk["num_parameters"] - 64 * 4  # soft: every expert; the noise layer only trains
+    assert (job.variant("mlp").path / "analysis" / "inference.json").is_file()
+    assert not (job.variant("mlp").path / "analysis" / "utilisation.csv").exists()

@@ -3,11 +3,19 @@
     moe = MoE(d_in=64, d_hidden=128, d_out=10, num_experts=8, k=2)
     out = moe(x)          # x: [T, d_in]; out.y: [T, d_out]
 
+Experts are two-layer MLPs (linear, optional batch norm, ReLU, dropout, linear) whose weights are
+stacked, e.g. w1: [E, d_in, d_hidden].
+
 Soft routing runs every expert (one batched einsum) and mixes them with the softmax gate. Sparse
 routing sends each token to its k best experts: the (token, slot) pairs are sorted by expert, each
-expert multiplies one contiguous block, and the results are put back with the inverse permutation
-and summed over the k slots (no scatter-add, so the combine is deterministic on every device).
-Routing and its losses are computed in float32 whatever the input precision.
+expert multiplies one contiguous block (one grouped matrix multiply where this torch has
+torch._grouped_mm for the device and dtype, else a split per expert), and the results are put back
+with the inverse permutation and summed over the k slots: no scatter-add, so the combine is
+deterministic on every device. With a capacity factor (Switch), an expert takes at most
+ceil(capacity_factor * T * k / E) pairs, in token order; a dropped pair contributes zero, and the
+share of dropped pairs is reported.
+
+Routing and every auxiliary loss are computed in float32, whatever the input precision.
 """
 
 from __future__ import annotations
@@ -20,14 +28,19 @@ import torch.nn.functional as F
 from torch import nn
 
 ROUTINGS = ("soft", "topk")
+AUX_LOSSES = ("switch_balance", "cv_balance", "z_loss", "diversity", "kl_uniform")
+_GROUPED_MM_UNSUPPORTED: set[tuple[str, torch.dtype]] = set()
 
 
 @dataclass
 class MoEOutput:
     y: torch.Tensor  # [T, d_out]
-    gate_probs: torch.Tensor  # [T, E] softmax of the clean router logits
+    gate_probs: torch.Tensor  # [T, E] softmax of the (tempered) router logits, before noise
+    router_logits: torch.Tensor  # [T, E] float32, tempered
     expert_index: torch.Tensor | None  # [T, k] chosen experts; None under soft routing
-    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    expert_weights: torch.Tensor | None  # [T, k] their mixing weights
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # weighted, by name
+    dropped_fraction: torch.Tensor | None = None  # share of (token, slot) pairs over capacity
 
 
 class MoE(nn.Module):
@@ -38,11 +51,18 @@ class MoE(nn.Module):
         d_out: int,
         num_experts: int,
         k: int = 1,
+        *,
         train_routing: str = "topk",
         eval_routing: str = "topk",
         noisy_gating: bool = False,
-        balance_weight: float = 0.0,
+        gate_noise: float = 0.0,
+        capacity_factor: float | None = None,
+        temperature: tuple[float, float] = (1.0, 1.0),
+        balanced_init: bool = False,
+        batch_norm: bool = False,
         dropout: float = 0.0,
+        aux_weights: dict[str, float] | None = None,
+        dispatch: str = "auto",
     ):
         super().__init__()
         if not 1 <= k <= num_experts:
@@ -50,9 +70,17 @@ class MoE(nn.Module):
         for routing in (train_routing, eval_routing):
             if routing not in ROUTINGS:
                 raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+        unknown = set(aux_weights or {}) - set(AUX_LOSSES)
+        if unknown:
+            raise ValueError(f"unknown auxiliary losses {sorted(unknown)}; known: {', '.join(AUX_LOSSES)}")
+        if dispatch not in ("auto", "grouped_mm", "loop"):
+            raise ValueError(f"dispatch must be 'auto', 'grouped_mm' or 'loop', got {dispatch!r}")
         self.num_experts, self.k = num_experts, k
         self.train_routing, self.eval_routing = train_routing, eval_routing
-        self.balance_weight = balance_weight
+        self.gate_noise, self.capacity_factor, self.dispatch = gate_noise, capacity_factor, dispatch
+        self.temperature_start, self.temperature_end = temperature
+        self.temperature = float(temperature[0])
+        self.aux_weights = {name: w for name, w in (aux_weights or {}).items() if w > 0}
         self.router = nn.Linear(d_in, num_experts)
         # softplus(x W_noise) is the learned per-expert noise scale of noisy top-k gating
         self.noise = nn.Linear(d_in, num_experts, bias=False) if noisy_gating else None
@@ -60,84 +88,264 @@ class MoE(nn.Module):
         self.b1 = nn.Parameter(torch.empty(num_experts, d_hidden))
         self.w2 = nn.Parameter(torch.empty(num_experts, d_hidden, d_out))
         self.b2 = nn.Parameter(torch.empty(num_experts, d_out))
+        self.norm = ExpertBatchNorm(num_experts, d_hidden) if batch_norm else None
         self.dropout = nn.Dropout(dropout)
-        self.reset_parameters()
+        self.reset_parameters(balanced_init)
 
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, balanced_init: bool = False) -> None:
         # the same distribution nn.Linear uses, per expert
         for w, b, fan_in in ((self.w1, self.b1, self.w1.shape[1]), (self.w2, self.b2, self.w2.shape[1])):
             bound = 1.0 / math.sqrt(fan_in)
             nn.init.uniform_(w, -bound, bound)
             nn.init.uniform_(b, -bound, bound)
+        if balanced_init:  # routing starts (almost) uniform: tiny weights break ties, no bias
+            nn.init.normal_(self.router.weight, std=1e-3)
+            nn.init.zeros_(self.router.bias)
         if self.noise is not None:
             nn.init.zeros_(self.noise.weight)
+
+    def set_progress(self, fraction: float) -> None:
+        """Anneal the gate temperature on a cosine from its start to its end value over training."""
+        fraction = min(max(fraction, 0.0), 1.0)
+        start, end = self.temperature_start, self.temperature_end
+        self.temperature = end + (start - end) * 0.5 * (1 + math.cos(math.pi * fraction))
 
     @property
     def routing(self) -> str:
         return self.train_routing if self.training else self.eval_routing
 
     def forward(self, x: torch.Tensor) -> MoEOutput:
-        logits = self.router(x).float()
+        logits = self.router(x).float() / self.temperature
         probs = logits.softmax(dim=-1)
-        if self.routing == "soft":
-            return MoEOutput(y=self._soft(x, probs), gate_probs=probs, expert_index=None)
-
         noisy_logits, noise_std = logits, None
-        if self.noise is not None and self.training:
+        if self.training and self.noise is not None:
             noise_std = F.softplus(self.noise(x).float()) + 1e-2
             noisy_logits = logits + torch.randn_like(logits) * noise_std
+        elif self.training and self.gate_noise > 0:
+            noisy_logits = logits + torch.randn_like(logits) * self.gate_noise
+
+        if self.routing == "soft":
+            gates = noisy_logits.softmax(dim=-1) if noisy_logits is not logits else probs
+            outputs = self._all_experts(x)
+            y = torch.einsum("te,teo->to", gates.to(x.dtype), outputs)
+            aux = self._aux_losses(logits, gates, None, outputs=outputs)
+            return MoEOutput(y, probs, logits, None, None, aux)
+
         kk = min(self.k + 1, self.num_experts)
         top_logits, top_index = noisy_logits.topk(kk, dim=-1)
         expert_index = top_index[:, : self.k]
         weights = top_logits[:, : self.k].softmax(dim=-1)
-        y = self._sparse(x, expert_index, weights.to(x.dtype))
-        aux = {}
-        if self.balance_weight > 0 and self.training:
-            full_gates = torch.zeros_like(logits).scatter(1, expert_index, weights)
-            load = self._load(logits, noisy_logits, noise_std, top_logits, full_gates)
-            aux["balance"] = self.balance_weight * (cv_squared(full_gates.sum(0)) + cv_squared(load))
-        return MoEOutput(y=y, gate_probs=probs, expert_index=expert_index, aux_losses=aux)
+        y, dropped, slot_outputs = self._sparse(x, expert_index, weights.to(x.dtype))
+        load = self._shazeer_load(logits, noisy_logits, noise_std, top_logits, expert_index)
+        aux = self._aux_losses(logits, probs, expert_index, weights=weights, load=load, outputs=slot_outputs)
+        return MoEOutput(y, probs, logits, expert_index, weights, aux, dropped)
 
-    def _soft(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    def flops_per_token(self) -> int:
+        """Expert FLOPs of one token under the current routing (the router is an nn.Linear, counted apart)."""
+        used = self.num_experts if self.routing == "soft" else self.k
+        d_in, hidden = self.w1.shape[1:]
+        return 2 * used * (d_in * hidden + hidden * self.w2.shape[2])
+
+    def expert_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Every expert's output for every token, [T, E, d_out] (for analysis)."""
+        return self._all_experts(x)
+
+    # dispatch ------------------------------------------------------------------------------
+
+    def _all_experts(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.einsum("td,edh->teh", x, self.w1) + self.b1
+        if self.norm is not None:
+            h = self.norm.all_experts(h)
         h = self.dropout(F.relu(h))
-        out = torch.einsum("teh,eho->teo", h, self.w2) + self.b2
-        return torch.einsum("te,teo->to", probs.to(x.dtype), out)
+        return torch.einsum("teh,eho->teo", h, self.w2) + self.b2
 
-    def _sparse(self, x: torch.Tensor, expert_index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _sparse(self, x, expert_index, weights):
         tokens, k = expert_index.shape
         flat = expert_index.reshape(-1)
         order = torch.argsort(flat, stable=True)  # (token, slot) pairs grouped by expert
-        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
-        grouped = x[order // k]
-        outputs = []
-        for e, chunk in enumerate(grouped.split(counts)):
-            if chunk.shape[0] == 0:
-                continue
-            h = self.dropout(F.relu(chunk @ self.w1[e] + self.b1[e]))
-            outputs.append(h @ self.w2[e] + self.b2[e])
-        grouped_out = torch.cat(outputs)
-        out = torch.empty_like(grouped_out)
-        out[order] = grouped_out  # inverse permutation: row i of `out` is pair i again
-        return (out.view(tokens, k, -1) * weights.unsqueeze(-1)).sum(dim=1)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        counts = torch.bincount(flat, minlength=self.num_experts)
+        # one row per (token, slot) pair, grouped by expert; the backward pass gathers with the
+        # inverse permutation and sums over slots (no scatter-add)
+        grouped = gather_pairs(x, order, inverse, k)
+        experts = flat[order]
+        dropped = None
+        if self.capacity_factor is not None:
+            capacity = math.ceil(self.capacity_factor * tokens * k / self.num_experts)
+            first = torch.cumsum(counts, 0) - counts  # where each expert's block starts
+            keep = (torch.arange(len(order), device=x.device) - first[experts]) < capacity
+            dropped = 1.0 - keep.float().mean()
+            grouped, experts, counts = grouped[keep], experts[keep], counts.clamp(max=capacity)
+        sizes = counts.tolist()
+        h = add_segment_bias(self._grouped_matmul(grouped, self.w1, counts, sizes), self.b1, sizes)
+        if self.norm is not None:
+            h = self.norm.grouped(h, experts, sizes)
+        h = self.dropout(F.relu(h, inplace=True))
+        grouped_out = add_segment_bias(self._grouped_matmul(h, self.w2, counts, sizes), self.b2, sizes)
+        if dropped is not None:  # pairs over capacity contribute zero
+            grouped_out = grouped_out.new_zeros(len(order), grouped_out.shape[1]).index_put((keep.nonzero().flatten(),), grouped_out)
+        slot_outputs = permute_rows(grouped_out, inverse, order).view(tokens, k, -1)  # back to (token, slot) order
+        y = torch.bmm(weights.unsqueeze(1), slot_outputs).squeeze(1)  # weighted sum over the k slots
+        return y, dropped, slot_outputs
 
-    def _load(self, logits, noisy_logits, noise_std, top_logits, full_gates) -> torch.Tensor:
+    def _grouped_matmul(self, rows: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        """rows[i] @ weight[expert of row i], rows sorted by expert with `counts` rows each."""
+        key = (rows.device.type, rows.dtype)
+        # torch._grouped_mm wants rows of a multiple of 16 bytes on both sides
+        aligned = all(dim * rows.element_size() % 16 == 0 for dim in (weight.shape[1], weight.shape[2]))
+        if self.dispatch == "grouped_mm" and not aligned:
+            raise ValueError(f"grouped_mm dispatch needs widths whose rows are multiples of 16 bytes, got {tuple(weight.shape[1:])}")
+        if self.dispatch != "loop" and aligned and hasattr(torch, "_grouped_mm") and key not in _GROUPED_MM_UNSUPPORTED:
+            try:
+                return torch._grouped_mm(rows, weight, offs=torch.cumsum(counts, 0).to(torch.int32))
+            except (RuntimeError, NotImplementedError):
+                if self.dispatch == "grouped_mm":
+                    raise
+                _GROUPED_MM_UNSUPPORTED.add(key)
+        blocks = rows.split(sizes)
+        return torch.cat([block @ weight[e] for e, block in enumerate(blocks)])
+
+    # auxiliary losses --------------------------------------------------------------------------
+
+    def _shazeer_load(self, logits, noisy_logits, noise_std, top_logits, expert_index) -> torch.Tensor:
         """Expected number of tokens per expert (Shazeer et al. 2017), differentiable through the noise.
 
-        For each expert: the probability that its noisy logit would still be in the top k if the
-        noise were drawn again, given the other experts' noisy logits. The threshold it must beat is
-        the k-th largest noisy logit if it is itself outside the top k, else the (k+1)-th. Without
-        noise (or with k = E) the load is the hard count of tokens per expert.
+        For each expert: the probability that its noisy logit would still be in the top k if its
+        noise were drawn again, the other experts' noisy logits fixed. The threshold it must beat
+        is the k-th largest noisy logit if it is itself outside the top k, else the (k+1)-th. These
+        are noisy *logits* on both sides. Without learned noise (or with k = E) the load is the
+        hard count of tokens per expert.
         """
         if noise_std is None or self.k >= self.num_experts:
-            return (full_gates > 0).float().sum(0)
-        threshold_if_in = top_logits[:, self.k : self.k + 1]  # (k+1)-th largest noisy logit
-        threshold_if_out = top_logits[:, self.k - 1 : self.k]  # k-th largest noisy logit
+            return torch.bincount(expert_index.reshape(-1), minlength=self.num_experts).float()
+        threshold_if_in = top_logits[:, self.k : self.k + 1]
+        threshold_if_out = top_logits[:, self.k - 1 : self.k]
         is_in = noisy_logits > threshold_if_in
         normal = torch.distributions.Normal(0.0, 1.0)
         prob_if_in = normal.cdf((logits - threshold_if_in) / noise_std)
         prob_if_out = normal.cdf((logits - threshold_if_out) / noise_std)
         return torch.where(is_in, prob_if_in, prob_if_out).sum(0)
+
+    def _aux_losses(self, logits, gates, expert_index, weights=None, load=None, outputs=None) -> dict:
+        if not self.training or not self.aux_weights:
+            return {}
+        losses = {}
+        for name, weight in self.aux_weights.items():
+            if name == "switch_balance":
+                value = switch_balance(gates, expert_index, self.k)
+            elif name == "cv_balance":
+                importance = gates.sum(0) if weights is None else torch.zeros_like(gates).scatter(1, expert_index, weights).sum(0)
+                value = cv_squared(importance) + (cv_squared(load) if load is not None else 0.0)
+            elif name == "z_loss":
+                value = router_z_loss(logits)
+            elif name == "diversity":
+                value = output_similarity(outputs)
+            else:
+                value = kl_to_uniform(gates)
+            losses[name] = weight * value
+        return losses
+
+
+class ExpertBatchNorm(nn.Module):
+    """Batch norm with statistics of its own for each expert, over the tokens that expert sees."""
+
+    def __init__(self, num_experts: int, width: int, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.weight = nn.Parameter(torch.ones(num_experts, width))
+        self.bias = nn.Parameter(torch.zeros(num_experts, width))
+        self.register_buffer("running_mean", torch.zeros(num_experts, width))
+        self.register_buffer("running_var", torch.ones(num_experts, width))
+
+    def all_experts(self, h: torch.Tensor) -> torch.Tensor:  # h: [T, E, H]
+        if self.training and h.shape[0] > 1:
+            mean, var = h.mean(0), h.var(0, unbiased=False)
+            self._update(mean, var * h.shape[0] / (h.shape[0] - 1), torch.ones(h.shape[1], dtype=torch.bool, device=h.device))
+        else:
+            mean, var = self.running_mean, self.running_var
+        return (h - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+    def grouped(self, h: torch.Tensor, experts: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        """h: [N, H], rows sorted by expert (`experts` per row, `sizes` rows per expert)."""
+        if self.training:
+            counts = torch.tensor(sizes, device=h.device)
+            blocks = h.split(sizes)
+            mean = torch.stack([b.mean(0) if len(b) else h.new_zeros(h.shape[1]) for b in blocks])
+            var = torch.stack([b.var(0, unbiased=False) if len(b) else h.new_ones(h.shape[1]) for b in blocks])
+            n = counts.clamp(min=2).unsqueeze(1).to(h.dtype)
+            self._update(mean, var * n / (n - 1), counts > 1)
+        else:
+            mean, var = self.running_mean, self.running_var
+        return (h - mean[experts]) / torch.sqrt(var[experts] + self.eps) * self.weight[experts] + self.bias[experts]
+
+    @torch.no_grad()
+    def _update(self, mean: torch.Tensor, unbiased_var: torch.Tensor, seen: torch.Tensor) -> None:
+        m = self.momentum * seen.unsqueeze(1).to(mean.dtype)  # experts without tokens keep their stats
+        self.running_mean.mul_(1 - m).add_(m * mean.detach())
+        self.running_var.mul_(1 - m).add_(m * unbiased_var.detach())
+
+
+class _GatherPairs(torch.autograd.Function):
+    """x[order // k]: the token of each (token, slot) pair, in expert order. Its gradient is put back
+    in pair order by the inverse permutation and summed over the k slots of each token."""
+
+    @staticmethod
+    def forward(ctx, x, order, inverse, k):
+        ctx.save_for_backward(inverse)
+        ctx.k = k
+        return x[order // k]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        per_pair = grad[inverse]
+        return per_pair.view(-1, ctx.k, grad.shape[1]).sum(dim=1), None, None, None
+
+
+def gather_pairs(x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor, k: int) -> torch.Tensor:
+    return _GatherPairs.apply(x, order, inverse, k)
+
+
+class _PermuteRows(torch.autograd.Function):
+    """rows[perm], whose gradient is gathered back with the inverse permutation: faster than the
+    scatter-add autograd would use for a general index, and deterministic."""
+
+    @staticmethod
+    def forward(ctx, rows, perm, inverse):
+        ctx.save_for_backward(inverse)
+        return rows[perm]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        return grad[inverse], None, None
+
+
+def permute_rows(rows: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    return _PermuteRows.apply(rows, perm, inverse)
+
+
+class _SegmentBias(torch.autograd.Function):
+    """rows + bias[e] for consecutive blocks of `sizes[e]` rows; the bias gradient is a sum per block."""
+
+    @staticmethod
+    def forward(ctx, rows, bias, sizes):
+        # in place: `rows` is a fresh matmul result that nothing else needs
+        ctx.sizes = sizes
+        ctx.mark_dirty(rows)
+        for e, block in enumerate(rows.split(sizes)):
+            block.add_(bias[e])
+        return rows
+
+    @staticmethod
+    def backward(ctx, grad):
+        sums = [block.sum(0) for block in grad.split(ctx.sizes)]
+        return grad, torch.stack(sums), None
+
+
+def add_segment_bias(rows: torch.Tensor, bias: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    return _SegmentBias.apply(rows, bias, sizes)
 
 
 def cv_squared(x: torch.Tensor) -> torch.Tensor:
@@ -145,3 +353,37 @@ def cv_squared(x: torch.Tensor) -> torch.Tensor:
     if x.numel() <= 1:
         return x.new_zeros(())
     return x.float().var(unbiased=False) / (x.float().mean() ** 2 + 1e-10)
+
+
+def switch_balance(gates: torch.Tensor, expert_index: torch.Tensor | None, k: int) -> torch.Tensor:
+    """Switch Transformer balance loss (E/k) * sum_i f_i * P_i: f_i the share of tokens sent to
+    expert i (summing to k), P_i its mean router probability. Equals 1 for a perfectly balanced
+    routing. Under soft routing, f_i is the share of tokens whose top expert is i."""
+    num_experts = gates.shape[1]
+    chosen = gates.argmax(dim=1, keepdim=True) if expert_index is None else expert_index
+    k = chosen.shape[1]
+    f = torch.bincount(chosen.reshape(-1), minlength=num_experts).float() / gates.shape[0]
+    return num_experts / k * (f * gates.float().mean(0)).sum()
+
+
+def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """mean(logsumexp(z)^2): keeps router logits small (ST-MoE)."""
+    return torch.logsumexp(logits.float(), dim=-1).square().mean()
+
+
+def kl_to_uniform(gates: torch.Tensor) -> torch.Tensor:
+    """KL(mean gate || uniform): 0 when experts get equal probability mass on average."""
+    mean = gates.float().mean(0).clamp_min(1e-12)
+    return (mean * (mean * gates.shape[1]).log()).sum()
+
+
+def output_similarity(outputs: torch.Tensor | None) -> torch.Tensor:
+    """Mean pairwise cosine similarity of the expert outputs each token received ([T, n, d], n >= 2);
+    penalising it pushes experts to produce different outputs. 0 when a token sees one expert."""
+    if outputs is None or outputs.shape[1] < 2:
+        return torch.zeros((), device=outputs.device if outputs is not None else None)
+    unit = F.normalize(outputs.float(), dim=-1)
+    sims = unit @ unit.transpose(1, 2)  # [T, n, n]
+    n = outputs.shape[1]
+    off_diagonal = sims.sum(dim=(1, 2)) - sims.diagonal(dim1=1, dim2=2).sum(dim=1)
+    return (off_diagonal / (n * (n - 1))).mean()

@@ -22,7 +22,6 @@ from moelab.results.io import read_json, read_jsonl
 from moelab.results.status import DONE, job_state, read_status
 from moelab.results.tree import ExperimentTree, JobTree
 
-PER_EPOCH_LISTS = ("train_expert_load", "train_gate_mean")  # kept out of the flat curves table
 
 
 @dataclass
@@ -104,7 +103,7 @@ def _collect_job(tree: ExperimentTree, job: JobTree, rows: list, curve_rows: lis
             for line in read_jsonl(out.metrics_file, on_bad_line=lambda number, _: bad.append(number)):
                 curve_rows.append({"experiment": base["experiment"], "job": job.key, "variant": name,
                                    "seed": config["seed"], **spec.get("grid_values", {}),
-                                   **{k: v for k, v in line.items() if k not in PER_EPOCH_LISTS}})
+                                   **{k: v for k, v in line.items() if not isinstance(v, list)}})
             if bad:
                 problems.append(f"{out.metrics_file}: skipped unreadable line(s) {bad}")
 

@@ -19,6 +19,7 @@ from moelab.data import TaskData
 from moelab.models import build_model, count_parameters
 from moelab.results.io import atomic_write, write_json, write_jsonl, append_jsonl
 from moelab.results.tree import VariantTree
+from moelab.train.analysis import write_expert_analysis
 from moelab.train.tasks import TASKS, batch_stats, finish_metrics
 
 
@@ -60,7 +61,7 @@ def train_variant(
     task = TASKS[data.task]
     params = {k: v for k, v in variant.items() if k not in ("name", "model")}
     torch.manual_seed(seed)  # every variant of a job starts from the same seed: paired comparisons
-    model = build_model(variant["model"], data.d_in, data.d_out, params).to(device)
+    model = build_model(variant["model"], data.d_in, data.d_out, params, data.info.get("image_shape")).to(device)
     optimizer = make_optimizer(model, train_cfg)
     scheduler = make_scheduler(optimizer, train_cfg)
     shuffle = torch.Generator().manual_seed(seed)
@@ -78,6 +79,7 @@ def train_variant(
             break
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
+        model.set_progress(epoch / train_cfg["epochs"])
         train = train_one_epoch(model, data, task, optimizer, shuffle, train_cfg, data.task)
         val = evaluate(model, data.x_val, data.y_val, data.task, train_cfg["eval_batch_size"])
         scheduler.step()
@@ -94,9 +96,11 @@ def train_variant(
             raise StopRequested(f"stopped after epoch {epoch} on request; resumes from the checkpoint")
 
     model.load_state_dict(torch.load(out.best_weights, map_location=device, weights_only=True))
+    model.set_progress(stopper.best_epoch / train_cfg["epochs"])  # the gate as it was at the best epoch
     results = test_results(model, data, train_cfg, task)
     if data.render_inputs is not None:
         save_rendering(model, data, train_cfg, out)
+    results.update(write_expert_analysis(model, data, history, train_cfg, out.path / "analysis"))
     results = {
         "variant": variant["name"], "model": variant["model"], "params": params, "task": data.task,
         "metric": task.primary, "num_parameters": count_parameters(model),
@@ -116,9 +120,10 @@ def train_one_epoch(model, data: TaskData, task, optimizer, shuffle, train_cfg, 
     order = torch.randperm(len(x), generator=shuffle).to(x.device)
     sums: dict[str, torch.Tensor] = {}
     loss_sum = torch.zeros((), device=x.device)
+    batch_loads = []  # per batch: share of the batch's samples whose first expert is each expert
     for start in range(0, len(x), train_cfg["batch_size"]):
         index = order[start : start + train_cfg["batch_size"]]
-        out = model(x[index])
+        out = model(x[index], y[index])
         task_loss = task.loss(out.y, y[index])
         loss = task_loss + sum(out.aux_losses.values())
         optimizer.zero_grad(set_to_none=True)
@@ -131,20 +136,34 @@ def train_one_epoch(model, data: TaskData, task, optimizer, shuffle, train_cfg, 
         batch = batch_stats(task_name, out.y.detach(), y[index])
         for name, value in out.aux_losses.items():
             batch[f"aux_{name}"] = value.detach() * n
+        for name, value in out.metrics.items():
+            batch[f"metric_{name}"] = value.detach().float() * n
         if out.gate_probs is not None:
             chosen = out.expert_index[:, 0] if out.expert_index is not None else out.gate_probs.argmax(dim=1)
-            batch["expert_count"] = torch.bincount(chosen, minlength=out.gate_probs.shape[1]).float()
+            counts = torch.bincount(chosen, minlength=out.gate_probs.shape[1]).float()
+            batch["expert_count"] = counts
             batch["gate_prob_sum"] = out.gate_probs.detach().sum(dim=0)
+            batch_loads.append(counts / n)
         for name, value in batch.items():
             sums[name] = sums[name] + value if name in sums else value
     count = len(x)
     host = {k: v.tolist() for k, v in sums.items()}  # one transfer per epoch
     row = {"loss": loss_sum.item() / count, **finish_metrics(task_name, host, count)}
     row.update({k: v / count for k, v in host.items() if k.startswith("aux_")})
+    row.update({k[len("metric_"):]: v / count for k, v in host.items() if k.startswith("metric_")})
     if "expert_count" in host:
-        row["expert_load"] = [c / count for c in host["expert_count"]]
-        row["gate_mean"] = [p / count for p in host["gate_prob_sum"]]
+        load = [c / count for c in host["expert_count"]]
+        row.update(expert_load=load, gate_mean=[p / count for p in host["gate_prob_sum"]], **routing_balance(load))
+        row["batch_expert_load"] = torch.stack(batch_loads).tolist()
     return row
+
+
+def routing_balance(load: list[float]) -> dict:
+    """Load CV, normalised entropy (1 = perfectly balanced) and the experts under 1 % of samples."""
+    shares = torch.tensor(load, dtype=torch.float64)
+    entropy = -(shares[shares > 0] * shares[shares > 0].log()).sum() / math.log(len(load)) if len(load) > 1 else 1.0
+    return {"load_cv": float(shares.std(unbiased=False) / shares.mean()) if shares.mean() > 0 else 0.0,
+            "load_entropy": float(entropy), "collapsed_experts": [e for e, s in enumerate(load) if s < 0.01]}
 
 
 @torch.no_grad()

@@ -1,0 +1,155 @@
+"""What the experts did, written by every job next to each variant's results (folder analysis/).
+
+    utilisation.csv            per epoch and expert: share of training samples (first choice), mean
+                               gate probability, load CV, normalised entropy, collapsed (< 1 % of samples)
+    gates_per_batch.csv        per epoch, batch and expert: share of the batch's samples
+    test_routing.csv           per test sample: label, prediction, chosen experts and their weights
+    class_expert.csv           test samples of each class (rows) sent to each expert (columns)
+    expert_class_accuracy.csv  each expert's own accuracy on each class (classification)
+    inference.json             per routing: latency at batch 1, throughput at batch 1024, active
+                               parameters and FLOPs per sample, test metric
+
+Models without experts get inference.json only. The headline numbers also go into results.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from moelab.data import CLASSIFICATION, TaskData
+from moelab.results.io import write_text
+from moelab.train.tasks import TASKS
+
+
+def write_expert_analysis(model, data: TaskData, history: list[dict], train_cfg: dict, folder: Path) -> dict:
+    model.eval()
+    results: dict = {}
+    inference = {}
+    modes = [None, *model.routing_modes()]
+    for mode in modes:
+        context = model.use_routing(mode) if mode else _nothing()
+        with context:
+            inference[mode or "inferred"] = _inference(model, data, train_cfg)
+    write_text(folder / "inference.json", json.dumps(inference, indent=2) + "\n")
+    for mode, figures in inference.items():
+        suffix = "" if mode == "inferred" else f"@{mode}"
+        results.update({f"{k}{suffix}": v for k, v in figures.items() if not k.startswith("test_")})
+
+    with torch.no_grad():
+        probe = model(data.x_test[:2])
+    if probe.gate_probs is None:
+        return results
+    num_experts = probe.gate_probs.shape[1]
+    _write_utilisation(history, num_experts, folder)
+    results.update(_write_test_routing(model, data, train_cfg, num_experts, folder))
+    final = history[-1] if history else {}
+    results.update({k: final[k] for k in ("load_cv", "load_entropy", "collapsed_experts") if k in final})
+    return results
+
+
+@torch.no_grad()
+def _inference(model, data: TaskData, train_cfg: dict) -> dict:
+    task = TASKS[data.task]
+    one = data.x_test[:1]
+    repeats = -(-1024 // len(data.x_test))
+    batch = data.x_test.repeat(repeats, 1)[:1024]
+    latency = _median_seconds(lambda: model(one), runs=30)
+    throughput = 1024 / _median_seconds(lambda: model(batch), runs=5)
+    from moelab.train.trainer import evaluate
+
+    score = evaluate(model, data.x_test, data.y_test, data.task, train_cfg["eval_batch_size"])[task.primary]
+    return {"latency_ms": latency * 1000, "throughput": throughput, "active_parameters": model.active_parameters(),
+            "flops_per_sample": model.flops_per_sample(data.d_in), f"test_{task.primary}": score}
+
+
+def _median_seconds(call, runs: int) -> float:
+    for _ in range(3):  # warm-up
+        call()
+    timings = []
+    for _ in range(runs):
+        _synchronize()
+        started = time.perf_counter()
+        call()
+        _synchronize()
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _write_utilisation(history: list[dict], num_experts: int, folder: Path) -> None:
+    rows = [[r["epoch"], e, r["train_expert_load"][e], r["train_gate_mean"][e], r["train_load_cv"],
+             r["train_load_entropy"], e in r["train_collapsed_experts"]]
+            for r in history if "train_expert_load" in r for e in range(num_experts)]
+    _write_csv(folder / "utilisation.csv", ["epoch", "expert", "share", "mean_gate", "load_cv", "load_entropy", "collapsed"], rows)
+    rows = [[r["epoch"], b, e, shares[e]] for r in history if "train_batch_expert_load" in r
+            for b, shares in enumerate(r["train_batch_expert_load"]) for e in range(num_experts)]
+    _write_csv(folder / "gates_per_batch.csv", ["epoch", "batch", "expert", "share"], rows)
+
+
+@torch.no_grad()
+def _write_test_routing(model, data: TaskData, train_cfg: dict, num_experts: int, folder: Path) -> dict:
+    bs = train_cfg["eval_batch_size"]
+    outs = [model(data.x_test[i : i + bs]) for i in range(0, len(data.x_test), bs)]
+    probs = torch.cat([o.gate_probs for o in outs])
+    predictions = torch.cat([o.y for o in outs])
+    if outs[0].expert_index is not None:
+        index, weights = torch.cat([o.expert_index for o in outs]), torch.cat([o.expert_weights for o in outs])
+    else:  # soft routing: list the experts by gate probability
+        weights, index = probs.sort(dim=1, descending=True)
+    first = index[:, 0]
+    classification = data.task == CLASSIFICATION
+    labels = data.y_test
+    k = index.shape[1]
+    header = ["sample", "label", "prediction"] + [f"expert_{i + 1}" for i in range(k)] + [f"weight_{i + 1}" for i in range(k)]
+    rows = [[i, labels[i].tolist() if not classification else int(labels[i]),
+             int(predictions[i].argmax()) if classification else predictions[i].tolist(),
+             *index[i].tolist(), *[round(w, 6) for w in weights[i].tolist()]] for i in range(len(labels))]
+    _write_csv(folder / "test_routing.csv", header, rows)
+    results = {"test_expert_share": torch.bincount(first, minlength=num_experts).div(len(first)).tolist()}
+    if not classification:
+        return results
+    classes = predictions.shape[1]
+    matrix = torch.zeros(classes, num_experts, dtype=torch.long)
+    matrix.index_put_((labels.cpu(), first.cpu()), torch.ones(len(labels), dtype=torch.long), accumulate=True)
+    _write_csv(folder / "class_expert.csv", ["class"] + [f"expert_{e}" for e in range(num_experts)],
+               [[c, *matrix[c].tolist()] for c in range(classes)])
+    expert_predictions = torch.cat([model.expert_outputs(data.x_test[i : i + bs]) for i in range(0, len(data.x_test), bs)])
+    correct = (expert_predictions.argmax(dim=2) == labels[:, None]).float().cpu()  # [T, E]
+    rows = []
+    for c in range(classes):
+        mask = (labels == c).cpu()
+        rows.append([c, *(correct[mask].mean(0).tolist() if mask.any() else [float("nan")] * num_experts)])
+    _write_csv(folder / "expert_class_accuracy.csv", ["class"] + [f"expert_{e}" for e in range(num_experts)], rows)
+    # specialisation: share of test samples whose first expert is the one that sees most of their class
+    results["routing_purity"] = float(matrix.max(dim=1).values.sum() / matrix.sum())
+    assigned = model.assigned_experts(labels)
+    if assigned is not None:
+        results["test_guide_agreement"] = float((first == assigned).float().mean())
+    return results
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
