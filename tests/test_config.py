@@ -34,6 +34,10 @@ CASES = {
     "unsafe name": (bad(name="../escape"), "name: must be a string made of letters"),
     "missing dataset files": (bad(data={"name": "mnist", "root": "nowhere"}), "see data/README.md"),
     "bad model parameter": (bad(variants__2__k=9), "variants.moe_topk: k=9 must be <= num_experts=2"),
+    "guided mapping": (bad(variants=[{"name": "g", "model": "moe_guided", "num_experts": 2, "expert_classes": [[0], [0]]}], grid={}),
+                       "variants.g: expert_classes assigns a class to more than one expert"),
+    "cnn on non-images": (bad(data={"name": "image_fit"}, variants=[{"name": "c", "model": "cnn"}], grid={}),
+                          "variants.c: model 'cnn' reads images, but dataset 'image_fit' does not give images"),
     "unknown grid axis": (bad(grid={"train.lrate": [1]}), "grid.train.lrate: unknown key 'lrate' in train; keys there: epochs, batch_size"),
 }
 
@@ -125,6 +129,8 @@ def test_shipped_experiment_files_are_valid_once_their_data_is_present(tmp_path)
 
     configs = REPO / "experiments" / "configs"
     assert load_experiment(configs / "image_fit.yaml").doc["data"]["name"] == "image_fit"
+    zoo = load_experiment(configs / "zoo.yaml")
+    assert {v["model"] for v in zoo.doc["variants"]} == {"mlp", "cnn", "moe", "moe_topk", "moe_hard", "moe_switch", "moe_guided"}
     for name in ("mnist", "cifar10"):
         with pytest.raises(ConfigError) as caught:
             load_experiment(configs / f"{name}.yaml", [f"data.root={tmp_path}"])

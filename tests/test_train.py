@@ -134,3 +134,40 @@ def test_results_record_both_routings_for_moe_hard(tmp_path):
     assert topk["active_parameters@soft"] == topk["num_parameters"] - 64 * 4  # soft: every expert; the noise layer only trains
     assert (job.variant("mlp").path / "analysis" / "inference.json").is_file()
     assert not (job.variant("mlp").path / "analysis" / "utilisation.csv").exists()
+
+
+ZOO = {
+    "mlp": {"hidden": 128},
+    "cnn": {"width": 8},
+    "moe": {"hidden": 64, "num_experts": 5},
+    "moe_topk": {"hidden": 64, "num_experts": 5, "k": 2},
+    "moe_hard": {"hidden": 64, "num_experts": 5},
+    "moe_switch": {"hidden": 64, "num_experts": 5},
+    "moe_guided": {"hidden": 64, "num_experts": 5},
+    "moe_annealed": {"hidden": 64, "num_experts": 5, "anneal_temperature": True, "gate_noise": True,
+                     "balanced_init": True, "z_loss": 1e-3, "diversity": 0.05, "kl_uniform": 0.05},
+}
+
+
+@pytest.fixture(scope="module")
+def full_digits():
+    return load_dataset({**DATA, "max_train_samples": None}, seed=0)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_every_variant_learns_digits_and_repeats_itself(name, full_digits, tmp_path):
+    model = "moe_hard" if name == "moe_annealed" else name
+    variant = {"name": name, "model": model,
+               **check_section(get_model_spec(model).schema, ZOO[name], "")[0]}
+    train = {**TRAIN, "epochs": 15, "early_stopping": {"patience": 15, "min_delta": 0.0}}
+    first = train_variant(variant, full_digits, train, 0, VariantTree(tmp_path / "a"), torch.device("cpu"))
+    assert first["test_acc"] > 0.88, first["test_acc"]
+    history = read_jsonl(tmp_path / "a" / "metrics.jsonl")
+    if name == "moe_guided":
+        assert history[-1]["train_guide_agreement"] > 0.9  # the gate learned the assigned experts
+        assert first["test_guide_agreement"] > 0.8
+    if name == "moe_switch":
+        assert 0 <= history[-1]["train_dropped"] < 0.5
+    if name != "cnn":  # the same seed gives identical results
+        second = train_variant(variant, full_digits, train, 0, VariantTree(tmp_path / "b"), torch.device("cpu"))
+        assert strip_timing(first) == strip_timing(second)

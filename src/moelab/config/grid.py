@@ -95,8 +95,9 @@ def _axis_fields(axis: str, doc: dict) -> tuple[list[Field], str | None]:
         targets = [v for v in doc["variants"] if name in ("*", v["name"])]
         fields = [get_model_spec(v["model"]).schema[param] for v in targets if param in get_model_spec(v["model"]).schema]
         if not fields:
-            where = "no variant's model" if name == "*" else f"model {targets[0]['model']!r} of variant {name!r}"
-            return [], f"{where} has no parameter {param!r}"
+            if name == "*":
+                return [], f"no variant's model has a parameter {param!r}"
+            return [], f"model {targets[0]['model']!r} of variant {name!r} has no parameter {param!r}"
         return fields, None
     return [], f"unknown grid axis {axis!r}; {allowed}"
 
@@ -162,9 +163,14 @@ def check_jobs(doc: dict) -> list[Issue]:
     for job in expand(doc):
         point = ", ".join(f"{k}={v}" for k, v in job.grid_values.items() if k != "seed")
         at = f" (at grid point {point})" if point else ""
+        dataset = get_dataset_spec(job.config["data"]["name"])
         for variant in job.config["variants"]:
             params = {k: v for k, v in variant.items() if k not in ("name", "model")}
-            for problem in get_model_spec(variant["model"]).check(params):
+            problems = get_model_spec(variant["model"]).check(params)
+            if not problems and not dataset.images and get_model_spec(variant["model"]).needs_images(params):
+                problems = [f"model {variant['model']!r} reads images, but dataset {dataset.name!r} does not give "
+                            "images; use mlp, or backbone: none"]
+            for problem in problems:
                 message = f"variants.{variant['name']}: {problem}{at}"
                 if message not in seen:
                     seen.add(message)

@@ -25,4 +25,4 @@ def load(cfg: dict, seed: int) -> TaskData:
 
 
 register(DatasetSpec("digits", CLASSIFICATION, ("test_fraction",), lambda cfg: [], load,
-                     "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes)"))
+                     "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes)", images=True))

@@ -49,6 +49,7 @@ class DatasetSpec:
     check: Callable[[dict], list[str]]  # problems that stop a launch (missing files), given data config
     load: Callable[[dict, int], TaskData]  # (data config, seed) -> tensors on the CPU
     description: str
+    images: bool = False  # samples are images (info["image_shape"]): convolutional models can read them
 
 
 DATASETS: dict[str, DatasetSpec] = {}

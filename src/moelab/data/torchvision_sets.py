@@ -71,7 +71,7 @@ def _spec(name: str, class_name: str, channels: int, description: str) -> Datase
         return TaskData(CLASSIFICATION, xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], d_out=10,
                         info={"image_shape": list(x_test.shape[1:])})
 
-    return DatasetSpec(name, CLASSIFICATION, (), check, load, description)
+    return DatasetSpec(name, CLASSIFICATION, (), check, load, description, images=True)
 
 
 register(_spec("mnist", "MNIST", 1, "MNIST handwritten digits, torchvision format"))

@@ -40,6 +40,9 @@ class CNNParams:
     features: int = param(512, "size of the pooled feature vector", min=8)
     dropout: float = param(0.3, "dropout before the classifier", min=0.0, max=0.9)
 
+    def needs_images(self) -> bool:
+        return True
+
 
 @register("cnn", CNNParams, "dense CNN baseline: residual squeeze-excitation blocks, pooled features, linear head")
 class CNN(Model):

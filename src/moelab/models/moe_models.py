@@ -47,6 +47,9 @@ class GatedParams:
     diversity: float = param(0.0, "weight of the mean pairwise cosine similarity of expert outputs", min=0.0)
     kl_uniform: float = param(0.0, "weight of KL(mean gate || uniform)", min=0.0)
 
+    def needs_images(self) -> bool:
+        return self.backbone == "cnn"
+
     def check(self) -> list[str]:
         k = getattr(self, "k", 1)
         return [f"k={k} must be <= num_experts={self.num_experts}"] if k > self.num_experts else []

@@ -81,6 +81,10 @@ class ModelSpec:
         check = getattr(self.params, "check", None)
         return list(check(self.params(**params))) if check else []
 
+    def needs_images(self, params: dict) -> bool:
+        needs = getattr(self.params, "needs_images", None)
+        return bool(needs(self.params(**params))) if needs else False
+
     def build(self, d_in: int, d_out: int, params: dict, input_shape: tuple[int, ...] | None = None) -> nn.Module:
         return self.cls(d_in, d_out, self.params(**params), input_shape)
 
