@@ -171,3 +171,12 @@ def test_every_variant_learns_digits_and_repeats_itself(name, full_digits, tmp_p
     if name != "cnn":  # the same seed gives identical results
         second = train_variant(variant, full_digits, train, 0, VariantTree(tmp_path / "b"), torch.device("cpu"))
         assert strip_timing(first) == strip_timing(second)
+
+
+def test_a_running_variant_redraws_its_curves(tmp_path, digits):
+    seen = []
+    out = VariantTree(tmp_path / "v")
+    train_variant(TOPK, digits, {**TRAIN, "epochs": 5}, 0, out, torch.device("cpu"), live_plot_every=2,
+                  on_epoch=lambda row: seen.append((row["epoch"], (out.path / "curves.png").exists())))
+    assert seen == [(0, False), (1, True), (2, True), (3, True), (4, True)]  # drawn after epoch 2, refreshed
+    assert (out.path / "curves.png").stat().st_size > 10_000

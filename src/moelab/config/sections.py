@@ -61,6 +61,10 @@ SLURM: Section = {
     "additional_parameters": Field(dict, {}, help="extra sbatch parameters"),
 }
 
+REPORT: Section = {
+    "live_plot_every": Field(int, 10, min=0, help="a running variant redraws its curves.png every N epochs (0: never)"),
+}
+
 TOP: Section = {
     "name": Field(str, pattern=PATH_SAFE, help="experiment name: the folder under experiments/"),
     "description": Field(str, ""),
@@ -72,4 +76,5 @@ TOP: Section = {
     "grid": Field(dict, {}),
     "local": LOCAL,
     "slurm": SLURM,
+    "report": REPORT,
 }

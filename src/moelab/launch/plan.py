@@ -70,7 +70,7 @@ def write_plan(plan: LaunchPlan, mode: str, argv: list[str]) -> None:
     tree = plan.tree
     write_text(tree.experiment_file, yaml.safe_dump(plan.experiment.doc, sort_keys=False))
     for job in plan.to_run:
-        spec = {"key": job.key, "experiment": plan.experiment.name, "grid_values": job.grid_values, "config": job.config}
+        spec = job_spec(plan.experiment, job)
         job_tree = tree.job(job.key)
         if not job_tree.config_file.is_file() or read_json(job_tree.config_file) != spec:
             write_json(job_tree.config_file, spec)
@@ -90,6 +90,12 @@ def write_plan(plan: LaunchPlan, mode: str, argv: list[str]) -> None:
     }
     with FileLock(tree.path / ".launches.lock"):
         append_jsonl(tree.launches_file, record)
+
+
+def job_spec(experiment: Experiment, job: Job) -> dict:
+    """config.json: what the job computes (`config`, hashed into its key) and how it reports (`report`)."""
+    return {"key": job.key, "experiment": experiment.name, "grid_values": job.grid_values, "config": job.config,
+            "report": experiment.doc["report"]}
 
 
 def git_info(where: Path) -> dict:

@@ -1,17 +1,23 @@
-"""The standard plots of a sweep, as PNG files. A plot whose data is missing is skipped with a reason."""
+"""The plots of a sweep, as PNG (for the report) and SVG (for papers). Each function returns None
+when it drew, or the reason it did not (its data are missing): an empty plot is never drawn."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on cluster nodes
+import matplotlib.image
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
+from moelab.report.tables import finished
 from moelab.results.io import atomic_write
-from moelab.results.status import DONE
+
+FORMATS = ("png", "svg")
 
 
 def learning_curves(curves: pd.DataFrame, grid_axes: list[str], metric: str, path: Path) -> str | None:
@@ -21,7 +27,7 @@ def learning_curves(curves: pd.DataFrame, grid_axes: list[str], metric: str, pat
         return "no per-epoch metrics yet"
     axes_keys = [a for a in grid_axes if a != "seed" and a in curves]
     points = _points(curves, axes_keys)
-    fig, axes = plt.subplots(2, len(points), figsize=(4.2 * len(points), 6.5), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(2, len(points), figsize=(max(7.0, 4.2 * len(points)), 6.5), squeeze=False, sharex=True)
     for col, (label, part) in enumerate(points):
         for variant, rows in part.groupby("variant", sort=False):
             for row_index, (value, ylabel) in enumerate(((column, f"validation {metric}"), ("train_loss", "training loss"))):
@@ -41,14 +47,30 @@ def learning_curves(curves: pd.DataFrame, grid_axes: list[str], metric: str, pat
         axes[1][col].set_yscale("log")
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Learning curves (mean ± std over seeds; dashed: after early stopping ended some seeds)", fontsize=10)
-    _save(fig, path)
+    save(fig, path)
     return None
+
+
+def variant_curves(history: list[dict], metric: str, title: str, path: Path) -> None:
+    """One variant's curves so far: what a running job refreshes every few epochs."""
+    epochs = [r["epoch"] for r in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    left.plot(epochs, [r["train_loss"] for r in history], label="train")
+    left.plot(epochs, [r["val_loss"] for r in history], label="validation")
+    left.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
+    left.legend(fontsize=8)
+    right.plot(epochs, [r[f"train_{metric}"] for r in history], label="train")
+    right.plot(epochs, [r[f"val_{metric}"] for r in history], label="validation")
+    right.set(xlabel="epoch", ylabel=metric, title=metric)
+    right.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    save(fig, path, formats=("png",))
 
 
 def test_metric_bars(runs: pd.DataFrame, grid_axes: list[str], metric: str, path: Path) -> str | None:
     """Final test metric per variant and grid point, with std error bars over seeds."""
     column = f"test_{metric}"
-    done = runs[runs["state"] == DONE] if "state" in runs else runs.iloc[0:0]
+    done = finished(runs)
     if done.empty or column not in done:
         return "no finished runs yet"
     axes_keys = [a for a in grid_axes if a != "seed" and a in done]
@@ -65,19 +87,183 @@ def test_metric_bars(runs: pd.DataFrame, grid_axes: list[str], metric: str, path
         positions = [p + (i - (len(variants) - 1) / 2) * width for p in range(len(points))]
         ax.bar(positions, means, width, yerr=stds, capsize=3, label=variant)
     ax.set_xticks(range(len(points)), [label or "all runs" for label, _ in points], fontsize=8)
-    low = done[column].min()
     if metric == "acc":
-        ax.set_ylim(max(0.0, low - 0.05), 1.0)
+        ax.set_ylim(max(0.0, done[column].min() - 0.05), 1.0)
+    ax.set_xlabel("grid point")
     ax.set_ylabel(f"test {metric}")
     ax.set_title(f"Test {metric} per variant (mean ± std over seeds)")
     ax.legend(fontsize=8, ncols=min(4, len(variants)))
-    _save(fig, path)
+    save(fig, path)
+    return None
+
+
+def metric_vs_axis(runs: pd.DataFrame, axis: str, metric: str, path: Path) -> str | None:
+    """Final test metric against one numeric grid axis, a line per variant (other axes pooled)."""
+    column = f"test_{metric}"
+    done = finished(runs)
+    if done.empty or column not in done or axis not in done:
+        return "no finished runs yet"
+    values = pd.to_numeric(done[axis], errors="coerce")
+    if values.isna().any() or values.nunique() < 2:
+        return f"{axis} is not a numeric axis with two or more values"
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for variant, rows in done.assign(_x=values).groupby("variant", sort=False):
+        stats = rows.groupby("_x")[column].agg(["mean", "std"]).fillna(0.0)
+        ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=variant)
+    ax.set_xlabel(axis_label(axis))
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title(f"Test {metric} vs {axis_label(axis)} (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    save(fig, path)
+    return None
+
+
+def utilisation_heatmaps(runs: pd.DataFrame, path: Path) -> str | None:
+    """Share of training samples per expert and epoch, one panel per MoE variant (first seed, first grid point)."""
+    found = [(v, pd.read_csv(p)) for v, p in _analysis_files(runs, "utilisation.csv")]
+    if not found:
+        return "no MoE variant has finished"
+    fig, axes = plt.subplots(1, len(found), figsize=(3.6 * len(found), 3.6), squeeze=False)
+    for ax, (variant, table) in zip(axes[0], found):
+        grid = table.pivot(index="expert", columns="epoch", values="share")
+        image = ax.imshow(grid.values, aspect="auto", cmap="viridis", vmin=0, vmax=max(0.5, float(grid.values.max())),
+                          extent=(grid.columns.min() - 0.5, grid.columns.max() + 0.5, len(grid) - 0.5, -0.5))
+        ax.set(title=variant, xlabel="epoch", ylabel="expert")
+    fig.colorbar(image, ax=axes[0].tolist(), label="share of samples (first choice)")
+    fig.suptitle("Expert utilisation during training", fontsize=10)
+    save(fig, path, tight=False)
+    return None
+
+
+def specialisation_heatmaps(runs: pd.DataFrame, path: Path) -> str | None:
+    """Share of each class's test samples routed to each expert (rows sum to 1)."""
+    found = [(v, pd.read_csv(p, index_col="class")) for v, p in _analysis_files(runs, "class_expert.csv")]
+    if not found:
+        return "no MoE classification variant has finished"
+    fig, axes = plt.subplots(1, len(found), figsize=(3.4 * len(found), 3.8), squeeze=False)
+    for ax, (variant, table) in zip(axes[0], found):
+        shares = table.div(table.sum(axis=1).replace(0, 1), axis=0)
+        image = ax.imshow(shares.values, aspect="auto", cmap="magma", vmin=0, vmax=1)
+        ax.set(title=variant, xlabel="expert", ylabel="class", xticks=range(shares.shape[1]), yticks=range(len(shares)))
+    fig.colorbar(image, ax=axes[0].tolist(), label="share of the class's test samples")
+    fig.suptitle("Class → expert routing (specialisation)", fontsize=10)
+    save(fig, path, tight=False)
+    return None
+
+
+def gate_batches(runs: pd.DataFrame, path: Path) -> str | None:
+    """Share of each batch's samples per expert over all training batches, one panel per MoE variant."""
+    found = [(v, pd.read_csv(p)) for v, p in _analysis_files(runs, "gates_per_batch.csv")]
+    found = [(v, t) for v, t in found if not t.empty]
+    if not found:
+        return "no MoE variant has finished"
+    fig, axes = plt.subplots(len(found), 1, figsize=(9, 1.6 * len(found) + 1), squeeze=False)
+    for ax, (variant, table) in zip(axes[:, 0], found):
+        table = table.assign(step=table["epoch"] * (table["batch"].max() + 1) + table["batch"])
+        grid = table.pivot(index="expert", columns="step", values="share")
+        image = ax.imshow(grid.values, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        ax.set(ylabel=f"{variant}\nexpert")
+    axes[-1, 0].set_xlabel("training batch (all epochs, in order)")
+    fig.colorbar(image, ax=axes[:, 0].tolist(), label="share of the batch")
+    fig.suptitle("Gate activations per batch", fontsize=10)
+    save(fig, path, tight=False)
+    return None
+
+
+def latency_vs_accuracy(runs: pd.DataFrame, metric: str, path: Path) -> str | None:
+    """Batch-1 latency and batch-1024 throughput against the test metric, per variant and routing
+    (soft and hard for MoE models): when does an MoE beat a dense model of equal cost?"""
+    points = []
+    for row in finished(runs).itertuples(index=False):
+        file = Path(row.path) / "analysis" / "inference.json"
+        try:
+            figures = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for routing, values in figures.items():
+            points.append({"label": row.variant if routing == "inferred" else f"{row.variant} ({routing})",
+                           "latency": values["latency_ms"], "throughput": values["throughput"],
+                           "score": values.get(f"test_{metric}")})
+    if not points:
+        return "no inference measurements yet"
+    table = pd.DataFrame(points).groupby("label", sort=False).mean()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for label, row in table.iterrows():
+        marker = "s" if "(soft)" in label else "o"
+        left.scatter(row["latency"], row["score"], marker=marker, label=label)
+        right.scatter(row["throughput"], row["score"], marker=marker, label=label)
+    left.set(xlabel="latency at batch 1 (ms)", ylabel=f"test {metric}", title="Latency vs accuracy")
+    right.set(xlabel="throughput at batch 1024 (samples/s, log scale)", ylabel=f"test {metric}", xscale="log",
+              title="Throughput vs accuracy")
+    right.legend(fontsize=7, loc="best")
+    fig.suptitle("Inference cost vs accuracy (squares: MoE scored with soft routing)", fontsize=10)
+    save(fig, path)
+    return None
+
+
+def confusion_matrices(runs: pd.DataFrame, path: Path) -> str | None:
+    found = [(v, pd.read_csv(p, index_col="true")) for v, p in _analysis_files(runs, "confusion.csv")]
+    if not found:
+        return "no finished classification runs"
+    columns = min(4, len(found))
+    rows = -(-len(found) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(found):]:
+        ax.axis("off")
+    for ax, (variant, table) in zip(axes.flat, found):
+        shares = table.div(table.sum(axis=1).replace(0, 1), axis=0)
+        image = ax.imshow(shares.values, cmap="Blues", vmin=0, vmax=1)
+        ax.set(title=variant, xlabel="predicted class", ylabel="true class")
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="share of the true class")
+    fig.suptitle("Test confusion matrices (first seed, first grid point)", fontsize=10)
+    save(fig, path, tight=False)
+    return None
+
+
+def reconstructions(runs: pd.DataFrame, path: Path) -> str | None:
+    """image_fit: the target image next to each variant's fitted image."""
+    done = finished(runs)
+    found = [(v, p) for v, p in _variant_files(done, "reconstruction.png")]
+    if not found or "data.image" not in done:
+        return "not an image_fit experiment, or nothing finished"
+    from moelab.data.image_fit import image_path
+
+    first = done.iloc[0]
+    resolution = int(first["data.resolution"])
+    target = image_path({"image": first["data.image"] if isinstance(first["data.image"], str) else None})
+    fig, axes = plt.subplots(1, len(found) + 1, figsize=(2.6 * (len(found) + 1), 3.0))
+    from PIL import Image
+
+    with Image.open(target) as image:
+        axes[0].imshow(np.asarray(image.convert("RGB").resize((resolution, resolution), Image.BICUBIC)))
+    axes[0].set_title("target")
+    for ax, (variant, file) in zip(axes[1:], found):
+        score = done.loc[done["variant"] == variant, "test_psnr"].iloc[0]
+        ax.imshow(matplotlib.image.imread(file))
+        ax.set_title(f"{variant}\n{score:.1f} dB", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle("Fitted images (first seed, first grid point; test PSNR)", fontsize=10)
+    save(fig, path)
+    return None
+
+
+def training_time(runs: pd.DataFrame, path: Path) -> str | None:
+    done = finished(runs)
+    if done.empty or "train_seconds" not in done:
+        return "no finished runs yet"
+    stats = done.groupby("variant", sort=False)["train_seconds"].agg(["mean", "std"]).fillna(0.0)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(stats) + 2), 4))
+    ax.bar(stats.index, stats["mean"], yerr=stats["std"], capsize=3, color="tab:gray")
+    ax.set(ylabel="training time per run (s)", xlabel="variant", title="Training time per variant (mean ± std)")
+    ax.tick_params(axis="x", rotation=30)
+    save(fig, path)
     return None
 
 
 def params_vs_metric(runs: pd.DataFrame, metric: str, path: Path) -> str | None:
     column = f"test_{metric}"
-    done = runs[runs["state"] == DONE] if "state" in runs else runs.iloc[0:0]
+    done = finished(runs)
     if done.empty or column not in done or "num_parameters" not in done:
         return "no finished runs yet"
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -88,19 +274,8 @@ def params_vs_metric(runs: pd.DataFrame, metric: str, path: Path) -> str | None:
     ax.set_ylabel(f"test {metric}")
     ax.set_title(f"Parameter count vs test {metric} (one point per run)")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save(fig, path)
     return None
-
-
-def _points(frame: pd.DataFrame, keys: list[str]) -> list[tuple[str, pd.DataFrame]]:
-    if not keys:
-        return [("", frame)]
-    labelled = frame.assign(_point=frame[keys].astype(str).agg(", ".join, axis=1) if len(keys) > 1 else frame[keys[0]].astype(str))
-    points = []
-    for point, part in labelled.groupby("_point", sort=False):
-        first = part.iloc[0]
-        points.append((", ".join(f"{axis_label(k)}={first[k]}" for k in keys), part))
-    return points
 
 
 def axis_label(axis: str) -> str:
@@ -110,7 +285,39 @@ def axis_label(axis: str) -> str:
     return axis[len("variants."):] if axis.startswith("variants.") else axis
 
 
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip("."), dpi=120), mode="wb")
+def _points(frame: pd.DataFrame, keys: list[str]) -> list[tuple[str, pd.DataFrame]]:
+    if not keys:
+        return [("", frame)]
+    labelled = frame.assign(_point=frame[keys].astype(str).agg(", ".join, axis=1) if len(keys) > 1 else frame[keys[0]].astype(str))
+    points = []
+    for _, part in labelled.groupby("_point", sort=False):
+        first = part.iloc[0]
+        points.append((", ".join(f"{axis_label(k)}={first[k]}" for k in keys), part))
+    return points
+
+
+def _variant_files(done: pd.DataFrame, name: str) -> list[tuple[str, Path]]:
+    """(variant, file) of each variant's first finished run (lowest seed of the first job) that has the file."""
+    found = []
+    if done.empty:
+        return found
+    for variant, rows in done.groupby("variant", sort=False):
+        for row in rows.sort_values("seed").itertuples(index=False):
+            file = Path(row.path) / name
+            if file.is_file():
+                found.append((variant, file))
+                break
+    return found
+
+
+def _analysis_files(runs: pd.DataFrame, name: str) -> list[tuple[str, Path]]:
+    return _variant_files(finished(runs), f"analysis/{name}")
+
+
+def save(fig, path: Path, formats: tuple[str, ...] = FORMATS, tight: bool = True) -> None:
+    if tight:
+        fig.tight_layout()
+    for fmt in formats:
+        target = path.with_suffix(f".{fmt}")
+        atomic_write(target, lambda f: fig.savefig(f, format=fmt, dpi=110), mode="wb")
     plt.close(fig)

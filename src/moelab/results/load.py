@@ -80,7 +80,7 @@ def _collect_job(tree: ExperimentTree, job: JobTree, rows: list, curve_rows: lis
     for variant in config["variants"]:
         name = variant["name"]
         record = status.get("variants", {}).get(name, {})
-        row = {**base, "variant": name, "model": variant["model"],
+        row = {**base, "variant": name, "model": variant["model"], "path": str(job.variant(name).path),
                **{f"params.{k}": v for k, v in variant.items() if k not in ("name", "model")},
                "state": record.get("state", "pending"), "error": record.get("error")}
         out = job.variant(name)

@@ -8,8 +8,10 @@
     expert_class_accuracy.csv  each expert's own accuracy on each class (classification)
     inference.json             per routing: latency at batch 1, throughput at batch 1024, active
                                parameters and FLOPs per sample, test metric
+    confusion.csv              test confusion matrix, rows true class, columns predicted (classification)
 
-Models without experts get inference.json only. The headline numbers also go into results.json.
+Models without experts get inference.json and confusion.csv only. The headline numbers also go into
+results.json.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def write_expert_analysis(model, data: TaskData, history: list[dict], train_cfg:
         suffix = "" if mode == "inferred" else f"@{mode}"
         results.update({f"{k}{suffix}": v for k, v in figures.items() if not k.startswith("test_")})
 
+    if data.task == CLASSIFICATION:
+        _write_confusion(model, data, train_cfg, folder)
     with torch.no_grad():
         probe = model(data.x_test[:2])
     if probe.gate_probs is None:
@@ -50,7 +54,8 @@ def write_expert_analysis(model, data: TaskData, history: list[dict], train_cfg:
     _write_utilisation(history, num_experts, folder)
     results.update(_write_test_routing(model, data, train_cfg, num_experts, folder))
     final = history[-1] if history else {}
-    results.update({k: final[k] for k in ("load_cv", "load_entropy", "collapsed_experts") if k in final})
+    results.update({k: final[f"train_{k}"] for k in ("load_cv", "load_entropy", "collapsed_experts") if f"train_{k}" in final})
+    results["num_collapsed_experts"] = len(results.get("collapsed_experts", []))
     return results
 
 
@@ -137,6 +142,16 @@ def _write_test_routing(model, data: TaskData, train_cfg: dict, num_experts: int
     if assigned is not None:
         results["test_guide_agreement"] = float((first == assigned).float().mean())
     return results
+
+
+@torch.no_grad()
+def _write_confusion(model, data: TaskData, train_cfg: dict, folder: Path) -> None:
+    bs = train_cfg["eval_batch_size"]
+    predicted = torch.cat([model(data.x_test[i : i + bs]).y.argmax(dim=1) for i in range(0, len(data.x_test), bs)])
+    classes = data.d_out
+    matrix = torch.bincount(data.y_test * classes + predicted, minlength=classes * classes).view(classes, classes)
+    _write_csv(folder / "confusion.csv", ["true"] + [f"predicted_{c}" for c in range(classes)],
+               [[c, *matrix[c].tolist()] for c in range(classes)])
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:

@@ -62,7 +62,9 @@ def _prepare_job(experiment_file: Path, overrides: list[str], index: int, experi
         raise IndexError(f"--index {index} is outside the grid of {experiment_file}: it has {len(jobs)} jobs (0-{len(jobs) - 1})")
     job = jobs[index]
     tree = ExperimentTree(experiments_dir / experiment.name).job(job.key)
-    spec = {"key": job.key, "experiment": experiment.name, "grid_values": job.grid_values, "config": job.config}
+    from moelab.launch.plan import job_spec
+
+    spec = job_spec(experiment, job)
     if not tree.config_file.is_file() or read_json(tree.config_file) != spec:
         write_json(tree.config_file, spec)
     return tree.path

@@ -53,6 +53,7 @@ def run_job(job_dir: str | Path, fresh: bool = False, stop_requested: Callable[[
 def _run_locked(job: JobTree, fresh: bool, stop_requested, runtime_info: dict) -> JobOutcome:
     spec = read_json(job.config_file)
     config = spec["config"]
+    live_plot_every = spec.get("report", {}).get("live_plot_every", 0)
     names = [v["name"] for v in config["variants"]]
     if fresh:
         for name in names:
@@ -98,7 +99,7 @@ def _run_locked(job: JobTree, fresh: bool, stop_requested, runtime_info: dict) -
             variant_started = time.perf_counter()
             try:
                 outcome.results[name] = train_variant(variant, data, config["train"], config["seed"], out, device,
-                                                      stop_requested=stop_requested)
+                                                      stop_requested=stop_requested, live_plot_every=live_plot_every)
                 record["state"] = DONE
             except (KeyboardInterrupt, StopRequested):
                 record.update(state=INTERRUPTED, seconds=round(time.perf_counter() - variant_started, 3))

@@ -57,6 +57,7 @@ def train_variant(
     device: torch.device,
     stop_requested: Callable[[], bool] = lambda: False,
     on_epoch: Callable[[dict], None] = lambda row: None,
+    live_plot_every: int = 0,
 ) -> dict:
     task = TASKS[data.task]
     params = {k: v for k, v in variant.items() if k not in ("name", "model")}
@@ -91,10 +92,14 @@ def train_variant(
         if improved:
             save_atomic(out.best_weights, model.state_dict())
         save_checkpoint(out, epoch + 1, model, optimizer, scheduler, shuffle, stopper, history)
+        if live_plot_every and (epoch + 1) % live_plot_every == 0:
+            draw_curves(history, task.primary, variant["name"], out)
         on_epoch(row)
         if stop_requested() and not stopper.should_stop and epoch + 1 < train_cfg["epochs"]:
             raise StopRequested(f"stopped after epoch {epoch} on request; resumes from the checkpoint")
 
+    if live_plot_every and history:
+        draw_curves(history, task.primary, variant["name"], out)
     model.load_state_dict(torch.load(out.best_weights, map_location=device, weights_only=True))
     model.set_progress(stopper.best_epoch / train_cfg["epochs"])  # the gate as it was at the best epoch
     results = test_results(model, data, train_cfg, task)
@@ -178,7 +183,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, task_name: str, batch_size
         loss_sum += task.loss(out.y, target) * len(target)
         for name, value in batch_stats(task_name, out.y, target).items():
             sums[name] = sums[name] + value if name in sums else value
-    host = {k: v.item() for k, v in sums.items()}
+    host = {k: v.tolist() for k, v in sums.items()}
     return {"loss": loss_sum.item() / len(x), **finish_metrics(task_name, host, len(x))}
 
 
@@ -194,6 +199,13 @@ def test_results(model, data: TaskData, train_cfg: dict, task) -> dict:
             results.update({f"test_{k}@{mode}": v for k, v in scores.items()})
             results[f"test_seconds@{mode}"] = time.perf_counter() - started
     return results
+
+
+def draw_curves(history: list[dict], metric: str, name: str, out: VariantTree) -> None:
+    """curves.png of this variant so far, so a running (cluster) job can be looked at."""
+    from moelab.report.plots import variant_curves
+
+    variant_curves(history, metric, f"{name}: epoch {history[-1]['epoch']} ({out.path.parent.name})", out.path / "curves.png")
 
 
 @torch.no_grad()
