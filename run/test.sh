@@ -3,5 +3,10 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 moelab_python
+# the report test drives Debian's chromium: install it when we can (root with apt-get), else that test skips
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "moelab: installing chromium for the report test" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null
+fi
 cd "$moelab_repo"
 exec "$MOELAB_PY" -m pytest "$@"

@@ -22,12 +22,13 @@ def write_report(experiment_dirs: list[Path]) -> list[Path]:
     return [_write_one(Path(path)) for path in experiment_dirs]
 
 
-def _write_one(path: Path) -> Path:
+def write_tables(path: Path, cache: bool = True):
+    """runs.csv, summary.csv, summary.md, summary.tex from final results only (no per-epoch files)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        found = collect(path)
+        found = collect(path, curves=False, cache=cache)
     out = path / "summary"
-    runs, curves, axes = found.runs, found.curves, found.grid_axes
+    runs, axes = found.runs, found.grid_axes
     metric = runs["metric"].dropna().iloc[0] if "metric" in runs and runs["metric"].notna().any() else "acc"
     runs, baseline = add_baseline_differences(runs, metric)
     table = summarise(runs, axes)
@@ -39,7 +40,18 @@ def _write_one(path: Path) -> Path:
     for row in unfinished.itertuples(index=False):
         error = f": {row.error}" if isinstance(getattr(row, "error", None), str) else ""
         notes.append(f"job {row.job} variant {row.variant}: {row.state}{error}")
+    write_text(out / "summary.md", _markdown(path.name, readable, baseline, notes))
+    write_text(out / "summary.tex", to_latex(readable, f"{path.name}: test {metric}, mean ± std over seeds"
+                                             + (f"; difference to {baseline} paired over seeds" if baseline else "")))
+    return runs, axes, metric, baseline, table, readable, notes
 
+
+def _write_one(path: Path) -> Path:
+    out = path / "summary"
+    runs, axes, metric, baseline, table, readable, notes = write_tables(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        curves = collect(path, cache=True).curves
     drawn, skipped = [], {}
     numeric_axes = [a for a in axes if a != "seed"]
     jobs = [
@@ -71,9 +83,9 @@ def _write_one(path: Path) -> Path:
         else:
             drawn.append((f"{name}.png", caption))
 
-    write_text(out / "summary.md", _markdown(path.name, readable, baseline, notes, skipped))
-    write_text(out / "summary.tex", to_latex(readable, f"{path.name}: test {metric}, mean ± std over seeds"
-                                             + (f"; difference to {baseline} paired over seeds" if baseline else "")))
+    if skipped:
+        with open(out / "summary.md", "a") as f:
+            f.write("\n## Plots not drawn\n" + "".join(f"- {k}: {v}\n" for k, v in skipped.items()))
     experiment_yaml = (path / "experiment.yaml").read_text() if (path / "experiment.yaml").is_file() else ""
     launches = read_jsonl(path / "launches.jsonl") if (path / "launches.jsonl").is_file() else []
     description = ""
@@ -98,7 +110,7 @@ def _write_one(path: Path) -> Path:
     return out
 
 
-def _markdown(name: str, table, baseline: str | None, notes: list[str], skipped: dict[str, str]) -> str:
+def _markdown(name: str, table, baseline: str | None, notes: list[str]) -> str:
     parts = [f"# {name}: summary\n",
              "Grouped by variant and grid values (seeds pooled): mean ± std over n runs"
              + (f"; 'vs baseline' is the difference to {baseline} in the same job, paired over seeds, with its "
@@ -106,6 +118,4 @@ def _markdown(name: str, table, baseline: str | None, notes: list[str], skipped:
              + ". Every column, with std and 95 % intervals, is in summary.csv.\n\n", to_markdown(table)]
     if notes:
         parts += ["\n## Unfinished, failed or unreadable\n"] + [f"- {n}\n" for n in notes]
-    if skipped:
-        parts += ["\n## Plots not drawn\n"] + [f"- {k}: {v}\n" for k, v in skipped.items()]
     return "".join(parts)

@@ -6,12 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on cluster nodes
 import matplotlib.image
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 import pandas as pd
 
 from moelab.report.tables import finished
@@ -27,7 +24,7 @@ def learning_curves(curves: pd.DataFrame, grid_axes: list[str], metric: str, pat
         return "no per-epoch metrics yet"
     axes_keys = [a for a in grid_axes if a != "seed" and a in curves]
     points = _points(curves, axes_keys)
-    fig, axes = plt.subplots(2, len(points), figsize=(max(7.0, 4.2 * len(points)), 6.5), squeeze=False, sharex=True)
+    fig, axes = subplots(2, len(points), figsize=(max(7.0, 4.2 * len(points)), 6.5), squeeze=False, sharex=True)
     for col, (label, part) in enumerate(points):
         for variant, rows in part.groupby("variant", sort=False):
             for row_index, (value, ylabel) in enumerate(((column, f"validation {metric}"), ("train_loss", "training loss"))):
@@ -54,7 +51,7 @@ def learning_curves(curves: pd.DataFrame, grid_axes: list[str], metric: str, pat
 def variant_curves(history: list[dict], metric: str, title: str, path: Path) -> None:
     """One variant's curves so far: what a running job refreshes every few epochs."""
     epochs = [r["epoch"] for r in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, (left, right) = subplots(1, 2, figsize=(9, 3.5))
     left.plot(epochs, [r["train_loss"] for r in history], label="train")
     left.plot(epochs, [r["val_loss"] for r in history], label="validation")
     left.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
@@ -77,7 +74,7 @@ def test_metric_bars(runs: pd.DataFrame, grid_axes: list[str], metric: str, path
     points = _points(done, axes_keys)
     variants = list(dict.fromkeys(done["variant"]))
     width = 0.8 / len(variants)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(points) * len(variants) ** 0.5 + 3), 4.5))
+    fig, ax = subplots(figsize=(max(6.0, 1.3 * len(points) * len(variants) ** 0.5 + 3), 4.5))
     for i, variant in enumerate(variants):
         means, stds = [], []
         for _, part in points:
@@ -106,7 +103,7 @@ def metric_vs_axis(runs: pd.DataFrame, axis: str, metric: str, path: Path) -> st
     values = pd.to_numeric(done[axis], errors="coerce")
     if values.isna().any() or values.nunique() < 2:
         return f"{axis} is not a numeric axis with two or more values"
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = subplots(figsize=(6, 4.5))
     for variant, rows in done.assign(_x=values).groupby("variant", sort=False):
         stats = rows.groupby("_x")[column].agg(["mean", "std"]).fillna(0.0)
         ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=variant)
@@ -123,7 +120,7 @@ def utilisation_heatmaps(runs: pd.DataFrame, path: Path) -> str | None:
     found = [(v, pd.read_csv(p)) for v, p in _analysis_files(runs, "utilisation.csv")]
     if not found:
         return "no MoE variant has finished"
-    fig, axes = plt.subplots(1, len(found), figsize=(3.6 * len(found), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(found), figsize=(3.6 * len(found), 3.6), squeeze=False)
     for ax, (variant, table) in zip(axes[0], found):
         grid = table.pivot(index="expert", columns="epoch", values="share")
         image = ax.imshow(grid.values, aspect="auto", cmap="viridis", vmin=0, vmax=max(0.5, float(grid.values.max())),
@@ -140,7 +137,7 @@ def specialisation_heatmaps(runs: pd.DataFrame, path: Path) -> str | None:
     found = [(v, pd.read_csv(p, index_col="class")) for v, p in _analysis_files(runs, "class_expert.csv")]
     if not found:
         return "no MoE classification variant has finished"
-    fig, axes = plt.subplots(1, len(found), figsize=(3.4 * len(found), 3.8), squeeze=False)
+    fig, axes = subplots(1, len(found), figsize=(3.4 * len(found), 3.8), squeeze=False)
     for ax, (variant, table) in zip(axes[0], found):
         shares = table.div(table.sum(axis=1).replace(0, 1), axis=0)
         image = ax.imshow(shares.values, aspect="auto", cmap="magma", vmin=0, vmax=1)
@@ -157,7 +154,7 @@ def gate_batches(runs: pd.DataFrame, path: Path) -> str | None:
     found = [(v, t) for v, t in found if not t.empty]
     if not found:
         return "no MoE variant has finished"
-    fig, axes = plt.subplots(len(found), 1, figsize=(9, 1.6 * len(found) + 1), squeeze=False)
+    fig, axes = subplots(len(found), 1, figsize=(9, 1.6 * len(found) + 1), squeeze=False)
     for ax, (variant, table) in zip(axes[:, 0], found):
         table = table.assign(step=table["epoch"] * (table["batch"].max() + 1) + table["batch"])
         grid = table.pivot(index="expert", columns="step", values="share")
@@ -187,7 +184,7 @@ def latency_vs_accuracy(runs: pd.DataFrame, metric: str, path: Path) -> str | No
     if not points:
         return "no inference measurements yet"
     table = pd.DataFrame(points).groupby("label", sort=False).mean()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, (left, right) = subplots(1, 2, figsize=(11, 4.5))
     for label, row in table.iterrows():
         marker = "s" if "(soft)" in label else "o"
         left.scatter(row["latency"], row["score"], marker=marker, label=label)
@@ -207,7 +204,7 @@ def confusion_matrices(runs: pd.DataFrame, path: Path) -> str | None:
         return "no finished classification runs"
     columns = min(4, len(found))
     rows = -(-len(found) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
+    fig, axes = subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
     for ax in axes.flat[len(found):]:
         ax.axis("off")
     for ax, (variant, table) in zip(axes.flat, found):
@@ -231,7 +228,7 @@ def reconstructions(runs: pd.DataFrame, path: Path) -> str | None:
     first = done.iloc[0]
     resolution = int(first["data.resolution"])
     target = image_path({"image": first["data.image"] if isinstance(first["data.image"], str) else None})
-    fig, axes = plt.subplots(1, len(found) + 1, figsize=(2.6 * (len(found) + 1), 3.0))
+    fig, axes = subplots(1, len(found) + 1, figsize=(2.6 * (len(found) + 1), 3.0))
     from PIL import Image
 
     with Image.open(target) as image:
@@ -253,7 +250,7 @@ def training_time(runs: pd.DataFrame, path: Path) -> str | None:
     if done.empty or "train_seconds" not in done:
         return "no finished runs yet"
     stats = done.groupby("variant", sort=False)["train_seconds"].agg(["mean", "std"]).fillna(0.0)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(stats) + 2), 4))
+    fig, ax = subplots(figsize=(max(5.0, 0.8 * len(stats) + 2), 4))
     ax.bar(stats.index, stats["mean"], yerr=stats["std"], capsize=3, color="tab:gray")
     ax.set(ylabel="training time per run (s)", xlabel="variant", title="Training time per variant (mean ± std)")
     ax.tick_params(axis="x", rotation=30)
@@ -266,7 +263,7 @@ def params_vs_metric(runs: pd.DataFrame, metric: str, path: Path) -> str | None:
     done = finished(runs)
     if done.empty or column not in done or "num_parameters" not in done:
         return "no finished runs yet"
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = subplots(figsize=(6, 4.5))
     for variant, rows in done.groupby("variant", sort=False):
         ax.scatter(rows["num_parameters"], rows[column], label=variant, alpha=0.7)
     ax.set_xscale("log")
@@ -314,10 +311,15 @@ def _analysis_files(runs: pd.DataFrame, name: str) -> list[tuple[str, Path]]:
     return _variant_files(finished(runs), f"analysis/{name}")
 
 
+def subplots(*args, figsize, **kwargs):
+    """A figure not registered with pyplot: no backend or global state, safe in workers and notebooks."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
+
+
 def save(fig, path: Path, formats: tuple[str, ...] = FORMATS, tight: bool = True) -> None:
     if tight:
         fig.tight_layout()
     for fmt in formats:
         target = path.with_suffix(f".{fmt}")
         atomic_write(target, lambda f: fig.savefig(f, format=fmt, dpi=110), mode="wb")
-    plt.close(fig)

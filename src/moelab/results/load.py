@@ -11,6 +11,8 @@ what could not be read is listed in `Collection.problems` (and warned about), ne
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from moelab.results.io import read_json, read_jsonl
+from moelab.results.io import atomic_write, read_json, read_jsonl
 from moelab.results.status import DONE, job_state, read_status
 from moelab.results.tree import ExperimentTree, JobTree
 
@@ -33,14 +35,27 @@ class Collection:
 
 
 def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
-    return collect(paths).runs
+    return collect(paths, curves=False).runs
 
 
 def load_curves(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     return collect(paths).curves
 
 
-def collect(paths: str | Path | Iterable[str | Path]) -> Collection:
+@dataclass
+class _JobRecord:
+    signature: tuple
+    rows: list
+    curve_rows: list | None  # None when read without curves
+    problems: list
+    axes: list
+    cacheable: bool
+
+
+def collect(paths: str | Path | Iterable[str | Path], curves: bool = True, cache: bool = False) -> Collection:
+    """Read experiment folders. `curves=False` skips the per-epoch files (tables need only final
+    results). `cache=True` keeps what was read in <experiment>/summary/.cache.pkl and rereads only
+    jobs whose files changed since (by size and modification time)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     rows, curve_rows, problems, axes = [], [], [], []
@@ -49,22 +64,74 @@ def collect(paths: str | Path | Iterable[str | Path]) -> Collection:
         if not tree.jobs_dir.is_dir():
             problems.append(f"{tree.path}: no jobs/ folder (nothing launched here yet)")
             continue
+        cache_file = tree.summary_dir / ".cache.pkl"
+        cached = _load_cache(cache_file) if cache else {}
+        fresh = {}
         for job in tree.jobs():
-            _collect_job(tree, job, rows, curve_rows, problems, axes)
+            record = cached.get(job.key)
+            if record is None or record.signature != _signature(job, record) or (curves and record.curve_rows is None):
+                record = _read_job(tree, job, curves)
+            if record.cacheable:
+                fresh[job.key] = record
+            rows += record.rows
+            curve_rows += record.curve_rows or []
+            problems += record.problems
+            axes += [a for a in record.axes if a not in axes]
+        if cache:
+            _save_cache(cache_file, fresh)
     for problem in problems:
         warnings.warn(problem, stacklevel=2)
-    runs = pd.DataFrame(rows)
-    curves = pd.DataFrame(curve_rows)
-    return Collection(runs, curves, problems, axes)
+    return Collection(pd.DataFrame(rows), pd.DataFrame(curve_rows), problems, axes)
 
 
-def _collect_job(tree: ExperimentTree, job: JobTree, rows: list, curve_rows: list, problems: list, axes: list) -> None:
+def _signature(job: JobTree, record: _JobRecord | None) -> tuple:
+    """Sizes and modification times of every file a job's rows come from (plain os.stat on strings:
+    this runs for every job of a large tree on every aggregation)."""
+    folder = str(job.path)
+    files = [os.path.join(folder, "config.json"), os.path.join(folder, "status.json")]
+    for row in record.rows if record is not None else []:
+        files += [os.path.join(folder, row["variant"], "results.json"), os.path.join(folder, row["variant"], "metrics.jsonl")]
+    signature = []
+    for file in files:
+        try:
+            info = os.stat(file)
+            signature.append((info.st_mtime_ns, info.st_size))
+        except OSError:
+            signature.append(None)
+    return tuple(signature)
+
+
+def _load_cache(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except Exception:  # absent, from another version, or damaged: read everything again
+        return {}
+
+
+def _save_cache(path: Path, records: dict) -> None:
+    try:
+        atomic_write(path, lambda f: pickle.dump(records, f, protocol=pickle.HIGHEST_PROTOCOL), mode="wb")
+    except OSError:
+        pass  # a read-only tree still aggregates, only without a cache
+
+
+def _read_job(tree: ExperimentTree, job: JobTree, with_curves: bool) -> _JobRecord:
+    rows, curve_rows, problems, axes = [], [] if with_curves else None, [], []
+    state = _collect_job(tree, job, rows, curve_rows, problems, axes)
+    record = _JobRecord((), rows, curve_rows, problems, axes, cacheable=state in (DONE, "failed") and not problems)
+    record.signature = _signature(job, record)
+    return record
+
+
+def _collect_job(tree: ExperimentTree, job: JobTree, rows: list, curve_rows: list | None, problems: list,
+                 axes: list) -> str | None:
     try:
         spec = read_json(job.config_file)
         config = spec["config"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
         problems.append(f"{job.config_file}: unreadable ({type(error).__name__}: {error}); job skipped")
-        return
+        return None
     for axis in spec.get("grid_values", {}):
         if axis not in axes:
             axes.append(axis)
@@ -98,7 +165,7 @@ def _collect_job(tree: ExperimentTree, job: JobTree, rows: list, curve_rows: lis
         if row["state"] != DONE and state == "interrupted":
             row["state"] = "interrupted"
         rows.append(row)
-        if out.metrics_file.is_file():
+        if curve_rows is not None and out.metrics_file.is_file():
             bad: list[int] = []
             for line in read_jsonl(out.metrics_file, on_bad_line=lambda number, _: bad.append(number)):
                 curve_rows.append({"experiment": base["experiment"], "job": job.key, "variant": name,
@@ -106,6 +173,7 @@ def _collect_job(tree: ExperimentTree, job: JobTree, rows: list, curve_rows: lis
                                    **{k: v for k, v in line.items() if not isinstance(v, list)}})
             if bad:
                 problems.append(f"{out.metrics_file}: skipped unreadable line(s) {bad}")
+    return state
 
 
 def _flatten(section: dict, prefix: str) -> dict:

@@ -71,7 +71,7 @@ def train_variant(
     start_epoch = 0
     if out.last_checkpoint.is_file():
         start_epoch, history = load_checkpoint(out, model, optimizer, scheduler, shuffle, stopper, device)
-        write_jsonl(out.metrics_file, history)  # drop lines written after the checkpoint
+        write_jsonl(out.metrics_file, [metrics_line(r) for r in history])  # drop lines written after the checkpoint
     elif out.metrics_file.exists():
         out.metrics_file.unlink()
 
@@ -88,7 +88,7 @@ def train_variant(
         row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
                "lr": lr, "seconds": time.perf_counter() - started}
         history.append(row)
-        append_jsonl(out.metrics_file, row)
+        append_jsonl(out.metrics_file, metrics_line(row))
         if improved:
             save_atomic(out.best_weights, model.state_dict())
         save_checkpoint(out, epoch + 1, model, optimizer, scheduler, shuffle, stopper, history)
@@ -117,6 +117,12 @@ def train_variant(
         out.best_weights.unlink()
     write_json(out.results_file, results)  # written last: the variant's completion marker
     return results
+
+
+def metrics_line(row: dict) -> dict:
+    """An epoch's line in metrics.jsonl: the per-batch gate shares stay in the checkpoint's history
+    (and analysis/gates_per_batch.csv), so the metrics file stays small enough to aggregate fast."""
+    return {k: v for k, v in row.items() if k != "train_batch_expert_load"}
 
 
 def train_one_epoch(model, data: TaskData, task, optimizer, shuffle, train_cfg, task_name) -> dict:
