@@ -83,3 +83,15 @@ def test_the_html_report_loads_in_chromium_without_errors(finished_job, tmp_path
     assert len(images) >= 5 and all(ok for _, ok in images), images
     assert "unfinished, failed or unreadable" in first_screen and "has the best test acc" in first_screen
     assert (artifacts / "report.png").stat().st_size > 50_000
+
+
+def test_damaged_analysis_files_cost_their_plot_not_the_report(finished_job, tmp_path, capsys):  # noqa: F811
+    job = copy_job(finished_job, tmp_path)
+    for variant in ("moe", "moe_topk", "moe_hard"):
+        (job.variant(variant).path / "analysis" / "utilisation.csv").write_text("epoch,expert\n1,not-a-number,extra\n")
+    (job.variant("mlp").path / "analysis" / "inference.json").write_text("{torn")
+    write_report([tmp_path / "experiment"])
+    out = capsys.readouterr().out
+    assert "skipped utilisation: could not draw it" in out
+    assert (tmp_path / "experiment" / "report" / "index.html").is_file()
+    assert (tmp_path / "experiment" / "summary" / "latency_vs_accuracy.png").is_file()  # the other variants' figures

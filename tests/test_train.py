@@ -173,7 +173,10 @@ def test_every_variant_learns_digits_and_repeats_itself(name, full_digits, tmp_p
         assert strip_timing(first) == strip_timing(second)
 
 
-def test_a_running_variant_redraws_its_curves(tmp_path, digits):
+def test_a_running_variant_redraws_its_curves(tmp_path, digits, monkeypatch):
+    import moelab.train.trainer as trainer
+
+    monkeypatch.setattr(trainer, "LIVE_PLOT_MIN_SECONDS", 0.0)  # these epochs take milliseconds
     seen = []
     out = VariantTree(tmp_path / "v")
     train_variant(TOPK, digits, {**TRAIN, "epochs": 5}, 0, out, torch.device("cpu"), live_plot_every=2,

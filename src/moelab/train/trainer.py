@@ -23,6 +23,11 @@ from moelab.train.analysis import write_expert_analysis
 from moelab.train.tasks import TASKS, batch_stats, finish_metrics
 
 
+# a plot takes about 0.1 s; when epochs take milliseconds nobody watches them and redrawing would
+# cost more than training, so live curves are redrawn at most this often
+LIVE_PLOT_MIN_SECONDS = 5.0
+
+
 class StopRequested(Exception):
     """Raised between epochs when the caller asked to stop; the checkpoint is already on disk."""
 
@@ -75,6 +80,8 @@ def train_variant(
     elif out.metrics_file.exists():
         out.metrics_file.unlink()
 
+    last_drawn = time.monotonic()
+    drew = False
     for epoch in range(start_epoch, train_cfg["epochs"]):
         if stopper.should_stop:
             break
@@ -92,13 +99,14 @@ def train_variant(
         if improved:
             save_atomic(out.best_weights, model.state_dict())
         save_checkpoint(out, epoch + 1, model, optimizer, scheduler, shuffle, stopper, history)
-        if live_plot_every and (epoch + 1) % live_plot_every == 0:
+        if live_plot_every and (epoch + 1) % live_plot_every == 0 and time.monotonic() - last_drawn >= LIVE_PLOT_MIN_SECONDS:
             draw_curves(history, task.primary, variant["name"], out)
+            last_drawn, drew = time.monotonic(), True
         on_epoch(row)
         if stop_requested() and not stopper.should_stop and epoch + 1 < train_cfg["epochs"]:
             raise StopRequested(f"stopped after epoch {epoch} on request; resumes from the checkpoint")
 
-    if live_plot_every and history:
+    if drew:
         draw_curves(history, task.primary, variant["name"], out)
     model.load_state_dict(torch.load(out.best_weights, map_location=device, weights_only=True))
     model.set_progress(stopper.best_epoch / train_cfg["epochs"])  # the gate as it was at the best epoch

@@ -160,4 +160,4 @@ class _Pool:
         for slot in self.slots.values():
             slot.process.join(timeout=max(0.0, deadline - time.monotonic()))
             if slot.process.is_alive():
-                slot.process.terminate()
+                slot.process.kill()  # it ignores further signals once interrupted

@@ -12,11 +12,20 @@ import traceback
 from dataclasses import asdict
 
 
+def _interrupt_once(signum, frame) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def worker_main(worker_id: int, gpu: int | None, threads: int, tasks, results) -> None:
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    # a terminate() from the launcher ends the job like Ctrl-C: status written, checkpoint kept
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Ctrl-C reaches a worker twice (from the terminal, then passed on by the launcher), and SIGTERM
+    # ends a job like Ctrl-C: the first one interrupts, later ones must not cut short the writing of
+    # status.json that the interruption triggers
+    signal.signal(signal.SIGINT, _interrupt_once)
+    signal.signal(signal.SIGTERM, _interrupt_once)
     try:
         import torch
 
