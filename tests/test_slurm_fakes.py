@@ -138,3 +138,16 @@ def test_a_bad_profile_names_the_file_and_the_allowed_keys(tmp_path):
     text = str(caught.value)
     assert str(profile) in text and "partitoin: unknown key (did you mean 'partition'?)" in text
     assert "allowed keys here: partition, account" in text and "mem_gb: must be a number > 0.0" in text
+
+
+def test_submit_without_slurm_says_so_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from moelab.launch.cli import main
+
+    experiment = tiny_experiment(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["submit", str(experiment.source), "--experiments-dir", "out"]) == 1
+    assert "sbatch not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main(["submit", str(experiment.source), "--experiments-dir", "out", "--dry-run"]) == 0
+    assert "#SBATCH --array=0-3%" in capsys.readouterr().out and not (tmp_path / "out").exists()

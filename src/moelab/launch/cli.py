@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -79,6 +80,10 @@ def launch(args: argparse.Namespace, experiment, resources: dict | None, argv: l
         from moelab.launch.status import queue_states
         from moelab.results.tree import ExperimentTree
 
+        if not args.dry_run and shutil.which("sbatch") is None:
+            print("error: sbatch not found: submit needs a SLURM login node (or the dev cluster, "
+                  "slurm/dev-cluster/start.sh); --dry-run works anywhere. Nothing was submitted.", file=sys.stderr)
+            return 1
         queued, _, problem = queue_states(ExperimentTree(args.experiments_dir / experiment.name))
         if problem and not args.dry_run:
             print(f"error: cannot ask SLURM about earlier submissions ({problem}); nothing was submitted",
