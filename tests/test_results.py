@@ -72,3 +72,17 @@ def test_job_state_from_disk(tmp_path):
     assert job_state(job, ["mlp"]) == PENDING
     write_json(job.status_file, {"state": "running", "variants": {}})
     assert job_state(job, ["mlp"]) == INTERRUPTED  # nobody holds the lock: the writer is gone
+
+
+def test_the_cache_rereads_exactly_the_jobs_that_changed(finished_job, tmp_path):
+    job = copy_job(finished_job, tmp_path)
+    root = tmp_path / "experiment"
+    first = collect(root, curves=False, cache=True)
+    assert (root / "summary" / ".cache.pkl").is_file()
+    results = read_json(job.variant("moe").results_file)
+    write_json(job.variant("moe").results_file, {**results, "test_acc": 0.123})
+    again = collect(root, curves=False, cache=True).runs
+    assert again.loc[again["variant"] == "moe", "test_acc"].item() == 0.123
+    assert again.loc[again["variant"] == "mlp", "test_acc"].item() == first.runs.loc[first.runs["variant"] == "mlp", "test_acc"].item()
+    (root / "summary" / ".cache.pkl").write_bytes(b"damaged")  # a damaged cache is ignored, not fatal
+    assert len(collect(root, curves=False, cache=True).runs) == 4

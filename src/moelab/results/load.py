@@ -67,17 +67,19 @@ def collect(paths: str | Path | Iterable[str | Path], curves: bool = True, cache
         cache_file = tree.summary_dir / ".cache.pkl"
         cached = _load_cache(cache_file) if cache else {}
         fresh = {}
+        changed = False
         for job in tree.jobs():
             record = cached.get(job.key)
             if record is None or record.signature != _signature(job, record) or (curves and record.curve_rows is None):
                 record = _read_job(tree, job, curves)
+                changed = True
             if record.cacheable:
                 fresh[job.key] = record
             rows += record.rows
             curve_rows += record.curve_rows or []
             problems += record.problems
             axes += [a for a in record.axes if a not in axes]
-        if cache:
+        if cache and (changed or len(fresh) != len(cached)):
             _save_cache(cache_file, fresh)
     for problem in problems:
         warnings.warn(problem, stacklevel=2)
