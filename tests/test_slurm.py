@@ -5,6 +5,7 @@ Outside CI these tests skip when no cluster answers; in CI (CI=true) an unreacha
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -107,6 +108,14 @@ def test_submitted_grid_equals_run_here_and_splits_into_several_arrays(write_exp
 
     again = submit(tmp_path, experiment, profile)
     assert "0 to submit" in again.stdout and "nothing to submit" in again.stdout
+
+    # --force trains every job again from scratch on the cluster too
+    before = {p: p.stat().st_mtime_ns for p in tree.glob("jobs/*/*/results.json")}
+    forced = submit(tmp_path, experiment, profile, "--force")
+    assert "4 to submit" in forced.stdout
+    wait_until(lambda: all(p.is_file() and p.stat().st_mtime_ns != t for p, t in before.items()), 300, "the forced jobs")
+    wait_until(lambda: all_final(experiment, tmp_path / "out"), 60, "the forced jobs to end")
+    assert all(json.loads(p.read_text())["attempts"] == 1 for p in tree.glob("jobs/*/status.json"))  # fresh status
 
 
 def test_dry_run_prints_the_array_script_and_submits_nothing(write_experiment, tmp_path, profile):

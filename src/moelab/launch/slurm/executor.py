@@ -70,7 +70,8 @@ class SlurmExecutor(Executor):
                                               python=self._python())
             executor.update_parameters(**params)
             with executor.batch():
-                handles = [executor.submit(TrainJob(), str(plan.tree.job(job.key).path.resolve())) for job in chunk]
+                handles = [executor.submit(TrainJob(), str(plan.tree.job(job.key).path.resolve()), plan.fresh)
+                           for job in chunk]
             ids = {job.key: handle.job_id for job, handle in zip(chunk, handles)}
             append_jsonl(folder / SUBMISSIONS, {"time": now(), "array_job_id": handles[0].job_id.split("_")[0],
                                                 "jobs": ids})

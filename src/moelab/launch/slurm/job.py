@@ -20,19 +20,21 @@ class JobFailed(RuntimeError):
 
 
 class TrainJob(submitit.helpers.Checkpointable):
-    def __call__(self, job_dir: str) -> dict:
+    def __call__(self, job_dir: str, fresh: bool = False) -> dict:
+        """`fresh` (submit --force) discards the job's earlier outputs; a requeue never does."""
         import torch
 
         from moelab.train.job import run_job
 
         torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
-        outcome = run_job(job_dir, runtime_info={"slurm": slurm_info()})
+        outcome = run_job(job_dir, fresh=fresh, runtime_info={"slurm": slurm_info()})
         if outcome.state != DONE:
             errors = "; ".join(f"{name}: {error}" for name, error in outcome.errors.items())
             raise JobFailed(f"job {outcome.key} {outcome.state}: {errors} (details in {outcome.status_file})")
         return {"key": outcome.key, "state": outcome.state, "seconds": outcome.seconds}
 
-    def checkpoint(self, job_dir: str) -> submitit.helpers.DelayedSubmission:
+    def checkpoint(self, job_dir: str, fresh: bool = False) -> submitit.helpers.DelayedSubmission:
+        # resume from what this attempt wrote: the requeued task must not start fresh again
         return submitit.helpers.DelayedSubmission(TrainJob(), job_dir)
 
 
