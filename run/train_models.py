@@ -6,7 +6,6 @@
 The second form is what slurm/run_training.slurm runs in each array task.
 """
 
-import argparse
 import sys
 
 from moelab.train.cli import main

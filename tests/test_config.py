@@ -70,7 +70,7 @@ def test_all_problems_are_reported_at_once(write_experiment):
 def test_yaml_syntax_error_and_missing_file_are_config_errors(write_experiment, tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_experiment(write_experiment("name: x\ntrain: [unclosed\n"))
-    with pytest.raises(ConfigError, match="experiment file not found"):
+    with pytest.raises(ConfigError, match="file not found; experiment files live in experiments/configs/"):
         load_experiment(tmp_path / "missing.yaml")
 
 

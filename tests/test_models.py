@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moelab.config import ConfigError
 from moelab.models import build_model, get_model_spec, model_names
 from moelab.models.moe import (MoE, cv_squared, kl_to_uniform, output_similarity, router_z_loss,
                                switch_balance)

@@ -163,7 +163,7 @@ def test_cancelled_job_shows_cancelled_and_rerun_failed_completes_it(write_exper
     assert f"{key}  CANCELLED" in status.stdout and "--rerun-failed" in status.stdout
 
     plain = submit(tmp_path, experiment, profile)
-    assert f"FAILED" not in plain.stdout and ("0 to submit" in plain.stdout or "1 to submit" in plain.stdout)
+    assert "FAILED" not in plain.stdout and ("0 to submit" in plain.stdout or "1 to submit" in plain.stdout)
     rerun = submit(tmp_path, experiment, profile, "--rerun-failed")
     assert "to submit" in rerun.stdout
     final = wait_until(lambda: all_final(experiment, tmp_path / "out"), 300, "the resubmitted job")

@@ -102,7 +102,7 @@ def test_status_merges_disk_and_sacct(fake_slurm, tmp_path, capsys):
                                                         "variants": {}})
     for variant in ("mlp", "moe", "moe_topk", "moe_hard"):
         write_json(root / "jobs" / keys[0] / variant / "results.json", {"test_acc": 1.0})
-    fake_slurm(sacct=f"""cat <<'EOF'
+    fake_slurm(sacct="""cat <<'EOF'
 7_0|RUNNING|n1|80|0:0
 7_1|OUT_OF_MEMORY|n2|5|0:125
 7_2|PENDING|None assigned|0|0:0
@@ -151,3 +151,8 @@ def test_submit_without_slurm_says_so_and_writes_nothing(tmp_path, monkeypatch, 
     assert not (tmp_path / "out").exists()
     assert main(["submit", str(experiment.source), "--experiments-dir", "out", "--dry-run"]) == 0
     assert "#SBATCH --array=0-3%" in capsys.readouterr().out and not (tmp_path / "out").exists()
+
+
+def test_a_missing_profile_is_named_as_a_profile(tmp_path):
+    with pytest.raises(ConfigError, match="file not found; a site profile is a YAML file like slurm/profile.yaml"):
+        load_resources({}, tmp_path / "nope.yaml")

@@ -117,7 +117,7 @@ def test_a_job_held_by_another_process_is_not_run_twice(tmp_path):
     assert not job.status_file.exists()
 
 
-def test_results_record_both_routings_for_moe_hard(tmp_path):
+def test_results_and_expert_analysis_of_a_job(tmp_path):
     job = make_job(tmp_path)
     assert run_job(job.path).state == "done"
     results = read_json(job.variant("moe_hard").results_file)

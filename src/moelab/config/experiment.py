@@ -64,9 +64,9 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     return Experiment(path, doc)
 
 
-def read_yaml(path: Path) -> dict:
+def read_yaml(path: Path, missing_hint: str = "experiment files live in experiments/configs/") -> dict:
     if not path.is_file():
-        raise ConfigError(path, [Issue("", "experiment file not found; experiment files live in experiments/configs/")])
+        raise ConfigError(path, [Issue("", f"file not found; {missing_hint}")])
     try:
         with open(path) as f:
             doc = yaml.safe_load(f)

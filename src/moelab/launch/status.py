@@ -6,7 +6,6 @@ the disk cannot know; failed jobs show their last error line and where the full 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from moelab.launch.plan import FAILURES, merge_states
 from moelab.launch.slurm import queue
 from moelab.launch.slurm.executor import SUBMISSIONS, log_paths, slurm_folder
 from moelab.results.io import read_jsonl
-from moelab.results.status import DONE, job_state, read_status
+from moelab.results.status import job_state, read_status
 from moelab.results.tree import ExperimentTree
 
 NAMES = {"pending": "NOT_STARTED"}  # everything else is shown as its state word in capitals

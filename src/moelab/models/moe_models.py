@@ -19,7 +19,6 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from moelab.models.backbone import CNNBackbone
 from moelab.models.moe import AUX_LOSSES, MoE

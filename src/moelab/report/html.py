@@ -92,7 +92,7 @@ def _headline(table: pd.DataFrame, runs: pd.DataFrame, metric: str, baseline: st
                                            " — worse")
         text += f"; <b>{diff:+.4f}</b> vs {_e(baseline)} in the same jobs{interval}{verdict}."
     elif baseline and best["variant"] == baseline:
-        text += f": the dense baseline wins."
+        text += ": the dense baseline wins."
     else:
         text += "."
     done = finished(runs)

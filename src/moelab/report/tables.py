@@ -85,7 +85,7 @@ def compact(table: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
             out[column] = [_mean_std(m, s) for m, s in zip(table[f"{column}_mean"], table[f"{column}_std"])]
     diff = f"diff_test_{metric}"
     if f"{diff}_mean" in table:
-        out[f"vs baseline (95% CI)"] = [_difference(m, h) for m, h in zip(table[f"{diff}_mean"], table[f"{diff}_ci95"])]
+        out["vs baseline (95% CI)"] = [_difference(m, h) for m, h in zip(table[f"{diff}_mean"], table[f"{diff}_ci95"])]
     for column, fmt in (("num_parameters", "{:,.0f}"), ("active_parameters", "{:,.0f}"), ("epochs_trained", "{:.1f}"),
                         ("train_seconds", "{:.2f}")):
         if f"{column}_mean" in table:

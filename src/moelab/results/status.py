@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import socket
-import os
 from datetime import datetime, timezone
 
 from filelock import FileLock, Timeout

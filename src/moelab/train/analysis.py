@@ -16,6 +16,7 @@ results.json.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -36,7 +37,7 @@ def write_expert_analysis(model, data: TaskData, history: list[dict], train_cfg:
     inference = {}
     modes = [None, *model.routing_modes()]
     for mode in modes:
-        context = model.use_routing(mode) if mode else _nothing()
+        context = model.use_routing(mode) if mode else contextlib.nullcontext()
         with context:
             inference[mode or "inferred"] = _inference(model, data, train_cfg)
     write_text(folder / "inference.json", json.dumps(inference, indent=2) + "\n")
@@ -160,11 +161,3 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     writer.writerow(header)
     writer.writerows(rows)
     write_text(path, buffer.getvalue())
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

@@ -101,7 +101,7 @@ def _run_locked(job: JobTree, fresh: bool, stop_requested, runtime_info: dict) -
                 outcome.results[name] = train_variant(variant, data, config["train"], config["seed"], out, device,
                                                       stop_requested=stop_requested, live_plot_every=live_plot_every)
                 record["state"] = DONE
-            except (KeyboardInterrupt, StopRequested):
+            except (KeyboardInterrupt, StopRequested, SystemExit):
                 record.update(state=INTERRUPTED, seconds=round(time.perf_counter() - variant_started, 3))
                 raise
             except Exception as error:  # recorded; the job goes on with its other variants
@@ -109,7 +109,7 @@ def _run_locked(job: JobTree, fresh: bool, stop_requested, runtime_info: dict) -
                 outcome.errors[name] = record["error"]
             record.update(finished_at=now(), seconds=round(time.perf_counter() - variant_started, 3))
             write_json(job.status_file, status)
-    except (KeyboardInterrupt, StopRequested):
+    except (KeyboardInterrupt, StopRequested, SystemExit):  # SystemExit: submitit's exit before a requeue
         finish(INTERRUPTED)
         raise
     except Exception as error:  # the job itself (data loading, device) failed

@@ -88,7 +88,7 @@ def train_variant(
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         model.set_progress(epoch / train_cfg["epochs"])
-        train = train_one_epoch(model, data, task, optimizer, shuffle, train_cfg, data.task)
+        train = train_one_epoch(model, data, optimizer, shuffle, train_cfg)
         val = evaluate(model, data.x_val, data.y_val, data.task, train_cfg["eval_batch_size"])
         scheduler.step()
         improved = stopper.update(val[task.primary], epoch)
@@ -133,7 +133,9 @@ def metrics_line(row: dict) -> dict:
     return {k: v for k, v in row.items() if k != "train_batch_expert_load"}
 
 
-def train_one_epoch(model, data: TaskData, task, optimizer, shuffle, train_cfg, task_name) -> dict:
+def train_one_epoch(model, data: TaskData, optimizer, shuffle, train_cfg) -> dict:
+    task_name = data.task
+    task = TASKS[task_name]
     model.train()
     x, y = data.x_train, data.y_train
     order = torch.randperm(len(x), generator=shuffle).to(x.device)

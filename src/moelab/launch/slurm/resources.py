@@ -31,7 +31,7 @@ def load_resources(experiment_slurm: dict, profile: Path | None = None) -> dict:
     path = profile_path(profile)
     site: dict = {}
     if path is not None:
-        raw = read_yaml(path)
+        raw = read_yaml(path, missing_hint="a site profile is a YAML file like slurm/profile.yaml")
         site, issues = check_section(SLURM, raw, "")
         if issues:
             raise ConfigError(path, issues)
