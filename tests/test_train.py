@@ -19,7 +19,7 @@ TRAIN = {"epochs": 6, "batch_size": 64, "eval_batch_size": 512, "optimizer": "ad
          "early_stopping": {"patience": 20, "min_delta": 0.0}, "device": "cpu", "save_weights": True}
 DATA = {"name": "digits", "root": "data", "val_fraction": 0.15, "test_fraction": 0.15, "max_train_samples": 400}
 from moelab.models import get_model_spec
-from moelab.config.schema import check_section
+from moelab.schema import check_section
 
 TOPK = {"name": "moe_topk", "model": "moe_topk",
         **check_section(get_model_spec("moe_topk").schema, {"num_experts": 4, "hidden": 16, "k": 2}, "")[0]}

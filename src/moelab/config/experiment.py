@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from moelab.config import grid as grid_module
-from moelab.config.schema import PATH_SAFE, Issue, check_section, unknown_key_message, _did_you_mean
+from moelab.schema import PATH_SAFE, Issue, check_section, unknown_key_message, did_you_mean
 from moelab.config.sections import DATA, DATA_COMMON, TOP
 
 RESERVED_VARIANT_NAMES = {"config.json", "status.json"}
@@ -116,7 +116,7 @@ def _set_path(doc: dict, key: str, value: Any) -> str | None:
         variants = doc.get("variants") or []
         names = [v.get("name") for v in variants if isinstance(v, dict)]
         if parts[1] not in names:
-            return f"no variant named {parts[1]!r}{_did_you_mean(parts[1], names)}; variants: {', '.join(map(str, names))}"
+            return f"no variant named {parts[1]!r}{did_you_mean(parts[1], names)}; variants: {', '.join(map(str, names))}"
         node, parts = variants[names.index(parts[1])], parts[2:]
     for part in parts[:-1]:
         child = node.setdefault(part, {})
@@ -157,7 +157,7 @@ def check_data(raw_data: dict, data: dict) -> list[Issue]:
         return []
     name = data.get("name")
     if name not in dataset_names():
-        return [Issue("data.name", f"unknown dataset {name!r}{_did_you_mean(name, dataset_names())}; "
+        return [Issue("data.name", f"unknown dataset {name!r}{did_you_mean(name, dataset_names())}; "
                                    f"known datasets: {', '.join(dataset_names())}")]
     used = set(DATA_COMMON) | set(get_dataset_spec(name).options)
     return [Issue(f"data.{key}", f"is not read by dataset {name!r}; remove it (it is read by: "
@@ -191,7 +191,7 @@ def check_variants(raw_variants: Any) -> tuple[list[dict], list[Issue]]:
         seen.add(name)
         model = item.get("model")
         if model not in model_names():
-            issues.append(Issue(f"{where}.model", f"unknown model {model!r}{_did_you_mean(model, model_names())}; "
+            issues.append(Issue(f"{where}.model", f"unknown model {model!r}{did_you_mean(model, model_names())}; "
                                                   f"known models: {', '.join(model_names())}"))
             continue
         schema = get_model_spec(model).schema

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from moelab.config.schema import Field, Issue, _did_you_mean
+from moelab.schema import Field, Issue, did_you_mean
 from moelab.config.sections import DATA, DATA_COMMON, TOP, TRAIN
 
 KEY_LENGTH = 12
@@ -79,7 +79,7 @@ def _axis_fields(axis: str, doc: dict) -> tuple[list[Field], str | None]:
         for part in rest.split("."):
             if not isinstance(node, dict) or part not in node:
                 options = list(node) if isinstance(node, dict) else []
-                return [], (f"unknown key {part!r} in {section}{_did_you_mean(part, options)}; "
+                return [], (f"unknown key {part!r} in {section}{did_you_mean(part, options)}; "
                             f"keys there: {', '.join(options)}")
             node = node[part]
         if isinstance(node, dict):
@@ -91,7 +91,7 @@ def _axis_fields(axis: str, doc: dict) -> tuple[list[Field], str | None]:
             return [], f"variant axes look like variants.<name>.<param> or variants.*.<param>; {allowed}"
         names = [v["name"] for v in doc["variants"]]
         if name != "*" and name not in names:
-            return [], f"no variant named {name!r}{_did_you_mean(name, names)}; variants: {', '.join(names)}"
+            return [], f"no variant named {name!r}{did_you_mean(name, names)}; variants: {', '.join(names)}"
         targets = [v for v in doc["variants"] if name in ("*", v["name"])]
         fields = [get_model_spec(v["model"]).schema[param] for v in targets if param in get_model_spec(v["model"]).schema]
         if not fields:
@@ -107,7 +107,7 @@ def _check_dataset_name(value: Any, where: str) -> list[Issue]:
 
     if value in dataset_names():
         return []
-    return [Issue(where, f"unknown dataset {value!r}{_did_you_mean(value, dataset_names())}; known: {', '.join(dataset_names())}")]
+    return [Issue(where, f"unknown dataset {value!r}{did_you_mean(value, dataset_names())}; known: {', '.join(dataset_names())}")]
 
 
 def expand(doc: dict) -> list[Job]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from moelab.config.schema import PATH_SAFE, Field, Section
+from moelab.schema import PATH_SAFE, Field, Section
 
 DATA: Section = {
     "name": Field(str, "digits", help="dataset name"),

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from moelab.config.schema import Section, section_from_dataclass
+from moelab.schema import Section, section_from_dataclass
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from moelab.config import ConfigError
 from moelab.config.experiment import read_yaml
-from moelab.config.schema import check_section
+from moelab.schema import check_section
 from moelab.config.sections import SLURM
 
 DEFAULT_PROFILE = Path("slurm/profile.yaml")

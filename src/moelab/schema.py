@@ -1,4 +1,5 @@
-"""A small declarative schema: typed fields with defaults, ranges and choices, checked all at once.
+"""A small declarative schema, shared by the experiment file (config) and model parameters (models):
+typed fields with defaults, ranges and choices, checked all at once.
 
 Each check returns `Issue`s (a key path and what is wrong or allowed) instead of raising, so the user
 sees every problem in an experiment file in one go.
@@ -74,7 +75,7 @@ class Field:
                 return None, [Issue(path, f"must be {self.describe()}, got {bad[0]!r} in the list")]
             value = items
         if self.choices is not None and value not in self.choices:
-            return None, [Issue(path, f"must be {self.describe()}, got {value!r}{_did_you_mean(value, self.choices)}")]
+            return None, [Issue(path, f"must be {self.describe()}, got {value!r}{did_you_mean(value, self.choices)}")]
         if self.min is not None and (value < self.min or (self.exclusive_min and value == self.min)):
             return None, [Issue(path, f"must be {self.describe()}, got {value!r}")]
         if self.max is not None and value > self.max:
@@ -130,14 +131,14 @@ def section_from_dataclass(cls: type) -> Section:
 
 def unknown_key_message(key: str, schema: dict) -> str:
     allowed = ", ".join(schema)
-    return f"unknown key{_did_you_mean(key, list(schema))}; allowed keys here: {allowed}"
+    return f"unknown key{did_you_mean(key, list(schema))}; allowed keys here: {allowed}"
 
 
 def join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _did_you_mean(value: Any, options) -> str:
+def did_you_mean(value: Any, options) -> str:
     close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
