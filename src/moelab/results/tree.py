@@ -1,11 +1,15 @@
-"""Where everything lives in the experiments tree, in one place.
+"""Where everything lives in the experiments tree: the one owner of every file name.
 
     <root>/<name>/experiment.yaml            resolved experiment as last launched
     <root>/<name>/launches.jsonl             one line per launch
+    <root>/<name>/launches/<time>/           pip-freeze.txt and git.diff of that launch
     <root>/<name>/jobs/<key>/config.json     the job's resolved configuration
     <root>/<name>/jobs/<key>/status.json     job and variant states, attempts, tracebacks
-    <root>/<name>/jobs/<key>/<variant>/      metrics.jsonl, results.json (written last), weights/
+    <root>/<name>/jobs/<key>/<variant>/      metrics.jsonl, results.json (written last), weights/, analysis/
+    <root>/<name>/claims/                    which worker holds which job, with heartbeats
+    <root>/<name>/<backend>/                 what a backend keeps (slurm/: submitit's files and logs)
     <root>/<name>/summary/                   tables and plots written by create-plots
+    <root>/<name>/report/index.html          the HTML report
 """
 
 from __future__ import annotations
@@ -14,10 +18,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# names a variant cannot take: they are files or folders of the job folder
+JOB_FILE_NAMES = frozenset({"config.json", "status.json", ".lock"})
+
 
 @dataclass(frozen=True)
 class ExperimentTree:
     path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
 
     @property
     def experiment_file(self) -> Path:
@@ -28,12 +39,35 @@ class ExperimentTree:
         return self.path / "launches.jsonl"
 
     @property
+    def launches_lock(self) -> Path:
+        return self.path / ".launches.lock"
+
+    def launch_folder(self, time: str) -> Path:
+        """Provenance of one launch (its ISO time without colons)."""
+        return self.path / "launches" / time.replace(":", "")
+
+    @property
     def jobs_dir(self) -> Path:
         return self.path / "jobs"
 
     @property
+    def claims_dir(self) -> Path:
+        return self.path / "claims"
+
+    def backend_dir(self, backend: str) -> Path:
+        return self.path / backend
+
+    @property
     def summary_dir(self) -> Path:
         return self.path / "summary"
+
+    @property
+    def summary(self) -> "SummaryFiles":
+        return SummaryFiles(self.summary_dir)
+
+    @property
+    def report_file(self) -> Path:
+        return self.path / "report" / "index.html"
 
     def job(self, key: str) -> "JobTree":
         return JobTree(self.jobs_dir / key)
@@ -44,6 +78,34 @@ class ExperimentTree:
         with os.scandir(self.jobs_dir) as entries:  # scandir: no stat per entry, fast on large trees
             names = sorted(e.name for e in entries if e.is_dir())
         return [JobTree(self.jobs_dir / name) for name in names]
+
+
+@dataclass(frozen=True)
+class SummaryFiles:
+    path: Path
+
+    @property
+    def runs_csv(self) -> Path:
+        return self.path / "runs.csv"
+
+    @property
+    def summary_csv(self) -> Path:
+        return self.path / "summary.csv"
+
+    @property
+    def markdown(self) -> Path:
+        return self.path / "summary.md"
+
+    @property
+    def latex(self) -> Path:
+        return self.path / "summary.tex"
+
+    @property
+    def cache(self) -> Path:
+        return self.path / ".cache.pkl"
+
+    def plot(self, name: str, extension: str = "png") -> Path:
+        return self.path / f"{name}.{extension}"
 
 
 @dataclass(frozen=True)
@@ -75,6 +137,10 @@ class VariantTree:
     path: Path
 
     @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
     def metrics_file(self) -> Path:
         return self.path / "metrics.jsonl"
 
@@ -90,5 +156,54 @@ class VariantTree:
     def last_checkpoint(self) -> Path:
         return self.path / "weights" / "last.pt"
 
+    @property
+    def curves_plot(self) -> Path:
+        """The live curves a running variant redraws."""
+        return self.path / "curves.png"
+
+    @property
+    def reconstruction(self) -> Path:
+        """image_fit: the model's rendering of the whole image."""
+        return self.path / "reconstruction.png"
+
+    @property
+    def analysis(self) -> "AnalysisFiles":
+        return AnalysisFiles(self.path / "analysis")
+
     def is_done(self) -> bool:
         return self.results_file.is_file()
+
+
+@dataclass(frozen=True)
+class AnalysisFiles:
+    """What the experts did, written next to each variant's results (see train/analysis.py)."""
+
+    path: Path
+
+    @property
+    def inference(self) -> Path:
+        return self.path / "inference.json"
+
+    @property
+    def utilisation(self) -> Path:
+        return self.path / "utilisation.csv"
+
+    @property
+    def gates_per_batch(self) -> Path:
+        return self.path / "gates_per_batch.csv"
+
+    @property
+    def test_routing(self) -> Path:
+        return self.path / "test_routing.csv"
+
+    @property
+    def class_expert(self) -> Path:
+        return self.path / "class_expert.csv"
+
+    @property
+    def expert_class_accuracy(self) -> Path:
+        return self.path / "expert_class_accuracy.csv"
+
+    @property
+    def confusion(self) -> Path:
+        return self.path / "confusion.csv"
