@@ -8,6 +8,6 @@ The second form is what slurm/run_training.slurm runs in each array task.
 
 import sys
 
-from moelab.train.cli import main
+from moelab.launch.train_one import main
 
 sys.exit(main())

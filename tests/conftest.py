@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from moelab.config import load_experiment
+from moelab.results.io import write_json
+from moelab.results.tree import JobTree
+
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = {
@@ -42,3 +46,33 @@ def launch(cwd: Path, *args: str, timeout: float = 300, **popen) -> subprocess.C
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "moelab.launch", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout, **popen)
+
+
+def make_job(folder: Path, overrides=()) -> JobTree:
+    """One job of TINY (no grid, 2 epochs) with its config.json written, as a launch writes it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "e.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "grid": {}}))
+    experiment = load_experiment(path, ["train.epochs=2", *overrides])
+    job = experiment.jobs()[0]
+    tree = JobTree(folder / "jobs" / job.key)
+    write_json(tree.config_file, experiment.job_spec(job))
+    return tree
+
+
+@pytest.fixture(scope="module")
+def finished_job(tmp_path_factory):
+    from moelab.train.job import run_job
+
+    job = make_job(tmp_path_factory.mktemp("tree") / "experiment")
+    assert run_job(job.path).state == "done"
+    return job
+
+
+def copy_job(job: JobTree, folder: Path) -> JobTree:
+    """A copy of a finished job inside folder/experiment/jobs/, for tests that damage or extend it."""
+    import shutil
+
+    target = folder / "experiment" / "jobs" / job.key
+    shutil.copytree(job.path, target)
+    return JobTree(target)

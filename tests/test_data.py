@@ -11,26 +11,30 @@ import pytest
 import torch
 import torchvision
 
-from moelab.data import get_dataset_spec, load_dataset
+from moelab.data import DataSettings, get_dataset_spec, load_dataset
 
 COMMON = {"val_fraction": 0.15, "test_fraction": 0.15, "max_train_samples": None, "root": "data"}
 
 
+def settings(**values) -> DataSettings:
+    return DataSettings(**{**COMMON, **values})
+
+
 def test_digits_split_is_stratified_seeded_and_standardised_on_train_only():
-    data = load_dataset({**COMMON, "name": "digits"}, seed=0)
+    data = load_dataset(settings(name="digits"), seed=0)
     assert data.sizes() == {"train": 1257, "val": 270, "test": 270}
     assert data.d_in == 64 and data.d_out == 10
     assert torch.allclose(data.x_train.mean(0), torch.zeros(64), atol=1e-5)
     assert data.x_val.mean().abs() > 1e-4  # val/test are scaled with train statistics, not their own
     counts = torch.bincount(data.y_test, minlength=10)
     assert counts.min() >= 26 and counts.max() <= 28  # about 27 of each class
-    again = load_dataset({**COMMON, "name": "digits"}, seed=0)
-    other = load_dataset({**COMMON, "name": "digits"}, seed=1)
+    again = load_dataset(settings(name="digits"), seed=0)
+    other = load_dataset(settings(name="digits"), seed=1)
     assert torch.equal(data.x_test, again.x_test) and not torch.equal(data.x_test, other.x_test)
 
 
 def test_max_train_samples_subsamples_the_training_set():
-    data = load_dataset({**COMMON, "name": "digits", "max_train_samples": 100}, seed=0)
+    data = load_dataset(settings(name="digits", max_train_samples=100), seed=0)
     assert len(data.x_train) == 100 and len(data.x_test) == 270
 
 
@@ -55,7 +59,7 @@ def write_mnist_like(root, folder: str, n_train=120, n_test=40) -> None:
 @pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
 def test_mnist_formats_load_through_torchvision(tmp_path, name, folder):
     write_mnist_like(tmp_path, folder)
-    cfg = {**COMMON, "name": name, "root": str(tmp_path)}
+    cfg = settings(name=name, root=str(tmp_path))
     assert get_dataset_spec(name).check(cfg) == []
     data = load_dataset(cfg, seed=0)
     assert data.sizes() == {"train": 102, "val": 18, "test": 40}
@@ -79,7 +83,7 @@ def test_cifar10_loads_through_torchvision_with_its_integrity_check(tmp_path, mo
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "train_list", batches)
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "test_list", test)
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "meta", {"filename": meta[0], "key": "label_names", "md5": meta[1]})
-    cfg = {**COMMON, "name": "cifar10", "root": str(tmp_path)}
+    cfg = settings(name="cifar10", root=str(tmp_path))
     assert get_dataset_spec("cifar10").check(cfg) == []
     data = load_dataset(cfg, seed=0)
     assert data.sizes() == {"train": 85, "val": 15, "test": 30} and data.d_in == 3072
@@ -89,20 +93,20 @@ def test_cifar10_loads_through_torchvision_with_its_integrity_check(tmp_path, mo
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10"])
 def test_missing_files_name_the_folder_and_data_readme(tmp_path, name):
-    problems = get_dataset_spec(name).check({**COMMON, "name": name, "root": str(tmp_path)})
+    problems = get_dataset_spec(name).check(settings(name=name, root=str(tmp_path)))
     assert len(problems) == 1 and str(tmp_path) in problems[0] and "data/README.md" in problems[0]
 
 
 def test_image_fit_uses_matplotlibs_sample_image_by_default():
-    cfg = {**COMMON, "name": "image_fit", "image": None, "resolution": 32, "fourier_features": 4}
+    cfg = settings(name="image_fit", image=None, resolution=32, fourier_features=4)
     assert get_dataset_spec("image_fit").check(cfg) == []
     data = load_dataset(cfg, seed=0)
     assert sum(data.sizes().values()) == 32 * 32 and data.d_in == 2 + 4 * 4 and data.d_out == 3
-    assert data.render_inputs.shape == (1024, 18) and data.image_shape == (32, 32, 3)
+    assert data.render_inputs.shape == (1024, 18) and data.render_shape == (32, 32, 3)
     assert 0 <= data.y_train.min() and data.y_train.max() <= 1
 
 
 def test_image_fit_reports_an_unreadable_image(tmp_path):
     (tmp_path / "x.png").write_text("not an image")
-    problems = get_dataset_spec("image_fit").check({"image": str(tmp_path / "x.png")})
+    problems = get_dataset_spec("image_fit").check(settings(name="image_fit", image=str(tmp_path / "x.png")))
     assert "cannot read image" in problems[0] and "x.png" in problems[0]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import nbformat
 from nbclient import NotebookClient
 
-from conftest import REPO
-from test_results import copy_job, finished_job  # noqa: F401  (fixture)
+from conftest import REPO, copy_job
 
 
 def test_the_analysis_notebook_runs_and_rebuilds_the_headline_table(finished_job, tmp_path, monkeypatch):  # noqa: F811

@@ -11,7 +11,6 @@ import pandas as pd
 from moelab.report import write_report
 from moelab.report.cli import main
 from moelab.report.tables import to_markdown
-from test_results import copy_job, finished_job  # noqa: F401  (fixture)
 
 
 def test_report_on_a_partial_tree_lists_what_is_missing(finished_job, tmp_path, capsys):  # noqa: F811
@@ -48,7 +47,7 @@ def test_markdown_table_escapes_and_formats():
 def test_the_html_report_loads_in_chromium_without_errors(finished_job, tmp_path):  # noqa: F811
     import os
 
-    from conftest import REPO
+    from conftest import REPO, copy_job
 
     chromium = shutil.which("chromium")
     if chromium is None:

@@ -6,10 +6,9 @@ import pytest
 
 from moelab.results import collect, load_runs
 from moelab.results.io import atomic_write, read_json, write_json
-from moelab.results.status import DONE, INTERRUPTED, PENDING, job_state
-from moelab.results.tree import JobTree
+from conftest import copy_job, make_job
+from moelab.results.status import JobState, job_state
 from moelab.train.job import run_job
-from test_train import make_job
 
 
 def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
@@ -26,26 +25,11 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left behind
 
 
-@pytest.fixture(scope="module")
-def finished_job(tmp_path_factory):
-    job = make_job(tmp_path_factory.mktemp("tree") / "experiment")
-    assert run_job(job.path).state == "done"
-    return job
-
-
-def copy_job(job: JobTree, tmp_path) -> JobTree:
-    import shutil
-
-    target = tmp_path / "experiment" / "jobs" / job.key
-    shutil.copytree(job.path, target)
-    return JobTree(target)
-
-
 def test_loads_one_row_per_job_and_variant(finished_job, tmp_path):
     job = copy_job(finished_job, tmp_path)
     runs = load_runs(job.path.parent.parent)
     assert list(runs["variant"]) == ["mlp", "moe", "moe_topk", "moe_hard"]
-    assert (runs["state"] == DONE).all() and runs["test_acc"].notna().all()
+    assert (runs["state"] == JobState.DONE).all() and runs["test_acc"].notna().all()
 
 
 def test_corrupt_and_partial_files_are_reported_not_raised(finished_job, tmp_path):
@@ -63,15 +47,15 @@ def test_corrupt_and_partial_files_are_reported_not_raised(finished_job, tmp_pat
     assert "moe/results.json: unreadable" in text and "mlp/metrics.jsonl: skipped unreadable line(s) [3]" in text
     assert "status.json: unreadable" in text and "brokenjob000/config.json: unreadable" in text
     states = dict(zip(found.runs["variant"], found.runs["state"]))
-    assert states["moe"] == "corrupt" and states["mlp"] == DONE
+    assert states["moe"] == "corrupt" and states["mlp"] == JobState.DONE
     assert len(found.curves[found.curves["variant"] == "mlp"]) == 2  # the torn line is skipped
 
 
 def test_job_state_from_disk(tmp_path):
     job = make_job(tmp_path)
-    assert job_state(job, ["mlp"]) == PENDING
+    assert job_state(job, ["mlp"]) == JobState.PENDING
     write_json(job.status_file, {"state": "running", "variants": {}})
-    assert job_state(job, ["mlp"]) == INTERRUPTED  # nobody holds the lock: the writer is gone
+    assert job_state(job, ["mlp"]) == JobState.INTERRUPTED  # nobody holds the lock: the writer is gone
 
 
 def test_the_cache_rereads_exactly_the_jobs_that_changed(finished_job, tmp_path):

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from moelab.config import load_experiment
-from moelab.data import load_dataset
+from conftest import make_job
+from moelab.models import get_model_spec
+from moelab.data import DataSettings, load_dataset
 from moelab.results.io import read_json, read_jsonl, write_json
-from moelab.results.tree import JobTree, VariantTree
+from moelab.results.tree import VariantTree
+from moelab.schema import check_section
 from moelab.train.job import run_job
+from moelab.train.settings import TrainSettings
 from moelab.train.trainer import EarlyStopping, StopRequested, train_variant
 
-TRAIN = {"epochs": 6, "batch_size": 64, "eval_batch_size": 512, "optimizer": "adamw", "lr": 0.003, "weight_decay": 1e-4,
+TRAIN_SECTION = {"epochs": 6, "batch_size": 64, "eval_batch_size": 512, "optimizer": "adamw", "lr": 0.003, "weight_decay": 1e-4,
          "momentum": 0.9, "schedule": "cosine", "warmup_epochs": 1, "step_every": 30, "grad_clip": 1.0,
          "early_stopping": {"patience": 20, "min_delta": 0.0}, "device": "cpu", "save_weights": True}
-DATA = {"name": "digits", "root": "data", "val_fraction": 0.15, "test_fraction": 0.15, "max_train_samples": 400}
-from moelab.models import get_model_spec
-from moelab.schema import check_section
+TRAIN = TrainSettings.from_dict(TRAIN_SECTION)
+DATA = DataSettings(name="digits", max_train_samples=400)
 
 TOPK = {"name": "moe_topk", "model": "moe_topk",
         **check_section(get_model_spec("moe_topk").schema, {"num_experts": 4, "hidden": 16, "k": 2}, "")[0]}
@@ -49,7 +52,8 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path, digits):
     epochs_seen = []
     with pytest.raises(StopRequested):
         train_variant(TOPK, digits, TRAIN, 0, out, torch.device("cpu"),
-                      stop_requested=lambda: len(epochs_seen) >= 3, on_epoch=lambda row: epochs_seen.append(row["epoch"]))
+                      stop_requested=lambda: len(epochs_seen) >= 3,
+                      on_epoch=lambda history: epochs_seen.append(history[-1]["epoch"]))
     assert epochs_seen == [0, 1, 2] and not out.results_file.exists() and out.last_checkpoint.exists()
     # a torn half-epoch line written after the checkpoint must not survive the resume
     with open(out.metrics_file, "a") as f:
@@ -65,20 +69,6 @@ def test_early_stopping_counts_epochs_without_improvement():
     assert not stopper.update(0.605, 2) and not stopper.should_stop  # under min_delta
     assert not stopper.update(0.6, 3) and stopper.should_stop
     assert stopper.best_epoch == 1
-
-
-def make_job(tmp_path, overrides=()) -> JobTree:
-    from conftest import TINY
-    import yaml
-
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "e.yaml"
-    path.write_text(yaml.safe_dump({**TINY, "grid": {}}))
-    experiment = load_experiment(path, ["train.epochs=2", *overrides])
-    job = experiment.jobs()[0]
-    tree = JobTree(tmp_path / "jobs" / job.key)
-    write_json(tree.config_file, {"key": job.key, "experiment": "e", "grid_values": {}, "config": job.config})
-    return tree
 
 
 def test_a_failing_variant_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
@@ -151,7 +141,7 @@ ZOO = {
 
 @pytest.fixture(scope="module")
 def full_digits():
-    return load_dataset({**DATA, "max_train_samples": None}, seed=0)
+    return load_dataset(dataclasses.replace(DATA, max_train_samples=None), seed=0)
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
@@ -159,7 +149,7 @@ def test_every_variant_learns_digits_and_repeats_itself(name, full_digits, tmp_p
     model = "moe_hard" if name == "moe_annealed" else name
     variant = {"name": name, "model": model,
                **check_section(get_model_spec(model).schema, ZOO[name], "")[0]}
-    train = {**TRAIN, "epochs": 15, "early_stopping": {"patience": 15, "min_delta": 0.0}}
+    train = TrainSettings.from_dict({**TRAIN_SECTION, "epochs": 15, "early_stopping": {"patience": 15, "min_delta": 0.0}})
     first = train_variant(variant, full_digits, train, 0, VariantTree(tmp_path / "a"), torch.device("cpu"))
     assert first["test_acc"] > 0.88, first["test_acc"]
     history = read_jsonl(tmp_path / "a" / "metrics.jsonl")
@@ -174,12 +164,18 @@ def test_every_variant_learns_digits_and_repeats_itself(name, full_digits, tmp_p
 
 
 def test_a_running_variant_redraws_its_curves(tmp_path, digits, monkeypatch):
-    import moelab.train.trainer as trainer
+    import moelab.train.job as job_module
 
-    monkeypatch.setattr(trainer, "LIVE_PLOT_MIN_SECONDS", 0.0)  # these epochs take milliseconds
+    monkeypatch.setattr(job_module, "LIVE_PLOT_MIN_SECONDS", 0.0)  # these epochs take milliseconds
     seen = []
     out = VariantTree(tmp_path / "v")
-    train_variant(TOPK, digits, {**TRAIN, "epochs": 5}, 0, out, torch.device("cpu"), live_plot_every=2,
-                  on_epoch=lambda row: seen.append((row["epoch"], (out.path / "curves.png").exists())))
+    curves = job_module.LiveCurves(2, "acc", out)
+
+    def on_epoch(history):
+        curves(history)
+        seen.append((history[-1]["epoch"], out.curves_plot.exists()))
+
+    train_variant(TOPK, digits, TrainSettings.from_dict({**TRAIN_SECTION, "epochs": 5}), 0, out, torch.device("cpu"),
+                  on_epoch=on_epoch)
     assert seen == [(0, False), (1, True), (2, True), (3, True), (4, True)]  # drawn after epoch 2, refreshed
-    assert (out.path / "curves.png").stat().st_size > 10_000
+    assert out.curves_plot.stat().st_size > 10_000

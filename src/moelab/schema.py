@@ -7,6 +7,7 @@ sees every problem in an experiment file in one go.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
@@ -118,15 +119,38 @@ def check_section(schema: Section, doc: Any, path: str) -> tuple[dict, list[Issu
     return resolved, issues
 
 
+def param(default, help: str = "", **checks) -> dataclasses.Field:
+    """A dataclass field with what the schema checks (min, max, choices, nullable, kind, ...)."""
+    if dataclasses.is_dataclass(default) or isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help, **checks})
+    return dataclasses.field(default=default, metadata={"help": help, **checks})
+
+
 def section_from_dataclass(cls: type) -> Section:
-    """Turn a params dataclass (defaults + `metadata` with min/max/choices/help) into a Section."""
+    """Turn a settings dataclass (defaults + `param` metadata) into a Section; a field whose default
+    is itself a dataclass becomes a nested section."""
     section: Section = {}
     for f in dataclasses.fields(cls):
         meta = dict(f.metadata)
-        kind = meta.pop("kind", f.type if isinstance(f.type, type) else _KINDS_BY_NAME[str(f.type)])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            section[f.name] = section_from_dataclass(type(default))
+            continue
+        kind = meta.pop("kind") if "kind" in meta else f.type if isinstance(f.type, type) else _KINDS_BY_NAME[str(f.type)]
         section[f.name] = Field(kind=kind, default=default, **meta)
     return section
+
+
+def from_section(cls: type, values: dict):
+    """The dataclass `cls` from checked section values (nested sections become nested dataclasses)."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        value = values[f.name]
+        kwargs[f.name] = from_section(type(default), value) if dataclasses.is_dataclass(default) else value
+    return cls(**kwargs)
 
 
 def unknown_key_message(key: str, schema: dict) -> str:

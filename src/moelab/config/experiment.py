@@ -14,11 +14,12 @@ from typing import Any
 import yaml
 
 from moelab.config import grid as grid_module
-from moelab.schema import PATH_SAFE, Issue, check_section, unknown_key_message, did_you_mean
-from moelab.config.sections import DATA, DATA_COMMON, TOP
-
-RESERVED_VARIANT_NAMES = {"config.json", "status.json"}
-
+from moelab.config.sections import DATA, TOP
+from moelab.data import dataset_keys, dataset_names, get_dataset_spec
+from moelab.data.settings import COMMON_KEYS
+from moelab.models import get_model_spec, model_names
+from moelab.results.tree import JOB_FILE_NAMES
+from moelab.schema import PATH_SAFE, Issue, check_section, did_you_mean, unknown_key_message
 
 class ConfigError(Exception):
     """Every problem found in one experiment file (and its overrides), reported together."""
@@ -48,6 +49,11 @@ class Experiment:
 
     def jobs(self) -> list[grid_module.Job]:
         return grid_module.expand(self.doc)
+
+    def job_spec(self, job: grid_module.Job) -> dict:
+        """A job's config.json: what it computes (`config`, hashed into its key) and how it reports."""
+        return {"key": job.key, "experiment": self.name, "grid_values": job.grid_values, "config": job.config,
+                "report": self.doc["report"]}
 
 
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
@@ -138,7 +144,7 @@ def check_document(raw: dict) -> tuple[dict, list[Issue]]:
         found = check_data(raw.get("data") or {}, doc["data"])
         issues += found
         if not found:
-            doc["data"] = grid_module.dataset_keys(doc["data"])
+            doc["data"] = dataset_keys(doc["data"])
     doc["variants"], variant_issues = check_variants(raw.get("variants"))
     issues += variant_issues
     raw_grid = raw.get("grid") or {}
@@ -151,15 +157,13 @@ def check_document(raw: dict) -> tuple[dict, list[Issue]]:
 
 
 def check_data(raw_data: dict, data: dict) -> list[Issue]:
-    from moelab.data import dataset_names, get_dataset_spec
-
     if not isinstance(raw_data, dict):
         return []
     name = data.get("name")
     if name not in dataset_names():
         return [Issue("data.name", f"unknown dataset {name!r}{did_you_mean(name, dataset_names())}; "
                                    f"known datasets: {', '.join(dataset_names())}")]
-    used = set(DATA_COMMON) | set(get_dataset_spec(name).options)
+    used = set(COMMON_KEYS) | set(get_dataset_spec(name).options)
     return [Issue(f"data.{key}", f"is not read by dataset {name!r}; remove it (it is read by: "
                                  f"{', '.join(users)})" if users else "is not a data option")
             for key in raw_data if key in DATA and key not in used
@@ -167,8 +171,6 @@ def check_data(raw_data: dict, data: dict) -> list[Issue]:
 
 
 def check_variants(raw_variants: Any) -> tuple[list[dict], list[Issue]]:
-    from moelab.models import get_model_spec, model_names
-
     if raw_variants is None:
         return [], [Issue("variants", "is required: a list of {name, model, <model parameters>}")]
     if not isinstance(raw_variants, list) or not raw_variants:
@@ -180,7 +182,7 @@ def check_variants(raw_variants: Any) -> tuple[list[dict], list[Issue]]:
             issues.append(Issue(where, f"must be a mapping with name and model, got {item!r}"))
             continue
         name = item.get("name")
-        if not isinstance(name, str) or not PATH_SAFE.match(name) or name in RESERVED_VARIANT_NAMES:
+        if not isinstance(name, str) or not PATH_SAFE.match(name) or name in JOB_FILE_NAMES:
             issues.append(Issue(f"{where}.name", "is required: a name made of letters, digits, '.', '_' and '-' "
                                                  "(it becomes a folder), unique in the experiment"))
             continue

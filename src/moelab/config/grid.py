@@ -20,8 +20,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from moelab.config.sections import DATA, TOP, TRAIN
+from moelab.data import DataSettings, dataset_keys, dataset_names, get_dataset_spec
+from moelab.models import get_model_spec
 from moelab.schema import Field, Issue, did_you_mean
-from moelab.config.sections import DATA, DATA_COMMON, TOP, TRAIN
 
 KEY_LENGTH = 12
 
@@ -68,8 +70,6 @@ def check_grid(raw_grid: dict, doc: dict, variants_ok: bool = True) -> tuple[dic
 
 def _axis_fields(axis: str, doc: dict) -> tuple[list[Field], str | None]:
     """The schema fields a grid axis sets, or why the axis is not allowed."""
-    from moelab.models import get_model_spec
-
     allowed = "allowed axes: seed, data.<key>, train.<key>, variants.<name>.<param>, variants.*.<param>"
     if axis == "seed":
         return [TOP["seed"]], None
@@ -103,8 +103,6 @@ def _axis_fields(axis: str, doc: dict) -> tuple[list[Field], str | None]:
 
 
 def _check_dataset_name(value: Any, where: str) -> list[Issue]:
-    from moelab.data import dataset_names
-
     if value in dataset_names():
         return []
     return [Issue(where, f"unknown dataset {value!r}{did_you_mean(value, dataset_names())}; known: {', '.join(dataset_names())}")]
@@ -143,23 +141,11 @@ def _apply(config: dict, axis: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def dataset_keys(data: dict) -> dict:
-    """Exactly the data keys the dataset reads (defaults for missing ones, e.g. after a grid changed
-    data.name), so settings another dataset reads never change a job's key."""
-    from moelab.data import get_dataset_spec
-
-    used = set(DATA_COMMON) | set(get_dataset_spec(data["name"]).options)
-    return {k: data[k] if k in data else DATA[k].default for k in DATA if k in used}
-
-
 def check_jobs(doc: dict) -> list[Issue]:
-    """Checks that need resolved grid points: cross-parameter limits and dataset files on disk."""
-    from moelab.data import get_dataset_spec
-    from moelab.models import get_model_spec
-
+    """Checks that need resolved grid points: limits across a model's parameters, and models that
+    read images on a dataset that has none."""
     issues: list[Issue] = []
     seen: set[str] = set()
-    checked_data: set[str] = set()
     for job in expand(doc):
         point = ", ".join(f"{k}={v}" for k, v in job.grid_values.items() if k != "seed")
         at = f" (at grid point {point})" if point else ""
@@ -175,9 +161,18 @@ def check_jobs(doc: dict) -> list[Issue]:
                 if message not in seen:
                     seen.add(message)
                     issues.append(Issue(f"variants.{variant['name']}", f"{problem}{at}"))
+    return issues
+
+
+def check_data_files(jobs: list[Job]) -> list[Issue]:
+    """Dataset files the jobs read (once per distinct data section). A launch checks the jobs it is
+    about to run, before it writes anything; a relaunch with nothing to run reads no dataset."""
+    issues: list[Issue] = []
+    checked: set[str] = set()
+    for job in jobs:
         data_text = json.dumps(job.config["data"], sort_keys=True)
-        if data_text not in checked_data:
-            checked_data.add(data_text)
-            for problem in get_dataset_spec(job.config["data"]["name"]).check(job.config["data"]):
-                issues.append(Issue("data", problem))
+        if data_text not in checked:
+            checked.add(data_text)
+            settings = DataSettings(**job.config["data"])
+            issues += [Issue("data", problem) for problem in get_dataset_spec(settings.name).check(settings)]
     return issues

@@ -14,21 +14,23 @@ import numpy as np
 import torch
 from PIL import Image
 
-from moelab.data.registry import REGRESSION, DatasetSpec, TaskData, register
+from moelab.data.registry import REGRESSION
+from moelab.data.settings import DataSettings
+from moelab.data.task_data import TaskData
 
 DEFAULT_IMAGE = "grace_hopper.jpg"  # in matplotlib's bundled sample data
 
 
-def image_path(cfg: dict) -> Path:
-    if cfg["image"]:
-        return Path(cfg["image"])
+def image_path(settings: DataSettings) -> Path:
+    if settings.image:
+        return Path(settings.image)
     import matplotlib
 
     return Path(matplotlib.get_data_path()) / "sample_data" / DEFAULT_IMAGE
 
 
-def check(cfg: dict) -> list[str]:
-    path = image_path(cfg)
+def check(name: str, settings: DataSettings) -> list[str]:
+    path = image_path(settings)
     try:
         with Image.open(path) as image:
             image.verify()
@@ -47,21 +49,18 @@ def coordinate_features(height: int, width: int, bands: int) -> torch.Tensor:
     return torch.cat(features, dim=1)
 
 
-def load(cfg: dict, seed: int) -> TaskData:
-    size = cfg["resolution"]
-    with Image.open(image_path(cfg)) as image:
+def load(name: str, settings: DataSettings, seed: int) -> TaskData:
+    size = settings.resolution
+    with Image.open(image_path(settings)) as image:
         pixels = np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
-    inputs = coordinate_features(size, size, cfg["fourier_features"])
+    inputs = coordinate_features(size, size, settings.fourier_features)
     targets = torch.from_numpy(pixels.reshape(-1, 3))
     order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))
-    n_test = int(round(cfg["test_fraction"] * len(order)))
-    n_val = int(round(cfg["val_fraction"] * len(order)))
+    n_test = int(round(settings.test_fraction * len(order)))
+    n_val = int(round(settings.val_fraction * len(order)))
     test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
     return TaskData(
         REGRESSION, inputs[train], targets[train], inputs[val], targets[val], inputs[test], targets[test],
-        d_out=3, render_inputs=inputs, image_shape=(size, size, 3), info={"image": str(image_path(cfg))},
+        d_out=3, render_inputs=inputs, render_shape=(size, size, 3),
     )
 
-
-register(DatasetSpec("image_fit", REGRESSION, ("test_fraction", "image", "resolution", "fourier_features"),
-                     check, load, "fit an image as a function (x, y) -> RGB"))

@@ -1,79 +1,68 @@
-"""Dataset registry: experiment files name datasets; each knows how to check and load itself.
+"""The table of datasets that experiment files name: task, the data keys each reads, implementation.
 
-Datasets are small enough to live in memory as tensors (on the GPU when training there); the trainer
-batches them by index, with no per-sample DataLoader.
+Each implementation is a module of this package with `check(name, settings) -> [problems]` (missing
+files: they stop a launch before anything runs) and `load(name, settings, seed) -> TaskData` (tensors
+on the CPU). The table imports a module only to check or load: validating an experiment file must
+not pay for importing torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+import importlib
+from dataclasses import dataclass, fields
 
-import torch
+from moelab.data.settings import COMMON_KEYS, DataSettings
 
 CLASSIFICATION, REGRESSION = "classification", "regression"
-
-
-@dataclass
-class TaskData:
-    task: str  # CLASSIFICATION or REGRESSION
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    d_out: int  # number of classes, or of regression outputs
-    # image_fit: the inputs of every pixel and the image shape, to render the fitted image
-    render_inputs: torch.Tensor | None = None
-    image_shape: tuple[int, ...] | None = None
-    info: dict = field(default_factory=dict)
-
-    @property
-    def d_in(self) -> int:
-        return self.x_train.shape[1]
-
-    def to(self, device: torch.device) -> "TaskData":
-        moved = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
-        return TaskData(**{**vars(self), **moved})
-
-    def sizes(self) -> dict[str, int]:
-        return {"train": len(self.x_train), "val": len(self.x_val), "test": len(self.x_test)}
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    task: str
+    task: str  # CLASSIFICATION or REGRESSION
     options: tuple[str, ...]  # data.* keys this dataset reads beyond the common ones
-    check: Callable[[dict], list[str]]  # problems that stop a launch (missing files), given data config
-    load: Callable[[dict, int], TaskData]  # (data config, seed) -> tensors on the CPU
+    implementation: str  # module inside moelab.data
     description: str
-    images: bool = False  # samples are images (info["image_shape"]): convolutional models can read them
+    images: bool = False  # samples are images (TaskData.input_shape): convolutional models can read them
+
+    def check(self, settings: DataSettings) -> list[str]:
+        return self._module().check(self.name, settings)
+
+    def load(self, settings: DataSettings, seed: int):
+        return self._module().load(self.name, settings, seed)
+
+    def _module(self):
+        return importlib.import_module(f"moelab.data.{self.implementation}")
 
 
-DATASETS: dict[str, DatasetSpec] = {}
-
-
-def register(spec: DatasetSpec) -> None:
-    if spec.name in DATASETS:
-        raise ValueError(f"dataset {spec.name!r} registered twice")
-    DATASETS[spec.name] = spec
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
+    DatasetSpec("digits", CLASSIFICATION, ("test_fraction",), "digits",
+                "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes)", images=True),
+    DatasetSpec("mnist", CLASSIFICATION, (), "torchvision_sets", "MNIST handwritten digits, torchvision format",
+                images=True),
+    DatasetSpec("fashion_mnist", CLASSIFICATION, (), "torchvision_sets", "Fashion-MNIST, torchvision format",
+                images=True),
+    DatasetSpec("cifar10", CLASSIFICATION, (), "torchvision_sets", "CIFAR-10, torchvision format", images=True),
+    DatasetSpec("image_fit", REGRESSION, ("test_fraction", "image", "resolution", "fourier_features"), "image_fit",
+                "fit an image as (x, y) -> RGB (matplotlib's sample photo by default)"),
+)}
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:
-    _load_builtin_datasets()
     return DATASETS[name]
 
 
 def dataset_names() -> list[str]:
-    _load_builtin_datasets()
     return sorted(DATASETS)
 
 
-def load_dataset(data_cfg: dict, seed: int) -> TaskData:
-    return get_dataset_spec(data_cfg["name"]).load(data_cfg, seed)
+def dataset_keys(data: dict) -> dict:
+    """Exactly the data keys the dataset reads (defaults for missing ones, e.g. after a grid changed
+    data.name), so settings another dataset reads never change a job's key."""
+    used = set(COMMON_KEYS) | set(get_dataset_spec(data["name"]).options)
+    defaults = DataSettings()
+    return {f.name: data.get(f.name, getattr(defaults, f.name)) for f in fields(DataSettings) if f.name in used}
 
 
-def _load_builtin_datasets() -> None:
-    from moelab.data import digits, image_fit, torchvision_sets  # noqa: F401  (register on import)
+def load_dataset(settings: DataSettings, seed: int):
+    return get_dataset_spec(settings.name).load(settings, seed)

@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moelab.data.registry import CLASSIFICATION, DatasetSpec, TaskData, register
+from moelab.data.registry import CLASSIFICATION
+from moelab.data.settings import DataSettings
 from moelab.data.splits import standardise, stratified_split, subsample
+from moelab.data.task_data import TaskData
 
 README_HINT = "see data/README.md for how to put the files there (no download happens at run time)"
 
@@ -47,33 +49,29 @@ def _arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
     return data.astype(np.float32) / 255.0, targets.astype(np.int64)
 
 
-def _spec(name: str, class_name: str, channels: int, description: str) -> DatasetSpec:
-    def check(cfg: dict) -> list[str]:
-        cls = _dataset_class(class_name)
-        problems = []
-        for train in (True, False):
-            try:
-                _open(cls, cfg["root"], train)
-            except FileNotFoundError as error:
-                problems.append(str(error))
-                break
-        return problems
-
-    def load(cfg: dict, seed: int) -> TaskData:
-        cls = _dataset_class(class_name)
-        x_full, y_full = _arrays(_open(cls, cfg["root"], train=True))
-        x_test, y_test = _arrays(_open(cls, cfg["root"], train=False))
-        train, val = stratified_split(y_full, cfg["val_fraction"], seed)
-        train = train[subsample(y_full[train], cfg["max_train_samples"], seed)]
-        flat = lambda a: torch.from_numpy(a.reshape(len(a), -1))
-        xs = standardise(flat(x_full[train]), flat(x_full[val]), flat(x_test), per_channel=channels)
-        ys = [torch.from_numpy(y) for y in (y_full[train], y_full[val], y_test)]
-        return TaskData(CLASSIFICATION, xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], d_out=10,
-                        info={"image_shape": list(x_test.shape[1:])})
-
-    return DatasetSpec(name, CLASSIFICATION, (), check, load, description, images=True)
+# dataset name -> (torchvision class, image channels)
+CLASSES = {"mnist": ("MNIST", 1), "fashion_mnist": ("FashionMNIST", 1), "cifar10": ("CIFAR10", 3)}
 
 
-register(_spec("mnist", "MNIST", 1, "MNIST handwritten digits, torchvision format"))
-register(_spec("fashion_mnist", "FashionMNIST", 1, "Fashion-MNIST, torchvision format"))
-register(_spec("cifar10", "CIFAR10", 3, "CIFAR-10, torchvision format"))
+def check(name: str, settings: DataSettings) -> list[str]:
+    cls = _dataset_class(CLASSES[name][0])
+    for train in (True, False):
+        try:
+            _open(cls, settings.root, train)
+        except FileNotFoundError as error:
+            return [str(error)]
+    return []
+
+
+def load(name: str, settings: DataSettings, seed: int) -> TaskData:
+    class_name, channels = CLASSES[name]
+    cls = _dataset_class(class_name)
+    x_full, y_full = _arrays(_open(cls, settings.root, train=True))
+    x_test, y_test = _arrays(_open(cls, settings.root, train=False))
+    train, val = stratified_split(y_full, settings.val_fraction, seed)
+    train = train[subsample(y_full[train], settings.max_train_samples, seed)]
+    flat = lambda a: torch.from_numpy(a.reshape(len(a), -1))
+    xs = standardise(flat(x_full[train]), flat(x_full[val]), flat(x_test), per_channel=channels)
+    ys = [torch.from_numpy(y) for y in (y_full[train], y_full[val], y_test)]
+    return TaskData(CLASSIFICATION, xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], d_out=10,
+                    input_shape=tuple(x_test.shape[1:]))

@@ -1,7 +1,6 @@
-"""Launching an experiment: plan the jobs, then hand them to a backend (see `cli.py`)."""
+"""Launching an experiment: validate, plan the jobs, hand them to a backend (`launcher.py`)."""
 
-from moelab.launch.base import Executor
-from moelab.launch.local.executor import LocalExecutor
-from moelab.launch.plan import LaunchPlan, make_plan, write_plan
+from moelab.launch.base import Backend, LaunchOptions, QueueView
+from moelab.launch.launcher import launch_experiment
 
-__all__ = ["Executor", "LaunchPlan", "LocalExecutor", "make_plan", "write_plan"]
+__all__ = ["Backend", "LaunchOptions", "QueueView", "launch_experiment"]

@@ -1,15 +1,72 @@
-"""The interface every backend implements: take a launch plan, run or submit its jobs."""
+"""The seam every backend implements, and the options a launch is given.
+
+A backend is one folder under launch/ and one row in `backends.BACKENDS`. It owns everything that
+differs between ways of executing: what must hold before a launch (sbatch on PATH), what its queue
+says about jobs the disk cannot know about yet, where a failed job's details are, how the plan's jobs
+are run or sent, and what happens at the end (the report after run_here).
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from moelab.config import Experiment
 from moelab.launch.plan import LaunchPlan
+from moelab.results.status import JobState
+from moelab.results.tree import ExperimentTree
 
 
-class Executor(ABC):
-    mode: str  # the launch mode recorded in launches.jsonl
+@dataclass
+class LaunchOptions:
+    experiments_dir: Path = Path("experiments")
+    workers: int | None = None  # run_here: worker processes (None: from the experiment's local section)
+    force: bool = False  # rerun every job from scratch, finished ones too
+    rerun_failed: bool = False
+    dry_run: bool = False  # submit: print what would be sent; send and write nothing
+    profile: Path | None = None  # submit: site resource profile
+    report: bool = True  # run_here: write tables and plots at the end
+    argv: list[str] = field(default_factory=list)  # the command line, for provenance
+
+
+@dataclass
+class QueueView:
+    """What a backend's queue knows about an experiment's jobs."""
+
+    states: dict[str, JobState] = field(default_factory=dict)  # job key -> state in the queue
+    notes: dict[str, str] = field(default_factory=dict)  # job key -> the queue's words on a failure
+    nodes: dict[str, str] = field(default_factory=dict)  # job key -> where it runs or ran
+    elapsed_s: dict[str, int] = field(default_factory=dict)
+    problem: str | None = None  # why the queue could not be asked
+
+
+class Backend(ABC):
+    mode: str  # the command-line mode, recorded in launches.jsonl
+    verb: str  # what it does to jobs, for messages: "run", "submit"
+
+    def __init__(self, experiment: Experiment, options: LaunchOptions):
+        """Raises ConfigError for bad backend settings (e.g. a site profile): exit 2, nothing written."""
+        self.experiment, self.options = experiment, options
+
+    def preflight(self, tree: ExperimentTree) -> str | None:
+        """Why this launch cannot start (checked before anything is written), or None."""
+        return None
+
+    @classmethod
+    def queue_view(cls, tree: ExperimentTree) -> QueueView:
+        """The queue's view of the experiment's jobs (empty for backends without a queue)."""
+        return QueueView()
+
+    @classmethod
+    def failure_details(cls, tree: ExperimentTree, key: str) -> list[str]:
+        """Where to read more about a failed job (log paths), beyond its status.json."""
+        return []
 
     @abstractmethod
     def launch(self, plan: LaunchPlan) -> int:
-        """Run or submit `plan.to_run`, report what happened, and return the process exit code."""
+        """Run or send `plan.to_run`, say what happened, and return the process exit code."""
+
+    def finish(self, plan: LaunchPlan, code: int) -> int:
+        """After `launch`: e.g. write the report. Returns the final exit code."""
+        return code

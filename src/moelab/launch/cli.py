@@ -8,14 +8,17 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 from moelab.config import ConfigError, load_experiment
+from moelab.launch.backends import BACKENDS
+from moelab.launch.base import LaunchOptions
+from moelab.launch.launcher import launch_experiment
+from moelab.launch.status import print_status
 
 DEFAULT_EXPERIMENT = Path("experiments/configs/default.yaml")
-MODES = ("run_here", "submit", "status")
+MODES = (*BACKENDS, "status")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -53,57 +56,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        experiment = load_experiment(args.experiment, args.overrides)
-        resources = None
-        if args.mode == "submit":
-            from moelab.launch.slurm.resources import load_resources
-
-            resources = load_resources(experiment.doc["slurm"], args.profile)
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    options = LaunchOptions(experiments_dir=args.experiments_dir, workers=args.workers, force=args.force,
+                            rerun_failed=args.rerun_failed, dry_run=args.dry_run, profile=args.profile,
+                            report=not args.no_report, argv=argv)
     if args.mode == "status":
-        from moelab.launch.status import print_status
-
+        try:
+            experiment = load_experiment(args.experiment, args.overrides)
+        except ConfigError as error:
+            print(error, file=sys.stderr)
+            return 2
         return print_status(experiment, args.experiments_dir)
-    return launch(args, experiment, resources, sys.argv[1:] if argv is None else argv)
-
-
-def launch(args: argparse.Namespace, experiment, resources: dict | None, argv: list[str]) -> int:
-    from moelab.launch import LocalExecutor, make_plan, write_plan
-
-    queued = {}
-    if args.mode == "submit":
-        from moelab.launch.slurm.executor import SlurmExecutor
-        from moelab.launch.status import queue_states
-        from moelab.results.tree import ExperimentTree
-
-        if not args.dry_run and shutil.which("sbatch") is None:
-            print("error: sbatch not found: submit needs a SLURM login node (or the dev cluster, "
-                  "slurm/dev-cluster/start.sh); --dry-run works anywhere. Nothing was submitted.", file=sys.stderr)
-            return 1
-        queued, _, problem = queue_states(ExperimentTree(args.experiments_dir / experiment.name))
-        if problem and not args.dry_run:
-            print(f"error: cannot ask SLURM about earlier submissions ({problem}); nothing was submitted",
-                  file=sys.stderr)
-            return 1
-        executor = SlurmExecutor(resources, dry_run=args.dry_run)
-    else:
-        executor = LocalExecutor(args.workers or experiment.doc["local"]["workers"])
-    plan = make_plan(experiment, args.experiments_dir, force=args.force, rerun_failed=args.rerun_failed,
-                     queue_states=queued)
-    print(f"experiment {experiment.name}: {len(plan.jobs)} job(s) x {len(experiment.doc['variants'])} variant(s), "
-          f"{len(plan.to_run)} to {'submit' if args.mode == 'submit' else 'run'} -> {plan.tree.path}")
-    if not args.dry_run:
-        write_plan(plan, args.mode, argv)
-    code = executor.launch(plan)
-    if args.mode == "run_here" and code != 130 and not args.no_report:
-        from moelab.report import write_report
-
-        write_report([plan.tree.path])
-    return code
+    return launch_experiment(args.experiment, args.overrides, args.mode, options)
 
 
 if __name__ == "__main__":

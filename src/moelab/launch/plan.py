@@ -16,8 +16,8 @@ import yaml
 from filelock import FileLock
 
 from moelab.config import Experiment, Job
-from moelab.results.io import append_jsonl, read_json, write_json, write_text
-from moelab.results.status import DONE, FAILED, INTERRUPTED, PENDING, host, job_state, now
+from moelab.results.io import append_jsonl, write_json_if_changed, write_text
+from moelab.results.status import FAILURES, JobState, host, job_state, merge_states, now
 from moelab.results.tree import ExperimentTree
 
 
@@ -26,7 +26,7 @@ class LaunchPlan:
     experiment: Experiment
     tree: ExperimentTree
     jobs: list[Job]  # every job of the grid
-    states: dict[str, str]  # job key -> state before this launch
+    states: dict[str, JobState]  # job key -> state before this launch
     to_run: list[Job] = field(default_factory=list)
     fresh: bool = False  # --force: discard earlier outputs of the jobs that run
 
@@ -36,7 +36,7 @@ class LaunchPlan:
 
 
 def make_plan(experiment: Experiment, experiments_dir: Path, force: bool = False, rerun_failed: bool = False,
-              queue_states: dict[str, str] | None = None) -> LaunchPlan:
+              queue_states: dict[str, JobState] | None = None) -> LaunchPlan:
     """Select jobs by state: unstarted and interrupted ones always; failed ones (including cancelled,
     timed out, out of memory) with `rerun_failed`; finished ones too with `force`. Jobs that are
     running, or queued on the cluster (`queue_states`), are never started twice."""
@@ -45,38 +45,23 @@ def make_plan(experiment: Experiment, experiments_dir: Path, force: bool = False
     names = [v["name"] for v in experiment.doc["variants"]]
     queue_states = queue_states or {}
     states = {job.key: merge_states(job_state(tree.job(job.key), names), queue_states.get(job.key)) for job in jobs}
-    wanted = {PENDING, INTERRUPTED}
+    wanted = {JobState.PENDING, JobState.INTERRUPTED}
     if rerun_failed or force:
         wanted |= FAILURES
     if force:
-        wanted.add(DONE)
+        wanted.add(JobState.DONE)
     to_run = [job for job in jobs if states[job.key] in wanted]
     return LaunchPlan(experiment, tree, jobs, states, to_run, fresh=force)
-
-
-# what --rerun-failed reruns: failures recorded on disk, and the ways SLURM ends a job early
-FAILURES = {FAILED, "cancelled", "timeout", "out_of_memory", "node_fail"}
-
-
-def merge_states(disk: str, queue: str | None) -> str:
-    """The disk is trusted for finished work (SLURM's accounting can lag behind results files);
-    SLURM for what the disk cannot know: queued, cancelled, timed out, out of memory, node failure."""
-    if disk in (DONE, FAILED) or queue is None:
-        return disk
-    return queue
 
 
 def write_plan(plan: LaunchPlan, mode: str, argv: list[str]) -> None:
     tree = plan.tree
     write_text(tree.experiment_file, yaml.safe_dump(plan.experiment.doc, sort_keys=False))
     for job in plan.to_run:
-        spec = job_spec(plan.experiment, job)
-        job_tree = tree.job(job.key)
-        if not job_tree.config_file.is_file() or read_json(job_tree.config_file) != spec:
-            write_json(job_tree.config_file, spec)
+        write_json_if_changed(tree.job(job.key).config_file, plan.experiment.job_spec(job))
     skipped = plan.skipped()
     time = now()
-    provenance = tree.path / "launches" / time.replace(":", "")
+    provenance = tree.launch_folder(time)
     git = git_info(plan.experiment.source.parent)
     diff = git.pop("diff")
     if diff:
@@ -85,17 +70,11 @@ def write_plan(plan: LaunchPlan, mode: str, argv: list[str]) -> None:
     record = {
         "time": time, "mode": mode, "experiment_file": str(plan.experiment.source), "argv": argv,
         **git, "provenance": str(provenance), "host": host(), "python": sys.executable,
-        "jobs_total": len(plan.jobs), "jobs_run": len(plan.to_run), "jobs_skipped": dict(skipped),
+        "jobs_total": len(plan.jobs), "jobs_run": len(plan.to_run), "jobs_skipped": {str(s): n for s, n in skipped.items()},
         "force": plan.fresh,
     }
-    with FileLock(tree.path / ".launches.lock"):
+    with FileLock(tree.launches_lock):
         append_jsonl(tree.launches_file, record)
-
-
-def job_spec(experiment: Experiment, job: Job) -> dict:
-    """config.json: what the job computes (`config`, hashed into its key) and how it reports (`report`)."""
-    return {"key": job.key, "experiment": experiment.name, "grid_values": job.grid_values, "config": job.config,
-            "report": experiment.doc["report"]}
 
 
 def git_info(where: Path) -> dict:

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moelab.models.params import AUX_LOSSES
+
 ROUTINGS = ("soft", "topk")
-AUX_LOSSES = ("switch_balance", "cv_balance", "z_loss", "diversity", "kl_uniform")
 _GROUPED_MM_UNSUPPORTED: set[tuple[str, torch.dtype]] = set()
 
 

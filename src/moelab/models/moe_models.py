@@ -14,86 +14,16 @@ training, balanced initialisation, and auxiliary losses each with its own weight
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 
 from moelab.models.backbone import CNNBackbone
-from moelab.models.moe import AUX_LOSSES, MoE
-from moelab.models.registry import Model, ModelOutput, count_parameters, image_shape, param, register
-
-
-@dataclass
-class GatedParams:
-    num_experts: int = param(4, "number of experts", min=1, max=1024)
-    hidden: int = param(256, "hidden width of each expert", min=1)
-    dropout: float = param(0.3, "dropout inside each expert", min=0.0, max=0.9)
-    batch_norm: bool = param(True, "batch norm inside each expert (statistics per expert)")
-    backbone: str = param("none", "none: experts read the flat input; cnn: a CNN feature extractor first",
-                          choices=("none", "cnn"))
-    backbone_width: int = param(32, "cnn backbone: channels of its first stage", min=4, max=512)
-    anneal_temperature: bool = param(False, "cosine-anneal the gate temperature from start to end")
-    temperature_start: float = param(2.0, "gate temperature at the start (with anneal_temperature)", min=0.01, exclusive_min=True)
-    temperature_end: float = param(0.5, "gate temperature at the end (with anneal_temperature)", min=0.01, exclusive_min=True)
-    gate_noise: bool = param(False, "Gaussian noise on the router logits during training")
-    gate_noise_sigma: float = param(0.1, "its standard deviation", min=0.0)
-    balanced_init: bool = param(False, "router starts uniform (near-zero weights)")
-    switch_balance: float = param(0.0, "weight of the Switch balance loss (E/k) sum f_i P_i", min=0.0)
-    cv_balance: float = param(0.0, "weight of Shazeer's CV^2(importance) + CV^2(load)", min=0.0)
-    z_loss: float = param(0.0, "weight of the router z-loss mean(logsumexp(z)^2)", min=0.0)
-    diversity: float = param(0.0, "weight of the mean pairwise cosine similarity of expert outputs", min=0.0)
-    kl_uniform: float = param(0.0, "weight of KL(mean gate || uniform)", min=0.0)
-
-    def needs_images(self) -> bool:
-        return self.backbone == "cnn"
-
-    def check(self) -> list[str]:
-        k = getattr(self, "k", 1)
-        return [f"k={k} must be <= num_experts={self.num_experts}"] if k > self.num_experts else []
-
-
-@dataclass
-class SoftMoEParams(GatedParams):
-    pass
-
-
-@dataclass
-class TopKMoEParams(GatedParams):
-    k: int = param(2, "experts per sample", min=1)
-    noisy_gating: bool = param(True, "learned noise on the router logits during training (Shazeer)")
-    cv_balance: float = param(0.01, "weight of Shazeer's CV^2(importance) + CV^2(load)", min=0.0)
-
-
-@dataclass
-class HardMoEParams(GatedParams):
-    k: int = param(1, "experts per sample at inference", min=1)
-
-
-@dataclass
-class SwitchMoEParams(GatedParams):
-    capacity_factor: float = param(1.25, "an expert takes at most capacity_factor * T / E tokens", min=0.0, exclusive_min=True)
-    switch_balance: float = param(0.01, "weight of the Switch balance loss (E/k) sum f_i P_i", min=0.0)
-
-
-@dataclass
-class GuidedMoEParams(GatedParams):
-    expert_classes: list = param(None, "classes assigned to each expert, e.g. [[0, 1], [2, 3]] (null: split "
-                                 "the classes evenly in order)", nullable=True, kind=list)
-    guide_weight: float = param(1.0, "weight of the gate's cross-entropy toward the assigned expert", min=0.0)
-
-    def check(self) -> list[str]:
-        problems = super().check()
-        if self.expert_classes is not None:
-            if len(self.expert_classes) != self.num_experts:
-                problems.append(f"expert_classes has {len(self.expert_classes)} entries for num_experts={self.num_experts}")
-            flat = [c for group in self.expert_classes for c in (group if isinstance(group, list) else [group])]
-            if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in flat):
-                problems.append("expert_classes must be lists of class indices (integers >= 0)")
-            elif len(flat) != len(set(flat)):
-                problems.append("expert_classes assigns a class to more than one expert")
-        return problems
+from moelab.models.base import Model, ModelOutput, count_parameters, image_shape
+from moelab.models.moe import MoE
+from moelab.models.params import (AUX_LOSSES, GatedParams, GuidedMoEParams, HardMoEParams, SoftMoEParams,
+                                  SwitchMoEParams, TopKMoEParams)
 
 
 class MoEModel(Model):
@@ -142,7 +72,10 @@ class MoEModel(Model):
         return ["soft"] if self.moe.eval_routing == "topk" else []
 
     @contextlib.contextmanager
-    def use_routing(self, mode: str) -> Iterator[None]:
+    def use_routing(self, mode: str | None) -> Iterator[None]:
+        if mode is None:
+            yield
+            return
         if mode not in self.routing_modes():
             raise ValueError(f"{type(self).__name__} has no extra routing mode {mode!r}; it has: {self.routing_modes()}")
         saved, self.moe.eval_routing = self.moe.eval_routing, mode
@@ -152,33 +85,28 @@ class MoEModel(Model):
             self.moe.eval_routing = saved
 
 
-@register("moe", SoftMoEParams, "soft MoE: all experts, softmax gate")
 class SoftMoE(MoEModel):
     def __init__(self, d_in, d_out, p: SoftMoEParams, input_shape=None):
         super().__init__(d_in, d_out, p, input_shape, "moe", train_routing="soft", eval_routing="soft")
 
 
-@register("moe_topk", TopKMoEParams, "sparse noisy top-k gate with a load-balancing loss")
 class TopKMoE(MoEModel):
     def __init__(self, d_in, d_out, p: TopKMoEParams, input_shape=None):
         super().__init__(d_in, d_out, p, input_shape, "moe_topk", k=p.k, train_routing="topk", eval_routing="topk",
                          noisy_gating=p.noisy_gating)
 
 
-@register("moe_hard", HardMoEParams, "trained with a soft gate, inferred with hard top-k routing")
 class HardMoE(MoEModel):
     def __init__(self, d_in, d_out, p: HardMoEParams, input_shape=None):
         super().__init__(d_in, d_out, p, input_shape, "moe_hard", k=p.k, train_routing="soft", eval_routing="topk")
 
 
-@register("moe_switch", SwitchMoEParams, "top-1 with a capacity factor; tokens over capacity are dropped")
 class SwitchMoE(MoEModel):
     def __init__(self, d_in, d_out, p: SwitchMoEParams, input_shape=None):
         super().__init__(d_in, d_out, p, input_shape, "moe_switch", k=1, train_routing="topk", eval_routing="topk",
                          capacity_factor=p.capacity_factor)
 
 
-@register("moe_guided", GuidedMoEParams, "label-guided: the gate learns the expert assigned to each class")
 class GuidedMoE(MoEModel):
     def __init__(self, d_in, d_out, p: GuidedMoEParams, input_shape=None):
         super().__init__(d_in, d_out, p, input_shape, "moe_guided", k=1, train_routing="soft", eval_routing="topk")

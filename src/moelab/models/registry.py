@@ -1,75 +1,24 @@
-"""Model registry: experiment files name models; each model declares its parameters as a dataclass.
+"""The table of models that experiment files name: parameters, implementation, description.
 
-Every registered model takes `(d_in, d_out, params)` and its forward pass returns a `ModelOutput`, so
-the trainer and the analysis treat a dense baseline and any MoE alike.
+The table holds each implementation by module and class name and imports it only to build a model:
+checking an experiment file needs the parameters alone, and must not pay for importing torch.
+A new model is a class in this package (see base.py), a params dataclass (params.py) and a row here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Callable, Iterator
+import importlib
+from dataclasses import dataclass
 
-import torch
-from torch import nn
-
+from moelab.models import params as p
 from moelab.schema import Section, section_from_dataclass
-
-
-@dataclass
-class ModelOutput:
-    y: torch.Tensor  # [B, d_out] prediction (logits or regression values)
-    # already weighted terms that the trainer adds to the task loss, by name (logged per epoch)
-    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
-    gate_probs: torch.Tensor | None = None  # [B, E] router probabilities, for MoE models
-    expert_index: torch.Tensor | None = None  # [B, k] experts each sample was sent to (sparse routing)
-    expert_weights: torch.Tensor | None = None  # [B, k] their mixing weights
-    # per-batch values to watch that are not losses (e.g. share of tokens dropped), averaged per epoch
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-class Model(nn.Module):
-    """Base of every registered model: `forward(x, targets=None)` returns a ModelOutput.
-
-    `targets` are given during training only (label-guided routing uses them). Models that can be
-    evaluated with more than one routing (an MoE trained soft and inferred hard) list the extra
-    ones in `routing_modes()`; the trainer evaluates the test set under each.
-    """
-
-    def routing_modes(self) -> list[str]:
-        return []
-
-    def set_progress(self, fraction: float) -> None:
-        """Called at the start of every epoch with the share of training done (for annealing)."""
-
-    def active_parameters(self) -> int:
-        """Parameters that take part in predicting one sample under the current routing."""
-        return count_parameters(self)
-
-    def expert_outputs(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Each expert's own prediction for each sample, [B, E, d_out]; None without experts."""
-        return None
-
-    def assigned_experts(self, targets: torch.Tensor) -> torch.Tensor | None:
-        """The expert each sample is meant to go to (label-guided routing); None otherwise."""
-        return None
-
-    def flops_per_sample(self, d_in: int) -> int:
-        """Multiply-adds x 2 of the linear and convolution layers for one sample."""
-        return count_flops(self, d_in)
-
-    @contextlib.contextmanager
-    def use_routing(self, mode: str) -> Iterator[None]:
-        raise ValueError(f"{type(self).__name__} has no routing mode {mode!r}")
-        yield
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    cls: type[nn.Module]
     params: type
+    implementation: str  # "module:Class" inside moelab.models
     description: str
 
     @property
@@ -85,87 +34,35 @@ class ModelSpec:
         needs = getattr(self.params, "needs_images", None)
         return bool(needs(self.params(**params))) if needs else False
 
-    def build(self, d_in: int, d_out: int, params: dict, input_shape: tuple[int, ...] | None = None) -> nn.Module:
-        return self.cls(d_in, d_out, self.params(**params), input_shape)
+    def build(self, d_in: int, d_out: int, params: dict, input_shape: tuple[int, ...] | None = None):
+        module, _, cls = self.implementation.partition(":")
+        model_class = getattr(importlib.import_module(f"moelab.models.{module}"), cls)
+        return model_class(d_in, d_out, self.params(**params), input_shape)
 
 
-MODELS: dict[str, ModelSpec] = {}
-
-
-def register(name: str, params: type, description: str) -> Callable[[type], type]:
-    def decorate(cls: type) -> type:
-        if name in MODELS:
-            raise ValueError(f"model {name!r} registered twice")
-        MODELS[name] = ModelSpec(name, cls, params, description)
-        return cls
-
-    return decorate
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
+    ModelSpec("mlp", p.MLPParams, "dense:MLP", "dense multi-layer perceptron baseline"),
+    ModelSpec("cnn", p.CNNParams, "dense:CNN",
+              "dense CNN baseline: residual squeeze-excitation blocks, pooled features, linear head"),
+    ModelSpec("moe", p.SoftMoEParams, "moe_models:SoftMoE", "soft MoE: all experts, softmax gate"),
+    ModelSpec("moe_topk", p.TopKMoEParams, "moe_models:TopKMoE", "sparse noisy top-k gate with a load-balancing loss"),
+    ModelSpec("moe_hard", p.HardMoEParams, "moe_models:HardMoE",
+              "trained with a soft gate, inferred with hard top-k routing"),
+    ModelSpec("moe_switch", p.SwitchMoEParams, "moe_models:SwitchMoE",
+              "top-1 with a capacity factor; tokens over capacity are dropped"),
+    ModelSpec("moe_guided", p.GuidedMoEParams, "moe_models:GuidedMoE",
+              "label-guided: the gate learns the expert assigned to each class"),
+)}
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    _load_builtin_models()
     return MODELS[name]
 
 
 def model_names() -> list[str]:
-    _load_builtin_models()
     return sorted(MODELS)
 
 
-def build_model(name: str, d_in: int, d_out: int, params: dict, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+def build_model(name: str, d_in: int, d_out: int, params: dict, input_shape: tuple[int, ...] | None = None):
     """`input_shape` is the image shape (C, H, W) or (H, W) behind flat inputs, for convolutional models."""
     return get_model_spec(name).build(d_in, d_out, params, input_shape)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-@torch.no_grad()
-def count_flops(model: nn.Module, d_in: int) -> int:
-    """FLOPs (2 x multiply-adds) of nn.Linear and nn.Conv2d layers for one sample, and of modules
-    that say their own (`flops_per_token`, e.g. the MoE layer), measured with forward hooks."""
-    total = 0
-
-    def hook(module, inputs, output):
-        nonlocal total
-        if hasattr(module, "flops_per_token"):
-            total += module.flops_per_token() * inputs[0].shape[0]
-        elif isinstance(module, nn.Linear):
-            total += 2 * module.in_features * module.out_features * inputs[0].numel() // module.in_features
-        elif isinstance(module, nn.Conv2d):
-            kernel = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            total += 2 * kernel * output.numel()
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Linear, nn.Conv2d)) or hasattr(m, "flops_per_token")]
-    was_training = model.training
-    model.eval()
-    try:
-        model(torch.zeros(1, d_in, device=next(model.parameters()).device))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return int(total)
-
-
-def param(default, help: str = "", **checks) -> dataclasses.Field:
-    """A dataclass field with the metadata the config schema reads (min, max, choices, ...)."""
-    return field(default=default, metadata={"help": help, **checks})
-
-
-def image_shape(input_shape: tuple[int, ...] | None, d_in: int, model: str) -> tuple[int, int, int]:
-    """(C, H, W) for a convolutional model, or a clear error for data that are not images."""
-    if input_shape is None:
-        raise ValueError(f"model {model!r} needs image data (digits, mnist, fashion_mnist, cifar10); "
-                         f"this dataset gives flat vectors of {d_in} values")
-    shape = tuple(input_shape)
-    shape = (1, *shape) if len(shape) == 2 else shape
-    if len(shape) != 3 or shape[0] * shape[1] * shape[2] != d_in:
-        raise ValueError(f"model {model!r}: image shape {input_shape} does not match inputs of {d_in} values")
-    return shape
-
-
-def _load_builtin_models() -> None:
-    from moelab.models import dense, moe_models  # noqa: F401  (registers on import)

@@ -13,7 +13,9 @@ from moelab.report import html, plots
 from moelab.report.tables import add_baseline_differences, compact, group_columns, summarise, to_latex, to_markdown
 from moelab.results import collect
 from moelab.results.io import atomic_write, read_jsonl, write_text
-from moelab.results.status import DONE
+from moelab.results.status import JobState
+
+DONE = JobState.DONE.value
 
 
 def write_report(experiment_dirs: list[Path]) -> list[Path]:

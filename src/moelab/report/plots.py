@@ -223,11 +223,12 @@ def reconstructions(runs: pd.DataFrame, path: Path) -> str | None:
     found = [(v, p) for v, p in _variant_files(done, "reconstruction.png")]
     if not found or "data.image" not in done:
         return "not an image_fit experiment, or nothing finished"
+    from moelab.data import DataSettings
     from moelab.data.image_fit import image_path
 
     first = done.iloc[0]
     resolution = int(first["data.resolution"])
-    target = image_path({"image": first["data.image"] if isinstance(first["data.image"], str) else None})
+    target = image_path(DataSettings(image=first["data.image"] if isinstance(first["data.image"], str) else None))
     fig, axes = subplots(1, len(found) + 1, figsize=(2.6 * (len(found) + 1), 3.0))
     from PIL import Image
 

@@ -9,7 +9,9 @@ import math
 import pandas as pd
 from scipy import stats
 
-from moelab.results.status import DONE
+from moelab.results.status import JobState
+
+DONE = JobState.DONE.value
 
 DENSE_MODELS = ("mlp", "cnn")
 # final numbers worth averaging, when present; test_<metric>@<routing> columns are added as found

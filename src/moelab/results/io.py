@@ -34,6 +34,16 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda f: f.write(text))
 
 
+def write_json_if_changed(path: Path, data: Any) -> None:
+    """Leave an identical file untouched (its modification time tells readers nothing changed)."""
+    try:
+        if read_json(path) == data:
+            return
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    write_json(path, data)
+
+
 def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text))
 

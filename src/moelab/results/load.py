@@ -21,7 +21,7 @@ from typing import Iterable
 import pandas as pd
 
 from moelab.results.io import atomic_write, read_json, read_jsonl
-from moelab.results.status import DONE, job_state, read_status
+from moelab.results.status import JobState, JobStatus, job_state, read_status
 from moelab.results.tree import ExperimentTree, JobTree
 
 
@@ -64,7 +64,7 @@ def collect(paths: str | Path | Iterable[str | Path], curves: bool = True, cache
         if not tree.jobs_dir.is_dir():
             problems.append(f"{tree.path}: no jobs/ folder (nothing launched here yet)")
             continue
-        cache_file = tree.summary_dir / ".cache.pkl"
+        cache_file = tree.summary.cache
         cached = _load_cache(cache_file) if cache else {}
         fresh = {}
         changed = False
@@ -89,10 +89,10 @@ def collect(paths: str | Path | Iterable[str | Path], curves: bool = True, cache
 def _signature(job: JobTree, record: _JobRecord | None) -> tuple:
     """Sizes and modification times of every file a job's rows come from (plain os.stat on strings:
     this runs for every job of a large tree on every aggregation)."""
-    folder = str(job.path)
-    files = [os.path.join(folder, "config.json"), os.path.join(folder, "status.json")]
+    files = [str(job.config_file), str(job.status_file)]
     for row in record.rows if record is not None else []:
-        files += [os.path.join(folder, row["variant"], "results.json"), os.path.join(folder, row["variant"], "metrics.jsonl")]
+        variant = job.variant(row["variant"])
+        files += [str(variant.results_file), str(variant.metrics_file)]
     signature = []
     for file in files:
         try:
@@ -121,7 +121,7 @@ def _save_cache(path: Path, records: dict) -> None:
 def _read_job(tree: ExperimentTree, job: JobTree, with_curves: bool) -> _JobRecord:
     rows, curve_rows, problems, axes = [], [] if with_curves else None, [], []
     state = _collect_job(tree, job, rows, curve_rows, problems, axes)
-    record = _JobRecord((), rows, curve_rows, problems, axes, cacheable=state in (DONE, "failed") and not problems)
+    record = _JobRecord((), rows, curve_rows, problems, axes, cacheable=state in (JobState.DONE, JobState.FAILED) and not problems)
     record.signature = _signature(job, record)
     return record
 
@@ -139,33 +139,34 @@ def _collect_job(tree: ExperimentTree, job: JobTree, rows: list, curve_rows: lis
             axes.append(axis)
     names = [v["name"] for v in config["variants"]]
     state = job_state(job, names)
-    status = read_status(job) or {}
-    if job.status_file.exists() and not status:
+    status = read_status(job)
+    if job.status_file.exists() and status is None:
         problems.append(f"{job.status_file}: unreadable; job state taken from the results on disk")
-    base = {"experiment": spec.get("experiment", tree.path.name), "job": job.key, "job_state": state,
+    status = status or JobStatus(job.key)
+    base = {"experiment": spec.get("experiment", tree.path.name), "job": job.key, "job_state": str(state),
             "seed": config["seed"], **spec.get("grid_values", {}),
             **_flatten(config["data"], "data."), **_flatten(config["train"], "train."),
-            "host": status.get("host"), "attempts": status.get("attempts")}
+            "host": status.host, "attempts": status.attempts}
     for variant in config["variants"]:
         name = variant["name"]
-        record = status.get("variants", {}).get(name, {})
+        record = status.variants.get(name)
         row = {**base, "variant": name, "model": variant["model"], "path": str(job.variant(name).path),
                **{f"params.{k}": v for k, v in variant.items() if k not in ("name", "model")},
-               "state": record.get("state", "pending"), "error": record.get("error")}
+               "state": str(record.state) if record else str(JobState.PENDING), "error": record.error if record else None}
         out = job.variant(name)
         if out.is_done():
             try:
                 results = read_json(out.results_file)
                 row.update({k: v for k, v in results.items() if not isinstance(v, (dict, list))})
-                row["state"] = DONE
+                row["state"] = str(JobState.DONE)
             except (OSError, json.JSONDecodeError) as error:
                 problems.append(f"{out.results_file}: unreadable ({type(error).__name__}); variant counted as unfinished")
                 row["state"] = "corrupt"
-        elif row["state"] == DONE:
+        elif row["state"] == JobState.DONE:
             row["state"] = "missing"
             problems.append(f"{out.results_file}: missing although status.json says done; variant counted as unfinished")
-        if row["state"] != DONE and state == "interrupted":
-            row["state"] = "interrupted"
+        if row["state"] != JobState.DONE and state is JobState.INTERRUPTED:
+            row["state"] = str(JobState.INTERRUPTED)
         rows.append(row)
         if curve_rows is not None and out.metrics_file.is_file():
             bad: list[int] = []

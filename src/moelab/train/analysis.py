@@ -16,7 +16,6 @@ results.json.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -26,34 +25,38 @@ from pathlib import Path
 
 import torch
 
-from moelab.data import CLASSIFICATION, TaskData
+from moelab.data import CLASSIFICATION
+from moelab.data.task_data import TaskData
 from moelab.results.io import write_text
+from moelab.results.tree import AnalysisFiles
+from moelab.train.evaluate import evaluate, predict
+from moelab.train.settings import TrainSettings
 from moelab.train.tasks import TASKS
 
 
-def write_expert_analysis(model, data: TaskData, history: list[dict], train_cfg: dict, folder: Path) -> dict:
+def write_expert_analysis(model, data: TaskData, history: list[dict], settings: TrainSettings,
+                          files: AnalysisFiles) -> dict:
     model.eval()
     results: dict = {}
     inference = {}
     modes = [None, *model.routing_modes()]
     for mode in modes:
-        context = model.use_routing(mode) if mode else contextlib.nullcontext()
-        with context:
-            inference[mode or "inferred"] = _inference(model, data, train_cfg)
-    write_text(folder / "inference.json", json.dumps(inference, indent=2) + "\n")
+        with model.use_routing(mode):
+            inference[mode or "inferred"] = _inference(model, data, settings)
+    write_text(files.inference, json.dumps(inference, indent=2) + "\n")
     for mode, figures in inference.items():
         suffix = "" if mode == "inferred" else f"@{mode}"
         results.update({f"{k}{suffix}": v for k, v in figures.items() if not k.startswith("test_")})
 
     if data.task == CLASSIFICATION:
-        _write_confusion(model, data, train_cfg, folder)
+        _write_confusion(model, data, settings, files)
     with torch.no_grad():
         probe = model(data.x_test[:2])
     if probe.gate_probs is None:
         return results
     num_experts = probe.gate_probs.shape[1]
-    _write_utilisation(history, num_experts, folder)
-    results.update(_write_test_routing(model, data, train_cfg, num_experts, folder))
+    _write_utilisation(history, num_experts, files)
+    results.update(_write_test_routing(model, data, settings, num_experts, files))
     final = history[-1] if history else {}
     results.update({k: final[f"train_{k}"] for k in ("load_cv", "load_entropy", "collapsed_experts") if f"train_{k}" in final})
     results["num_collapsed_experts"] = len(results.get("collapsed_experts", []))
@@ -61,16 +64,14 @@ def write_expert_analysis(model, data: TaskData, history: list[dict], train_cfg:
 
 
 @torch.no_grad()
-def _inference(model, data: TaskData, train_cfg: dict) -> dict:
+def _inference(model, data: TaskData, settings: TrainSettings) -> dict:
     task = TASKS[data.task]
     one = data.x_test[:1]
     repeats = -(-1024 // len(data.x_test))
     batch = data.x_test.repeat(repeats, 1)[:1024]
     latency = _median_seconds(lambda: model(one), runs=30)
     throughput = 1024 / _median_seconds(lambda: model(batch), runs=5)
-    from moelab.train.trainer import evaluate
-
-    score = evaluate(model, data.x_test, data.y_test, data.task, train_cfg["eval_batch_size"])[task.primary]
+    score = evaluate(model, data.x_test, data.y_test, data.task, settings.eval_batch_size)[task.primary]
     return {"latency_ms": latency * 1000, "throughput": throughput, "active_parameters": model.active_parameters(),
             "flops_per_sample": model.flops_per_sample(data.d_in), f"test_{task.primary}": score}
 
@@ -93,65 +94,61 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def _write_utilisation(history: list[dict], num_experts: int, folder: Path) -> None:
+def _write_utilisation(history: list[dict], num_experts: int, files: AnalysisFiles) -> None:
     rows = [[r["epoch"], e, r["train_expert_load"][e], r["train_gate_mean"][e], r["train_load_cv"],
              r["train_load_entropy"], e in r["train_collapsed_experts"]]
             for r in history if "train_expert_load" in r for e in range(num_experts)]
-    _write_csv(folder / "utilisation.csv", ["epoch", "expert", "share", "mean_gate", "load_cv", "load_entropy", "collapsed"], rows)
+    _write_csv(files.utilisation, ["epoch", "expert", "share", "mean_gate", "load_cv", "load_entropy", "collapsed"], rows)
     rows = [[r["epoch"], b, e, shares[e]] for r in history if "train_batch_expert_load" in r
             for b, shares in enumerate(r["train_batch_expert_load"]) for e in range(num_experts)]
-    _write_csv(folder / "gates_per_batch.csv", ["epoch", "batch", "expert", "share"], rows)
+    _write_csv(files.gates_per_batch, ["epoch", "batch", "expert", "share"], rows)
 
 
 @torch.no_grad()
-def _write_test_routing(model, data: TaskData, train_cfg: dict, num_experts: int, folder: Path) -> dict:
-    bs = train_cfg["eval_batch_size"]
-    outs = [model(data.x_test[i : i + bs]) for i in range(0, len(data.x_test), bs)]
-    probs = torch.cat([o.gate_probs for o in outs])
-    predictions = torch.cat([o.y for o in outs])
-    if outs[0].expert_index is not None:
-        index, weights = torch.cat([o.expert_index for o in outs]), torch.cat([o.expert_weights for o in outs])
-    else:  # soft routing: list the experts by gate probability
-        weights, index = probs.sort(dim=1, descending=True)
+def _write_test_routing(model, data: TaskData, settings: TrainSettings, num_experts: int, files: AnalysisFiles) -> dict:
+    predictions = predict(model, data.x_test, data.task, settings.eval_batch_size)
+    index, weights = predictions.experts, predictions.expert_weights
     first = index[:, 0]
     classification = data.task == CLASSIFICATION
-    labels = data.y_test
+    labels = data.y_test.cpu()
+    outputs = predictions.outputs
     k = index.shape[1]
     header = ["sample", "label", "prediction"] + [f"expert_{i + 1}" for i in range(k)] + [f"weight_{i + 1}" for i in range(k)]
     rows = [[i, labels[i].tolist() if not classification else int(labels[i]),
-             int(predictions[i].argmax()) if classification else predictions[i].tolist(),
+             int(predictions.predicted[i]) if classification else outputs[i].tolist(),
              *index[i].tolist(), *[round(w, 6) for w in weights[i].tolist()]] for i in range(len(labels))]
-    _write_csv(folder / "test_routing.csv", header, rows)
+    _write_csv(files.test_routing, header, rows)
     results = {"test_expert_share": torch.bincount(first, minlength=num_experts).div(len(first)).tolist()}
     if not classification:
         return results
-    classes = predictions.shape[1]
+    classes = outputs.shape[1]
     matrix = torch.zeros(classes, num_experts, dtype=torch.long)
-    matrix.index_put_((labels.cpu(), first.cpu()), torch.ones(len(labels), dtype=torch.long), accumulate=True)
-    _write_csv(folder / "class_expert.csv", ["class"] + [f"expert_{e}" for e in range(num_experts)],
+    matrix.index_put_((labels, first), torch.ones(len(labels), dtype=torch.long), accumulate=True)
+    _write_csv(files.class_expert, ["class"] + [f"expert_{e}" for e in range(num_experts)],
                [[c, *matrix[c].tolist()] for c in range(classes)])
-    expert_predictions = torch.cat([model.expert_outputs(data.x_test[i : i + bs]) for i in range(0, len(data.x_test), bs)])
-    correct = (expert_predictions.argmax(dim=2) == labels[:, None]).float().cpu()  # [T, E]
+    bs = settings.eval_batch_size
+    expert_predictions = torch.cat([model.expert_outputs(data.x_test[i : i + bs]).cpu() for i in range(0, len(data.x_test), bs)])
+    correct = (expert_predictions.argmax(dim=2) == labels[:, None]).float()  # [T, E]
     rows = []
     for c in range(classes):
-        mask = (labels == c).cpu()
+        mask = labels == c
         rows.append([c, *(correct[mask].mean(0).tolist() if mask.any() else [float("nan")] * num_experts)])
-    _write_csv(folder / "expert_class_accuracy.csv", ["class"] + [f"expert_{e}" for e in range(num_experts)], rows)
+    _write_csv(files.expert_class_accuracy, ["class"] + [f"expert_{e}" for e in range(num_experts)], rows)
     # specialisation: share of test samples whose first expert is the one that sees most of their class
     results["routing_purity"] = float(matrix.max(dim=1).values.sum() / matrix.sum())
-    assigned = model.assigned_experts(labels)
+    assigned = model.assigned_experts(data.y_test)
     if assigned is not None:
-        results["test_guide_agreement"] = float((first == assigned).float().mean())
+        results["test_guide_agreement"] = float((first == assigned.cpu()).float().mean())
     return results
 
 
 @torch.no_grad()
-def _write_confusion(model, data: TaskData, train_cfg: dict, folder: Path) -> None:
-    bs = train_cfg["eval_batch_size"]
+def _write_confusion(model, data: TaskData, settings: TrainSettings, files: AnalysisFiles) -> None:
+    bs = settings.eval_batch_size
     predicted = torch.cat([model(data.x_test[i : i + bs]).y.argmax(dim=1) for i in range(0, len(data.x_test), bs)])
     classes = data.d_out
     matrix = torch.bincount(data.y_test * classes + predicted, minlength=classes * classes).view(classes, classes)
-    _write_csv(folder / "confusion.csv", ["true"] + [f"predicted_{c}" for c in range(classes)],
+    _write_csv(files.confusion, ["true"] + [f"predicted_{c}" for c in range(classes)],
                [[c, *matrix[c].tolist()] for c in range(classes)])
 
 

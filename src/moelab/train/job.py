@@ -1,6 +1,6 @@
 """Run one job: load its data once, train each of its variants, record states in status.json.
 
-Local workers and SLURM tasks both call `run_job(job_dir)`; `run/train_models.py` runs it by hand.
+Every way of executing calls `run_job(job_dir)`: local workers, SLURM tasks, `run/train_models.py`.
 A variant that raises is recorded as failed with its traceback and the job goes on with the next
 variant; a variant whose results.json exists is skipped, so a rerun only does what is missing.
 """
@@ -16,23 +16,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
 from filelock import FileLock, Timeout
 
-from moelab.data import load_dataset
-from moelab.results.io import read_json, write_json
-from moelab.results.status import DONE, FAILED, INTERRUPTED, RUNNING, host, now, read_status
-from moelab.results.tree import JobTree
+from moelab.data import DataSettings, load_dataset
+from moelab.report.plots import variant_curves
+from moelab.results.io import read_json
+from moelab.results.status import JobState, JobStatus, VariantStatus, host, now, read_status
+from moelab.results.tree import JobTree, VariantTree
+from moelab.train.settings import TrainSettings
+from moelab.train.tasks import TASKS
 from moelab.train.trainer import StopRequested, resolve_device, train_variant
+
+# a plot takes about 0.1 s; when epochs take milliseconds nobody watches them and redrawing would
+# cost more than training, so live curves are redrawn at most this often
+LIVE_PLOT_MIN_SECONDS = 5.0
 
 
 @dataclass
 class JobOutcome:
     key: str
-    state: str  # done, failed, interrupted, or busy (another process holds the job)
+    state: JobState | str  # a JobState, or "busy" when another process holds the job
     seconds: float = 0.0
     errors: dict[str, str] = field(default_factory=dict)  # variant (or "job") -> last error line
     results: dict[str, dict] = field(default_factory=dict)  # variant -> results.json content
     status_file: str = ""
+
+
+BUSY = "busy"
 
 
 def run_job(job_dir: str | Path, fresh: bool = False, stop_requested: Callable[[], bool] = lambda: False,
@@ -43,7 +54,7 @@ def run_job(job_dir: str | Path, fresh: bool = False, stop_requested: Callable[[
     try:
         lock.acquire()
     except Timeout:
-        return JobOutcome(job.key, "busy", errors={"job": "another process is running this job"})
+        return JobOutcome(job.key, BUSY, errors={"job": "another process is running this job"})
     try:
         return _run_locked(job, fresh, stop_requested, runtime_info or {})
     finally:
@@ -53,70 +64,95 @@ def run_job(job_dir: str | Path, fresh: bool = False, stop_requested: Callable[[
 def _run_locked(job: JobTree, fresh: bool, stop_requested, runtime_info: dict) -> JobOutcome:
     spec = read_json(job.config_file)
     config = spec["config"]
+    settings = TrainSettings.from_dict(config["train"])
     live_plot_every = spec.get("report", {}).get("live_plot_every", 0)
     names = [v["name"] for v in config["variants"]]
     if fresh:
         for name in names:
             shutil.rmtree(job.variant(name).path, ignore_errors=True)
         job.status_file.unlink(missing_ok=True)
-    previous = read_status(job) or {}
-    status = {
-        "key": job.key, "state": RUNNING, "attempts": previous.get("attempts", 0) + 1,
-        "host": host(), "pid": os.getpid(), "started_at": now(), "finished_at": None, "elapsed_s": None,
-        **runtime_info,
-        "variants": {n: previous.get("variants", {}).get(n, {"state": "pending"}) for n in names},
-    }
+    previous = read_status(job) or JobStatus(job.key)
+    status = JobStatus(job.key, JobState.RUNNING, attempts=previous.attempts + 1, host=host(), pid=os.getpid(),
+                       started_at=now(), slurm=runtime_info.get("slurm"),
+                       variants={n: previous.variants.get(n, VariantStatus()) for n in names})
     started = time.perf_counter()
-    outcome = JobOutcome(job.key, RUNNING, status_file=str(job.status_file))
+    outcome = JobOutcome(job.key, JobState.RUNNING, status_file=str(job.status_file))
 
-    def finish(state: str) -> JobOutcome:
-        status.update(state=state, finished_at=now(), elapsed_s=round(time.perf_counter() - started, 3),
-                      peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
-        write_json(job.status_file, status)
-        outcome.state, outcome.seconds = state, status["elapsed_s"]
+    def finish(state: JobState) -> JobOutcome:
+        status.state, status.finished_at = state, now()
+        status.elapsed_s = round(time.perf_counter() - started, 3)
+        status.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        status.write(job)
+        outcome.state, outcome.seconds = state, status.elapsed_s
         return outcome
 
-    write_json(job.status_file, status)
+    status.write(job)
     try:
-        device = resolve_device(config["train"]["device"])
-        status["device"] = str(device)
+        device = resolve_device(settings.device)
+        status.device = str(device)
         if device.type == "cuda":
-            import torch
-
-            status["gpu"] = torch.cuda.get_device_name(device)
+            status.gpu = torch.cuda.get_device_name(device)
         data = None
         for variant in config["variants"]:
             name = variant["name"]
             out = job.variant(name)
             if out.is_done():
                 outcome.results[name] = read_json(out.results_file)
-                status["variants"][name]["state"] = DONE
+                status.variants[name].state = JobState.DONE
                 continue
             if data is None:  # loaded once per job, only when something is left to train
-                data = load_dataset(config["data"], config["seed"]).to(device)
-            record = status["variants"][name] = {"state": RUNNING, "started_at": now()}
-            write_json(job.status_file, status)
+                data = load_dataset(DataSettings(**config["data"]), config["seed"]).to(device)
+            record = status.variants[name] = VariantStatus(JobState.RUNNING, started_at=now())
+            status.write(job)
             variant_started = time.perf_counter()
+            curves = LiveCurves(live_plot_every, TASKS[data.task].primary, out)
             try:
-                outcome.results[name] = train_variant(variant, data, config["train"], config["seed"], out, device,
-                                                      stop_requested=stop_requested, live_plot_every=live_plot_every)
-                record["state"] = DONE
+                outcome.results[name] = train_variant(variant, data, settings, config["seed"], out, device,
+                                                      stop_requested=stop_requested, on_epoch=curves)
+                curves.close()
+                record.state = JobState.DONE
             except (KeyboardInterrupt, StopRequested, SystemExit):
-                record.update(state=INTERRUPTED, seconds=round(time.perf_counter() - variant_started, 3))
+                record.state, record.seconds = JobState.INTERRUPTED, round(time.perf_counter() - variant_started, 3)
                 raise
             except Exception as error:  # recorded; the job goes on with its other variants
-                record.update(state=FAILED, error=_last_line(error), traceback=traceback.format_exc())
-                outcome.errors[name] = record["error"]
-            record.update(finished_at=now(), seconds=round(time.perf_counter() - variant_started, 3))
-            write_json(job.status_file, status)
+                record.state, record.error, record.traceback = JobState.FAILED, _last_line(error), traceback.format_exc()
+                outcome.errors[name] = record.error
+            record.finished_at, record.seconds = now(), round(time.perf_counter() - variant_started, 3)
+            status.write(job)
     except (KeyboardInterrupt, StopRequested, SystemExit):  # SystemExit: submitit's exit before a requeue
-        finish(INTERRUPTED)
+        finish(JobState.INTERRUPTED)
         raise
     except Exception as error:  # the job itself (data loading, device) failed
-        status["error"], status["traceback"] = _last_line(error), traceback.format_exc()
-        outcome.errors["job"] = status["error"]
-        return finish(FAILED)
-    return finish(FAILED if outcome.errors else DONE)
+        status.error, status.traceback = _last_line(error), traceback.format_exc()
+        outcome.errors["job"] = status.error
+        return finish(JobState.FAILED)
+    return finish(JobState.FAILED if outcome.errors else JobState.DONE)
+
+
+class LiveCurves:
+    """The `on_epoch` callback that redraws a running variant's curves.png every `every` epochs (0:
+    never), so a job on a cluster can be looked at while it trains."""
+
+    def __init__(self, every: int, metric: str, out: VariantTree):
+        self.every, self.metric, self.out = every, metric, out
+        self.history: list[dict] = []
+        self.last_drawn = time.monotonic()
+        self.drew = False
+
+    def __call__(self, history: list[dict]) -> None:
+        self.history = history
+        if self.every and len(history) % self.every == 0 and time.monotonic() - self.last_drawn >= LIVE_PLOT_MIN_SECONDS:
+            self._draw()
+
+    def close(self) -> None:
+        """Draw the finished curves where earlier ones were drawn."""
+        if self.drew:
+            self._draw()
+
+    def _draw(self) -> None:
+        title = f"{self.out.name}: epoch {self.history[-1]['epoch']} ({self.out.path.parent.name})"
+        variant_curves(self.history, self.metric, title, self.out.curves_plot)
+        self.last_drawn, self.drew = time.monotonic(), True
 
 
 def _last_line(error: BaseException) -> str:

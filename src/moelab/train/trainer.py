@@ -1,6 +1,7 @@
 """Train one variant of a job: the epoch loop, early stopping, checkpoints, resume, test results.
 
-Read top to bottom: `train_variant` is the whole story; the helpers below it do one thing each.
+Read top to bottom: `train_variant` is the whole story, `fit` (the epoch loop) then `finish` (test,
+analysis, results.json); the helpers below them do one thing each.
 The full training state is checkpointed atomically after every epoch (weights/last.pt), so an
 interrupted variant resumes from its last finished epoch and ends exactly as an uninterrupted one.
 """
@@ -15,17 +16,15 @@ from typing import Callable
 import torch
 from torch import nn
 
-from moelab.data import TaskData
-from moelab.models import build_model, count_parameters
-from moelab.results.io import atomic_write, write_json, write_jsonl, append_jsonl
+from moelab.data.task_data import TaskData
+from moelab.models import build_model
+from moelab.models.base import count_parameters
+from moelab.results.io import append_jsonl, atomic_write, write_json, write_jsonl
 from moelab.results.tree import VariantTree
 from moelab.train.analysis import write_expert_analysis
+from moelab.train.evaluate import evaluate, test_results
+from moelab.train.settings import TrainSettings
 from moelab.train.tasks import TASKS, batch_stats, finish_metrics
-
-
-# a plot takes about 0.1 s; when epochs take milliseconds nobody watches them and redrawing would
-# cost more than training, so live curves are redrawn at most this often
-LIVE_PLOT_MIN_SECONDS = 5.0
 
 
 class StopRequested(Exception):
@@ -53,25 +52,33 @@ class EarlyStopping:
         return self.bad_epochs >= self.patience
 
 
-def train_variant(
-    variant: dict,
-    data: TaskData,
-    train_cfg: dict,
-    seed: int,
-    out: VariantTree,
-    device: torch.device,
-    stop_requested: Callable[[], bool] = lambda: False,
-    on_epoch: Callable[[dict], None] = lambda row: None,
-    live_plot_every: int = 0,
-) -> dict:
+@dataclass
+class Fit:
+    """What the epoch loop leaves for the finishing work."""
+
+    model: torch.nn.Module
+    history: list[dict]
+    stopper: EarlyStopping
+
+
+def train_variant(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: VariantTree,
+                  device: torch.device, stop_requested: Callable[[], bool] = lambda: False,
+                  on_epoch: Callable[[list[dict]], None] = lambda history: None) -> dict:
+    """Train one variant (resuming from its checkpoint), then test it and write results.json."""
+    fitted = fit(variant, data, settings, seed, out, device, stop_requested, on_epoch)
+    return finish(variant, fitted, data, settings, out, device)
+
+
+def fit(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: VariantTree, device: torch.device,
+        stop_requested: Callable[[], bool], on_epoch: Callable[[list[dict]], None]) -> Fit:
+    """The epoch loop: train, validate, checkpoint; `on_epoch(history)` after every epoch."""
     task = TASKS[data.task]
-    params = {k: v for k, v in variant.items() if k not in ("name", "model")}
     torch.manual_seed(seed)  # every variant of a job starts from the same seed: paired comparisons
-    model = build_model(variant["model"], data.d_in, data.d_out, params, data.info.get("image_shape")).to(device)
-    optimizer = make_optimizer(model, train_cfg)
-    scheduler = make_scheduler(optimizer, train_cfg)
+    model = build_model(variant["model"], data.d_in, data.d_out, model_params(variant), data.input_shape).to(device)
+    optimizer = make_optimizer(model, settings)
+    scheduler = make_scheduler(optimizer, settings)
     shuffle = torch.Generator().manual_seed(seed)
-    stopper = EarlyStopping(train_cfg["early_stopping"]["patience"], train_cfg["early_stopping"]["min_delta"])
+    stopper = EarlyStopping(settings.early_stopping.patience, settings.early_stopping.min_delta)
     history: list[dict] = []
     start_epoch = 0
     if out.last_checkpoint.is_file():
@@ -80,16 +87,14 @@ def train_variant(
     elif out.metrics_file.exists():
         out.metrics_file.unlink()
 
-    last_drawn = time.monotonic()
-    drew = False
-    for epoch in range(start_epoch, train_cfg["epochs"]):
+    for epoch in range(start_epoch, settings.epochs):
         if stopper.should_stop:
             break
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        model.set_progress(epoch / train_cfg["epochs"])
-        train = train_one_epoch(model, data, optimizer, shuffle, train_cfg)
-        val = evaluate(model, data.x_val, data.y_val, data.task, train_cfg["eval_batch_size"])
+        model.set_progress(epoch / settings.epochs)
+        train = train_one_epoch(model, data, optimizer, shuffle, settings)
+        val = evaluate(model, data.x_val, data.y_val, data.task, settings.eval_batch_size)
         scheduler.step()
         improved = stopper.update(val[task.primary], epoch)
         row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
@@ -99,32 +104,38 @@ def train_variant(
         if improved:
             save_atomic(out.best_weights, model.state_dict())
         save_checkpoint(out, epoch + 1, model, optimizer, scheduler, shuffle, stopper, history)
-        if live_plot_every and (epoch + 1) % live_plot_every == 0 and time.monotonic() - last_drawn >= LIVE_PLOT_MIN_SECONDS:
-            draw_curves(history, task.primary, variant["name"], out)
-            last_drawn, drew = time.monotonic(), True
-        on_epoch(row)
-        if stop_requested() and not stopper.should_stop and epoch + 1 < train_cfg["epochs"]:
+        on_epoch(history)
+        if stop_requested() and not stopper.should_stop and epoch + 1 < settings.epochs:
             raise StopRequested(f"stopped after epoch {epoch} on request; resumes from the checkpoint")
+    return Fit(model, history, stopper)
 
-    if drew:
-        draw_curves(history, task.primary, variant["name"], out)
+
+def finish(variant: dict, fitted: Fit, data: TaskData, settings: TrainSettings, out: VariantTree,
+           device: torch.device) -> dict:
+    """Test the best weights, write the expert analysis, and results.json last (the completion marker)."""
+    task = TASKS[data.task]
+    model, history, stopper = fitted.model, fitted.history, fitted.stopper
     model.load_state_dict(torch.load(out.best_weights, map_location=device, weights_only=True))
-    model.set_progress(stopper.best_epoch / train_cfg["epochs"])  # the gate as it was at the best epoch
-    results = test_results(model, data, train_cfg, task)
+    model.set_progress(stopper.best_epoch / settings.epochs)  # the gate as it was at the best epoch
+    results = test_results(model, data, settings)
     if data.render_inputs is not None:
-        save_rendering(model, data, train_cfg, out)
-    results.update(write_expert_analysis(model, data, history, train_cfg, out.path / "analysis"))
+        save_rendering(model, data, settings, out)
+    results.update(write_expert_analysis(model, data, history, settings, out.analysis))
     results = {
-        "variant": variant["name"], "model": variant["model"], "params": params, "task": data.task,
+        "variant": variant["name"], "model": variant["model"], "params": model_params(variant), "task": data.task,
         "metric": task.primary, "num_parameters": count_parameters(model),
         "epochs_trained": len(history), "best_epoch": stopper.best_epoch, "stopped_early": stopper.should_stop,
         f"best_val_{task.primary}": stopper.best, **results,
         "train_seconds": sum(r["seconds"] for r in history), "device": str(device),
     }
-    if not train_cfg["save_weights"]:
+    if not settings.save_weights:
         out.best_weights.unlink()
-    write_json(out.results_file, results)  # written last: the variant's completion marker
+    write_json(out.results_file, results)
     return results
+
+
+def model_params(variant: dict) -> dict:
+    return {k: v for k, v in variant.items() if k not in ("name", "model")}
 
 
 def metrics_line(row: dict) -> dict:
@@ -133,7 +144,7 @@ def metrics_line(row: dict) -> dict:
     return {k: v for k, v in row.items() if k != "train_batch_expert_load"}
 
 
-def train_one_epoch(model, data: TaskData, optimizer, shuffle, train_cfg) -> dict:
+def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSettings) -> dict:
     task_name = data.task
     task = TASKS[task_name]
     model.train()
@@ -142,15 +153,15 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, train_cfg) -> dic
     sums: dict[str, torch.Tensor] = {}
     loss_sum = torch.zeros((), device=x.device)
     batch_loads = []  # per batch: share of the batch's samples whose first expert is each expert
-    for start in range(0, len(x), train_cfg["batch_size"]):
-        index = order[start : start + train_cfg["batch_size"]]
+    for start in range(0, len(x), settings.batch_size):
+        index = order[start : start + settings.batch_size]
         out = model(x[index], y[index])
         task_loss = task.loss(out.y, y[index])
         loss = task_loss + sum(out.aux_losses.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if train_cfg["grad_clip"]:
-            nn.utils.clip_grad_norm_(model.parameters(), train_cfg["grad_clip"])
+        if settings.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         n = len(index)
         loss_sum += task_loss.detach() * n
@@ -188,72 +199,36 @@ def routing_balance(load: list[float]) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, x: torch.Tensor, y: torch.Tensor, task_name: str, batch_size: int) -> dict:
-    model.eval()
-    task = TASKS[task_name]
-    loss_sum = torch.zeros((), device=x.device)
-    sums: dict[str, torch.Tensor] = {}
-    for start in range(0, len(x), batch_size):
-        out = model(x[start : start + batch_size])
-        target = y[start : start + batch_size]
-        loss_sum += task.loss(out.y, target) * len(target)
-        for name, value in batch_stats(task_name, out.y, target).items():
-            sums[name] = sums[name] + value if name in sums else value
-    host = {k: v.tolist() for k, v in sums.items()}
-    return {"loss": loss_sum.item() / len(x), **finish_metrics(task_name, host, len(x))}
-
-
-def test_results(model, data: TaskData, train_cfg: dict, task) -> dict:
-    """Test metrics with the model's own inference routing, then under each extra routing mode."""
-    started = time.perf_counter()
-    results = {f"test_{k}": v for k, v in evaluate(model, data.x_test, data.y_test, data.task, train_cfg["eval_batch_size"]).items()}
-    results["test_seconds"] = time.perf_counter() - started
-    for mode in model.routing_modes():
-        with model.use_routing(mode):
-            started = time.perf_counter()
-            scores = evaluate(model, data.x_test, data.y_test, data.task, train_cfg["eval_batch_size"])
-            results.update({f"test_{k}@{mode}": v for k, v in scores.items()})
-            results[f"test_seconds@{mode}"] = time.perf_counter() - started
-    return results
-
-
-def draw_curves(history: list[dict], metric: str, name: str, out: VariantTree) -> None:
-    """curves.png of this variant so far, so a running (cluster) job can be looked at."""
-    from moelab.report.plots import variant_curves
-
-    variant_curves(history, metric, f"{name}: epoch {history[-1]['epoch']} ({out.path.parent.name})", out.path / "curves.png")
-
-
-@torch.no_grad()
-def save_rendering(model, data: TaskData, train_cfg: dict, out: VariantTree) -> None:
+def save_rendering(model, data: TaskData, settings: TrainSettings, out: VariantTree) -> None:
     """Save the model's prediction for every pixel as reconstruction.png (image_fit)."""
     import matplotlib.image
 
     model.eval()
-    bs = train_cfg["eval_batch_size"]
+    bs = settings.eval_batch_size
     pixels = torch.cat([model(data.render_inputs[i : i + bs]).y for i in range(0, len(data.render_inputs), bs)])
-    image = pixels.clamp(0, 1).reshape(data.image_shape).cpu().numpy()
-    atomic_write(out.path / "reconstruction.png", lambda f: matplotlib.image.imsave(f, image, format="png"), mode="wb")
+    image = pixels.clamp(0, 1).reshape(data.render_shape).cpu().numpy()
+    atomic_write(out.reconstruction, lambda f: matplotlib.image.imsave(f, image, format="png"), mode="wb")
 
 
-def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    if cfg["optimizer"] == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
-    cls = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                               weight_decay=settings.weight_decay)
+    cls = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
 
-def make_scheduler(optimizer, cfg: dict) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(optimizer, settings: TrainSettings) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-epoch learning-rate factor: linear warmup, then constant, cosine to zero, or x0.1 steps."""
-    epochs, warmup = cfg["epochs"], cfg["warmup_epochs"]
+    epochs, warmup = settings.epochs, settings.warmup_epochs
 
     def factor(epoch: int) -> float:
         if epoch < warmup:
             return (epoch + 1) / (warmup + 1)
-        if cfg["schedule"] == "cosine":
+        if settings.schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / max(1, epochs - warmup)))
-        if cfg["schedule"] == "step":
-            return 0.1 ** ((epoch - warmup) // cfg["step_every"])
+        if settings.schedule == "step":
+            return 0.1 ** ((epoch - warmup) // settings.step_every)
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -6,10 +6,12 @@ before torch is first imported.
 
 from __future__ import annotations
 
-import os
 import signal
 import traceback
 from dataclasses import asdict
+
+from moelab.results.status import JobState
+from moelab.train.process import prepare_process
 
 
 def _interrupt_once(signum, frame) -> None:
@@ -19,18 +21,14 @@ def _interrupt_once(signum, frame) -> None:
 
 
 def worker_main(worker_id: int, gpu: int | None, threads: int, tasks, results) -> None:
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     # Ctrl-C reaches a worker twice (from the terminal, then passed on by the launcher), and SIGTERM
     # ends a job like Ctrl-C: the first one interrupts, later ones must not cut short the writing of
     # status.json that the interruption triggers
     signal.signal(signal.SIGINT, _interrupt_once)
     signal.signal(signal.SIGTERM, _interrupt_once)
     try:
-        import torch
-
-        torch.set_num_threads(threads)
-        from moelab.train.job import JobOutcome, run_job
+        prepare_process(threads, gpu)
+        from moelab.train.job import JobOutcome, run_job  # imports torch: after prepare_process
 
         while (task := tasks.get()) is not None:
             key, job_dir, fresh = task
@@ -40,7 +38,7 @@ def worker_main(worker_id: int, gpu: int | None, threads: int, tasks, results) -
             except KeyboardInterrupt:
                 raise
             except BaseException as error:  # run_job records variant errors itself; this is the rest
-                outcome = JobOutcome(key, "failed", errors={"job": f"{type(error).__name__}: {error}"})
+                outcome = JobOutcome(key, JobState.FAILED, errors={"job": f"{type(error).__name__}: {error}"})
                 traceback.print_exc()
             results.put(("finished", worker_id, key, asdict(outcome)))
     except KeyboardInterrupt:

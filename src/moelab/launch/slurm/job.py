@@ -12,7 +12,8 @@ import os
 
 import submitit
 
-from moelab.results.status import DONE
+from moelab.results.status import JobState
+from moelab.train.process import prepare_process
 
 
 class JobFailed(RuntimeError):
@@ -22,13 +23,11 @@ class JobFailed(RuntimeError):
 class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self, job_dir: str, fresh: bool = False) -> dict:
         """`fresh` (submit --force) discards the job's earlier outputs; a requeue never does."""
-        import torch
+        prepare_process()
+        from moelab.train.job import run_job  # imports torch: after prepare_process
 
-        from moelab.train.job import run_job
-
-        torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
         outcome = run_job(job_dir, fresh=fresh, runtime_info={"slurm": slurm_info()})
-        if outcome.state != DONE:
+        if outcome.state != JobState.DONE:
             errors = "; ".join(f"{name}: {error}" for name, error in outcome.errors.items())
             raise JobFailed(f"job {outcome.key} {outcome.state}: {errors} (details in {outcome.status_file})")
         return {"key": outcome.key, "state": outcome.state, "seconds": outcome.seconds}

@@ -7,15 +7,19 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-# SLURM states mapped to moelab's: queued or running jobs are never submitted twice;
-# the failure states are what --rerun-failed resubmits
-ACTIVE = {"PENDING": "queued", "REQUEUED": "queued", "REQUEUE_HOLD": "queued", "REQUEUE_FED": "queued",
-          "CONFIGURING": "running", "RUNNING": "running", "COMPLETING": "running", "SUSPENDED": "running",
-          "RESIZING": "running", "SIGNALING": "running", "STAGE_OUT": "running"}
-FAILED = {"FAILED": "failed", "CANCELLED": "cancelled", "TIMEOUT": "timeout", "OUT_OF_MEMORY": "out_of_memory",
-          "NODE_FAIL": "node_fail", "BOOT_FAIL": "node_fail", "DEADLINE": "timeout", "PREEMPTED": "cancelled",
-          "REVOKED": "cancelled"}
-FAILURE_STATES = set(FAILED.values())
+from moelab.results.status import JobState
+
+# SLURM's words for a job, in moelab's vocabulary: queued or running jobs are never submitted twice;
+# the failures are what --rerun-failed resubmits
+STATES = {
+    "PENDING": JobState.QUEUED, "REQUEUED": JobState.QUEUED, "REQUEUE_HOLD": JobState.QUEUED,
+    "REQUEUE_FED": JobState.QUEUED, "CONFIGURING": JobState.RUNNING, "RUNNING": JobState.RUNNING,
+    "COMPLETING": JobState.RUNNING, "SUSPENDED": JobState.RUNNING, "RESIZING": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING, "STAGE_OUT": JobState.RUNNING,
+    "FAILED": JobState.FAILED, "CANCELLED": JobState.CANCELLED, "TIMEOUT": JobState.TIMEOUT,
+    "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY, "NODE_FAIL": JobState.NODE_FAIL, "BOOT_FAIL": JobState.NODE_FAIL,
+    "DEADLINE": JobState.TIMEOUT, "PREEMPTED": JobState.CANCELLED, "REVOKED": JobState.CANCELLED,
+}
 
 
 @dataclass
@@ -26,8 +30,8 @@ class QueueRecord:
     exit_code: str = ""
 
     @property
-    def moelab_state(self) -> str | None:
-        return ACTIVE.get(self.state) or FAILED.get(self.state)
+    def moelab_state(self) -> JobState | None:
+        return STATES.get(self.state)
 
 
 class QueueUnavailable(RuntimeError):

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from moelab.launch.base import Executor
+from moelab.launch.base import Backend
 from moelab.launch.local.worker import worker_main
 from moelab.launch.plan import LaunchPlan
-from moelab.results.status import DONE
+from moelab.report import write_report
+from moelab.results.status import JobState
 
 
 @dataclass
@@ -30,11 +31,13 @@ class WorkerSlot:
     job: str | None = None
 
 
-class LocalExecutor(Executor):
+class LocalBackend(Backend):
     mode = "run_here"
+    verb = "run"
 
-    def __init__(self, workers: int | None = None):
-        self.requested_workers = workers
+    @property
+    def requested_workers(self) -> int | None:
+        return self.options.workers or self.experiment.doc["local"]["workers"]
 
     def launch(self, plan: LaunchPlan) -> int:
         jobs = plan.to_run
@@ -52,8 +55,8 @@ class LocalExecutor(Executor):
         return self._summarise(plan, outcomes, pool.interrupted)
 
     def _summarise(self, plan: LaunchPlan, outcomes: dict[str, dict], interrupted: bool) -> int:
-        done = [k for k, o in outcomes.items() if o["state"] == DONE]
-        failed = {k: o for k, o in outcomes.items() if o["state"] not in (DONE, "interrupted")}
+        done = [k for k, o in outcomes.items() if o["state"] == JobState.DONE]
+        failed = {k: o for k, o in outcomes.items() if o["state"] not in (JobState.DONE, JobState.INTERRUPTED)}
         skipped = plan.skipped()
         print(f"\n{len(done)} done, {sum(skipped.values())} skipped "
               f"({', '.join(f'{n} {s}' for s, n in sorted(skipped.items())) or 'none'}), {len(failed)} failed")
@@ -61,13 +64,18 @@ class LocalExecutor(Executor):
             for variant, error in outcome["errors"].items():
                 print(f"  FAILED {key} {variant}: {error}")
             print(f"    traceback in {plan.tree.job(key).status_file}")
-        if skipped.get("failed"):
-            print(f"  {skipped['failed']} job(s) failed in an earlier launch: rerun them with --rerun-failed")
+        if skipped.get(JobState.FAILED):
+            print(f"  {skipped[JobState.FAILED]} job(s) failed in an earlier launch: rerun them with --rerun-failed")
         if interrupted:
             print("interrupted: run the same command again to resume where it stopped")
             return 130
         # the grid is incomplete while any of its jobs is failed, whichever launch ran it
-        return 1 if failed or skipped.get("failed") else 0
+        return 1 if failed or skipped.get(JobState.FAILED) else 0
+
+    def finish(self, plan: LaunchPlan, code: int) -> int:
+        if code != 130 and self.options.report:
+            write_report([plan.tree.path])
+        return code
 
 
 def visible_gpus() -> list[int]:
@@ -146,7 +154,7 @@ class _Pool:
                 reason = f"worker process died with exit code {slot.process.exitcode}"
                 if slot.process.exitcode == -signal.SIGKILL:
                     reason += " (killed: out of memory?)"
-                self._record(outcomes, slot.job, {"key": slot.job, "state": "failed", "seconds": 0.0,
+                self._record(outcomes, slot.job, {"key": slot.job, "state": JobState.FAILED, "seconds": 0.0,
                                                   "errors": {"job": reason}, "results": {}}, bar, jobs)
             if len(outcomes) < len(jobs):
                 self._start_worker()  # takes over the dead worker's stop marker in the queue

@@ -9,38 +9,93 @@ experiments tree as run_here. Every submission is recorded in slurm/submissions.
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
 import submitit
 from submitit.slurm.slurm import _make_sbatch_string  # the exact script submitit submits
 
-from moelab.launch.base import Executor
+from moelab.config import Experiment
+from moelab.launch.base import Backend, LaunchOptions, QueueView
 from moelab.launch.plan import LaunchPlan
 from moelab.launch.slurm import queue
 from moelab.launch.slurm.job import TrainJob
-from moelab.launch.slurm.resources import sbatch_parameters
-from moelab.results.io import append_jsonl
+from moelab.launch.slurm.resources import load_resources, sbatch_parameters
+from moelab.results.io import append_jsonl, read_jsonl
 from moelab.results.status import now
-
-SUBMISSIONS = "submissions.jsonl"
-
-
-def slurm_folder(experiment_dir: Path) -> Path:
-    return experiment_dir / "slurm"
+from moelab.results.tree import ExperimentTree
 
 
-def log_paths(experiment_dir: Path, slurm_job_id: str) -> tuple[Path, Path]:
-    """submitit's stdout/stderr files of an array task ('123_4') or a single job ('123')."""
-    folder = slurm_folder(experiment_dir)
-    return folder / f"{slurm_job_id}_0_log.out", folder / f"{slurm_job_id}_0_log.err"
+class SlurmFiles:
+    """What the SLURM backend keeps in <experiment>/slurm/: submitit's pickles and logs, and one line
+    per submission (job key -> SLURM id), which `status` reads to ask SLURM about the jobs."""
+
+    def __init__(self, tree: ExperimentTree):
+        self.folder = tree.backend_dir("slurm")
+
+    @property
+    def submissions(self) -> Path:
+        return self.folder / "submissions.jsonl"
+
+    def logs(self, slurm_job_id: str) -> tuple[Path, Path]:
+        """submitit's stdout/stderr files of an array task ('123_4') or a single job ('123')."""
+        return self.folder / f"{slurm_job_id}_0_log.out", self.folder / f"{slurm_job_id}_0_log.err"
+
+    def submitted_ids(self) -> dict[str, str]:
+        """job key -> SLURM id of its latest submission ('123_4', or '123' for a single job)."""
+        ids: dict[str, str] = {}
+        if self.submissions.is_file():
+            for record in read_jsonl(self.submissions):
+                ids.update(record.get("jobs", {}))
+        return ids
 
 
-class SlurmExecutor(Executor):
+class SlurmBackend(Backend):
     mode = "submit"
+    verb = "submit"
 
-    def __init__(self, resources: dict, dry_run: bool = False):
-        self.resources, self.dry_run = resources, dry_run
+    def __init__(self, experiment: Experiment, options: LaunchOptions):
+        super().__init__(experiment, options)
+        self.resources = load_resources(experiment.doc["slurm"], options.profile)
+        self.dry_run = options.dry_run
+
+    def preflight(self, tree: ExperimentTree) -> str | None:
+        if not self.dry_run and shutil.which("sbatch") is None:
+            return ("sbatch not found: submit needs a SLURM login node (or the dev cluster, "
+                    "slurm/dev-cluster/start.sh); --dry-run works anywhere. Nothing was submitted.")
+        return None
+
+    @classmethod
+    def queue_view(cls, tree: ExperimentTree) -> QueueView:
+        ids = SlurmFiles(tree).submitted_ids()
+        if not ids:
+            return QueueView()
+        try:
+            by_id = queue.query(sorted(set(ids.values())))
+        except queue.QueueUnavailable as error:
+            return QueueView(problem=str(error))
+        view = QueueView()
+        for key, slurm_id in ids.items():
+            record = by_id.get(slurm_id)
+            if record is None:
+                continue
+            if record.moelab_state:
+                view.states[key] = record.moelab_state
+            view.notes[key] = f"SLURM says {record.state} (exit code {record.exit_code})"
+            if record.node:
+                view.nodes[key] = record.node
+            if record.elapsed_s is not None:
+                view.elapsed_s[key] = record.elapsed_s
+        return view
+
+    @classmethod
+    def failure_details(cls, tree: ExperimentTree, key: str) -> list[str]:
+        slurm_id = SlurmFiles(tree).submitted_ids().get(key)
+        if not slurm_id:
+            return []
+        out, err = SlurmFiles(tree).logs(slurm_id)
+        return [f"log: {err} (stdout: {out.name})"]
 
     def _python(self) -> str:
         return self.resources["python"] or shlex.quote(sys.executable)
@@ -60,7 +115,8 @@ class SlurmExecutor(Executor):
         if not plan.to_run:
             print("nothing to submit")
             return 0
-        folder = slurm_folder(plan.tree.path).resolve()  # nodes may start in another directory
+        files = SlurmFiles(plan.tree)
+        folder = files.folder.resolve()  # nodes may start in another directory
         params = sbatch_parameters(self.resources, job_name=f"moelab-{plan.experiment.name}")
         if self.dry_run:
             return self._print_dry_run(plan, folder, params)
@@ -73,7 +129,7 @@ class SlurmExecutor(Executor):
                 handles = [executor.submit(TrainJob(), str(plan.tree.job(job.key).path.resolve()), plan.fresh)
                            for job in chunk]
             ids = {job.key: handle.job_id for job, handle in zip(chunk, handles)}
-            append_jsonl(folder / SUBMISSIONS, {"time": now(), "array_job_id": handles[0].job_id.split("_")[0],
+            append_jsonl(files.submissions, {"time": now(), "array_job_id": handles[0].job_id.split("_")[0],
                                                 "jobs": ids})
             submitted.append((handles[0].job_id.split("_")[0], len(chunk)))
         total = sum(n for _, n in submitted)

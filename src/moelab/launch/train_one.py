@@ -1,4 +1,5 @@
-"""`run/train_models.py`: run one job, given its folder or an experiment file and a grid index."""
+"""`run/train_models.py`: run one job by hand or from a plain sbatch script, given its folder or an
+experiment file and a grid index."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import sys
 from pathlib import Path
 
 from moelab.config import ConfigError, load_experiment
+from moelab.launch.slurm.job import slurm_info
+from moelab.results.io import write_json_if_changed
+from moelab.results.status import JobState
+from moelab.results.tree import ExperimentTree, JobTree
+from moelab.train.process import prepare_process
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
 
     if args.index is None:
-        if args.overrides or not (args.target / "config.json").is_file():
+        if args.overrides or not JobTree(args.target).config_file.is_file():
             parser.error(f"{args.target} is not a job folder (no config.json); for an experiment file add --index N")
         job_dir = args.target
     else:
@@ -33,38 +39,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
 
-    import torch
+    prepare_process()
+    from moelab.train.job import run_job  # imports torch: after prepare_process
 
-    from moelab.train.job import run_job
-
-    if os.environ.get("SLURM_CPUS_PER_TASK"):
-        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
-    runtime = {}
-    if os.environ.get("SLURM_JOB_ID"):
-        from moelab.launch.slurm.job import slurm_info
-
-        runtime["slurm"] = slurm_info()
+    runtime = {"slurm": slurm_info()} if os.environ.get("SLURM_JOB_ID") else {}
     outcome = run_job(job_dir, fresh=args.force, runtime_info=runtime)
     print(f"{outcome.key}: {outcome.state} in {outcome.seconds:.1f}s")
     for name, error in outcome.errors.items():
         print(f"  {name}: {error}")
-    return 0 if outcome.state == "done" else 1
+    return 0 if outcome.state == JobState.DONE else 1
 
 
 def _prepare_job(experiment_file: Path, overrides: list[str], index: int, experiments_dir: Path) -> Path:
     """Write the job's config.json (as a launch would) and return its folder."""
-    from moelab.results.io import read_json, write_json
-    from moelab.results.tree import ExperimentTree
-
     experiment = load_experiment(experiment_file, overrides)
     jobs = experiment.jobs()
     if not 0 <= index < len(jobs):
         raise IndexError(f"--index {index} is outside the grid of {experiment_file}: it has {len(jobs)} jobs (0-{len(jobs) - 1})")
     job = jobs[index]
     tree = ExperimentTree(experiments_dir / experiment.name).job(job.key)
-    from moelab.launch.plan import job_spec
-
-    spec = job_spec(experiment, job)
-    if not tree.config_file.is_file() or read_json(tree.config_file) != spec:
-        write_json(tree.config_file, spec)
+    write_json_if_changed(tree.config_file, experiment.job_spec(job))
     return tree.path

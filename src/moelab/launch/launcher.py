@@ -1,0 +1,59 @@
+"""`launch_experiment`: what `run_here` and `submit` do, callable from Python (the CLI, the tests
+and the benchmarks all go through it).
+
+    from moelab.launch import launch_experiment
+    launch_experiment("experiments/configs/default.yaml", ["train.lr=0.01"], mode="run_here")
+
+Order: validate the experiment and the backend's settings (exit 2 on a problem), the backend's
+pre-flight and the dataset files of the jobs about to run (exit 1/2), and only then write the plan
+and hand it to the backend.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from moelab.config import ConfigError, Experiment, load_experiment
+from moelab.config.grid import check_data_files
+from moelab.launch.backends import backend_class
+from moelab.launch.base import Backend, LaunchOptions
+from moelab.launch.plan import make_plan, write_plan
+from moelab.results.tree import ExperimentTree
+
+
+def launch_experiment(experiment_file: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                      mode: str = "run_here", options: LaunchOptions | None = None) -> int:
+    """Validate, plan and launch; returns the exit code (0 done, 1 failures, 2 bad input, 130 interrupted)."""
+    options = options or LaunchOptions()
+    try:
+        experiment = load_experiment(experiment_file, overrides)
+        backend = backend_class(mode)(experiment, options)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    return launch(backend, experiment, options)
+
+
+def launch(backend: Backend, experiment: Experiment, options: LaunchOptions) -> int:
+    tree = ExperimentTree(Path(options.experiments_dir) / experiment.name)
+    problem = backend.preflight(tree)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    view = backend.queue_view(tree)
+    if view.problem and not options.dry_run:
+        print(f"error: cannot ask the queue about earlier submissions ({view.problem}); nothing was {backend.verb}ed",
+              file=sys.stderr)
+        return 1
+    plan = make_plan(experiment, options.experiments_dir, force=options.force, rerun_failed=options.rerun_failed,
+                     queue_states=view.states)
+    data_issues = check_data_files(plan.to_run)
+    if data_issues:
+        print(ConfigError(experiment.source, data_issues), file=sys.stderr)
+        return 2
+    print(f"experiment {experiment.name}: {len(plan.jobs)} job(s) x {len(experiment.doc['variants'])} variant(s), "
+          f"{len(plan.to_run)} to {backend.verb} -> {plan.tree.path}")
+    if not options.dry_run:
+        write_plan(plan, backend.mode, options.argv)
+    return backend.finish(plan, backend.launch(plan))

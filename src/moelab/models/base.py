@@ -1,0 +1,106 @@
+"""What every model is: `forward(x, targets=None)` returns a `ModelOutput`, so the trainer and the
+analysis treat a dense baseline and any MoE alike; and the counting every model shares."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelOutput:
+    y: torch.Tensor  # [B, d_out] prediction (logits or regression values)
+    # already weighted terms that the trainer adds to the task loss, by name (logged per epoch)
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    gate_probs: torch.Tensor | None = None  # [B, E] router probabilities, for MoE models
+    expert_index: torch.Tensor | None = None  # [B, k] experts each sample was sent to (sparse routing)
+    expert_weights: torch.Tensor | None = None  # [B, k] their mixing weights
+    # per-batch values to watch that are not losses (e.g. share of tokens dropped), averaged per epoch
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Model(nn.Module):
+    """Base of every registered model: `forward(x, targets=None)` returns a ModelOutput.
+
+    `targets` are given during training only (label-guided routing uses them). Models that can be
+    evaluated with more than one routing (an MoE trained soft and inferred hard) list the extra
+    ones in `routing_modes()`; the trainer evaluates the test set under each.
+    """
+
+    def routing_modes(self) -> list[str]:
+        return []
+
+    def set_progress(self, fraction: float) -> None:
+        """Called at the start of every epoch with the share of training done (for annealing)."""
+
+    def active_parameters(self) -> int:
+        """Parameters that take part in predicting one sample under the current routing."""
+        return count_parameters(self)
+
+    def expert_outputs(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Each expert's own prediction for each sample, [B, E, d_out]; None without experts."""
+        return None
+
+    def assigned_experts(self, targets: torch.Tensor) -> torch.Tensor | None:
+        """The expert each sample is meant to go to (label-guided routing); None otherwise."""
+        return None
+
+    def flops_per_sample(self, d_in: int) -> int:
+        """Multiply-adds x 2 of the linear and convolution layers for one sample."""
+        return count_flops(self, d_in)
+
+    @contextlib.contextmanager
+    def use_routing(self, mode: str | None) -> Iterator[None]:
+        """Run under routing `mode`, one of `routing_modes()`; None: the model's own."""
+        if mode is not None:
+            raise ValueError(f"{type(self).__name__} has no routing mode {mode!r}")
+        yield
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_flops(model: nn.Module, d_in: int) -> int:
+    """FLOPs (2 x multiply-adds) of nn.Linear and nn.Conv2d layers for one sample, and of modules
+    that say their own (`flops_per_token`, e.g. the MoE layer), measured with forward hooks."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if hasattr(module, "flops_per_token"):
+            total += module.flops_per_token() * inputs[0].shape[0]
+        elif isinstance(module, nn.Linear):
+            total += 2 * module.in_features * module.out_features * inputs[0].numel() // module.in_features
+        elif isinstance(module, nn.Conv2d):
+            kernel = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            total += 2 * kernel * output.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Linear, nn.Conv2d)) or hasattr(m, "flops_per_token")]
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, d_in, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return int(total)
+
+
+def image_shape(input_shape: tuple[int, ...] | None, d_in: int, model: str) -> tuple[int, int, int]:
+    """(C, H, W) for a convolutional model, or a clear error for data that are not images."""
+    if input_shape is None:
+        raise ValueError(f"model {model!r} needs image data (digits, mnist, fashion_mnist, cifar10); "
+                         f"this dataset gives flat vectors of {d_in} values")
+    shape = tuple(input_shape)
+    shape = (1, *shape) if len(shape) == 2 else shape
+    if len(shape) != 3 or shape[0] * shape[1] * shape[2] != d_in:
+        raise ValueError(f"model {model!r}: image shape {input_shape} does not match inputs of {d_in} values")
+    return shape

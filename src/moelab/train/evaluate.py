@@ -1,0 +1,78 @@
+"""Scoring a trained model: metrics on a split, test results under each routing, and `predict`.
+
+`predict` is what a prediction server or the `predict` command calls: batched, no gradients, the
+class probabilities (or regression outputs) and, for MoE models, which experts each input went to.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from moelab.data import CLASSIFICATION
+from moelab.train.settings import TrainSettings
+from moelab.train.tasks import TASKS, batch_stats, finish_metrics
+
+
+@torch.no_grad()
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, task_name: str, batch_size: int) -> dict:
+    model.eval()
+    task = TASKS[task_name]
+    loss_sum = torch.zeros((), device=x.device)
+    sums: dict[str, torch.Tensor] = {}
+    for start in range(0, len(x), batch_size):
+        out = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        loss_sum += task.loss(out.y, target) * len(target)
+        for name, value in batch_stats(task_name, out.y, target).items():
+            sums[name] = sums[name] + value if name in sums else value
+    host = {k: v.tolist() for k, v in sums.items()}
+    return {"loss": loss_sum.item() / len(x), **finish_metrics(task_name, host, len(x))}
+
+
+def test_results(model, data, settings: TrainSettings) -> dict:
+    """Test metrics with the model's own inference routing, then under each extra routing mode."""
+    results = {}
+    for mode in [None, *model.routing_modes()]:
+        suffix = f"@{mode}" if mode else ""
+        with model.use_routing(mode):
+            started = time.perf_counter()
+            scores = evaluate(model, data.x_test, data.y_test, data.task, settings.eval_batch_size)
+            results.update({f"test_{k}{suffix}": v for k, v in scores.items()})
+            results[f"test_seconds{suffix}"] = time.perf_counter() - started
+    return results
+
+
+@dataclass
+class Predictions:
+    outputs: torch.Tensor  # [N, d_out]: class probabilities (classification) or regression outputs
+    predicted: torch.Tensor | None  # [N] the most probable class (classification)
+    # MoE models: the experts each input went to, best first, and their weights; [N, k]. Under soft
+    # routing every expert runs: all of them, ordered by gate probability
+    experts: torch.Tensor | None
+    expert_weights: torch.Tensor | None
+
+
+@torch.no_grad()
+def predict(model, x: torch.Tensor, task: str, batch_size: int = 1024) -> Predictions:
+    """Model outputs for inputs `x` ([N, d_in], on the model's device), in batches, on the CPU."""
+    model.eval()
+    outputs, experts, weights = [], [], []
+    for start in range(0, len(x), batch_size):
+        out = model(x[start : start + batch_size])
+        outputs.append(out.y.softmax(dim=1) if task == CLASSIFICATION else out.y)
+        if out.expert_index is not None:
+            experts.append(out.expert_index)
+            weights.append(out.expert_weights)
+        elif out.gate_probs is not None:
+            sorted_weights, order = out.gate_probs.sort(dim=1, descending=True)
+            experts.append(order)
+            weights.append(sorted_weights)
+    y = torch.cat(outputs).float().cpu()
+    return Predictions(
+        outputs=y, predicted=y.argmax(dim=1) if task == CLASSIFICATION else None,
+        experts=torch.cat(experts).cpu() if experts else None,
+        expert_weights=torch.cat(weights).float().cpu() if weights else None,
+    )
