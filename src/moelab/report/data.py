@@ -26,7 +26,7 @@ class ReportData:
     metric: str  # the primary metric, higher is better
     baseline: str | None  # the dense variant every other one is compared with
     table: pd.DataFrame  # summarise() with compare_to_baseline(): one row per variant x grid point
-    readable: pd.DataFrame  # the same table with formatted cells, for summary.md/.tex and the page
+    readable: pd.DataFrame  # the same table with formatted cells, for the markdown and LaTeX tables and the page
     notes: list[str]  # runs that are unfinished, failed or unreadable
     experiment_yaml: str = ""  # the resolved experiment as last launched
     last_launch: dict | None = None  # provenance of the last launch

@@ -140,7 +140,7 @@ def family_size(table: pd.DataFrame, metric: str) -> int:
 
 
 def comparisons_note(table: pd.DataFrame, metric: str, baseline: str | None) -> str | None:
-    """How the verdicts are reached, for summary.md and the HTML page."""
+    """How the verdicts are reached, for the markdown summary and the HTML page."""
     if baseline is None or f"diff_test_{metric}_verdict" not in table:
         return None
     k = family_size(table, metric)
@@ -175,11 +175,13 @@ def small_sample_warning(table: pd.DataFrame, metric: str, baseline: str | None)
         return (f"Only one seed per comparison with {baseline}: there is no interval and no test, so no variant "
                 f"can be called better or worse. Run at least {MIN_PAIRED_SEEDS} seeds.")
     k = max(family_size(table, metric), 1)
-    strictest = stats.t.ppf(1 - FAMILY_WISE_ALPHA / (2 * k), 1)
+    spread = f"at most {200 / stats.t.ppf(1 - FAMILY_WISE_ALPHA / 2, 1):.1f} % of their mean"
+    if k > 1:
+        spread += (f" at level {FAMILY_WISE_ALPHA:g}, and at most {200 / stats.t.ppf(1 - FAMILY_WISE_ALPHA / (2 * k), 1):.1f} % "
+                   f"at Holm's first level {FAMILY_WISE_ALPHA:g}/{k}")
     return (f"{len(few)} of {len(compared)} comparison(s) with {baseline} rest on fewer than {MIN_PAIRED_SEEDS} "
             f"paired seeds. With one seed there is no interval and no test; with two, a difference is declared only "
-            f"when the two per-seed differences differ by at most {200 / strictest:.1f} % of their mean "
-            f"(Holm's first level, {FAMILY_WISE_ALPHA:g}/{k}), which seed-to-seed noise rarely allows. "
+            f"when the two per-seed differences differ by {spread}, which seed-to-seed noise rarely allows. "
             f"Run at least {MIN_PAIRED_SEEDS} seeds.")
 
 
@@ -217,7 +219,7 @@ def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
 
 
 def to_latex(table: pd.DataFrame, caption: str, digits: int = 4) -> str:
-    """A booktabs tabular inside a table environment, ready for \\input{summary.tex}."""
+    """A booktabs tabular inside a table environment, ready for \\input in a paper."""
     if table.empty:
         return "% no finished runs yet\n"
     escape = lambda text: (str(text).replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%")
