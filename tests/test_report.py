@@ -1,16 +1,28 @@
-"""create-plots: tables and plots from a tree, partial trees included."""
+"""create-plots: tables and plots from a tree, partial trees included, and the statistics behind
+the verdicts (paired differences, intervals, Holm's adjustment, too few seeds)."""
 
 from __future__ import annotations
 
+import json
+import math
+import re
 import shutil
+from pathlib import Path
 
-import pytest
-
+import numpy as np
 import pandas as pd
+import pytest
+from scipy import stats
 
+import moelab.report
 from moelab.report import write_report
 from moelab.report.cli import main
-from moelab.report.tables import to_markdown
+from moelab.report.data import report_data_from_runs
+from moelab.report.html import headline
+from moelab.report.tables import (BETTER, NOT_DISTINGUISHABLE, WORSE, add_baseline_differences, ci95, holm,
+                                  small_sample_warning, summarise, to_markdown, verdict)
+from moelab.results import ExperimentTree, JobTree
+from conftest import copy_job
 
 
 def test_report_on_a_partial_tree_lists_what_is_missing(finished_job, tmp_path, capsys):  # noqa: F811
@@ -22,6 +34,7 @@ def test_report_on_a_partial_tree_lists_what_is_missing(finished_job, tmp_path, 
     assert set(summary["variant"]) == {"mlp", "moe_hard"}
     markdown = (tmp_path / "experiment" / "summary" / "summary.md").read_text()
     assert f"job {job.key} variant moe_topk" in markdown and f"job {job.key} variant moe:" in markdown
+    assert "Only one seed per comparison with mlp: there is no interval and no test" in markdown
     assert "2 of 4 runs finished" in capsys.readouterr().out
 
 
@@ -32,6 +45,8 @@ def test_report_with_nothing_finished_skips_plots_with_a_reason(tmp_path, capsys
     assert "skipped learning_curves: no per-epoch metrics yet" in out
     assert "No finished runs yet" in (tmp_path / "empty" / "report" / "index.html").read_text()
     assert not list((tmp_path / "empty" / "summary").glob("*.png"))
+    markdown = (tmp_path / "empty" / "summary" / "summary.md").read_text()
+    assert markdown.count("## Plots not drawn") == 1 and "- learning_curves: no per-epoch metrics yet" in markdown
 
 
 def test_create_plots_rejects_a_folder_that_is_not_an_experiment(tmp_path, capsys):
@@ -46,8 +61,6 @@ def test_markdown_table_escapes_and_formats():
 
 def test_the_html_report_loads_in_chromium_without_errors(finished_job, tmp_path):  # noqa: F811
     import os
-
-    from conftest import REPO, copy_job
 
     chromium = shutil.which("chromium")
     if chromium is None:
@@ -74,14 +87,14 @@ def test_the_html_report_loads_in_chromium_without_errors(finished_job, tmp_path
         page.wait_for_load_state("load")
         images = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])")
         first_screen = page.inner_text("body")[:1500]
-        artifacts = REPO / "experiments" / "test-artifacts"
-        artifacts.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(artifacts / "report.png"), full_page=True)
+        screenshot = tmp_path / "report.png"
+        page.screenshot(path=str(screenshot), full_page=True)
         browser.close()
     assert errors == []
     assert len(images) >= 5 and all(ok for _, ok in images), images
     assert "unfinished, failed or unreadable" in first_screen and "has the best test acc" in first_screen
-    assert (artifacts / "report.png").stat().st_size > 50_000
+    assert "Too few seeds to compare" in first_screen  # one job: a single seed per comparison
+    assert screenshot.stat().st_size > 50_000
 
 
 def test_damaged_analysis_files_cost_their_plot_not_the_report(finished_job, tmp_path, capsys):  # noqa: F811
@@ -94,3 +107,168 @@ def test_damaged_analysis_files_cost_their_plot_not_the_report(finished_job, tmp
     assert "skipped utilisation: could not draw it" in out
     assert (tmp_path / "experiment" / "report" / "index.html").is_file()
     assert (tmp_path / "experiment" / "summary" / "latency_vs_accuracy.png").is_file()  # the other variants' figures
+
+
+def test_one_collect_feeds_tables_plots_and_page_and_summary_md_is_written_once(finished_job, tmp_path, monkeypatch):  # noqa: F811
+    copy_job(finished_job, tmp_path)
+    collects, writes = [], []
+    real_collect, real_write_text = moelab.report.data.collect, moelab.report.write_text
+    monkeypatch.setattr(moelab.report.data, "collect", lambda *a, **k: collects.append(k) or real_collect(*a, **k))
+    monkeypatch.setattr(moelab.report, "write_text", lambda path, text: writes.append((path, text)) or real_write_text(path, text))
+    write_report([tmp_path / "experiment"])
+    assert len(collects) == 1 and collects[0].get("curves", True) and collects[0].get("cache")
+    summary = ExperimentTree(tmp_path / "experiment").summary
+    markdown = [text for path, text in writes if path == summary.markdown]
+    assert len(markdown) == 1 and markdown[0] == summary.markdown.read_text()  # one atomic write, nothing appended
+    assert "## Plots not drawn\n- reconstructions: not an image_fit experiment" in markdown[0]
+    assert summary.plot("learning_curves").is_file()  # the curves came from that one read
+
+
+def test_report_code_takes_every_file_name_from_the_tree():
+    """File names live in moelab.results.tree only, so that renaming one there renames it everywhere."""
+    names = re.compile(r"[\w*}]\.(csv|md|tex|jsonl?|yaml|png|svg|html|pkl)\b|[\"'/]analysis[\"'/]")
+    for source in Path(moelab.report.__file__).parent.glob("*.py"):
+        found = [m.group(0) for m in names.finditer(source.read_text())]
+        assert not found, f"{source.name} names files itself: {found}"
+
+
+# statistics: hand-made runs with known numbers; each job (one seed at one grid point) runs every variant
+
+BASELINE_ACC = (0.80, 0.82, 0.78, 0.81, 0.79)
+
+
+def hand_made_runs(differences: dict[str, list[float]], baseline_acc=BASELINE_ACC, grid_point=None) -> pd.DataFrame:
+    """Runs of 'mlp' (the dense baseline) and of each variant, whose test_acc is the baseline's plus its difference."""
+    rows = []
+    for seed, acc in enumerate(baseline_acc):
+        point = {} if grid_point is None else {"variants.*.num_experts": grid_point}
+        job = {"job": f"seed{seed}-{grid_point}", "seed": seed, "state": "done", "metric": "acc", **point}
+        rows.append({**job, "variant": "mlp", "model": "mlp", "test_acc": acc})
+        rows += [{**job, "variant": name, "model": "moe", "test_acc": acc + diff[seed]} for name, diff in differences.items()]
+    return pd.DataFrame(rows)
+
+
+def report_of(runs: pd.DataFrame, tmp_path, grid_axes=()):
+    return report_data_from_runs(ExperimentTree(tmp_path / "e"), runs, pd.DataFrame(), ["seed", *grid_axes], [])
+
+
+def test_differences_are_paired_within_the_job_and_a_missing_baseline_drops_its_pair():
+    runs = hand_made_runs({"moe": [0.02, 0.04, 0.03, 0.05, 0.01]})
+    runs.loc[(runs["seed"] == 4) & (runs["variant"] == "mlp"), "state"] = "failed"
+    runs, baseline = add_baseline_differences(runs, "acc")
+    assert baseline == "mlp"
+    moe = runs[runs["variant"] == "moe"].set_index("seed")["diff_test_acc"]
+    assert moe.iloc[:4].tolist() == pytest.approx([0.02, 0.04, 0.03, 0.05]) and math.isnan(moe[4])
+    table = summarise(runs, ["seed"]).set_index("variant")
+    assert table.loc["moe", "n"] == 5 and table.loc["moe", "diff_test_acc_n"] == 4  # 5 runs, 4 pairs
+    assert table.loc["moe", "diff_test_acc_mean"] == pytest.approx(0.035)
+    assert table.loc["moe", "test_acc_mean"] == pytest.approx(np.mean(BASELINE_ACC) + 0.03)
+
+
+def test_interval_and_p_value_are_student_t_on_the_paired_differences():
+    diffs = [0.02, 0.04, 0.03, 0.05, 0.01]
+    runs, _ = add_baseline_differences(hand_made_runs({"moe": diffs}), "acc")
+    moe = summarise(runs, ["seed"]).set_index("variant").loc["moe"]
+    sd = np.std(diffs, ddof=1)
+    assert moe["diff_test_acc_std"] == pytest.approx(sd)
+    low, high = stats.t.interval(0.95, len(diffs) - 1, loc=np.mean(diffs), scale=sd / math.sqrt(len(diffs)))
+    assert moe["diff_test_acc_ci95"] == pytest.approx((high - low) / 2)
+    acc = runs.pivot(index="seed", columns="variant", values="test_acc")
+    assert moe["diff_test_acc_p"] == pytest.approx(stats.ttest_rel(acc["moe"], acc["mlp"]).pvalue, rel=1e-9)
+
+
+def test_ci95_is_the_t_half_width_and_undefined_below_two_values():
+    assert ci95(0.1, 4) == pytest.approx(stats.t.ppf(0.975, 3) * 0.1 / 2)
+    assert ci95(0.1, 2) == pytest.approx(12.7062 * 0.1 / math.sqrt(2), rel=1e-5)
+    assert math.isnan(ci95(0.1, 1)) and math.isnan(ci95(float("nan"), 3))
+
+
+def test_holm_multiplies_the_i_th_smallest_by_k_minus_i_plus_1_and_keeps_the_order():
+    adjusted = holm([0.01, 0.04, 0.03, float("nan")])  # no test: not counted in k = 3
+    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(adjusted[3])  # 0.04 * 1 < 0.03 * 2: raised
+    assert holm([0.5, 0.6]).tolist() == [1.0, 1.0]  # capped at 1
+    assert holm([0.02]).tolist() == [0.02]
+
+
+def test_verdict_words():
+    assert verdict(0.03, 0.01) == BETTER == "better"
+    assert verdict(-0.03, 0.01) == WORSE == "worse"
+    assert verdict(0.03, 0.05) == BETTER  # Holm rejects at adjusted p <= alpha
+    assert verdict(0.03, 0.06) == verdict(0.03, float("nan")) == NOT_DISTINGUISHABLE == "not distinguishable"
+
+
+def test_holm_makes_two_nominally_significant_variants_not_distinguishable(tmp_path):
+    differences = {"strong": [0.10, 0.11, 0.09, 0.10, 0.12], "weaker": [-0.10, -0.11, -0.09, -0.12, -0.10],
+                   "weak_a": [0.02, 0.035, 0.0, 0.015, 0.03], "weak_b": [0.01, 0.04, 0.0, 0.02, 0.03]}
+    data = report_of(hand_made_runs(differences), tmp_path)
+    table = data.table.set_index("variant")
+    raw = {name: stats.ttest_1samp(diff, 0).pvalue for name, diff in differences.items()}
+    assert 0.025 < raw["weak_a"] < raw["weak_b"] < 0.05  # each alone would be called better
+    assert table.loc[list(raw), "diff_test_acc_p"].tolist() == pytest.approx(list(raw.values()), rel=1e-6)
+    # Holm over k = 4: weak_a is 3rd smallest (x 2), weak_b 4th (x 1, raised to weak_a's)
+    assert table.loc["weak_a", "diff_test_acc_p_holm"] == pytest.approx(2 * raw["weak_a"], rel=1e-6)
+    assert table.loc["weak_b", "diff_test_acc_p_holm"] == pytest.approx(2 * raw["weak_a"], rel=1e-6)
+    assert table["diff_test_acc_verdict"].to_dict() == {"mlp": "baseline", "strong": "better", "weaker": "worse",
+                                                        "weak_a": "not distinguishable", "weak_b": "not distinguishable"}
+    assert data.readable.set_index("variant").loc["weak_a", "p (Holm)"] == f"{2 * raw['weak_a']:.2g}"
+    box = headline(data)
+    assert "<b>strong</b> has the best test acc" in box and ": <b>better</b>" in box
+    assert "Holm-adjusted over 4 comparison(s) at family-wise 5 %" in box
+    assert small_sample_warning(data.table, "acc", "mlp") is None  # 5 seeds
+
+
+def test_the_holm_family_spans_every_variant_at_every_grid_point(tmp_path):
+    runs = pd.concat([hand_made_runs({"moe": [0.02, 0.035, 0.0, 0.015, 0.03], "moe_hard": [0.1] * 5}, grid_point=2),
+                      hand_made_runs({"moe": [0.01, 0.04, 0.0, 0.02, 0.03], "moe_hard": [0.2] * 5}, grid_point=4)])
+    data = report_of(runs, tmp_path, grid_axes=["variants.*.num_experts"])
+    compared = data.table[data.table["variant"] != "mlp"]
+    assert len(compared) == 4 and compared["diff_test_acc_p_holm"].notna().all()
+    assert (compared["diff_test_acc_p_holm"].to_numpy() == holm(compared["diff_test_acc_p"])).all()
+    assert "(num_experts=4)" in headline(data)  # the best row, with its grid point
+
+
+def test_too_few_seeds_warns_and_the_two_seed_rule_is_exact(tmp_path):
+    one_seed = report_of(hand_made_runs({"moe": [0.1]}, baseline_acc=(0.8,)), tmp_path)
+    assert "no interval and no test" in small_sample_warning(one_seed.table, "acc", "mlp")
+    assert one_seed.table.set_index("variant").loc["moe", "diff_test_acc_verdict"] == NOT_DISTINGUISHABLE
+    assert "no test with fewer than two paired seeds" in headline(one_seed)
+
+    # with two seeds and k = 1, d1 and d2 must differ by at most 2 / t(0.975, 1) of their mean: 15.7 %
+    limit = 2 * 0.1 / stats.t.ppf(0.975, 1)
+    just_inside = report_of(hand_made_runs({"moe": [0.1 - 0.49 * limit, 0.1 + 0.49 * limit]}, (0.5, 0.6)), tmp_path)
+    just_outside = report_of(hand_made_runs({"moe": [0.1 - 0.51 * limit, 0.1 + 0.51 * limit]}, (0.5, 0.6)), tmp_path)
+    assert just_inside.table.set_index("variant").loc["moe", "diff_test_acc_verdict"] == BETTER
+    assert just_outside.table.set_index("variant").loc["moe", "diff_test_acc_verdict"] == NOT_DISTINGUISHABLE
+    warning = small_sample_warning(just_inside.table, "acc", "mlp")
+    assert "1 of 1 comparison(s) with mlp rest on fewer than 3 paired seeds" in warning and "15.7 %" in warning
+
+    three_seeds = report_of(hand_made_runs({"moe": [0.1, 0.2, 0.3]}, (0.5, 0.6, 0.7)), tmp_path)
+    assert small_sample_warning(three_seeds.table, "acc", "mlp") is None
+
+
+def test_the_report_states_holm_and_shows_adjusted_p_values(finished_job, tmp_path):  # noqa: F811
+    """A tree of three seeds made by copying the finished job and setting known test accuracies."""
+    accuracy = {"mlp": [0.80, 0.82, 0.78], "moe": [0.90, 0.93, 0.87], "moe_topk": [0.79, 0.81, 0.78],
+                "moe_hard": [0.60, 0.63, 0.57]}
+    for seed in range(3):
+        job = JobTree(copy_job(finished_job, tmp_path).path.rename(tmp_path / "experiment" / "jobs" / f"seed{seed}"))
+        spec = json.loads(job.config_file.read_text())
+        spec["config"]["seed"] = seed
+        job.config_file.write_text(json.dumps(spec))
+        for variant, values in accuracy.items():
+            results = json.loads(job.variant(variant).results_file.read_text())
+            job.variant(variant).results_file.write_text(json.dumps({**results, "test_acc": values[seed]}))
+    write_report([tmp_path / "experiment"])
+    tree = ExperimentTree(tmp_path / "experiment")
+    summary = pd.read_csv(tree.summary.summary_csv).set_index("variant")
+    raw = {v: stats.ttest_rel(accuracy[v], accuracy["mlp"]).pvalue for v in ("moe", "moe_topk", "moe_hard")}
+    assert summary.loc[list(raw), "diff_test_acc_p"].tolist() == pytest.approx(list(raw.values()), rel=1e-6)
+    assert summary.loc[list(raw), "diff_test_acc_p_holm"].tolist() == pytest.approx(list(holm(list(raw.values()))))
+    assert summary["diff_test_acc_verdict"].to_dict() == {"mlp": "baseline", "moe": "better", "moe_topk": "not distinguishable",
+                                                          "moe_hard": "worse"}
+    markdown = tree.summary.markdown.read_text()
+    assert "Holm's method over all k = 3 comparison(s)" in markdown and "5 % (family-wise)" in markdown
+    assert "| p (Holm) | verdict |" in markdown and "Too few seeds" not in markdown
+    page = tree.report_file.read_text()
+    assert "Holm&#x27;s method over all k = 3" in page and "<b>better</b> (paired t-test, Holm-adjusted over 3" in page
+    assert "p (Holm)" in tree.summary.latex.read_text()

@@ -61,6 +61,6 @@ def load(name: str, settings: DataSettings, seed: int) -> TaskData:
     test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
     return TaskData(
         REGRESSION, inputs[train], targets[train], inputs[val], targets[val], inputs[test], targets[test],
-        d_out=3, render_inputs=inputs, render_shape=(size, size, 3),
+        d_out=3, render_inputs=inputs, render_targets=targets, render_shape=(size, size, 3),
     )
 

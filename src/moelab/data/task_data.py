@@ -19,8 +19,9 @@ class TaskData:
     d_out: int  # number of classes, or of regression outputs
     # the shape of one sample behind its flat input vector, (C, H, W) or (H, W), for image datasets
     input_shape: tuple[int, ...] | None = None
-    # image_fit: the inputs of every pixel and the (H, W, 3) shape to render the fitted image in
+    # image_fit: the inputs and targets of every pixel and the (H, W, 3) shape to render the image in
     render_inputs: torch.Tensor | None = None
+    render_targets: torch.Tensor | None = None
     render_shape: tuple[int, ...] | None = None
 
     @property

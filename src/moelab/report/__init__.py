@@ -1,122 +1,86 @@
 """create-plots: tables, plots and an HTML report for experiment folders.
 
-    <experiment>/summary/   runs.csv, summary.csv, summary.md, summary.tex, *.png and *.svg
-    <experiment>/report/    index.html (static; reads the plots from ../summary/)
+Each experiment folder is read once (one collect, curves included) into a ReportData; the tables,
+the plots and the page are all written from it, to the files moelab.results.tree names:
+ExperimentTree.summary (runs, summary and LaTeX tables, markdown, PNG and SVG plots) and
+ExperimentTree.report_file (a static page that reads the plots from the summary folder).
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
-from moelab.report import html, plots
-from moelab.report.tables import add_baseline_differences, compact, group_columns, summarise, to_latex, to_markdown
-from moelab.results import collect
-from moelab.results.io import atomic_write, read_jsonl, write_text
+from moelab.report import html
+from moelab.report.data import ReportData, read_report_data
+from moelab.report.plots import draw_plots
+from moelab.report.tables import comparisons_note, small_sample_warning, to_latex, to_markdown
+from moelab.results.io import atomic_write, write_text
 from moelab.results.status import JobState
-
-DONE = JobState.DONE.value
 
 
 def write_report(experiment_dirs: list[Path]) -> list[Path]:
-    """Write summary/ and report/ for each experiment folder; print where they are and what is missing."""
+    """Write the summary folder and the HTML report of each experiment folder; print where they are
+    and what is missing. Returns the summary folders."""
     return [_write_one(Path(path)) for path in experiment_dirs]
 
 
-def write_tables(path: Path, cache: bool = True):
-    """runs.csv, summary.csv, summary.md, summary.tex from final results only (no per-epoch files)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        found = collect(path, curves=False, cache=cache)
-    out = path / "summary"
-    runs, axes = found.runs, found.grid_axes
-    metric = runs["metric"].dropna().iloc[0] if "metric" in runs and runs["metric"].notna().any() else "acc"
-    runs, baseline = add_baseline_differences(runs, metric)
-    table = summarise(runs, axes)
-    readable = compact(table, group_columns(runs, axes) if not runs.empty else [], metric)
-    atomic_write(out / "runs.csv", lambda f: runs.drop(columns=["path"], errors="ignore").to_csv(f, index=False))
-    atomic_write(out / "summary.csv", lambda f: table.to_csv(f, index=False))
-    notes = list(found.problems)
-    unfinished = runs[runs["state"] != DONE] if not runs.empty else runs
-    for row in unfinished.itertuples(index=False):
-        error = f": {row.error}" if isinstance(getattr(row, "error", None), str) else ""
-        notes.append(f"job {row.job} variant {row.variant}: {row.state}{error}")
-    write_text(out / "summary.md", _markdown(path.name, readable, baseline, notes))
-    write_text(out / "summary.tex", to_latex(readable, f"{path.name}: test {metric}, mean ± std over seeds"
-                                             + (f"; difference to {baseline} paired over seeds" if baseline else "")))
-    return runs, axes, metric, baseline, table, readable, notes
+def write_tables(path: Path, cache: bool = True) -> ReportData:
+    """The tables alone, from final results only (no per-epoch files, no plots, no page)."""
+    data = read_report_data(Path(path), curves=False, cache=cache)
+    _write_csv_and_latex(data)
+    write_text(data.tree.summary.markdown, _markdown(data, not_drawn={}))
+    return data
 
 
 def _write_one(path: Path) -> Path:
-    out = path / "summary"
-    runs, axes, metric, baseline, table, readable, notes = write_tables(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        curves = collect(path, cache=True).curves
-    drawn, skipped = [], {}
-    numeric_axes = [a for a in axes if a != "seed"]
-    jobs = [
-        ("learning_curves", "Validation metric and training loss per epoch, mean ± std over seeds.",
-         lambda p: plots.learning_curves(curves, axes, metric, p)),
-        (f"test_{metric}", "Final test metric per variant and grid point (mean ± std over seeds).",
-         lambda p: plots.test_metric_bars(runs, axes, metric, p)),
-        *[(f"{metric}_vs_{plots.axis_label(a).replace('.', '_')}", f"Final test {metric} against {plots.axis_label(a)}, per variant.",
-           lambda p, a=a: plots.metric_vs_axis(runs, a, metric, p)) for a in numeric_axes],
-        ("latency_vs_accuracy", "Inference cost against accuracy, for soft and hard routing: when does an MoE beat "
-         "a dense model of equal cost?", lambda p: plots.latency_vs_accuracy(runs, metric, p)),
-        ("utilisation", "Share of training samples each expert received, per epoch (first choice).",
-         lambda p: plots.utilisation_heatmaps(runs, p)),
-        ("specialisation", "Which experts the test samples of each class went to.",
-         lambda p: plots.specialisation_heatmaps(runs, p)),
-        ("gate_batches", "Gate activations over all training batches.", lambda p: plots.gate_batches(runs, p)),
-        ("confusion", "Test confusion matrices.", lambda p: plots.confusion_matrices(runs, p)),
-        ("reconstructions", "The target image and each variant's fit.", lambda p: plots.reconstructions(runs, p)),
-        ("training_time", "Training time per run.", lambda p: plots.training_time(runs, p)),
-        ("params_vs_metric", "Parameter count against the test metric.", lambda p: plots.params_vs_metric(runs, metric, p)),
-    ]
-    for name, caption, draw in jobs:
-        try:
-            reason = draw(out / f"{name}.png")
-        except Exception as error:  # a damaged analysis file costs its plot, never the report
-            reason = f"could not draw it ({type(error).__name__}: {error})"
-        if reason:
-            skipped[name] = reason
-        else:
-            drawn.append((f"{name}.png", caption))
+    data = read_report_data(path)
+    summary = data.tree.summary
+    _write_csv_and_latex(data)
+    drawn, not_drawn = draw_plots(data)
+    write_text(summary.markdown, _markdown(data, not_drawn))  # after the plots: it lists those not drawn
+    write_text(data.tree.report_file, html.render(data, drawn, not_drawn))
 
-    if skipped:
-        with open(out / "summary.md", "a") as f:
-            f.write("\n## Plots not drawn\n" + "".join(f"- {k}: {v}\n" for k, v in skipped.items()))
-    experiment_yaml = (path / "experiment.yaml").read_text() if (path / "experiment.yaml").is_file() else ""
-    launches = read_jsonl(path / "launches.jsonl") if (path / "launches.jsonl").is_file() else []
-    description = ""
-    if experiment_yaml:
-        import yaml
-
-        description = (yaml.safe_load(experiment_yaml) or {}).get("description", "")
-    page = html.render(path.name, description, runs, readable, table, metric, baseline, drawn, skipped, notes,
-                       experiment_yaml, launches[-1] if launches else None)
-    write_text(path / "report" / "index.html", page)
-
-    finished_count = int((runs["state"] == DONE).sum()) if not runs.empty else 0
+    runs = data.runs
+    finished_count = int((runs["state"] == JobState.DONE).sum()) if not runs.empty else 0
     print(f"{path}: {finished_count} of {len(runs)} runs finished")
-    print(f"  report: {path / 'report' / 'index.html'}")
-    print(f"  tables: {out / 'summary.csv'}, {out / 'summary.md'}, {out / 'summary.tex'}, {out / 'runs.csv'}")
+    print(f"  report: {data.tree.report_file}")
+    print(f"  tables: {summary.summary_csv}, {summary.markdown}, {summary.latex}, {summary.runs_csv}")
     if drawn:
-        print(f"  plots:  {len(drawn)} in {out}/ (PNG and SVG): {', '.join(n for n, _ in drawn)}")
-    for name, reason in skipped.items():
+        print(f"  plots:  {len(drawn)} in {summary.path}/ (PNG and SVG): "
+              f"{', '.join(summary.plot(p.name).name for p in drawn)}")
+    for name, reason in not_drawn.items():
         print(f"  skipped {name}: {reason}")
-    if notes:
-        print(f"  {len(notes)} note(s) on unfinished or unreadable runs in {out / 'summary.md'}")
-    return out
+    if data.notes:
+        print(f"  {len(data.notes)} note(s) on unfinished or unreadable runs in {summary.markdown}")
+    return summary.path
 
 
-def _markdown(name: str, table, baseline: str | None, notes: list[str]) -> str:
-    parts = [f"# {name}: summary\n",
+def _write_csv_and_latex(data: ReportData) -> None:
+    summary = data.tree.summary
+    atomic_write(summary.runs_csv, lambda f: data.runs.drop(columns=["path"], errors="ignore").to_csv(f, index=False))
+    atomic_write(summary.summary_csv, lambda f: data.table.to_csv(f, index=False))
+    caption = f"{data.name}: test {data.metric}, mean ± std over seeds"
+    if data.baseline:
+        caption += (f"; difference to {data.baseline} paired over seeds; verdicts by paired t-test, Holm-adjusted over "
+                    "all comparisons (family-wise 5 %)")
+    write_text(summary.latex, to_latex(data.readable, caption))
+
+
+def _markdown(data: ReportData, not_drawn: dict[str, str]) -> str:
+    parts = [f"# {data.name}: summary\n",
              "Grouped by variant and grid values (seeds pooled): mean ± std over n runs"
-             + (f"; 'vs baseline' is the difference to {baseline} in the same job, paired over seeds, with its "
-                "95 % confidence interval" if baseline else "")
-             + ". Every column, with std and 95 % intervals, is in summary.csv.\n\n", to_markdown(table)]
-    if notes:
-        parts += ["\n## Unfinished, failed or unreadable\n"] + [f"- {n}\n" for n in notes]
+             + (f"; 'vs baseline' is the difference to {data.baseline} in the same job, paired over seeds, with its "
+                "95 % confidence interval" if data.baseline else "")
+             + f". Every column, with std and 95 % intervals, is in {data.tree.summary.summary_csv.name}.\n\n"]
+    too_few_seeds = small_sample_warning(data.table, data.metric, data.baseline)
+    if too_few_seeds:
+        parts.append(f"**Too few seeds to compare.** {too_few_seeds}\n\n")
+    note = comparisons_note(data.table, data.metric, data.baseline)
+    if note:
+        parts.append(f"{note}\n\n")
+    parts.append(to_markdown(data.readable))
+    if data.notes:
+        parts += ["\n## Unfinished, failed or unreadable\n"] + [f"- {n}\n" for n in data.notes]
+    if not_drawn:
+        parts += ["\n## Plots not drawn\n"] + [f"- {name}: {reason}\n" for name, reason in not_drawn.items()]
     return "".join(parts)

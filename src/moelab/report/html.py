@@ -1,7 +1,8 @@
-"""experiments/<name>/report/index.html: one static page (works from file:// and any web server).
+"""The HTML report (ExperimentTree.report_file): one static page (works from file:// and any web server).
 
-First screen: what is missing or failed, which variant wins and by how much (paired over seeds,
-with a 95 % interval), and what its experts did. Then the summary table, every plot, the
+First screen: what is missing or failed, whether there are enough seeds to compare, which variant
+wins and by how much (paired over seeds, with a 95 % interval and a verdict at Holm's adjusted
+level), and what its experts did. Then the summary table, every plot, the
 unfinished runs, the configuration and the provenance.
 """
 
@@ -10,12 +11,14 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
 
-from moelab.report.plots import axis_label
-from moelab.report.tables import finished
+from moelab.report.data import ReportData
+from moelab.report.plots import Plot, axis_label
+from moelab.report.tables import FAMILY_WISE_ALPHA, comparisons_note, family_size, finished, small_sample_warning
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:1rem 2rem;color:#222}
@@ -24,34 +27,40 @@ h1{margin-bottom:.2rem} .sub{color:#666;margin-top:0}
 .warn{background:#fff4e5;border:1px solid #f0b35c} .ok{background:#eef7ee;border:1px solid #8bc98b}
 .headline{background:#eef3fb;border:1px solid #8aa9d6;font-size:1.1rem}
 table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0} th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
+td{white-space:nowrap} .wide{overflow-x:auto}
 th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
 figure{margin:1.5rem 0} figure img{max-width:100%;border:1px solid #ddd} figcaption{color:#555;font-size:.9rem}
 pre{background:#f6f6f6;padding:.6rem;overflow:auto;font-size:.8rem} code{background:#f3f3f3;padding:0 .2rem}
 """
 
-def render(name: str, description: str, runs: pd.DataFrame, readable: pd.DataFrame, table: pd.DataFrame,
-           metric: str, baseline: str | None, plots: list[tuple[str, str]], skipped: dict[str, str], notes: list[str],
-           experiment_yaml: str, launch: dict | None) -> str:
+def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> str:
+    runs, notes, summary = data.runs, data.notes, data.tree.summary
     done = finished(runs)
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(name)}: moelab report</title>",
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(data.name)}: moelab report</title>",
              f"<style>{STYLE}</style></head><body>",
-             f"<h1>{_e(name)}</h1><p class='sub'>{_e(description)}</p>",
+             f"<h1>{_e(data.name)}</h1><p class='sub'>{_e(data.description)}</p>",
              f"<p>{len(done)} of {len(runs)} runs finished "
              f"({runs['job'].nunique() if not runs.empty else 0} jobs x {runs['variant'].nunique() if not runs.empty else 0} variants)."
-             f" Tables: <a href='../summary/summary.csv'>summary.csv</a>, <a href='../summary/runs.csv'>runs.csv</a>,"
-             f" <a href='../summary/summary.tex'>summary.tex</a>.</p>"]
+             f" Tables: {_link(data, summary.summary_csv)}, {_link(data, summary.runs_csv)}, {_link(data, summary.latex)}.</p>"]
     if notes:
         items = "".join(f"<li>{_e(n)}</li>" for n in notes[:20])
-        more = f"<li>... and {len(notes) - 20} more (see summary.md)</li>" if len(notes) > 20 else ""
+        more = f"<li>... and {len(notes) - 20} more (see {_e(summary.markdown.name)})</li>" if len(notes) > 20 else ""
         parts.append(f"<div class='box warn'><b>{len(notes)} run(s) unfinished, failed or unreadable</b>; "
                      f"the numbers below use finished runs only.<ul>{items}{more}</ul></div>")
     else:
         parts.append("<div class='box ok'>Every run of the grid finished.</div>")
-    parts.append(_headline(table, runs, metric, baseline))
+    too_few_seeds = small_sample_warning(data.table, data.metric, data.baseline)
+    if too_few_seeds:
+        parts.append(f"<div class='box warn'><b>Too few seeds to compare.</b> {_e(too_few_seeds)}</div>")
+    parts.append(headline(data))
     parts.append("<h2>Summary</h2><p>Grouped by variant and grid values, seeds pooled: mean ± std; "
-                 f"'vs baseline' is the difference to <b>{_e(baseline or 'the dense baseline')}</b> in the same job, "
+                 f"'vs baseline' is the difference to <b>{_e(data.baseline or 'the dense baseline')}</b> in the same job, "
                  "paired over seeds, with its 95 % confidence interval.</p>")
-    parts.append(readable.to_html(index=False, border=0, na_rep="") if not readable.empty else "<p>No finished runs yet.</p>")
+    note = comparisons_note(data.table, data.metric, data.baseline)
+    if note:
+        parts.append(f"<p>{_e(note)}</p>")
+    parts.append(f"<div class='wide'>{data.readable.to_html(index=False, border=0, na_rep='')}</div>"
+                 if not data.readable.empty else "<p>No finished runs yet.</p>")
     experts = _experts_table(done)
     if experts is not None:
         parts.append("<h2>What the experts did</h2><p>Final-epoch balance of the training routing (normalised entropy: "
@@ -59,43 +68,47 @@ def render(name: str, description: str, runs: pd.DataFrame, readable: pd.DataFra
                      "share of samples sent to the expert that sees most of their class (routing purity).</p>")
         parts.append(experts.to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:.3f}"))
     parts.append("<h2>Plots</h2>")
-    for plot, caption in plots:
-        stem = Path(plot).stem
-        parts.append(f"<figure><img src='../summary/{_e(plot)}' alt='{_e(stem)}'>"
-                     f"<figcaption><b>{_e(stem)}</b>: {_e(caption)} "
-                     f"<a href='../summary/{_e(stem)}.svg'>SVG</a></figcaption></figure>")
-    if skipped:
-        parts.append("<p>Not drawn: " + "; ".join(f"{_e(k)} ({_e(v)})" for k, v in skipped.items()) + ".</p>")
-    parts.append(f"<h2>Configuration</h2><details><summary>experiment.yaml (resolved, as last launched)</summary>"
-                 f"<pre>{_e(experiment_yaml)}</pre></details>")
-    if launch:
-        parts.append(f"<details><summary>Provenance of the last launch</summary><pre>{_e(json.dumps(launch, indent=2))}</pre></details>")
+    for plot in drawn:
+        parts.append(f"<figure><img src='{_e(_href(data, summary.plot(plot.name, 'png')))}' alt='{_e(plot.name)}'>"
+                     f"<figcaption><b>{_e(plot.name)}</b>: {_e(plot.caption)} "
+                     f"<a href='{_e(_href(data, summary.plot(plot.name, 'svg')))}'>SVG</a></figcaption></figure>")
+    if not_drawn:
+        parts.append("<p>Not drawn: " + "; ".join(f"{_e(k)} ({_e(v)})" for k, v in not_drawn.items()) + ".</p>")
+    parts.append(f"<h2>Configuration</h2><details><summary>{_e(data.tree.experiment_file.name)} (resolved, as last "
+                 f"launched)</summary><pre>{_e(data.experiment_yaml)}</pre></details>")
+    if data.last_launch:
+        parts.append(f"<details><summary>Provenance of the last launch</summary>"
+                     f"<pre>{_e(json.dumps(data.last_launch, indent=2))}</pre></details>")
     parts.append("<p class='sub'>Written by moelab create-plots. Static files: open from disk or any web server.</p></body></html>")
     return "\n".join(parts)
 
 
-def _headline(table: pd.DataFrame, runs: pd.DataFrame, metric: str, baseline: str | None) -> str:
+def headline(data: ReportData) -> str:
+    """The first-screen box: the best variant and grid point, its difference to the baseline with the
+    verdict, and what its experts did."""
+    table, metric, baseline = data.table, data.metric, data.baseline
     column = f"test_{metric}_mean"
     if table.empty or column not in table:
         return "<div class='box headline'>No finished runs yet: nothing to compare.</div>"
     best = table.sort_values(column, ascending=False).iloc[0]
-    point = ", ".join(f"{axis_label(k)}={best[k]}" for k in table.columns
-                      if k not in ("variant", "n") and not k.endswith(("_mean", "_std", "_ci95")))
+    point = ", ".join(f"{axis_label(k)}={best[k]}" for k in data.group_keys if k != "variant")
     text = (f"<b>{_e(best['variant'])}</b>{' (' + _e(point) + ')' if point else ''} has the best test {_e(metric)}: "
             f"<b>{best[column]:.4f}</b> ± {_nan0(best.get(f'test_{metric}_std')):.4f} over {int(best['n'])} run(s)")
     diff = best.get(f"diff_test_{metric}_mean")
     if baseline and diff is not None and diff == diff and best["variant"] != baseline:
         half = best.get(f"diff_test_{metric}_ci95")
         interval = f" (95 % CI [{diff - half:+.4f}, {diff + half:+.4f}])" if half == half else ""
-        verdict = "" if half != half else (" — clearly better" if diff - half > 0 else
-                                           " — not distinguishable from the baseline at this n" if diff + half > 0 else
-                                           " — worse")
-        text += f"; <b>{diff:+.4f}</b> vs {_e(baseline)} in the same jobs{interval}{verdict}."
+        adjusted = best.get(f"diff_test_{metric}_p_holm")
+        test = (f"paired t-test, Holm-adjusted over {family_size(table, metric)} comparison(s) at family-wise "
+                f"{FAMILY_WISE_ALPHA * 100:g} %: p = {adjusted:.2g}" if adjusted == adjusted
+                else "no test with fewer than two paired seeds")
+        text += (f"; <b>{diff:+.4f}</b> vs {_e(baseline)} in the same jobs{interval}: "
+                 f"<b>{_e(best[f'diff_test_{metric}_verdict'])}</b> ({test}).")
     elif baseline and best["variant"] == baseline:
         text += ": the dense baseline wins."
     else:
         text += "."
-    done = finished(runs)
+    done = finished(data.runs)
     rows = done[done["variant"] == best["variant"]]
     if "load_entropy" in rows and rows["load_entropy"].notna().any():
         collapsed = rows["num_collapsed_experts"].mean() if "num_collapsed_experts" in rows else 0.0
@@ -118,6 +131,15 @@ def _experts_table(done: pd.DataFrame) -> pd.DataFrame | None:
     present = [c for c in columns if c in moe]
     table = moe.groupby("variant", sort=False)[present].mean().reset_index()
     return table.rename(columns=columns)
+
+
+def _href(data: ReportData, file: Path) -> str:
+    """The address of a file of the tree relative to the page, so the report works from disk and any server."""
+    return Path(os.path.relpath(file, data.tree.report_file.parent)).as_posix()
+
+
+def _link(data: ReportData, file: Path) -> str:
+    return f"<a href='{_e(_href(data, file))}'>{_e(file.name)}</a>"
 
 
 def _nan0(value) -> float:

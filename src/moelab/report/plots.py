@@ -1,28 +1,85 @@
-"""The plots of a sweep, as PNG (for the report) and SVG (for papers). Each function returns None
-when it drew, or the reason it did not (its data are missing): an empty plot is never drawn."""
+"""The plots of a sweep, as PNG (for the report) and SVG (for papers).
+
+plots_for(data) is the table of a report's plots. Every draw function takes the report's data and
+the PNG path and returns None when it drew, or the reason it did not (its data are missing): an
+empty plot is never drawn.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from functools import partial
+from operator import attrgetter
 from pathlib import Path
+from typing import Callable
 
 import matplotlib.image
 import numpy as np
 from matplotlib.figure import Figure
 import pandas as pd
 
+from moelab.report.data import ReportData
 from moelab.report.tables import finished
 from moelab.results.io import atomic_write
+from moelab.results.tree import VariantTree
 
 FORMATS = ("png", "svg")
 
 
-def learning_curves(curves: pd.DataFrame, grid_axes: list[str], metric: str, path: Path) -> str | None:
+@dataclass(frozen=True)
+class Plot:
+    name: str  # the file stem in summary/
+    caption: str
+    draw: Callable[[ReportData, Path], str | None]
+
+
+def plots_for(data: ReportData) -> tuple[Plot, ...]:
+    """The report's plots in page order; names and captions depend on the metric, and each numeric
+    grid axis gets its own 'metric against axis' plot."""
+    metric = data.metric
+    by_axis = tuple(Plot(f"{metric}_vs_{axis_label(axis).replace('.', '_')}",
+                         f"Final test {metric} against {axis_label(axis)}, per variant.", partial(metric_vs_axis, axis=axis))
+                    for axis in data.grid_axes if axis != "seed")
+    return (
+        Plot("learning_curves", "Validation metric and training loss per epoch, mean ± std over seeds.", learning_curves),
+        Plot(f"test_{metric}", "Final test metric per variant and grid point (mean ± std over seeds).", test_metric_bars),
+        *by_axis,
+        Plot("latency_vs_accuracy", "Inference cost against accuracy, for soft and hard routing: when does an MoE beat "
+             "a dense model of equal cost?", latency_vs_accuracy),
+        Plot("utilisation", "Share of training samples each expert received, per epoch (first choice).",
+             utilisation_heatmaps),
+        Plot("specialisation", "Which experts the test samples of each class went to.", specialisation_heatmaps),
+        Plot("gate_batches", "Gate activations over all training batches.", gate_batches),
+        Plot("confusion", "Test confusion matrices.", confusion_matrices),
+        Plot("reconstructions", "The target image and each variant's fit.", reconstructions),
+        Plot("training_time", "Training time per run.", training_time),
+        Plot("params_vs_metric", "Parameter count against the test metric.", params_vs_metric),
+    )
+
+
+def draw_plots(data: ReportData) -> tuple[list[Plot], dict[str, str]]:
+    """Draw every plot into summary/: the plots drawn, and the reason for each one not drawn."""
+    drawn, not_drawn = [], {}
+    for plot in plots_for(data):
+        try:
+            reason = plot.draw(data, data.tree.summary.plot(plot.name))
+        except Exception as error:  # a damaged analysis file costs its plot, never the report
+            reason = f"could not draw it ({type(error).__name__}: {error})"
+        if reason:
+            not_drawn[plot.name] = reason
+        else:
+            drawn.append(plot)
+    return drawn, not_drawn
+
+
+def learning_curves(data: ReportData, path: Path) -> str | None:
     """Validation metric and training loss per epoch, mean +- std over seeds, one column per grid point."""
+    curves, metric = data.curves, data.metric
     column = f"val_{metric}"
     if curves.empty or column not in curves:
         return "no per-epoch metrics yet"
-    axes_keys = [a for a in grid_axes if a != "seed" and a in curves]
+    axes_keys = [a for a in data.grid_axes if a != "seed" and a in curves]
     points = _points(curves, axes_keys)
     fig, axes = subplots(2, len(points), figsize=(max(7.0, 4.2 * len(points)), 6.5), squeeze=False, sharex=True)
     for col, (label, part) in enumerate(points):
@@ -64,13 +121,14 @@ def variant_curves(history: list[dict], metric: str, title: str, path: Path) -> 
     save(fig, path, formats=("png",))
 
 
-def test_metric_bars(runs: pd.DataFrame, grid_axes: list[str], metric: str, path: Path) -> str | None:
+def test_metric_bars(data: ReportData, path: Path) -> str | None:
     """Final test metric per variant and grid point, with std error bars over seeds."""
+    metric = data.metric
     column = f"test_{metric}"
-    done = finished(runs)
+    done = finished(data.runs)
     if done.empty or column not in done:
         return "no finished runs yet"
-    axes_keys = [a for a in grid_axes if a != "seed" and a in done]
+    axes_keys = [a for a in data.grid_axes if a != "seed" and a in done]
     points = _points(done, axes_keys)
     variants = list(dict.fromkeys(done["variant"]))
     width = 0.8 / len(variants)
@@ -94,10 +152,11 @@ def test_metric_bars(runs: pd.DataFrame, grid_axes: list[str], metric: str, path
     return None
 
 
-def metric_vs_axis(runs: pd.DataFrame, axis: str, metric: str, path: Path) -> str | None:
+def metric_vs_axis(data: ReportData, path: Path, axis: str) -> str | None:
     """Final test metric against one numeric grid axis, a line per variant (other axes pooled)."""
+    metric = data.metric
     column = f"test_{metric}"
-    done = finished(runs)
+    done = finished(data.runs)
     if done.empty or column not in done or axis not in done:
         return "no finished runs yet"
     values = pd.to_numeric(done[axis], errors="coerce")
@@ -115,9 +174,9 @@ def metric_vs_axis(runs: pd.DataFrame, axis: str, metric: str, path: Path) -> st
     return None
 
 
-def utilisation_heatmaps(runs: pd.DataFrame, path: Path) -> str | None:
+def utilisation_heatmaps(data: ReportData, path: Path) -> str | None:
     """Share of training samples per expert and epoch, one panel per MoE variant (first seed, first grid point)."""
-    found = [(v, pd.read_csv(p)) for v, p in _analysis_files(runs, "utilisation.csv")]
+    found = [(v, pd.read_csv(p)) for v, p in _variant_files(data.runs, attrgetter("analysis.utilisation"))]
     if not found:
         return "no MoE variant has finished"
     fig, axes = subplots(1, len(found), figsize=(3.6 * len(found), 3.6), squeeze=False)
@@ -132,9 +191,9 @@ def utilisation_heatmaps(runs: pd.DataFrame, path: Path) -> str | None:
     return None
 
 
-def specialisation_heatmaps(runs: pd.DataFrame, path: Path) -> str | None:
+def specialisation_heatmaps(data: ReportData, path: Path) -> str | None:
     """Share of each class's test samples routed to each expert (rows sum to 1)."""
-    found = [(v, pd.read_csv(p, index_col="class")) for v, p in _analysis_files(runs, "class_expert.csv")]
+    found = [(v, pd.read_csv(p, index_col="class")) for v, p in _variant_files(data.runs, attrgetter("analysis.class_expert"))]
     if not found:
         return "no MoE classification variant has finished"
     fig, axes = subplots(1, len(found), figsize=(3.4 * len(found), 3.8), squeeze=False)
@@ -148,9 +207,9 @@ def specialisation_heatmaps(runs: pd.DataFrame, path: Path) -> str | None:
     return None
 
 
-def gate_batches(runs: pd.DataFrame, path: Path) -> str | None:
+def gate_batches(data: ReportData, path: Path) -> str | None:
     """Share of each batch's samples per expert over all training batches, one panel per MoE variant."""
-    found = [(v, pd.read_csv(p)) for v, p in _analysis_files(runs, "gates_per_batch.csv")]
+    found = [(v, pd.read_csv(p)) for v, p in _variant_files(data.runs, attrgetter("analysis.gates_per_batch"))]
     found = [(v, t) for v, t in found if not t.empty]
     if not found:
         return "no MoE variant has finished"
@@ -167,12 +226,13 @@ def gate_batches(runs: pd.DataFrame, path: Path) -> str | None:
     return None
 
 
-def latency_vs_accuracy(runs: pd.DataFrame, metric: str, path: Path) -> str | None:
+def latency_vs_accuracy(data: ReportData, path: Path) -> str | None:
     """Batch-1 latency and batch-1024 throughput against the test metric, per variant and routing
     (soft and hard for MoE models): when does an MoE beat a dense model of equal cost?"""
+    metric = data.metric
     points = []
-    for row in finished(runs).itertuples(index=False):
-        file = Path(row.path) / "analysis" / "inference.json"
+    for row in finished(data.runs).itertuples(index=False):
+        file = VariantTree(Path(row.path)).analysis.inference
         try:
             figures = json.loads(file.read_text())
         except (OSError, json.JSONDecodeError):
@@ -198,8 +258,8 @@ def latency_vs_accuracy(runs: pd.DataFrame, metric: str, path: Path) -> str | No
     return None
 
 
-def confusion_matrices(runs: pd.DataFrame, path: Path) -> str | None:
-    found = [(v, pd.read_csv(p, index_col="true")) for v, p in _analysis_files(runs, "confusion.csv")]
+def confusion_matrices(data: ReportData, path: Path) -> str | None:
+    found = [(v, pd.read_csv(p, index_col="true")) for v, p in _variant_files(data.runs, attrgetter("analysis.confusion"))]
     if not found:
         return "no finished classification runs"
     columns = min(4, len(found))
@@ -217,23 +277,15 @@ def confusion_matrices(runs: pd.DataFrame, path: Path) -> str | None:
     return None
 
 
-def reconstructions(runs: pd.DataFrame, path: Path) -> str | None:
+def reconstructions(data: ReportData, path: Path) -> str | None:
     """image_fit: the target image next to each variant's fitted image."""
-    done = finished(runs)
-    found = [(v, p) for v, p in _variant_files(done, "reconstruction.png")]
-    if not found or "data.image" not in done:
+    done = finished(data.runs)
+    found = _variant_files(done, attrgetter("reconstruction"))
+    targets = _variant_files(done, attrgetter("target_image"))
+    if not found or not targets:
         return "not an image_fit experiment, or nothing finished"
-    from moelab.data import DataSettings
-    from moelab.data.image_fit import image_path
-
-    first = done.iloc[0]
-    resolution = int(first["data.resolution"])
-    target = image_path(DataSettings(image=first["data.image"] if isinstance(first["data.image"], str) else None))
     fig, axes = subplots(1, len(found) + 1, figsize=(2.6 * (len(found) + 1), 3.0))
-    from PIL import Image
-
-    with Image.open(target) as image:
-        axes[0].imshow(np.asarray(image.convert("RGB").resize((resolution, resolution), Image.BICUBIC)))
+    axes[0].imshow(matplotlib.image.imread(targets[0][1]))
     axes[0].set_title("target")
     for ax, (variant, file) in zip(axes[1:], found):
         score = done.loc[done["variant"] == variant, "test_psnr"].iloc[0]
@@ -246,8 +298,8 @@ def reconstructions(runs: pd.DataFrame, path: Path) -> str | None:
     return None
 
 
-def training_time(runs: pd.DataFrame, path: Path) -> str | None:
-    done = finished(runs)
+def training_time(data: ReportData, path: Path) -> str | None:
+    done = finished(data.runs)
     if done.empty or "train_seconds" not in done:
         return "no finished runs yet"
     stats = done.groupby("variant", sort=False)["train_seconds"].agg(["mean", "std"]).fillna(0.0)
@@ -259,9 +311,10 @@ def training_time(runs: pd.DataFrame, path: Path) -> str | None:
     return None
 
 
-def params_vs_metric(runs: pd.DataFrame, metric: str, path: Path) -> str | None:
+def params_vs_metric(data: ReportData, path: Path) -> str | None:
+    metric = data.metric
     column = f"test_{metric}"
-    done = finished(runs)
+    done = finished(data.runs)
     if done.empty or column not in done or "num_parameters" not in done:
         return "no finished runs yet"
     fig, ax = subplots(figsize=(6, 4.5))
@@ -294,22 +347,20 @@ def _points(frame: pd.DataFrame, keys: list[str]) -> list[tuple[str, pd.DataFram
     return points
 
 
-def _variant_files(done: pd.DataFrame, name: str) -> list[tuple[str, Path]]:
-    """(variant, file) of each variant's first finished run (lowest seed of the first job) that has the file."""
+def _variant_files(runs: pd.DataFrame, file_of: Callable[[VariantTree], Path]) -> list[tuple[str, Path]]:
+    """(variant, file) of each variant's first finished run (lowest seed of the first job) that has the
+    file `file_of` names in its folder."""
     found = []
+    done = finished(runs)
     if done.empty:
         return found
     for variant, rows in done.groupby("variant", sort=False):
         for row in rows.sort_values("seed").itertuples(index=False):
-            file = Path(row.path) / name
+            file = file_of(VariantTree(Path(row.path)))
             if file.is_file():
                 found.append((variant, file))
                 break
     return found
-
-
-def _analysis_files(runs: pd.DataFrame, name: str) -> list[tuple[str, Path]]:
-    return _variant_files(finished(runs), f"analysis/{name}")
 
 
 def subplots(*args, figsize, **kwargs):

@@ -1,19 +1,23 @@
 """Summary tables: runs grouped by variant and grid values (seed excluded): mean, std, n, 95 %
 confidence interval, and each variant's difference to the dense baseline of the same job, paired
-over seeds."""
+over seeds, with a paired t-test and Holm's adjustment over all comparisons to the baseline."""
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
+import numpy as np
 import pandas as pd
 from scipy import stats
 
 from moelab.results.status import JobState
 
-DONE = JobState.DONE.value
-
 DENSE_MODELS = ("mlp", "cnn")
+FAMILY_WISE_ALPHA = 0.05  # the chance of any false "better" or "worse" among all comparisons of one report
+# the fewest paired seeds for which a comparison is informative (reasoning in small_sample_warning)
+MIN_PAIRED_SEEDS = 3
+BETTER, NOT_DISTINGUISHABLE, WORSE = "better", "not distinguishable", "worse"
 # final numbers worth averaging, when present; test_<metric>@<routing> columns are added as found
 SUMMARY_COLUMNS = ("test_acc", "test_macro_f1", "test_macro_precision", "test_macro_recall", "test_psnr", "test_mse",
                    "test_rmse", "test_mae", "test_r2", "test_loss", "num_parameters", "active_parameters",
@@ -25,7 +29,7 @@ def group_columns(runs: pd.DataFrame, grid_axes: list[str]) -> list[str]:
 
 
 def finished(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[runs["state"] == DONE] if "state" in runs else runs.iloc[0:0]
+    return runs[runs["state"] == JobState.DONE] if "state" in runs else runs.iloc[0:0]
 
 
 def add_baseline_differences(runs: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str | None]:
@@ -46,7 +50,8 @@ def add_baseline_differences(runs: pd.DataFrame, metric: str) -> tuple[pd.DataFr
 
 def summarise(runs: pd.DataFrame, grid_axes: list[str]) -> pd.DataFrame:
     """One row per variant x grid point (seeds pooled): <metric>_mean, _std, _ci95 (half-width,
-    Student's t) and n; diff_* columns are paired differences to the dense baseline."""
+    Student's t) and n; diff_* columns are paired differences to the dense baseline, with _n (the
+    number of paired seeds) and _p (two-sided paired t-test of a zero mean difference)."""
     done = finished(runs)
     if done.empty:
         return pd.DataFrame()
@@ -65,6 +70,9 @@ def summarise(runs: pd.DataFrame, grid_axes: list[str]) -> pd.DataFrame:
         out[f"{metric}_mean"] = mean
         out[f"{metric}_std"] = std
         out[f"{metric}_ci95"] = [ci95(s, c) for s, c in zip(std, n)]
+        if metric.startswith("diff_"):
+            out[f"{metric}_n"] = n
+            out[f"{metric}_p"] = [paired_p_value(m, s, c) for m, s, c in zip(mean, std, n)]
     return out.reset_index()
 
 
@@ -73,6 +81,108 @@ def ci95(std: float, n: int) -> float:
     if n < 2 or std != std:
         return float("nan")
     return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+
+
+def paired_p_value(mean: float, std: float, n: int) -> float:
+    """Two-sided p-value of the paired t-test, from the mean, std and count of the per-seed differences
+    (the same as scipy.stats.ttest_rel on the pairs). NaN below 2 pairs, and when every difference is
+    exactly zero (the baseline compared with itself); identical non-zero differences give 0."""
+    if n < 2 or std != std or mean != mean:
+        return float("nan")
+    if std == 0:
+        return float("nan") if mean == 0 else 0.0
+    t = mean / (std / math.sqrt(n))
+    return float(2 * stats.t.sf(abs(t), n - 1))
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment: the i-th smallest of k p-values is multiplied by k - i + 1, made
+    non-decreasing in that order and capped at 1. Rejecting where the adjusted p <= alpha keeps the
+    family-wise error at alpha for any dependence between the tests. NaN (no test) stays NaN and is
+    not counted in k."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(p.shape, np.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    k = len(order)
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate(p[order] * (k - np.arange(k))))
+    return adjusted
+
+
+def verdict(mean_difference: float, adjusted_p: float, alpha: float = FAMILY_WISE_ALPHA) -> str:
+    """better / worse when the difference to the baseline is significant at the adjusted level, else
+    not distinguishable (also when there is no test). Every primary metric is higher-is-better."""
+    if adjusted_p != adjusted_p or adjusted_p > alpha or mean_difference != mean_difference:
+        return NOT_DISTINGUISHABLE
+    return BETTER if mean_difference > 0 else WORSE
+
+
+def compare_to_baseline(table: pd.DataFrame, metric: str, baseline: str | None) -> pd.DataFrame:
+    """Add diff_test_<metric>_p_holm and _verdict to a summarise() table. The family is every row of
+    the table compared with the baseline: each other variant at each grid point, since the headline
+    picks its winner among all of them. The baseline's own rows get the verdict "baseline"."""
+    diff = f"diff_test_{metric}"
+    if baseline is None or table.empty or f"{diff}_p" not in table:
+        return table
+    table = table.copy()
+    compared = table["variant"] != baseline
+    p = table[f"{diff}_p"].where(compared)
+    table[f"{diff}_p_holm"] = holm(p)
+    table[f"{diff}_verdict"] = [verdict(m, q) if c else "baseline" for m, q, c in
+                                zip(table[f"{diff}_mean"], table[f"{diff}_p_holm"], compared)]
+    return table
+
+
+def family_size(table: pd.DataFrame, metric: str) -> int:
+    """k of Holm's adjustment: the comparisons that have a p-value."""
+    column = f"diff_test_{metric}_p_holm"
+    return int(table[column].notna().sum()) if column in table else 0
+
+
+def comparisons_note(table: pd.DataFrame, metric: str, baseline: str | None) -> str | None:
+    """How the verdicts are reached, for the markdown summary and the HTML page."""
+    if baseline is None or f"diff_test_{metric}_verdict" not in table:
+        return None
+    k = family_size(table, metric)
+    if k == 0:
+        return (f"Verdicts: no comparison with {baseline} has two or more paired seeds yet, so there is no test "
+                "and every other variant is 'not distinguishable'.")
+    return (f"Verdicts: for each other variant at each grid point, a two-sided paired t-test of its test {metric} "
+            f"against {baseline} in the same jobs (same seed and grid values). The p-values are adjusted with Holm's "
+            f"method over all k = {k} comparison(s) of this table, so that the chance of any false verdict stays at "
+            f"{FAMILY_WISE_ALPHA * 100:g} % (family-wise); a variant is 'better' or 'worse' when its adjusted p <= "
+            f"{FAMILY_WISE_ALPHA:g}, otherwise 'not distinguishable'. The 95 % intervals are per comparison, not adjusted.")
+
+
+def small_sample_warning(table: pd.DataFrame, metric: str, baseline: str | None) -> str | None:
+    """A warning when comparisons rest on fewer than MIN_PAIRED_SEEDS paired seeds, else None.
+
+    The rule: a difference is declared when |mean| > t(1 - a/2, n - 1) * sd / sqrt(n), with a as low
+    as alpha/k at Holm's first step. With n = 1 there is no sd: no interval and no test at all. With
+    n = 2 (one degree of freedom) the two per-seed differences d1, d2 give t = (d1 + d2) / |d1 - d2|,
+    so a difference is declared only when d1 and d2 differ by at most 2/t(1 - a/2, 1) of their mean:
+    15.7 % at a = 5 %, 2.6 % at 5 %/6; training noise across seeds is rarely that small, so the
+    comparison is uninformative in practice. From n = 3 the interval is finite and moderate
+    (+-2.5 sd of the differences at 5 %), hence the limit of 3."""
+    diff = f"diff_test_{metric}"
+    if baseline is None or table.empty or f"{diff}_n" not in table:
+        return None
+    compared = table[(table["variant"] != baseline) & table[f"{diff}_mean"].notna()]
+    few = compared[compared[f"{diff}_n"] < MIN_PAIRED_SEEDS]
+    if few.empty:
+        return None
+    if (compared[f"{diff}_n"] < 2).all():
+        return (f"Only one seed per comparison with {baseline}: there is no interval and no test, so no variant "
+                f"can be called better or worse. Run at least {MIN_PAIRED_SEEDS} seeds.")
+    k = max(family_size(table, metric), 1)
+    spread = f"at most {200 / stats.t.ppf(1 - FAMILY_WISE_ALPHA / 2, 1):.1f} % of their mean"
+    if k > 1:
+        spread += (f" at level {FAMILY_WISE_ALPHA:g}, and at most {200 / stats.t.ppf(1 - FAMILY_WISE_ALPHA / (2 * k), 1):.1f} % "
+                   f"at Holm's first level {FAMILY_WISE_ALPHA:g}/{k}")
+    return (f"{len(few)} of {len(compared)} comparison(s) with {baseline} rest on fewer than {MIN_PAIRED_SEEDS} "
+            f"paired seeds. With one seed there is no interval and no test; with two, a difference is declared only "
+            f"when the two per-seed differences differ by {spread}, which seed-to-seed noise rarely allows. "
+            f"Run at least {MIN_PAIRED_SEEDS} seeds.")
 
 
 def compact(table: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
@@ -88,6 +198,9 @@ def compact(table: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
     diff = f"diff_test_{metric}"
     if f"{diff}_mean" in table:
         out["vs baseline (95% CI)"] = [_difference(m, h) for m, h in zip(table[f"{diff}_mean"], table[f"{diff}_ci95"])]
+    if f"{diff}_verdict" in table:
+        out["p (Holm)"] = [_p_value(p) for p in table[f"{diff}_p_holm"]]
+        out["verdict"] = table[f"{diff}_verdict"]
     for column, fmt in (("num_parameters", "{:,.0f}"), ("active_parameters", "{:,.0f}"), ("epochs_trained", "{:.1f}"),
                         ("train_seconds", "{:.2f}")):
         if f"{column}_mean" in table:
@@ -106,7 +219,7 @@ def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
 
 
 def to_latex(table: pd.DataFrame, caption: str, digits: int = 4) -> str:
-    """A booktabs tabular inside a table environment, ready for \\input{summary.tex}."""
+    """A booktabs tabular inside a table environment, ready for \\input in a paper."""
     if table.empty:
         return "% no finished runs yet\n"
     escape = lambda text: (str(text).replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%")
@@ -137,6 +250,10 @@ def _difference(mean: float, half_width: float) -> str:
     if half_width != half_width:
         return f"{mean:+.4f}"
     return f"{mean:+.4f} [{mean - half_width:+.4f}, {mean + half_width:+.4f}]"
+
+
+def _p_value(p: float) -> str:
+    return "" if p != p else f"{p:.2g}"
 
 
 def _group_text(value):

@@ -167,6 +167,11 @@ class VariantTree:
         return self.path / "reconstruction.png"
 
     @property
+    def target_image(self) -> Path:
+        """image_fit: the image the model fits, at the resolution it is fitted at."""
+        return self.path / "target.png"
+
+    @property
     def analysis(self) -> "AnalysisFiles":
         return AnalysisFiles(self.path / "analysis")
 

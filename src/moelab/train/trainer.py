@@ -200,14 +200,15 @@ def routing_balance(load: list[float]) -> dict:
 
 @torch.no_grad()
 def save_rendering(model, data: TaskData, settings: TrainSettings, out: VariantTree) -> None:
-    """Save the model's prediction for every pixel as reconstruction.png (image_fit)."""
+    """Save the model's prediction for every pixel as reconstruction.png, next to the target (image_fit)."""
     import matplotlib.image
 
     model.eval()
     bs = settings.eval_batch_size
     pixels = torch.cat([model(data.render_inputs[i : i + bs]).y for i in range(0, len(data.render_inputs), bs)])
-    image = pixels.clamp(0, 1).reshape(data.render_shape).cpu().numpy()
-    atomic_write(out.reconstruction, lambda f: matplotlib.image.imsave(f, image, format="png"), mode="wb")
+    for path, values in ((out.reconstruction, pixels), (out.target_image, data.render_targets)):
+        image = values.clamp(0, 1).reshape(data.render_shape).cpu().numpy()
+        atomic_write(path, lambda f: matplotlib.image.imsave(f, image, format="png"), mode="wb")
 
 
 def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:

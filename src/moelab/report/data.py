@@ -1,0 +1,74 @@
+"""Everything one report is made of, from one read of the experiments tree: the runs, the per-epoch
+curves, the summary table with its comparisons to the dense baseline, and the notes on what is
+missing. Tables, plots and the HTML page are all written from one ReportData."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from moelab.report.tables import add_baseline_differences, compact, compare_to_baseline, group_columns, summarise
+from moelab.results import ExperimentTree, collect
+from moelab.results.io import read_jsonl
+from moelab.results.status import JobState
+
+
+@dataclass(frozen=True)
+class ReportData:
+    tree: ExperimentTree
+    runs: pd.DataFrame  # one row per job x variant, with diff_test_<metric> to the baseline
+    curves: pd.DataFrame  # one row per job x variant x epoch (empty when read without curves)
+    grid_axes: list[str]
+    metric: str  # the primary metric, higher is better
+    baseline: str | None  # the dense variant every other one is compared with
+    table: pd.DataFrame  # summarise() with compare_to_baseline(): one row per variant x grid point
+    readable: pd.DataFrame  # the same table with formatted cells, for the markdown and LaTeX tables and the page
+    notes: list[str]  # runs that are unfinished, failed or unreadable
+    experiment_yaml: str = ""  # the resolved experiment as last launched
+    last_launch: dict | None = None  # provenance of the last launch
+
+    @property
+    def name(self) -> str:
+        return self.tree.name
+
+    @property
+    def description(self) -> str:
+        parsed = yaml.safe_load(self.experiment_yaml) if self.experiment_yaml else None
+        return str(parsed.get("description", "")) if isinstance(parsed, dict) else ""
+
+    @property
+    def group_keys(self) -> list[str]:
+        """The columns that name a row of the summary table: variant and grid values other than the seed."""
+        return group_columns(self.runs, self.grid_axes) if not self.runs.empty else []
+
+
+def read_report_data(path: Path, curves: bool = True, cache: bool = True) -> ReportData:
+    """One collect of the experiment folder (curves=False: final results only, enough for the tables)."""
+    tree = ExperimentTree(Path(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # what could not be read comes back in `problems` and becomes a note
+        found = collect(tree.path, curves=curves, cache=cache)
+    experiment_yaml = tree.experiment_file.read_text() if tree.experiment_file.is_file() else ""
+    launches = read_jsonl(tree.launches_file) if tree.launches_file.is_file() else []
+    return report_data_from_runs(tree, found.runs, found.curves, found.grid_axes, found.problems, experiment_yaml,
+                                 launches[-1] if launches else None)
+
+
+def report_data_from_runs(tree: ExperimentTree, runs: pd.DataFrame, curves: pd.DataFrame, grid_axes: list[str],
+                          problems: list[str], experiment_yaml: str = "", last_launch: dict | None = None) -> ReportData:
+    """The statistics of a report from runs as moelab.results.collect returns them."""
+    metric = runs["metric"].dropna().iloc[0] if "metric" in runs and runs["metric"].notna().any() else "acc"
+    runs, baseline = add_baseline_differences(runs, metric)
+    table = compare_to_baseline(summarise(runs, grid_axes), metric, baseline)
+    readable = compact(table, group_columns(runs, grid_axes) if not runs.empty else [], metric)
+    notes = list(problems)
+    unfinished = runs[runs["state"] != JobState.DONE] if not runs.empty else runs
+    for row in unfinished.itertuples(index=False):
+        error = f": {row.error}" if isinstance(getattr(row, "error", None), str) else ""
+        notes.append(f"job {row.job} variant {row.variant}: {row.state}{error}")
+    return ReportData(tree, runs, curves, list(grid_axes), metric, baseline, table, readable, notes, experiment_yaml,
+                      last_launch)
