@@ -17,9 +17,9 @@ import pytest
 
 from conftest import TINY, launch
 from moelab.config import load_experiment
-from moelab.launch.plan import merge_states
-from moelab.launch.status import queue_states, submitted_ids
-from moelab.results.status import job_state
+from moelab.launch.slurm import queue
+from moelab.launch.slurm.backend import SlurmBackend, SlurmFiles
+from moelab.results.status import job_state, merge_states
 from moelab.results.tree import ExperimentTree
 from test_launch import results_of
 
@@ -59,7 +59,7 @@ def profile(tmp_path) -> Path:
 def states(experiment_file: Path, experiments_dir: Path, overrides=()) -> dict[str, str]:
     experiment = load_experiment(experiment_file, overrides)
     tree = ExperimentTree(experiments_dir / experiment.name)
-    queued, _, _ = queue_states(tree)
+    queued = SlurmBackend.queue_view(tree).states
     names = [v["name"] for v in experiment.doc["variants"]]
     return {job.key: merge_states(job_state(tree.job(job.key), names), queued.get(job.key)) for job in experiment.jobs()}
 
@@ -94,7 +94,7 @@ def test_submitted_grid_equals_run_here_and_splits_into_several_arrays(write_exp
     final = wait_until(lambda: all_final(experiment, tmp_path / "out"), 300, "the submitted grid")
     assert set(final.values()) == {"done"}
     tree = tmp_path / "out" / "tiny"
-    ids = submitted_ids(ExperimentTree(tree))
+    ids = SlurmFiles(ExperimentTree(tree)).submitted_ids()
     assert len({i.split("_")[0] for i in ids.values()}) == 2
 
     local = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "local", "--workers", "2", "--no-report")
@@ -156,7 +156,7 @@ def test_cancelled_job_shows_cancelled_and_rerun_failed_completes_it(write_exper
     experiment = write_experiment(slow)
     submit(tmp_path, experiment, profile)
     tree = ExperimentTree(tmp_path / "out" / "tiny")
-    key, slurm_id = sorted(submitted_ids(tree).items())[0]
+    key, slurm_id = sorted(SlurmFiles(tree).submitted_ids().items())[0]
     wait_until(lambda: states(experiment, tmp_path / "out").get(key) == "running", 120, "the job to run")
     subprocess.run(["scancel", slurm_id], check=True)
     wait_until(lambda: states(experiment, tmp_path / "out").get(key) == "cancelled", 60, "sacct to say CANCELLED")
@@ -182,7 +182,8 @@ def test_a_job_that_raises_is_failed_with_its_error_line(write_experiment, tmp_p
     assert final == {key: "failed"}
     # SLURM itself records the task as failed, not completed
     def slurm_word():
-        record = queue_states(ExperimentTree(tmp_path / "out" / "tiny"))[1].get(key)
+        slurm_id = SlurmFiles(ExperimentTree(tmp_path / "out" / "tiny")).submitted_ids()[key]
+        record = queue.query([slurm_id]).get(slurm_id)
         return record.state if record and record.state not in ("RUNNING", "COMPLETING", "PENDING") else None
 
     assert wait_until(slurm_word, 60, "sacct to record the end of the task") == "FAILED"

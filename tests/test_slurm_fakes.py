@@ -9,11 +9,12 @@ import stat
 import pytest
 
 from moelab.config import ConfigError, load_experiment
-from moelab.launch.plan import make_plan, merge_states
+from moelab.launch.plan import make_plan
 from moelab.launch.slurm import queue
 from moelab.launch.slurm.resources import load_resources, sbatch_parameters
 from moelab.launch.status import print_status
 from moelab.results.io import append_jsonl, write_json
+from moelab.results.status import JobState, merge_states
 
 
 @pytest.fixture
@@ -84,7 +85,7 @@ def tiny_experiment(tmp_path):
 def test_queued_jobs_are_never_resubmitted_and_failures_only_on_request(tmp_path):
     experiment = tiny_experiment(tmp_path)
     keys = [job.key for job in experiment.jobs()]
-    queue_states = {keys[0]: "queued", keys[1]: "running", keys[2]: "node_fail"}
+    queue_states = {keys[0]: JobState.QUEUED, keys[1]: JobState.RUNNING, keys[2]: JobState.NODE_FAIL}
     plan = make_plan(experiment, tmp_path / "out", queue_states=queue_states)
     assert [job.key for job in plan.to_run] == [keys[3]]
     rerun = make_plan(experiment, tmp_path / "out", rerun_failed=True, queue_states=queue_states)

@@ -33,6 +33,9 @@ class JobState(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    # equal to its word, so hashed as its word: "done" in {JobState.DONE}
+    __hash__ = str.__hash__
+
     @property
     def shown(self) -> str:
         """The word `status` prints."""
