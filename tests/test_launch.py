@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 
@@ -160,25 +161,118 @@ def test_ctrl_c_stops_promptly_leaves_no_torn_file_and_the_next_launch_resumes(w
             assert (variant / "results.json").read_bytes() == finished_before[name]
 
 
-def test_a_worker_killed_mid_job_is_recorded_and_the_other_jobs_finish(write_experiment, tmp_path):
-    slow = {**TINY, "data": {"name": "digits", "max_train_samples": 100},
-            "train": {**TINY["train"], "epochs": 150, "early_stopping": {"patience": 150}},
-            "grid": {"seed": [0, 1]}}
-    experiment = write_experiment(slow)
-    args = [sys.executable, "-m", "moelab.launch", "run_here", str(experiment), "--experiments-dir", "out", "--no-report"]
-    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def slow_experiment(write_experiment, epochs: int, seeds: list[int]):
+    return write_experiment({**TINY, "data": {"name": "digits", "max_train_samples": 100},
+                             "train": {**TINY["train"], "epochs": epochs, "early_stopping": {"patience": epochs}},
+                             "grid": {"seed": seeds}})
+
+
+def start_launch(experiment, cwd, *extra) -> subprocess.Popen:
+    args = [sys.executable, "-m", "moelab.launch", "run_here", str(experiment), "--experiments-dir", "out", "--no-report",
+            *extra]
+    return subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def running_job(root):
+    for status_file in root.glob("jobs/*/status.json"):
+        try:
+            status = read_json(status_file)
+        except (OSError, json.JSONDecodeError):
+            continue
+        if status["state"] == "running":
+            return status
+    return None
+
+
+def test_a_worker_killed_mid_job_is_taken_over_and_the_job_completes_once(write_experiment, tmp_path):
+    experiment = slow_experiment(write_experiment, 150, [0, 1])
+    process = start_launch(experiment, tmp_path)
     root = tmp_path / "out" / "tiny"
     try:
         assert wait_for(lambda: running_variant_with_epochs(root))
-        status_file = next(p for p in root.glob("jobs/*/status.json") if read_json(p)["state"] == "running")
-        os.kill(read_json(status_file)["pid"], signal.SIGKILL)
-        output, _ = process.communicate(timeout=240)
+        killed = running_job(root)
+        os.kill(killed["pid"], signal.SIGKILL)
+        output, _ = process.communicate(timeout=600)
     finally:
         if process.poll() is None:
-            process.kill()
-    assert process.returncode == 1, output
-    assert "worker process died with exit code -9 (killed: out of memory?)" in output
-    assert "1 done" in output and "1 failed" in output
-    # the killed job is not left claiming to run: the next launch sees it as interrupted and resumes it
-    again = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out", "--no-report")
-    assert again.returncode == 0 and "1 to run" in again.stdout
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, output
+    assert f"worker process died with exit code -9 (killed: out of memory?) while running {killed['key']}" in output
+    assert "2 done" in output and "0 failed" in output
+    status = read_json(root / "jobs" / killed["key"] / "status.json")
+    assert status["state"] == "done" and status["attempts"] == 2  # taken over once, from its checkpoint
+    for name in status["variants"]:
+        assert [r["epoch"] for r in read_jsonl(root / "jobs" / killed["key"] / name / "metrics.jsonl")] == list(range(150))
+
+
+def test_sigterm_and_sighup_stop_a_launch_like_ctrl_c(write_experiment, tmp_path):
+    experiment = slow_experiment(write_experiment, 200, [0])
+    root = tmp_path / "out" / "tiny"
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        process = start_launch(experiment, tmp_path)
+        try:
+            assert wait_for(lambda: running_variant_with_epochs(root))
+            os.kill(process.pid, signum)  # the launcher alone, as `kill` or a closing terminal does
+            output, _ = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+        assert process.returncode == 130, output
+        assert "0 done" in output and "interrupted: run the same command again to resume" in output
+        assert read_json(next(root.glob("jobs/*/status.json")))["state"] == "interrupted"
+        assert wait_for(lambda: not pids_in_group(process.pid))  # no worker left behind
+
+
+def pids_in_group(group: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_workers_stop_when_their_launcher_is_killed(write_experiment, tmp_path):
+    experiment = slow_experiment(write_experiment, 200, [0])
+    root = tmp_path / "out" / "tiny"
+    process = start_launch(experiment, tmp_path)
+    try:
+        assert wait_for(lambda: running_variant_with_epochs(root))
+        os.kill(process.pid, signal.SIGKILL)  # no chance to clean up: the OOM killer, a lost SSH session
+        process.wait(timeout=30)
+        assert wait_for(lambda: not pids_in_group(process.pid)), "orphaned workers kept running"
+    finally:
+        for pid in pids_in_group(process.pid):
+            os.kill(pid, signal.SIGKILL)
+    status = read_json(next(root.glob("jobs/*/status.json")))
+    assert status["state"] == "interrupted" and not list(root.rglob("*.tmp"))
+    resumed = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out", "--no-report")
+    assert resumed.returncode == 0 and "1 to run" in resumed.stdout, resumed.stdout
+
+
+def test_two_launches_at_once_train_every_job_once_and_both_succeed(write_experiment, tmp_path):
+    experiment = slow_experiment(write_experiment, 30, [0, 1, 2, 3])
+    first = start_launch(experiment, tmp_path, "--workers", "1")
+    second = start_launch(experiment, tmp_path, "--workers", "1")
+    outputs = [p.communicate(timeout=900)[0] for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, outputs
+    root = tmp_path / "out" / "tiny"
+    statuses = [read_json(p) for p in root.glob("jobs/*/status.json")]
+    assert len(statuses) == 4 and all(s["state"] == "done" and s["attempts"] == 1 for s in statuses)
+    assert "FAILED" not in "".join(outputs)
+    assert any("ran elsewhere" in output for output in outputs)
+
+
+def test_cpu_workers_never_hold_more_threads_than_cores():
+    from moelab.launch.pool import worker_slots
+
+    assert [s.threads for s in worker_slots(6, None, 1, [], 2)] == [1, 1]  # single-thread workers for small jobs
+    assert [s.threads for s in worker_slots(1, None, 1, [], 8)] == [8]  # one job: all cores
+    assert [s.threads for s in worker_slots(3, None, 1, [], 8)] == [2, 2, 2]
+    assert [s.threads for s in worker_slots(10, 2, 1, [], 8)] == [4, 4]
+    gpu = worker_slots(10, None, 4, [0, 1], 16)
+    assert [s.gpu for s in gpu] == [0, 1] * 4 and {s.threads for s in gpu} == {2}

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 
 from moelab.results import collect, load_runs
 from moelab.results.io import atomic_write, read_json, write_json
 from conftest import copy_job, make_job
+from moelab.results.claims import is_claimed, try_claim
 from moelab.results.status import JobState, job_state
+from moelab.results.tree import JobTree
 from moelab.train.job import run_job
 
 
@@ -55,7 +63,7 @@ def test_job_state_from_disk(tmp_path):
     job = make_job(tmp_path)
     assert job_state(job, ["mlp"]) == JobState.PENDING
     write_json(job.status_file, {"state": "running", "variants": {}})
-    assert job_state(job, ["mlp"]) == JobState.INTERRUPTED  # nobody holds the lock: the writer is gone
+    assert job_state(job, ["mlp"]) == JobState.INTERRUPTED  # nobody holds its claim: the writer is gone
 
 
 def test_the_cache_rereads_exactly_the_jobs_that_changed(finished_job, tmp_path):
@@ -70,3 +78,76 @@ def test_the_cache_rereads_exactly_the_jobs_that_changed(finished_job, tmp_path)
     assert again.loc[again["variant"] == "mlp", "test_acc"].item() == first.runs.loc[first.runs["variant"] == "mlp", "test_acc"].item()
     (root / "summary" / ".cache.pkl").write_bytes(b"damaged")  # a damaged cache is ignored, not fatal
     assert len(collect(root, curves=False, cache=True).runs) == 4
+
+
+def test_a_claim_is_exclusive_and_released(tmp_path):
+    job = JobTree(tmp_path / "jobs" / "k")
+    claim = try_claim(job)
+    assert claim is not None and is_claimed(job)
+    assert try_claim(job) is None  # held by a live process (this one)
+    claim.release()
+    assert not is_claimed(job) and not job.claim_file.exists()
+    with try_claim(job) as again:
+        assert again is not None
+
+
+def test_a_claim_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path):
+    job = JobTree(tmp_path / "jobs" / "k")
+    holder_process = subprocess.run(
+        [sys.executable, "-c", "import sys; from moelab.results.claims import try_claim; "
+         "from moelab.results.tree import JobTree; from pathlib import Path; c = try_claim(JobTree(Path(sys.argv[1]))); "
+         "import os; os._exit(0)",
+         str(job.path)], check=True)
+    assert holder_process.returncode == 0 and job.claim_file.exists()
+    assert not is_claimed(job)  # its pid is gone
+    claim = try_claim(job)
+    assert claim is not None and json.loads(job.claim_file.read_text())["pid"] == os.getpid()
+    claim.release()
+
+
+def test_a_claim_from_another_host_is_stale_after_the_heartbeat_timeout(tmp_path, monkeypatch):
+    job = JobTree(tmp_path / "jobs" / "k")
+    job.path.mkdir(parents=True)
+    job.claim_file.write_text(json.dumps({"owner": "other", "host": "node-elsewhere", "pid": 1}))
+    monkeypatch.setenv("MOELAB_CLAIM_TIMEOUT_S", "60")
+    assert is_claimed(job) and try_claim(job) is None  # its heartbeat is fresh
+    old = time.time() - 61
+    os.utime(job.claim_file, (old, old))
+    assert not is_claimed(job)
+    claim = try_claim(job)
+    assert claim is not None
+    claim.release()
+
+
+def test_a_worker_whose_claim_was_taken_over_learns_it_lost_the_job(tmp_path, monkeypatch):
+    import moelab.results.claims as claims
+
+    monkeypatch.setattr(claims, "HEARTBEAT_S", 0.05)
+    job = JobTree(tmp_path / "jobs" / "k")
+    claim = try_claim(job)
+    job.claim_file.write_text(json.dumps({"owner": "someone-else", "host": "x", "pid": 1}))
+    deadline = time.monotonic() + 30
+    while not claim.lost and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert claim.lost
+    claim.release()
+    assert job.claim_file.exists()  # the new holder's claim is left alone
+
+
+def test_claimers_racing_for_the_same_jobs_never_both_win(tmp_path):
+    """Processes claim the same 40 jobs at once; each job is won by exactly one of them."""
+    script = (
+        "import sys, json\n"
+        "from moelab.results.claims import try_claim\n"
+        "from moelab.results.tree import JobTree\n"
+        "from pathlib import Path\n"
+        "won = [k for k in range(40) if try_claim(JobTree(Path(sys.argv[1]) / 'jobs' / str(k))) is not None]\n"
+        "print(json.dumps(won), flush=True)\n"
+        "sys.stdin.read()  # hold the claims (alive) until every racer is done\n"
+    )
+    racers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    wins = [json.loads(p.stdout.readline()) for p in racers]
+    for racer in racers:
+        racer.communicate(timeout=60)
+    assert sorted(k for won in wins for k in won) == list(range(40))

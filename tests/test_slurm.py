@@ -85,31 +85,47 @@ def submit(cwd, experiment, profile, *args):
     return done
 
 
-def test_submitted_grid_equals_run_here_and_splits_into_several_arrays(write_experiment, tmp_path, profile):
-    experiment = write_experiment({**TINY, "slurm": {"max_array_size": 3}})  # 4 jobs -> arrays of 3 and 1
+def array_tasks(tree: Path) -> list[str]:
+    """Every array task of the experiment's submissions, as sacct lists them."""
+    arrays = sorted({a for ids in SlurmFiles(ExperimentTree(tree)).submitted_ids().values() for a in ids})
+    return sorted(queue.query(arrays, whole_arrays=True))
+
+
+def test_a_packed_grid_runs_as_few_tasks_and_equals_run_here(write_experiment, tmp_path, profile):
+    """24 jobs, 8 per task: 3 array tasks (in arrays of at most 2), every job done once, the same
+    numbers as run_here, and nothing in the tree tells how the jobs were packed."""
+    grid = {**TINY, "variants": TINY["variants"][:2], "train": {**TINY["train"], "epochs": 2},
+            "grid": {"seed": list(range(12)), "variants.*.num_experts": [2, 4]},
+            "slurm": {"jobs_per_task": 8, "max_array_size": 2}}
+    experiment = write_experiment(grid)
     started = time.monotonic()
     submitted = submit(tmp_path, experiment, profile)
-    assert time.monotonic() - started < 30  # non-blocking: returns right after sbatch
-    assert "submitted 4 job(s) in 2 array(s)" in submitted.stdout and "status" in submitted.stdout
-    final = wait_until(lambda: all_final(experiment, tmp_path / "out"), 300, "the submitted grid")
-    assert set(final.values()) == {"done"}
+    assert time.monotonic() - started < 60  # non-blocking: returns right after sbatch
+    assert "submitted 24 job(s) as 3 task(s) in 2 array(s)" in submitted.stdout, submitted.stdout
+    final = wait_until(lambda: all_final(experiment, tmp_path / "out"), 600, "the packed grid")
+    assert set(final.values()) == {"done"} and len(final) == 24
     tree = tmp_path / "out" / "tiny"
-    ids = SlurmFiles(ExperimentTree(tree)).submitted_ids()
-    assert len({i.split("_")[0] for i in ids.values()}) == 2
+    assert len(wait_until(lambda: len(array_tasks(tree)) == 3 and array_tasks(tree), 60, "sacct to list the tasks")) == 3
+    assert all(json.loads(p.read_text())["attempts"] == 1 for p in tree.glob("jobs/*/status.json"))
 
-    local = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "local", "--workers", "2", "--no-report")
+    local = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "local", "--no-report")
     assert local.returncode == 0
     assert results_of(tree) == results_of(tmp_path / "local" / "tiny")  # same numbers wherever a job ran
 
     status = launch(tmp_path, "status", str(tree))
-    assert status.returncode == 0 and "4 DONE (4 jobs)" in status.stdout
+    assert status.returncode == 0 and "24 DONE (24 jobs)" in status.stdout
     plots = subprocess.run([sys.executable, "-m", "moelab.report.cli", str(tree)], cwd=tmp_path, capture_output=True, text=True)
-    assert plots.returncode == 0 and "16 of 16 runs finished" in plots.stdout
+    assert plots.returncode == 0 and "48 of 48 runs finished" in plots.stdout
 
     again = submit(tmp_path, experiment, profile)
     assert "0 to submit" in again.stdout and "nothing to submit" in again.stdout
 
-    # --force trains every job again from scratch on the cluster too
+
+def test_force_retrains_every_job_on_the_cluster_too(write_experiment, tmp_path, profile):
+    experiment = write_experiment({**TINY, "train": {**TINY["train"], "epochs": 2}})
+    submit(tmp_path, experiment, profile)
+    wait_until(lambda: all_final(experiment, tmp_path / "out"), 300, "the grid")
+    tree = tmp_path / "out" / "tiny"
     before = {p: p.stat().st_mtime_ns for p in tree.glob("jobs/*/*/results.json")}
     forced = submit(tmp_path, experiment, profile, "--force")
     assert "4 to submit" in forced.stdout
@@ -118,35 +134,50 @@ def test_submitted_grid_equals_run_here_and_splits_into_several_arrays(write_exp
     assert all(json.loads(p.read_text())["attempts"] == 1 for p in tree.glob("jobs/*/status.json"))  # fresh status
 
 
+def test_a_grid_larger_than_max_submit_jobs_goes_as_fewer_fuller_tasks(write_experiment, tmp_path, profile):
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    limit = subprocess.run(["sacctmgr", "-i", "modify", "user", user, "set", "MaxSubmitJobs=2"], capture_output=True,
+                           text=True)
+    assert limit.returncode == 0, limit.stderr
+    try:
+        experiment = write_experiment({**TINY, "variants": TINY["variants"][:1], "train": {**TINY["train"], "epochs": 1},
+                                       "grid": {"seed": [0, 1, 2, 3, 4, 5]}, "slurm": {"jobs_per_task": 1}})
+        submitted = submit(tmp_path, experiment, profile)
+        assert "MaxSubmitJobs" in submitted.stdout and "as 2 task(s)" in submitted.stdout, submitted.stdout
+        final = wait_until(lambda: all_final(experiment, tmp_path / "out"), 300, "the limited grid")
+        assert set(final.values()) == {"done"} and len(final) == 6
+    finally:
+        subprocess.run(["sacctmgr", "-i", "modify", "user", user, "set", "MaxSubmitJobs=-1"], check=True,
+                       capture_output=True)
+
+
 def test_dry_run_prints_the_array_script_and_submits_nothing(write_experiment, tmp_path, profile):
     experiment = write_experiment()
     queued = lambda: set(subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True).stdout.split())
     before = queued()
-    done = submit(tmp_path, experiment, profile, "--dry-run", "slurm.array_parallelism=3")
+    done = submit(tmp_path, experiment, profile, "--dry-run", "slurm.array_parallelism=3", "slurm.jobs_per_task=1")
     assert "#SBATCH --array=0-3%3" in done.stdout and "#SBATCH --signal=USR2@90" in done.stdout
     assert "submitit.core._submit" in done.stdout and "dry run: nothing is submitted or written" in done.stdout
     assert not (tmp_path / "out").exists()
     assert queued() <= before  # no new job (earlier tests' jobs may still be finishing)
 
 
-def test_a_job_past_its_time_limit_is_requeued_and_ends_as_an_uninterrupted_run(write_experiment, tmp_path, profile):
-    # about 110 s of training: past the first signal (about 80 s in, see slurm_signal_delay_s)
-    long_job = {"name": "long", "data": {"name": "digits"},
-                "train": {"epochs": 800, "batch_size": 16, "lr": 0.001, "early_stopping": {"patience": 1000}},
-                "variants": [{"name": "moe_topk", "model": "moe_topk", "hidden": 256, "k": 2}]}
-    experiment = write_experiment(long_job)
-    submit(tmp_path, experiment, profile, "slurm.timeout_min=2", "slurm.slurm_signal_delay_s=30")
-    # the reference: the same job, uninterrupted, in another experiments folder, at the same time
-    reference = launch(tmp_path, "submit", str(experiment), "--profile", str(profile), "--experiments-dir", "reference")
-    assert reference.returncode == 0
-    final = wait_until(lambda: all_final(experiment, tmp_path / "out"), 540, "the requeued job")
+def test_a_packed_task_past_its_time_limit_is_requeued_and_finishes_all_its_jobs(write_experiment, tmp_path, profile):
+    # two jobs in one task, about 130 s of training in all: past the first signal (about 80 s in)
+    long_jobs = {"name": "long", "data": {"name": "digits"},
+                 "train": {"epochs": 450, "batch_size": 16, "lr": 0.001, "early_stopping": {"patience": 1000}},
+                 "variants": [{"name": "moe_topk", "model": "moe_topk", "hidden": 256, "k": 2}],
+                 "grid": {"seed": [0, 1]}, "slurm": {"jobs_per_task": 2}}
+    experiment = write_experiment(long_jobs)
+    submitted = submit(tmp_path, experiment, profile, "slurm.timeout_min=2", "slurm.slurm_signal_delay_s=30")
+    assert "as 1 task(s)" in submitted.stdout
+    final = wait_until(lambda: all_final(experiment, tmp_path / "out"), 600, "the requeued task")
     assert set(final.values()) == {"done"}
-    wait_until(lambda: all_final(experiment, tmp_path / "reference"), 240, "the reference job")
-    job = next((tmp_path / "out" / "long" / "jobs").iterdir())
-    from moelab.results.io import read_json
-
-    status = read_json(job / "status.json")
-    assert status["slurm"]["restart_count"] >= 1 and status["attempts"] >= 2, status
+    statuses = [json.loads(p.read_text()) for p in (tmp_path / "out" / "long").glob("jobs/*/status.json")]
+    assert any(s["slurm"]["restart_count"] >= 1 and s["attempts"] >= 2 for s in statuses), statuses
+    # the reference: the same jobs, uninterrupted, here
+    reference = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "reference", "--no-report")
+    assert reference.returncode == 0
     assert results_of(tmp_path / "out" / "long") == results_of(tmp_path / "reference" / "long")
 
 
@@ -156,9 +187,9 @@ def test_cancelled_job_shows_cancelled_and_rerun_failed_completes_it(write_exper
     experiment = write_experiment(slow)
     submit(tmp_path, experiment, profile)
     tree = ExperimentTree(tmp_path / "out" / "tiny")
-    key, slurm_id = sorted(SlurmFiles(tree).submitted_ids().items())[0]
+    key, arrays = sorted(SlurmFiles(tree).submitted_ids().items())[0]
     wait_until(lambda: states(experiment, tmp_path / "out").get(key) == "running", 120, "the job to run")
-    subprocess.run(["scancel", slurm_id], check=True)
+    subprocess.run(["scancel", *arrays], check=True)
     wait_until(lambda: states(experiment, tmp_path / "out").get(key) == "cancelled", 60, "sacct to say CANCELLED")
     status = launch(tmp_path, "status", str(tree.path))
     assert f"{key}  CANCELLED" in status.stdout and "--rerun-failed" in status.stdout
@@ -182,9 +213,9 @@ def test_a_job_that_raises_is_failed_with_its_error_line(write_experiment, tmp_p
     assert final == {key: "failed"}
     # SLURM itself records the task as failed, not completed
     def slurm_word():
-        slurm_id = SlurmFiles(ExperimentTree(tmp_path / "out" / "tiny")).submitted_ids()[key]
-        record = queue.query([slurm_id]).get(slurm_id)
-        return record.state if record and record.state not in ("RUNNING", "COMPLETING", "PENDING") else None
+        array = SlurmFiles(ExperimentTree(tmp_path / "out" / "tiny")).submitted_ids()[key][0]
+        records = list(queue.query([array], whole_arrays=True).values())
+        return records[0].state if records and records[0].state not in ("RUNNING", "COMPLETING", "PENDING") else None
 
     assert wait_until(slurm_word, 60, "sacct to record the end of the task") == "FAILED"
     status = launch(tmp_path, "status", str(tmp_path / "out" / "tiny"))

@@ -98,11 +98,11 @@ def test_a_failing_variant_is_recorded_and_the_others_finish(tmp_path, monkeypat
     assert read_json(job.status_file)["attempts"] == 2
 
 
-def test_a_job_held_by_another_process_is_not_run_twice(tmp_path):
-    from filelock import FileLock
+def test_a_claimed_job_is_not_run_twice(tmp_path):
+    from moelab.results.claims import try_claim
 
     job = make_job(tmp_path)
-    with FileLock(job.lock_file):
+    with try_claim(job):
         assert run_job(job.path).state == "busy"
     assert not job.status_file.exists()
 

@@ -115,6 +115,8 @@ SelectTypeParameters=CR_Core_Memory
 JobAcctGatherType=jobacct_gather/linux
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
+# limits (MaxSubmitJobs and friends) are enforced, as on a shared cluster; jobs need an association
+AccountingStorageEnforce=associations,limits,qos
 JobRequeue=1
 ReturnToService=2
 MaxArraySize=${MOELAB_SLURM_MAX_ARRAY_SIZE:-1001}
@@ -133,6 +135,14 @@ fi
 wait_for 30 slurmdbd sacctmgr -n show cluster
 if ! sacctmgr -n -P show cluster format=cluster | grep -qx "$CLUSTER"; then
     sacctmgr -i add cluster "$CLUSTER" >/dev/null
+fi
+# the user who submits needs an association (an account on this cluster) now that limits are enforced
+if ! sacctmgr -n -P show account format=account | grep -qx moelab; then
+    sacctmgr -i add account moelab cluster="$CLUSTER" >/dev/null
+fi
+submitter="${SUDO_USER:-$(id -un)}"
+if ! sacctmgr -n -P show assoc where user="$submitter" format=user | grep -qx "$submitter"; then
+    sacctmgr -i add user "$submitter" account=moelab cluster="$CLUSTER" >/dev/null
 fi
 if ! alive "$DIR/run/slurmctld.pid" slurmctld; then
     log "starting slurmctld"

@@ -14,7 +14,9 @@ DATA: Section = section_from_dataclass(DataSettings)
 TRAIN: Section = section_from_dataclass(TrainSettings)
 
 LOCAL: Section = {
-    "workers": Field(int, None, min=1, nullable=True, help="worker processes (null: one per GPU, else one)"),
+    "workers": Field(int, None, min=1, nullable=True,
+                     help="worker processes (null: jobs_per_gpu per GPU, else one single-thread worker per core)"),
+    "jobs_per_gpu": Field(int, 1, min=1, max=64, help="jobs trained at once on each GPU"),
 }
 
 SLURM: Section = {
@@ -33,6 +35,11 @@ SLURM: Section = {
     "setup": Field(list, [], item_kind=str, help="shell lines run before the job, e.g. module load"),
     "python": Field(str, None, nullable=True, help="python executable on the nodes"),
     "max_array_size": Field(int, None, min=1, nullable=True, help="tasks per array (null: the cluster's MaxArraySize)"),
+    "jobs_per_task": Field(int, None, min=1, nullable=True,
+                           help="jobs one array task pulls (null: as many as make at most array_parallelism tasks)"),
+    "jobs_per_gpu": Field(int, 1, min=1, max=64, help="jobs a task trains at once on each of its GPUs"),
+    "max_submit_jobs": Field(int, None, min=1, nullable=True,
+                             help="jobs you may have queued, where accounting cannot say (MaxSubmitJobs)"),
     "additional_parameters": Field(dict, {}, help="extra sbatch parameters"),
 }
 

@@ -6,6 +6,7 @@ config.json, and one line in launches.jsonl.
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 from collections import Counter
@@ -16,8 +17,8 @@ import yaml
 from filelock import FileLock
 
 from moelab.config import Experiment, Job
-from moelab.results.io import append_jsonl, write_json_if_changed, write_text
-from moelab.results.status import FAILURES, JobState, host, job_state, merge_states, now
+from moelab.results.io import append_jsonl, read_json, write_json, write_json_if_changed, write_text
+from moelab.results.status import FAILURES, JobState, host, job_state, merge_states, now, read_status
 from moelab.results.tree import ExperimentTree
 
 
@@ -29,6 +30,8 @@ class LaunchPlan:
     states: dict[str, JobState]  # job key -> state before this launch
     to_run: list[Job] = field(default_factory=list)
     fresh: bool = False  # --force: discard earlier outputs of the jobs that run
+    attempts: dict[str, int] = field(default_factory=dict)  # job key -> attempts before this launch
+    launch_id: str = ""  # set when written: names launches/<id>/ and its plan.json
 
     def skipped(self) -> Counter:
         running = {j.key for j in self.to_run}
@@ -51,30 +54,56 @@ def make_plan(experiment: Experiment, experiments_dir: Path, force: bool = False
     if force:
         wanted.add(JobState.DONE)
     to_run = [job for job in jobs if states[job.key] in wanted]
-    return LaunchPlan(experiment, tree, jobs, states, to_run, fresh=force)
+    attempts = {job.key: (status.attempts if (status := read_status(tree.job(job.key))) else 0) for job in to_run}
+    return LaunchPlan(experiment, tree, jobs, states, to_run, fresh=force, attempts=attempts)
 
 
 def write_plan(plan: LaunchPlan, mode: str, argv: list[str]) -> None:
+    """experiment.yaml, the jobs' config.json, launches/<id>/ (plan.json, provenance), launches.jsonl."""
     tree = plan.tree
     write_text(tree.experiment_file, yaml.safe_dump(plan.experiment.doc, sort_keys=False))
     for job in plan.to_run:
         write_json_if_changed(tree.job(job.key).config_file, plan.experiment.job_spec(job))
     skipped = plan.skipped()
     time = now()
-    provenance = tree.launch_folder(time)
+    # the time for people, a random suffix for two launches started in the same second
+    plan.launch_id = f"{time.replace(':', '')}-{secrets.token_hex(2)}"
+    provenance = tree.launch_folder(plan.launch_id)
     git = git_info(plan.experiment.source.parent)
     diff = git.pop("diff")
-    if diff:
-        write_text(provenance / "git.diff", diff + "\n")
-    write_text(provenance / "pip-freeze.txt", pip_freeze())
+    if plan.to_run:  # a launch that runs nothing needs no plan and no environment record
+        write_json(tree.plan_file(plan.launch_id), PlanFile(plan.launch_id, plan.fresh, [
+            [job.key, plan.attempts[job.key]] for job in plan.to_run]).to_dict())
+        if diff:
+            write_text(provenance / "git.diff", diff + "\n")
+        write_text(provenance / "pip-freeze.txt", pip_freeze())
     record = {
         "time": time, "mode": mode, "experiment_file": str(plan.experiment.source), "argv": argv,
-        **git, "provenance": str(provenance), "host": host(), "python": sys.executable,
+        **git, "provenance": str(provenance) if plan.to_run else None, "host": host(), "python": sys.executable,
         "jobs_total": len(plan.jobs), "jobs_run": len(plan.to_run), "jobs_skipped": {str(s): n for s, n in skipped.items()},
-        "force": plan.fresh,
+        "force": plan.fresh, "launch_id": plan.launch_id,
     }
     with FileLock(tree.launches_lock):
         append_jsonl(tree.launches_file, record)
+
+
+@dataclass
+class PlanFile:
+    """launches/<id>/plan.json: the jobs a launch's workers pull, in grid order, each with the
+    attempts it had when planned. A job is this launch's to run while nobody attempted it since
+    (its attempts are unchanged) or while it is unfinished; `fresh`: discard earlier outputs first."""
+
+    launch_id: str
+    fresh: bool
+    jobs: list[list]  # [key, attempts when planned]
+
+    def to_dict(self) -> dict:
+        return {"launch_id": self.launch_id, "fresh": self.fresh, "jobs": self.jobs}
+
+    @classmethod
+    def read(cls, path: Path) -> "PlanFile":
+        data = read_json(path)
+        return cls(data["launch_id"], data["fresh"], [list(entry) for entry in data["jobs"]])
 
 
 def git_info(where: Path) -> dict:

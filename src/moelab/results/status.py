@@ -12,8 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from enum import Enum
 
-from filelock import FileLock, Timeout
-
+from moelab.results.claims import is_claimed
 from moelab.results.io import read_json, write_json
 from moelab.results.tree import JobTree
 
@@ -21,7 +20,7 @@ from moelab.results.tree import JobTree
 class JobState(str, Enum):
     PENDING = "pending"  # no attempt yet
     QUEUED = "queued"  # waiting in a cluster queue
-    RUNNING = "running"  # a process holds the job right now
+    RUNNING = "running"  # a live process holds the job's claim
     INTERRUPTED = "interrupted"  # stopped (Ctrl-C, time limit, killed) before finishing: the next launch resumes it
     FAILED = "failed"  # an attempt finished and at least one variant raised
     CANCELLED = "cancelled"  # a queue cancelled or preempted it
@@ -137,32 +136,21 @@ def read_status(job: JobTree) -> JobStatus | None:
     return JobStatus.from_dict({"key": job.key, **data}) if isinstance(data, dict) else None
 
 
-def is_locked(job: JobTree) -> bool:
-    if not job.lock_file.exists():
-        return False
-    lock = FileLock(job.lock_file, timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        return True
-    lock.release()
-    return False
-
-
 def job_state(job: JobTree, variant_names: list[str] | None = None) -> JobState:
     if variant_names and all(job.variant(v).is_done() for v in variant_names):
         return JobState.DONE
     status = read_status(job)
     if status is None:
-        return JobState.RUNNING if is_locked(job) else JobState.PENDING
-    if status.state is JobState.RUNNING and not is_locked(job):
+        return JobState.RUNNING if is_claimed(job) else JobState.PENDING
+    if status.state is JobState.RUNNING and not is_claimed(job):
         return JobState.INTERRUPTED  # the process that wrote "running" is gone
     return status.state
 
 
 def merge_states(disk: JobState, queue: JobState | None) -> JobState:
-    """The disk is trusted for finished work (a queue's accounting can lag behind results files);
-    the queue for what the disk cannot know: queued, cancelled, timed out, out of memory, node failure."""
-    if disk in (JobState.DONE, JobState.FAILED) or queue is None:
+    """The disk is trusted for finished work (a queue's accounting can lag behind results files) and
+    for a job a live process has claimed; the queue for what the disk cannot know: queued,
+    cancelled, timed out, out of memory, node failure."""
+    if disk in (JobState.DONE, JobState.FAILED, JobState.RUNNING) or queue is None:
         return disk
     return queue

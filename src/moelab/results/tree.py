@@ -2,11 +2,11 @@
 
     <root>/<name>/experiment.yaml            resolved experiment as last launched
     <root>/<name>/launches.jsonl             one line per launch
-    <root>/<name>/launches/<time>/           pip-freeze.txt and git.diff of that launch
+    <root>/<name>/launches/<time>/           plan.json (the jobs workers pull), pip-freeze.txt, git.diff
     <root>/<name>/jobs/<key>/config.json     the job's resolved configuration
     <root>/<name>/jobs/<key>/status.json     job and variant states, attempts, tracebacks
+    <root>/<name>/jobs/<key>/.claim          which process runs the job now, with its heartbeat
     <root>/<name>/jobs/<key>/<variant>/      metrics.jsonl, results.json (written last), weights/, analysis/
-    <root>/<name>/claims/                    which worker holds which job, with heartbeats
     <root>/<name>/<backend>/                 what a backend keeps (slurm/: submitit's files and logs)
     <root>/<name>/summary/                   tables and plots written by create-plots
     <root>/<name>/report/index.html          the HTML report
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # names a variant cannot take: they are files or folders of the job folder
-JOB_FILE_NAMES = frozenset({"config.json", "status.json", ".lock"})
+JOB_FILE_NAMES = frozenset({"config.json", "status.json", ".claim", ".claim.takeover"})
 
 
 @dataclass(frozen=True)
@@ -42,17 +42,16 @@ class ExperimentTree:
     def launches_lock(self) -> Path:
         return self.path / ".launches.lock"
 
-    def launch_folder(self, time: str) -> Path:
-        """Provenance of one launch (its ISO time without colons)."""
-        return self.path / "launches" / time.replace(":", "")
+    def launch_folder(self, launch_id: str) -> Path:
+        """Provenance of one launch, and the plan its workers pull jobs from."""
+        return self.path / "launches" / launch_id
+
+    def plan_file(self, launch_id: str) -> Path:
+        return self.launch_folder(launch_id) / "plan.json"
 
     @property
     def jobs_dir(self) -> Path:
         return self.path / "jobs"
-
-    @property
-    def claims_dir(self) -> Path:
-        return self.path / "claims"
 
     def backend_dir(self, backend: str) -> Path:
         return self.path / backend
@@ -125,8 +124,12 @@ class JobTree:
         return self.path / "status.json"
 
     @property
-    def lock_file(self) -> Path:
-        return self.path / ".lock"
+    def claim_file(self) -> Path:
+        return self.path / ".claim"
+
+    @property
+    def claim_takeover_lock(self) -> Path:
+        return self.path / ".claim.takeover"
 
     def variant(self, name: str) -> "VariantTree":
         return VariantTree(self.path / name)

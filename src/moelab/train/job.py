@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from filelock import FileLock, Timeout
 
 from moelab.data import DataSettings, load_dataset
 from moelab.report.plots import variant_curves
+from moelab.results.claims import Claim, try_claim
 from moelab.results.io import read_json
 from moelab.results.status import JobState, JobStatus, VariantStatus, host, now, read_status
 from moelab.results.tree import JobTree, VariantTree
@@ -47,21 +47,26 @@ BUSY = "busy"
 
 
 def run_job(job_dir: str | Path, fresh: bool = False, stop_requested: Callable[[], bool] = lambda: False,
-            runtime_info: dict | None = None) -> JobOutcome:
-    """Train every unfinished variant of the job in `job_dir`. `fresh` discards earlier outputs first."""
+            runtime_info: dict | None = None, claim: Claim | None = None) -> JobOutcome:
+    """Train every unfinished variant of the job in `job_dir`. `fresh` discards earlier outputs first.
+
+    The job must be claimed: by the caller (a worker that pulled it, `claim`), else here. A job
+    whose claim a live process holds is not run (`busy`). Training stops at the end of an epoch
+    when `stop_requested()` says so or when the claim is lost to a worker that took the job over."""
     job = JobTree(Path(job_dir))
-    lock = FileLock(job.lock_file, timeout=0)
+    own_claim = claim is None
+    if own_claim:
+        claim = try_claim(job)
+        if claim is None:
+            return JobOutcome(job.key, BUSY, errors={"job": "another process is running this job"})
     try:
-        lock.acquire()
-    except Timeout:
-        return JobOutcome(job.key, BUSY, errors={"job": "another process is running this job"})
-    try:
-        return _run_locked(job, fresh, stop_requested, runtime_info or {})
+        return _run_claimed(job, fresh, lambda: stop_requested() or claim.lost, runtime_info or {})
     finally:
-        lock.release()
+        if own_claim:
+            claim.release()
 
 
-def _run_locked(job: JobTree, fresh: bool, stop_requested, runtime_info: dict) -> JobOutcome:
+def _run_claimed(job: JobTree, fresh: bool, stop_requested, runtime_info: dict) -> JobOutcome:
     spec = read_json(job.config_file)
     config = spec["config"]
     settings = TrainSettings.from_dict(config["train"])

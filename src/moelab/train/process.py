@@ -11,12 +11,17 @@ import os
 
 
 def prepare_process(threads: int | None = None, gpu: int | None = None) -> None:
-    """`gpu`: the only GPU this process sees; `threads`: torch's intra-op threads (None: SLURM's
-    cpus-per-task when set, else torch's default)."""
+    """`gpu`: the only GPU this process sees, an index into the GPUs its parent sees; `threads`:
+    torch's threads (None: SLURM's cpus-per-task when set, else torch's default)."""
     if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        inherited = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        os.environ["CUDA_VISIBLE_DEVICES"] = inherited[gpu] if inherited else str(gpu)
+    threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))
+    if threads:
+        # OpenMP and MKL read these when torch loads: no pool larger than this process's share
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = str(threads)
     import torch
 
-    threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))
     if threads:
         torch.set_num_threads(threads)

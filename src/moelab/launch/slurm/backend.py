@@ -1,37 +1,46 @@
 """submit: the plan's jobs as SLURM job arrays through submitit; returns right after submission.
 
-One array per at most MaxArraySize jobs, throttled with array_parallelism (%N). submitit's folder
-(pickles and logs) is experiments/<name>/slurm/; each array task trains one job and writes the same
-experiments tree as run_here. Every submission is recorded in slurm/submissions.jsonl, which
-`status` reads to ask SLURM about the jobs.
+Jobs are packed: each array task is a pool of workers that pull the launch's plan (slurm/job.py),
+`jobs_per_gpu` at once per GPU (one per cpu on CPU tasks). How many tasks: `jobs_per_task` jobs
+each, by default as many as make at most `array_parallelism` tasks (tasks beyond those that may run
+at once would only wait in the queue; packing them saves scheduler entries and start-ups, and
+pulling keeps the tasks evenly busy). The cluster's limits bound the count: a grid larger than the
+user may still queue (MaxSubmitJobs, from accounting, else the profile's `max_submit_jobs`) goes
+as fewer, fuller tasks, in arrays of at most MaxArraySize tasks: never an sbatch error.
+
+submitit's folder (pickles and logs) is experiments/<name>/slurm/; every submission is recorded in
+slurm/submissions.jsonl, which `status` reads to ask SLURM about the jobs.
 """
 
 from __future__ import annotations
 
+import math
 import shlex
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
-from submitit.slurm.slurm import _make_sbatch_string  # the exact script submitit submits
+from submitit.slurm.slurm import _make_sbatch_string  # the exact script submitit submits (for --dry-run)
 
 from moelab.config import Experiment
 from moelab.launch.base import Backend, LaunchOptions, QueueView
 from moelab.launch.plan import LaunchPlan
 from moelab.launch.slurm import queue
-from moelab.launch.slurm.job import TrainJob
+from moelab.launch.slurm.job import PackedTask
 from moelab.launch.slurm.resources import load_resources, sbatch_parameters
 from moelab.results.io import append_jsonl, read_jsonl
-from moelab.results.status import now
+from moelab.results.status import JobState, read_status, now
 from moelab.results.tree import ExperimentTree
 
 
 class SlurmFiles:
     """What the SLURM backend keeps in <experiment>/slurm/: submitit's pickles and logs, and one line
-    per submission (job key -> SLURM id), which `status` reads to ask SLURM about the jobs."""
+    per submission (the array ids and the jobs of its plan), which `status` reads."""
 
     def __init__(self, tree: ExperimentTree):
+        self.tree = tree
         self.folder = tree.backend_dir("slurm")
 
     @property
@@ -42,13 +51,43 @@ class SlurmFiles:
         """submitit's stdout/stderr files of an array task ('123_4') or a single job ('123')."""
         return self.folder / f"{slurm_job_id}_0_log.out", self.folder / f"{slurm_job_id}_0_log.err"
 
-    def submitted_ids(self) -> dict[str, str]:
-        """job key -> SLURM id of its latest submission ('123_4', or '123' for a single job)."""
-        ids: dict[str, str] = {}
+    def submitted_ids(self) -> dict[str, list[str]]:
+        """job key -> the SLURM ids of its latest submission: array ids ('123': packed tasks pull
+        jobs, any task of the array may run it) or, in submissions of earlier versions, the id of
+        the array task that ran that one job ('123_4')."""
+        ids: dict[str, list[str]] = {}
         if self.submissions.is_file():
             for record in read_jsonl(self.submissions):
-                ids.update(record.get("jobs", {}))
+                jobs = record.get("jobs", [])
+                if isinstance(jobs, dict):
+                    ids.update({key: [task] for key, task in jobs.items()})
+                else:
+                    ids.update({key: record.get("arrays", []) for key in jobs})
         return ids
+
+
+@dataclass(frozen=True)
+class Packing:
+    tasks: int
+    jobs_per_task: int
+    arrays: list[int]  # tasks per array
+    why: str  # what bounded the task count
+
+
+def pack(jobs: int, concurrency: int, jobs_per_task: int | None, array_parallelism: int, max_array_size: int,
+         may_submit: int | None) -> Packing:
+    """Tasks for `jobs` jobs: `jobs_per_task` each (default: at most `array_parallelism` tasks, each
+    at least `concurrency` jobs), no more tasks than may be submitted, in arrays of `max_array_size`."""
+    per_task = jobs_per_task or max(concurrency, math.ceil(jobs / array_parallelism))
+    tasks = math.ceil(jobs / per_task)
+    why = f"{per_task} job(s) per task"
+    if may_submit is not None and tasks > may_submit:
+        tasks = may_submit
+        per_task = math.ceil(jobs / tasks)
+        tasks = math.ceil(jobs / per_task)
+        why = f"at most {may_submit} more job(s) may be queued (MaxSubmitJobs): {per_task} job(s) per task"
+    arrays = [min(max_array_size, tasks - start) for start in range(0, tasks, max_array_size)]
+    return Packing(tasks, per_task, arrays, why)
 
 
 class SlurmBackend(Backend):
@@ -68,48 +107,69 @@ class SlurmBackend(Backend):
 
     @classmethod
     def queue_view(cls, tree: ExperimentTree) -> QueueView:
-        ids = SlurmFiles(tree).submitted_ids()
-        if not ids:
+        """A job of an array that still has tasks queued or running is queued (until a worker claims
+        it: then the disk says running); one whose array ended early says how the array ended."""
+        submitted = SlurmFiles(tree).submitted_ids()
+        if not submitted:
             return QueueView()
         try:
-            by_id = queue.query(sorted(set(ids.values())))
+            by_id = queue.query(sorted({i for ids in submitted.values() for i in ids}), whole_arrays=True)
         except queue.QueueUnavailable as error:
             return QueueView(problem=str(error))
         view = QueueView()
-        for key, slurm_id in ids.items():
-            record = by_id.get(slurm_id)
-            if record is None:
-                continue
-            if record.moelab_state:
-                view.states[key] = record.moelab_state
-            view.notes[key] = f"SLURM says {record.state} (exit code {record.exit_code})"
-            if record.node:
-                view.nodes[key] = record.node
-            if record.elapsed_s is not None:
-                view.elapsed_s[key] = record.elapsed_s
+        for key, ids in submitted.items():
+            records = [r for task, r in by_id.items() if task in ids or task.split("_")[0] in ids]
+            state = array_state(records)
+            if state is not None:
+                view.states[key] = state
+            ended = [r for r in records if queue.STATES.get(r.state) not in (None, JobState.QUEUED, JobState.RUNNING)]
+            if ended:
+                view.notes[key] = f"SLURM says {ended[0].state} (exit code {ended[0].exit_code})"
+            if len(records) == 1:  # one task ran this job alone: where and how long is the job's
+                if records[0].node:
+                    view.nodes[key] = records[0].node
+                if records[0].elapsed_s is not None:
+                    view.elapsed_s[key] = records[0].elapsed_s
         return view
 
     @classmethod
     def failure_details(cls, tree: ExperimentTree, key: str) -> list[str]:
-        slurm_id = SlurmFiles(tree).submitted_ids().get(key)
-        if not slurm_id:
+        """The log of the array task that last ran the job (its status.json says which)."""
+        status = read_status(tree.job(key))
+        slurm = (status.slurm if status else None) or {}
+        if slurm.get("array_task_id"):
+            task = f"{slurm['array_job_id']}_{slurm['array_task_id']}"
+        else:
+            task = slurm.get("job_id") or next((i for i in SlurmFiles(tree).submitted_ids().get(key, []) if "_" in i), None)
+        if not task:
             return []
-        out, err = SlurmFiles(tree).logs(slurm_id)
+        out, err = SlurmFiles(tree).logs(task)
         return [f"log: {err} (stdout: {out.name})"]
 
     def _python(self) -> str:
         return self.resources["python"] or shlex.quote(sys.executable)
 
-    def chunks(self, plan: LaunchPlan) -> list[list]:
+    def concurrency(self) -> int:
+        """Jobs one task runs at once."""
+        if self.resources["gpus_per_node"]:
+            return self.resources["gpus_per_node"] * self.resources["jobs_per_gpu"]
+        return self.resources["cpus_per_task"]
+
+    def packing(self, jobs: int) -> Packing:
         try:
-            size = queue.max_array_size()
+            max_array = queue.max_array_size()
+            limit = queue.max_submit_jobs()
+            queued = queue.queued_jobs_of_user() if limit is not None or self.resources["max_submit_jobs"] else 0
         except queue.QueueUnavailable as error:
             if not self.dry_run:
                 raise
-            print(f"note: {error}; assuming MaxArraySize=1001")
-            size = 1001
-        size = min(size, self.resources["max_array_size"] or size)
-        return [plan.to_run[i : i + size] for i in range(0, len(plan.to_run), size)]
+            print(f"note: {error}; assuming MaxArraySize=1001 and no MaxSubmitJobs")
+            max_array, limit, queued = 1001, None, 0
+        max_array = min(max_array, self.resources["max_array_size"] or max_array)
+        limits = [v for v in (limit, self.resources["max_submit_jobs"]) if v is not None]
+        may_submit = max(1, min(limits) - queued) if limits else None
+        return pack(jobs, self.concurrency(), self.resources["jobs_per_task"], self.resources["array_parallelism"],
+                    max_array, may_submit)
 
     def launch(self, plan: LaunchPlan) -> int:
         if not plan.to_run:
@@ -118,37 +178,51 @@ class SlurmBackend(Backend):
         files = SlurmFiles(plan.tree)
         folder = files.folder.resolve()  # nodes may start in another directory
         params = sbatch_parameters(self.resources, job_name=f"moelab-{plan.experiment.name}")
+        try:
+            packing = self.packing(len(plan.to_run))
+        except queue.QueueUnavailable as error:
+            print(f"error: cannot ask SLURM for its limits ({error}); nothing was submitted", file=sys.stderr)
+            return 1
+        print(f"packing: {packing.tasks} task(s), {packing.why}, {min(packing.jobs_per_task, self.concurrency())} "
+              f"at once per task")
         if self.dry_run:
-            return self._print_dry_run(plan, folder, params)
-        submitted = []
-        for chunk in self.chunks(plan):
+            return self._print_dry_run(plan, folder, params, packing)
+        args = (str(plan.tree.path.resolve()), str(plan.tree.plan_file(plan.launch_id).resolve()),
+                self.resources["jobs_per_gpu"], packing.jobs_per_task)
+        arrays = []
+        for size in packing.arrays:
             executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=self.resources["max_num_timeout"],
                                               python=self._python())
             executor.update_parameters(**params)
             with executor.batch():
-                handles = [executor.submit(TrainJob(), str(plan.tree.job(job.key).path.resolve()), plan.fresh)
-                           for job in chunk]
-            ids = {job.key: handle.job_id for job, handle in zip(chunk, handles)}
-            append_jsonl(files.submissions, {"time": now(), "array_job_id": handles[0].job_id.split("_")[0],
-                                                "jobs": ids})
-            submitted.append((handles[0].job_id.split("_")[0], len(chunk)))
-        total = sum(n for _, n in submitted)
-        print(f"submitted {total} job(s) in {len(submitted)} array(s): "
+                handles = [executor.submit(PackedTask(), *args) for _ in range(size)]
+            arrays.append((handles[0].job_id.split("_")[0], size))
+        append_jsonl(files.submissions, {"time": now(), "launch_id": plan.launch_id, "arrays": [a for a, _ in arrays],
+                                         "jobs": [job.key for job in plan.to_run]})
+        print(f"submitted {len(plan.to_run)} job(s) as {packing.tasks} task(s) in {len(arrays)} array(s): "
               + ", ".join(f"array job {array} ({n} tasks, at most {min(n, self.resources['array_parallelism'])} at once)"
-                          for array, n in submitted))
+                          for array, n in arrays))
         print(f"logs: {folder}/<array id>_<task>_0_log.out (and .err)")
         print(f"follow them with: bash run/launch_experiment.sh status {plan.tree.path}")
         return 0
 
-    def _print_dry_run(self, plan: LaunchPlan, folder: Path, params: dict) -> int:
+    def _print_dry_run(self, plan: LaunchPlan, folder: Path, params: dict, packing: Packing) -> int:
         print("dry run: nothing is submitted or written\n")
         print(f"{'job':<14} grid values")
         for job in plan.to_run:
             print(f"{job.key:<14} " + " ".join(f"{k}={v}" for k, v in job.grid_values.items()))
         command = " ".join([self._python(), "-u -m submitit.core._submit", shlex.quote(str(folder))])
-        for index, chunk in enumerate(self.chunks(plan)):
+        for index, size in enumerate(packing.arrays):
             # submitit sends a batch of one as a plain job, not an array
-            script = _make_sbatch_string(command=command, folder=folder, map_count=len(chunk) if len(chunk) > 1 else None,
-                                         **params)
-            print(f"\n# sbatch script of array {index + 1} ({len(chunk)} tasks)\n{script}")
+            script = _make_sbatch_string(command=command, folder=folder, map_count=size if size > 1 else None, **params)
+            print(f"\n# sbatch script of array {index + 1} ({size} tasks)\n{script}")
         return 0
+
+
+def array_state(records: list) -> JobState | None:
+    """How an array stands for a job no task has finished: queued while any task is queued or
+    running, else the first way a task ended early, else None (ended normally: the disk knows)."""
+    states = [queue.STATES.get(r.state) for r in records]
+    if JobState.RUNNING in states or JobState.QUEUED in states:
+        return JobState.QUEUED
+    return next((s for s in states if s is not None), None)

@@ -1,40 +1,59 @@
-"""The callable each SLURM array task runs: one job of the grid, checkpointable for requeueing.
+"""What each SLURM array task runs: a pool of workers pulling the launch's plan on its node.
 
-Before a time limit (or on preemption) submitit sends a signal and calls `checkpoint`. The trainer
-has already written the full training state of the last finished epoch (weights/last.pt) and
-status.json, so `checkpoint` only asks for a requeue with the job folder: the requeued task reads
-the newest state from disk, never stale pickled arguments, and ends as an uninterrupted run would.
+A task runs `jobs_per_gpu` workers per GPU it was given (on a CPU task, one single-thread worker per
+cpu), each claiming the next job nobody holds, until no job is left for it. Before a time limit (or
+on preemption) submitit sends a signal and calls `checkpoint`: the workers are interrupted (each
+job's full training state of its last finished epoch is on disk) and the task is requeued with the
+same plan; the requeued task pulls the unfinished jobs again and they resume from their checkpoints.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import submitit
 
+from moelab.launch.pool import WorkerPool, worker_slots
 from moelab.results.status import JobState
-from moelab.train.process import prepare_process
+from moelab.results.tree import ExperimentTree
 
 
 class JobFailed(RuntimeError):
-    """Makes SLURM record the task as FAILED when a variant (or the job) raised."""
+    """Makes SLURM record the task as FAILED when a job it ran failed."""
 
 
-class TrainJob(submitit.helpers.Checkpointable):
-    def __call__(self, job_dir: str, fresh: bool = False) -> dict:
-        """`fresh` (submit --force) discards the job's earlier outputs; a requeue never does."""
-        prepare_process()
-        from moelab.train.job import run_job  # imports torch: after prepare_process
+class PackedTask(submitit.helpers.Checkpointable):
+    def __init__(self) -> None:
+        self.pool: WorkerPool | None = None
 
-        outcome = run_job(job_dir, fresh=fresh, runtime_info={"slurm": slurm_info()})
-        if outcome.state != JobState.DONE:
-            errors = "; ".join(f"{name}: {error}" for name, error in outcome.errors.items())
-            raise JobFailed(f"job {outcome.key} {outcome.state}: {errors} (details in {outcome.status_file})")
-        return {"key": outcome.key, "state": outcome.state, "seconds": outcome.seconds}
+    def __call__(self, experiment_dir: str, plan_path: str, jobs_per_gpu: int, jobs_per_task: int) -> dict:
+        gpus = visible_gpus()
+        cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", "1"))
+        slots = worker_slots(jobs_per_task, None, jobs_per_gpu, gpus, cpus)
+        print(f"task on {os.environ.get('SLURMD_NODENAME', '?')}: {len(slots)} worker(s) "
+              f"({len(gpus)} GPU(s), {cpus} cpu(s)), pulling {plan_path}", flush=True)
+        self.pool = WorkerPool(ExperimentTree(Path(experiment_dir)), plan_path, slots,
+                               runtime_info={"slurm": slurm_info()}, wait_for_others=False)
+        result = self.pool.run()
+        failed = {key: o["errors"] for key, o in result.outcomes.items()
+                  if o["state"] not in (JobState.DONE, JobState.INTERRUPTED)}
+        if failed:
+            lines = "; ".join(f"{key}: {errors}" for key, errors in failed.items())
+            raise JobFailed(f"{len(failed)} job(s) failed: {lines} (details in each job's status.json)")
+        return {"ran": sorted(result.outcomes), "settled_elsewhere": sorted(result.settled)}
 
-    def checkpoint(self, job_dir: str, fresh: bool = False) -> submitit.helpers.DelayedSubmission:
-        # resume from what this attempt wrote: the requeued task must not start fresh again
-        return submitit.helpers.DelayedSubmission(TrainJob(), job_dir)
+    def checkpoint(self, *args) -> submitit.helpers.DelayedSubmission:
+        if self.pool is not None:
+            self.pool.stop()  # interrupted jobs keep their last epoch's checkpoint
+        # the requeued task pulls the same plan: whatever is unfinished, whoever held it
+        return submitit.helpers.DelayedSubmission(PackedTask(), *args)
+
+
+def visible_gpus() -> list[int]:
+    """The GPUs SLURM gave this task, without importing torch in the task's own process."""
+    devices = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return list(range(len(devices)))
 
 
 def slurm_info() -> dict:

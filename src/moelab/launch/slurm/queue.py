@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import re
 import shutil
 import subprocess
@@ -38,8 +39,9 @@ class QueueUnavailable(RuntimeError):
     pass
 
 
-def query(job_ids: list[str]) -> dict[str, QueueRecord]:
-    """SLURM's view of these job ids ('123' or '123_4'), keyed by those ids."""
+def query(job_ids: list[str], whole_arrays: bool = False) -> dict[str, QueueRecord]:
+    """SLURM's view of these job ids ('123' or '123_4'), keyed by those ids; with `whole_arrays`,
+    of every task of the arrays they name, keyed by task id."""
     if not job_ids:
         return {}
     base_ids = sorted({j.split("_")[0] for j in job_ids})
@@ -47,6 +49,8 @@ def query(job_ids: list[str]) -> dict[str, QueueRecord]:
         records = _sacct(base_ids)
     except QueueUnavailable:
         records = _squeue(base_ids)
+    if whole_arrays:
+        return records
     return {j: records[j] for j in job_ids if j in records}
 
 
@@ -91,6 +95,35 @@ def max_array_size() -> int:
     """The cluster's MaxArraySize: an array holds at most this many tasks (indices 0..MaxArraySize-1)."""
     match = re.search(r"^MaxArraySize\s*=\s*(\d+)", _run(["scontrol", "show", "config"]), re.MULTILINE)
     return int(match.group(1)) if match else 1001
+
+
+def max_submit_jobs() -> int | None:
+    """The smallest MaxSubmitJobs that applies to this user (association, or its QOS's per-user
+    limit), from accounting; None when none is set or accounting cannot be asked."""
+    user = getpass.getuser()
+    limits = []
+    try:
+        out = _run(["sacctmgr", "-n", "-P", "show", "assoc", "where", f"user={user}", "format=MaxSubmit,GrpSubmit,QOS"])
+        qos_names = set()
+        for line in out.splitlines():
+            max_submit, group_submit, qos = (line.split("|") + ["", "", ""])[:3]
+            limits += [int(v) for v in (max_submit, group_submit) if v.isdigit()]
+            qos_names |= {q for q in qos.split(",") if q}
+        if qos_names:
+            out = _run(["sacctmgr", "-n", "-P", "show", "qos", "format=Name,MaxSubmitPU"])
+            for line in out.splitlines():
+                name, limit = (line.split("|") + [""])[:2]
+                if name in qos_names and limit.isdigit():
+                    limits.append(int(limit))
+    except QueueUnavailable:
+        return None
+    return min(limits) if limits else None
+
+
+def queued_jobs_of_user() -> int:
+    """Jobs (array tasks counted one by one) this user has in the queue now: they count against
+    MaxSubmitJobs."""
+    return len(_run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"]).split())
 
 
 def _run(command: list[str]) -> str:

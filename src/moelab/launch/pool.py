@@ -1,0 +1,183 @@
+"""A pool of worker processes pulling one launch's plan: what run_here runs, and what each SLURM
+array task runs on its node. It starts the workers, prints one line per job they finish, restarts a
+worker that died (its job is taken over from its stale claim), and stops them all on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+from moelab.launch.plan import PlanFile
+from moelab.launch.worker import worker_main
+from moelab.results.status import JobState, JobStatus, read_status
+from moelab.results.tree import ExperimentTree
+
+# a job whose worker died this many times (out of memory, most likely) is recorded as failed
+MAX_WORKER_DEATHS_PER_JOB = 2
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one worker runs: its GPU (None on CPU) and its torch threads."""
+
+    gpu: int | None
+    threads: int
+
+
+def worker_slots(jobs: int, workers: int | None, jobs_per_gpu: int, gpus: list[int], cores: int) -> list[Slot]:
+    """Workers and their threads for `jobs` jobs: `jobs_per_gpu` per GPU, else one single-thread
+    worker per core, `workers` overriding the count; never more workers than jobs, and never more
+    threads than cores (torch's thread pools collapse when they outnumber the cores)."""
+    if gpus:
+        count = max(1, min(jobs, workers or len(gpus) * jobs_per_gpu))
+        return [Slot(gpus[i % len(gpus)], max(1, cores // count)) for i in range(count)]
+    count = max(1, min(jobs, workers or cores))
+    return [Slot(None, max(1, cores // count))] * count
+
+
+@dataclass
+class _Worker:
+    process: multiprocessing.Process
+    slot: Slot
+    job: str | None = None
+
+
+@dataclass
+class PoolResult:
+    outcomes: dict[str, dict] = field(default_factory=dict)  # job key -> JobOutcome as a dict, ran here
+    settled: dict[str, str] = field(default_factory=dict)  # job key -> state, finished by another process
+    interrupted: bool = False
+
+
+class WorkerPool:
+    def __init__(self, tree: ExperimentTree, plan_path, slots: list[Slot], runtime_info: dict | None = None,
+                 describe=lambda key: "", wait_for_others: bool = True):
+        self.context = multiprocessing.get_context("spawn")  # fresh interpreters: safe with CUDA
+        self.events = self.context.Queue()
+        self.tree, self.plan_path, self.slots = tree, str(plan_path), slots
+        self.runtime_info = runtime_info or {}
+        self.wait_for_others = wait_for_others  # see worker.pull_jobs
+        self.describe = describe  # job key -> text printed after its line (grid values, scores)
+        self.workers: dict[int, _Worker] = {}
+        self.next_id = 0
+        self.deaths: dict[str, int] = {}
+        self.result = PoolResult()
+        self.stopping = False
+
+    def run(self) -> PoolResult:
+        total = len(PlanFile.read(self.plan_path).jobs)
+        for slot in self.slots:
+            self._start(slot)
+        bar = tqdm(total=total, unit="job", disable=not sys.stdout.isatty(), leave=False)
+        self.bar, self.total = bar, total
+        try:
+            while self.workers:
+                try:
+                    worker_id, *event = self.events.get(timeout=0.5)
+                except queue.Empty:
+                    self._reap()
+                    continue
+                self._handle(worker_id, event)
+            self._drain()
+        except KeyboardInterrupt:
+            self.result.interrupted = True
+            self.stop()
+        finally:
+            bar.close()
+        return self.result
+
+    def stop(self) -> None:
+        """Interrupt every worker (each records its job as interrupted) and wait for them."""
+        self.stopping = True
+        # Ctrl-C in a terminal reaches the workers too; a signal sent to the launcher alone is passed on
+        for worker in self.workers.values():
+            if worker.process.is_alive():
+                os.kill(worker.process.pid, signal.SIGINT)
+        deadline = time.monotonic() + 30
+        for worker in self.workers.values():
+            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()  # it ignores further signals once interrupted
+        self._drain()
+
+    def _start(self, slot: Slot) -> None:
+        process = self.context.Process(target=worker_main, daemon=True, args=(
+            self.next_id, slot.gpu, slot.threads, str(self.tree.path), self.plan_path, self.events, self.runtime_info,
+            self.wait_for_others))
+        process.start()
+        self.workers[self.next_id] = _Worker(process, slot)
+        self.next_id += 1
+
+    def _handle(self, worker_id: int, event: list) -> None:
+        kind, key = event[0], event[1]
+        worker = self.workers.get(worker_id)
+        if kind == "started":
+            if worker:
+                worker.job = key
+        elif kind == "finished":
+            if worker:
+                worker.job = None
+            self.result.settled.pop(key, None)
+            self._record(key, event[2])
+        elif kind == "settled" and key not in self.result.outcomes and key not in self.result.settled and not any(
+                w.job == key for w in self.workers.values()):  # one of ours that is just finishing
+            self.result.settled[key] = event[2]
+            self._print(key, f"{event[2]:<6} (ran elsewhere)")
+
+    def _record(self, key: str, outcome: dict) -> None:
+        if outcome["state"] == JobState.INTERRUPTED and self.stopping:
+            return
+        self.result.outcomes[key] = outcome
+        scores = " ".join(f"{v}={r.get('test_' + r['metric'], float('nan')):.4f}" for v, r in outcome["results"].items())
+        self._print(key, f"{outcome['state']:<6} {outcome['seconds']:6.1f}s  {self.describe(key)}  {scores}")
+
+    def _print(self, key: str, text: str) -> None:
+        self.bar.update(1)
+        done = len(self.result.outcomes) + len(self.result.settled)
+        tqdm.write(f"[{done}/{self.total}] {key} {text}")
+        sys.stdout.flush()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                worker_id, *event = self.events.get_nowait()
+            except (queue.Empty, OSError, ValueError):
+                return
+            self._handle(worker_id, event)
+
+    def _reap(self) -> None:
+        for worker_id, worker in list(self.workers.items()):
+            if worker.process.is_alive():
+                continue
+            self._drain()  # its last events may still be in the queue
+            del self.workers[worker_id]
+            if worker.process.exitcode == 0 or self.stopping:
+                continue
+            key = worker.job
+            reason = f"worker process died with exit code {worker.process.exitcode}"
+            if worker.process.exitcode == -signal.SIGKILL:
+                reason += " (killed: out of memory?)"
+            print(f"{reason}{f' while running {key}' if key else ''}; starting another worker", flush=True)
+            if key is not None:
+                self.deaths[key] = self.deaths.get(key, 0) + 1
+                if self.deaths[key] >= MAX_WORKER_DEATHS_PER_JOB:
+                    self._give_up(key, reason)
+            self._start(worker.slot)  # takes the job over from the dead worker's claim
+
+    def _give_up(self, key: str, reason: str) -> None:
+        """Record a job that keeps killing its worker as failed, so that no worker claims it again."""
+        job = self.tree.job(key)
+        status = read_status(job) or JobStatus(key)
+        status.state = JobState.FAILED
+        status.error = f"{reason}, {self.deaths[key]} times while running this job"
+        status.write(job)
+        self._record(key, {"key": key, "state": JobState.FAILED, "seconds": 0.0, "errors": {"job": status.error},
+                           "results": {}})

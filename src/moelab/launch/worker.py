@@ -1,0 +1,140 @@
+"""A worker: a process that pulls the jobs of a launch's plan, one at a time, until none is left.
+
+Local workers (run_here) and the workers inside each SLURM array task are the same: each reads
+launches/<id>/plan.json, claims the next job nobody holds (results/claims.py), runs it, and claims
+the next. No job runs twice at once; a job whose worker died is taken over once its claim is stale.
+
+This module must not import torch at the top: the GPU a worker may see is set in its environment
+before torch is first imported (`train.process.prepare_process`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from moelab.launch.plan import PlanFile
+from moelab.results.claims import try_claim
+from moelab.results.io import read_json
+from moelab.results.status import JobState, job_state, read_status
+from moelab.results.tree import ExperimentTree, JobTree
+from moelab.train.process import prepare_process
+
+# how often a worker with nothing to claim looks again at jobs held by others
+POLL_S = 1.0
+
+
+def pull_jobs(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], None],
+              stop_requested: Callable[[], bool], runtime_info: dict, wait_for_others: bool) -> None:
+    """Run the plan's jobs that are still this launch's to run. `report` receives ("started", key),
+    ("finished", key, outcome) and ("settled", key, state) for a job someone else finished.
+    `wait_for_others`: stay while other processes hold jobs (a local launch waits for them; a SLURM
+    task leaves them to their holders and frees its allocation)."""
+    from moelab.train.job import JobOutcome, run_job  # imports torch: after prepare_process
+
+    remaining = {key: attempts for key, attempts in plan.jobs}
+    names: dict[str, list[str]] = {}
+    while remaining and not stop_requested():
+        held_elsewhere = False
+        for key, planned in list(remaining.items()):
+            if stop_requested():
+                return
+            job = tree.job(key)
+            if key not in names:
+                names[key] = [v["name"] for v in read_json(job.config_file)["config"]["variants"]]
+            verdict = _verdict(job, names[key], planned)
+            if verdict == "settled":
+                report(("settled", key, str(job_state(job, names[key]))))
+                del remaining[key]
+                continue
+            if verdict == "held":
+                held_elsewhere = True
+                continue
+            claim = try_claim(job)
+            if claim is None:
+                held_elsewhere = True
+                continue
+            try:
+                verdict = _verdict(job, names[key], planned, claimed=True)  # again: someone may have just finished it
+                if verdict == "settled":
+                    report(("settled", key, str(job_state(job, names[key]))))
+                    del remaining[key]
+                    continue
+                status = read_status(job)
+                fresh = plan.fresh and (status.attempts if status else 0) == planned
+                report(("started", key))
+                try:
+                    outcome = run_job(job.path, fresh=fresh, stop_requested=stop_requested, runtime_info=runtime_info,
+                                      claim=claim)
+                except Exception as error:  # run_job records variant errors itself; this is the rest
+                    outcome = JobOutcome(key, JobState.FAILED, errors={"job": f"{type(error).__name__}: {error}"})
+                    traceback.print_exc()
+                report(("finished", key, asdict(outcome)))
+                del remaining[key]
+            finally:
+                claim.release()
+        if remaining and held_elsewhere:
+            if not wait_for_others:
+                return
+            time.sleep(POLL_S)
+
+
+def _verdict(job: JobTree, names: list[str], planned: int, claimed: bool = False) -> str:
+    """run: this launch's to run; held: a live process holds it; settled: finished by someone since
+    the plan was made. A finished job is in a plan only to be rerun (--force, --rerun-failed), and is
+    this launch's to rerun while its attempts still equal the planned ones. `claimed`: this process
+    holds the job's claim (a claimed job reads as running)."""
+    state = job_state(job, names)
+    if state is JobState.RUNNING and not claimed:
+        return "held"
+    status = read_status(job)
+    if state in (JobState.DONE, JobState.FAILED) and (status.attempts if status else 0) > planned:
+        return "settled"
+    return "run"
+
+
+def worker_main(worker_id: int, gpu: int | None, threads: int, experiment_dir: str, plan_path: str, events,
+                runtime_info: dict, wait_for_others: bool) -> None:
+    """A worker process: set up threads and GPU, then pull jobs, reporting to the launcher's queue."""
+    # Ctrl-C reaches a worker twice (from the terminal, then passed on by the launcher), and SIGTERM
+    # ends a job like Ctrl-C: the first one interrupts, later ones must not cut short the writing of
+    # status.json that the interruption triggers
+    signal.signal(signal.SIGINT, _interrupt_once)
+    signal.signal(signal.SIGTERM, _interrupt_once)
+    # SLURM signals every process of a task before its time limit; the task's main process stops
+    # the workers itself (a worker killed by the default action would leave nothing torn, but lose
+    # the epoch in progress)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    _stop_when_orphaned()
+    try:
+        prepare_process(threads, gpu)
+        plan = PlanFile.read(Path(plan_path))
+        pull_jobs(ExperimentTree(Path(experiment_dir)), plan, lambda event: events.put((worker_id, *event)),
+                  stop_requested=lambda: False, runtime_info=runtime_info, wait_for_others=wait_for_others)
+    except KeyboardInterrupt:
+        pass
+
+
+def _interrupt_once(signum, frame) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _stop_when_orphaned() -> None:
+    """A launcher killed without a chance to clean up (SIGKILL, the OOM killer, a closed SSH session)
+    leaves its workers to the init process: they notice within a second and stop like on Ctrl-C."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
