@@ -1,16 +1,18 @@
-"""Submitting a 1,000-job grid to SLURM: one job array through `submit` vs one sbatch per job.
+"""Submitting a large grid to SLURM with packing: array tasks created and seconds end to end.
 
-    python benchmarks/submit_array.py [--jobs 1000]
+    python benchmarks/submit_array.py [--jobs 10000]
 
-Needs a cluster (e.g. sudo bash slurm/dev-cluster/start.sh). Jobs are submitted held (--hold) and
-cancelled at the end, so nothing runs. Prints a table: phases of `submit` measured in-process
-(expansion + validation, writing job configs, pickling + sbatch), the whole `submit` command as a
-user runs it, and the same jobs sent with one sbatch call each.
+Needs a cluster (e.g. sudo bash slurm/dev-cluster/start.sh). Tasks are submitted held (--hold) and
+cancelled at the end, so nothing runs. Prints a table: the `submit` command as a user runs it
+(validation, expansion, plan, pip freeze, sbatch), the array tasks it created (from squeue), and
+the same through `launch_experiment` in this process (no Python start-up).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import subprocess
 import sys
 import tempfile
@@ -18,6 +20,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from moelab.launch import LaunchOptions, launch_experiment
 
 
 def experiment_file(folder: Path, jobs: int) -> Path:
@@ -31,56 +35,40 @@ def experiment_file(folder: Path, jobs: int) -> Path:
     return path
 
 
-def in_process(path: Path, root: Path) -> dict[str, float]:
-    from moelab.config import load_experiment
-    from moelab.launch.plan import make_plan, write_plan
-    from moelab.launch.slurm.executor import SlurmExecutor
-    from moelab.launch.slurm.resources import load_resources
-
-    times = {}
-    started = time.perf_counter()
-    experiment = load_experiment(path)
-    resources = load_resources(experiment.doc["slurm"])
-    plan = make_plan(experiment, root)
-    times["load + validate + expand + plan"] = time.perf_counter() - started
-    started = time.perf_counter()
-    write_plan(plan, "submit", ["bench"])
-    times["write job configs + provenance"] = time.perf_counter() - started
-    started = time.perf_counter()
-    SlurmExecutor(resources).launch(plan)
-    times["pickle + sbatch (arrays)"] = time.perf_counter() - started
-    return times
+def queued() -> set[str]:
+    return set(subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.split())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--jobs", type=int, default=10000)
     args = parser.parse_args()
-    before = set(subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True).stdout.split())
+    before = queued()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        path = experiment_file(folder, args.jobs)
-        rows += list(in_process(path, folder / "inproc").items())
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            path = experiment_file(folder, args.jobs)
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "moelab.launch", "submit", str(path), "--experiments-dir",
+                                   str(folder / "cli")], check=True, capture_output=True, text=True)
+            rows.append(("`submit` command, end to end", f"{time.perf_counter() - started:.2f}"))
+            tasks = queued() - before
+            rows.append(("array tasks queued", str(len(tasks))))
+            rows.append(("packing", next(line for line in done.stdout.splitlines() if line.startswith("packing"))))
 
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "moelab.launch", "submit", str(path), "--experiments-dir",
-                        str(folder / "cli")], check=True, stdout=subprocess.DEVNULL)
-        rows.append(("`submit` command, end to end", time.perf_counter() - started))
-
-        script = folder / "one.sh"
-        script.write_text("#!/bin/bash\ntrue\n")
-        started = time.perf_counter()
-        for index in range(args.jobs):
-            subprocess.run(["sbatch", "--hold", "--parsable", "--mem=1G", f"--output={folder}/%j.out", str(script)],
-                           check=True, capture_output=True)
-        rows.append((f"{args.jobs} x sbatch, one per job", time.perf_counter() - started))
-    after = set(subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True).stdout.split())
-    if after - before:
-        subprocess.run(["scancel", *sorted(after - before)], check=False)
-    print(f"{'submitting ' + str(args.jobs) + ' jobs':<42} {'seconds':>8}")
-    for name, seconds in rows:
-        print(f"{name:<42} {seconds:>8.2f}")
+            started = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                code = launch_experiment(path, mode="submit", options=LaunchOptions(experiments_dir=folder / "api"))
+            assert code == 0
+            rows.append(("launch_experiment in-process", f"{time.perf_counter() - started:.2f}"))
+    finally:
+        new = queued() - before
+        if new:
+            subprocess.run(["scancel", *sorted({t.split("_")[0] for t in new})], check=False)
+    print(f"{'submitting ' + str(args.jobs) + ' jobs':<36} value")
+    for name, value in rows:
+        print(f"{name:<36} {value}")
 
 
 if __name__ == "__main__":
