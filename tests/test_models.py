@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from moelab.models import build_model, get_model_spec, model_names
+from moelab.schema import check_section
 from moelab.models.moe import (MoE, cv_squared, kl_to_uniform, output_similarity, router_z_loss,
                                switch_balance)
 
@@ -207,5 +208,11 @@ def test_every_registered_model_follows_the_interface(name):
     if name.startswith("moe"):
         assert out.gate_probs.shape == (16, 4) and torch.allclose(out.gate_probs.sum(1), torch.ones(16))
         assert model.eval().expert_outputs(x).shape == (16, 4, 10)
-    assert model.eval().flops_per_sample(64) > 0
-    assert set(spec.schema) == set(spec.params.__dataclass_fields__)
+    flops = model.eval().flops_per_sample(64)
+    if name == "mlp":  # two hidden layers of 256 by default: the multiply-adds counted by hand
+        assert flops == 2 * (64 * 256 + 256 * 256 + 256 * 10)
+    else:
+        assert flops > 2 * 64 * 10  # more than a linear classifier
+    # the experiment file is checked against the model's parameters: an unknown one is named
+    _, issues = check_section(spec.schema, {"hiden": 32}, f"variants.{name}")
+    assert [i.path for i in issues] == [f"variants.{name}.hiden"]

@@ -53,7 +53,7 @@ TOP: Section = {
     "seed": Field(int, 0, min=0),
     "data": DATA,
     "train": TRAIN,
-    # variants and grid have their own checks (variants.py, grid.py)
+    # variants and grid have their own checks (check_variants in experiment.py, grid.py)
     "variants": Field(list, None, nullable=True),
     "grid": Field(dict, {}),
     "local": LOCAL,
