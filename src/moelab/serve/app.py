@@ -173,7 +173,8 @@ async def _read_predict_request(request: Request) -> tuple[dict, list[tuple[str,
         except ServeError:
             raise
         except Exception as error:  # the multipart parser's own errors: a malformed upload
-            raise ServeError(f"the multipart body cannot be read ({type(error).__name__}: {str(error)[:120]})") from None
+            detail = getattr(error, "detail", None) or getattr(error, "message", None) or str(error)
+            raise ServeError(f"the multipart body cannot be read: {str(detail)[:160]}") from None
         fields: dict = {}
         images: list[tuple[str, bytes]] = []
         for key, value in form.multi_items():

@@ -18,7 +18,7 @@ from moelab.launch.backends import BACKENDS, backend_class
 from moelab.launch.base import QueueView
 from moelab.results.status import FAILURES, JobState, job_state, merge_states, read_status
 from moelab.results.tree import ExperimentTree, JobTree
-from moelab.serve.catalog import Catalog, JobSpec
+from moelab.serve.catalog import Catalog, JobSpec, inside
 from moelab.train.tasks import TASKS
 
 QUEUE_TTL_S = 10.0  # ask a cluster queue at most this often per experiment (sacct is not free)
@@ -168,11 +168,15 @@ class Dashboard:
         tables = [f for f in (summary.summary_csv, summary.runs_csv, summary.markdown, summary.latex) if f.is_file()]
         plots = sorted(summary.path.glob("*.png")) if summary.path.is_dir() else []
         report = _versioned(f"{base}/report/index.html", tree.report_file)
-        def listed(files):  # a file replaced between the listing and its stat is left for the next refresh
-            entries = [{"name": f.name, "url": _versioned(f"{base}/summary/{f.name}", f)} for f in files]
+        def listed(files):
+            # only what /files would serve (a link out of the experiment is not); a file replaced between
+            # the listing and its stat is left for the next refresh
+            entries = [{"name": f.name, "url": _versioned(f"{base}/summary/{f.name}", f)} for f in files
+                       if inside(f, tree.path)]
             return [e for e in entries if e["url"]]
 
-        return {"report": report, "tables": listed(tables), "plots": listed(plots)}
+        return {"report": report if inside(tree.report_file, tree.path) else None, "tables": listed(tables),
+                "plots": listed(plots)}
 
     def summary_table(self, name: str) -> dict:
         """summary.csv (per variant and grid point, seeds pooled) as columns and rows."""
