@@ -53,6 +53,7 @@ class Catalog:
         """The experiments named on a command line, or every experiment under `default_root`."""
         if not paths:
             return cls(root=default_root)
+        paths = [Path(p).resolve() for p in paths]  # "." names the folder it is
         problems = [f"{p}: not an experiment folder (no jobs/ inside)" for p in paths
                     if not ExperimentTree(Path(p)).jobs_dir.is_dir()]
         problems += [f"{p}: the folder name is not a safe name" for p in paths if not is_safe_name(Path(p).name)]

@@ -114,9 +114,8 @@ class Predictor:
                                f"{', '.join(spec.variant_names)}")
             runs = [r for r in (self._run(tree, spec, n) for n in names) if r is not None]
             if not runs:
-                what = f"variant {variant} of job {job}" if variant else f"no variant of job {job}"
-                raise NotServable(f"{what} has not finished: only finished runs (results.json and weights/best.pt "
-                                  f"written) can answer")
+                what = f"variant {variant} of job {job} has not finished" if variant else f"no variant of job {job} has finished"
+                raise NotServable(f"{what}: only finished runs (results.json and weights/best.pt written) can answer")
             for run in runs:
                 run.selected = "asked for"
             return runs
