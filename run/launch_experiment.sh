@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Run an experiment grid:  bash run/launch_experiment.sh run_here [EXPERIMENT_FILE] [key=value ...] [--workers N] [--force] [--rerun-failed]
+# Dashboard and predictions:  bash run/launch_experiment.sh serve [experiments/<name> ...] [--port N] [--host H]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 moelab_python
 cd "$moelab_repo"
+if [ "${1:-}" = serve ]; then
+    shift
+    exec "$MOELAB_PY" -m moelab.serve "$@"
+fi
 exec "$MOELAB_PY" -m moelab.launch "$@"

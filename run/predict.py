@@ -1,0 +1,10 @@
+"""Predictions of trained variants for a file of inputs, as a CSV:
+
+    python run/predict.py INPUT --experiment experiments/<name> [--job KEY --variant NAME] --out predictions.csv
+"""
+
+import sys
+
+from moelab.serve.predict_cli import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from moelab.serve.cli import main
+
+sys.exit(main())
