@@ -94,19 +94,22 @@ class WorkerPool:
             bar.close()
         return self.result
 
-    def stop(self) -> None:
-        """Interrupt every worker (each records its job as interrupted) and wait for them."""
+    def stop(self, drain: bool = True) -> None:
+        """Interrupt every worker (each records its job as interrupted) and wait for them. From a
+        signal handler, `drain=False`: the interrupted code may hold the event queue's lock."""
         self.stopping = True
         # Ctrl-C in a terminal reaches the workers too; a signal sent to the launcher alone is passed on
-        for worker in self.workers.values():
+        workers = list(self.workers.values())
+        for worker in workers:
             if worker.process.is_alive():
                 os.kill(worker.process.pid, signal.SIGINT)
         deadline = time.monotonic() + 30
-        for worker in self.workers.values():
+        for worker in workers:
             worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
                 worker.process.kill()  # it ignores further signals once interrupted
-        self._drain()
+        if drain:
+            self._drain()
 
     def _start(self, slot: Slot) -> None:
         process = self.context.Process(target=worker_main, daemon=True, args=(

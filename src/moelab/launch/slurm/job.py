@@ -44,8 +44,8 @@ class PackedTask(submitit.helpers.Checkpointable):
         return {"ran": sorted(result.outcomes), "settled_elsewhere": sorted(result.settled)}
 
     def checkpoint(self, *args) -> submitit.helpers.DelayedSubmission:
-        if self.pool is not None:
-            self.pool.stop()  # interrupted jobs keep their last epoch's checkpoint
+        if self.pool is not None:  # called from submitit's signal handler, in the middle of pool.run
+            self.pool.stop(drain=False)  # interrupted jobs keep their last epoch's checkpoint
         # the requeued task pulls the same plan: whatever is unfinished, whoever held it
         return submitit.helpers.DelayedSubmission(PackedTask(), *args)
 
