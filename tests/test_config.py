@@ -138,3 +138,14 @@ def test_shipped_experiment_files_are_valid_once_their_data_is_present(tmp_path)
                       "--experiments-dir", str(tmp_path / "out"))
         assert done.returncode == 2 and "  - data: " in done.stderr and "data/README.md" in done.stderr, done.stderr
         assert not (tmp_path / "out").exists()
+
+
+def test_a_setting_added_later_keeps_the_keys_of_earlier_trees(write_experiment):
+    """train.checkpoint came after job keys were written to trees: at its default it is not part
+    of a job's config, so finished trees keep their keys; set otherwise, it makes new jobs."""
+    path = write_experiment()
+    plain = [job.key for job in load_experiment(path).jobs()]
+    assert [job.key for job in load_experiment(path, ["train.checkpoint=best"]).jobs()] == plain
+    assert "checkpoint" not in load_experiment(path).jobs()[0].config["train"]
+    last = load_experiment(path, ["train.checkpoint=last"]).jobs()
+    assert last[0].config["train"]["checkpoint"] == "last" and not {job.key for job in last} & set(plain)

@@ -179,3 +179,15 @@ def test_a_running_variant_redraws_its_curves(tmp_path, digits, monkeypatch):
                   on_epoch=on_epoch)
     assert seen == [(0, False), (1, True), (2, True), (3, True), (4, True)]  # drawn after epoch 2, refreshed
     assert out.curves_plot.stat().st_size > 10_000
+
+def test_checkpoint_last_tests_the_weights_after_the_last_epoch(tmp_path, digits):
+    last = dataclasses.replace(TRAIN, checkpoint="last")
+    out = VariantTree(tmp_path / "last")
+    results = train_variant(TOPK, digits, last, 0, out, torch.device("cpu"))
+    final = torch.load(out.last_checkpoint, weights_only=False)["model"]
+    tested = torch.load(out.best_weights, weights_only=True)
+    assert all(torch.equal(final[k], tested[k]) for k in final)  # best.pt keeps the weights tested
+    best = train_variant(TOPK, digits, TRAIN, 0, VariantTree(tmp_path / "best"), torch.device("cpu"))
+    assert results["epochs_trained"] == best["epochs_trained"] == 6
+    if best["best_epoch"] != 5:  # the best validation epoch was not the last: other weights were tested
+        assert results["test_loss"] != best["test_loss"]

@@ -24,6 +24,7 @@ from moelab.config.sections import DATA, TOP, TRAIN
 from moelab.data import DataSettings, dataset_keys, dataset_names, get_dataset_spec
 from moelab.models import get_model_spec
 from moelab.schema import Field, Issue, did_you_mean
+from moelab.train.settings import keyed
 
 KEY_LENGTH = 12
 
@@ -119,6 +120,7 @@ def expand(doc: dict) -> list[Job]:
             _apply(config, axis, value)
             grid_values[axis] = value
         config["data"] = dataset_keys(config["data"])
+        config["train"] = keyed(config["train"])
         jobs.append(Job(job_key(config), config, grid_values))
     return jobs
 

@@ -115,8 +115,12 @@ def finish(variant: dict, fitted: Fit, data: TaskData, settings: TrainSettings, 
     """Test the best weights, write the expert analysis, and results.json last (the completion marker)."""
     task = TASKS[data.task]
     model, history, stopper = fitted.model, fitted.history, fitted.stopper
-    model.load_state_dict(torch.load(out.best_weights, map_location=device, weights_only=True))
-    model.set_progress(stopper.best_epoch / settings.epochs)  # the gate as it was at the best epoch
+    if settings.checkpoint == "best":
+        model.load_state_dict(torch.load(out.best_weights, map_location=device, weights_only=True))
+        model.set_progress(stopper.best_epoch / settings.epochs)  # the gate as it was at the best epoch
+    else:  # the weights after the last epoch are the ones tested, and the ones best.pt keeps
+        model.set_progress((len(history) - 1) / settings.epochs)
+        save_atomic(out.best_weights, model.state_dict())
     results = test_results(model, data, settings)
     if data.render_inputs is not None:
         save_rendering(model, data, settings, out)
