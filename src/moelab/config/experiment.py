@@ -60,9 +60,8 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     doc, found = check_document(raw, variants.origins)
     issues += found
     if not issues:
-        issues += grid_module.check_jobs(doc)
+        issues += _name_origins(grid_module.check_jobs(doc), raw["variants"], variants.origins)
     if issues:
-        issues = _name_origins(issues, raw.get("variants"), variants.origins)
         if name_from_file:
             issues = [dataclasses.replace(i, message=f"{i.message} (the name is the file's name; set name: in the "
                                                      "file to choose another)") if i.path == "name" else i
@@ -87,21 +86,14 @@ def _expand_variants(raw: dict, path: Path) -> ExpandedVariants:
     return variants
 
 
-def _name_origins(issues: list[Issue], raw_variants: Any, origins: list[Origin | None]) -> list[Issue]:
-    """Name the included file of each problem about a variant that came from one."""
-    files: dict[str, str] = {}
-    if isinstance(raw_variants, list):
-        for item, origin in zip(raw_variants, origins):
-            if origin and isinstance(item, dict) and isinstance(item.get("name"), str):
-                files.setdefault(item["name"], origin.file)
+def _name_origins(issues: list[Issue], raw_variants: list, origins: list[Origin | None]) -> list[Issue]:
+    """Name the included file of each problem about a (checked, so uniquely named) variant from one."""
+    files = {item["name"]: origin.file for item, origin in zip(raw_variants, origins) if origin}
     named = []
     for issue in issues:
-        if not issue.origin:
-            # the longest name that the path starts with: names may hold dots
-            matches = [n for n in files if issue.path == f"variants.{n}" or issue.path.startswith(f"variants.{n}.")]
-            if matches:
-                issue = dataclasses.replace(issue, origin=files[max(matches, key=len)])
-        named.append(issue)
+        # the longest name that the path starts with: names may hold dots
+        matches = [n for n in files if issue.path == f"variants.{n}" or issue.path.startswith(f"variants.{n}.")]
+        named.append(dataclasses.replace(issue, origin=files[max(matches, key=len)]) if matches else issue)
     return named
 
 

@@ -54,8 +54,9 @@ def expand_includes(raw_variants: Any, folder: Path) -> ExpandedVariants:
     return expanded
 
 
-def _expand(items: list, folder: Path, file: str | None, chain: tuple[Path, ...], cache: dict[Path, Any],
-            out: ExpandedVariants) -> None:
+def _expand(items: list, folder: Path, file: str | None, chain: tuple[tuple[Path, str], ...],
+            cache: dict[Path, Any], out: ExpandedVariants) -> None:
+    """`chain`: the included files that led here, each as (resolved path, path as shown)."""
     for index, item in enumerate(items):
         if not (isinstance(item, dict) and INCLUDE_KEY in item):
             out.items.append(item)
@@ -68,6 +69,7 @@ def _expand(items: list, folder: Path, file: str | None, chain: tuple[Path, ...]
             continue
         assert target is not None
         resolved = target.resolve()
+        shown_chain = chain + ((resolved, str(target)),)
         if resolved not in cache:
             try:
                 cache[resolved] = read_yaml_file(target, missing_hint=f"include paths are relative to the folder of "
@@ -86,10 +88,10 @@ def _expand(items: list, folder: Path, file: str | None, chain: tuple[Path, ...]
                                         f"{type(content).__name__ if content is not None else 'nothing'}",
                                     origin=str(target)))
             continue
-        _expand(content, target.parent, str(target), chain + (resolved,), cache, out)
+        _expand(content, target.parent, str(target), shown_chain, cache, out)
 
 
-def _target(item: dict, folder: Path, chain: tuple[Path, ...]) -> tuple[Path | None, str | None]:
+def _target(item: dict, folder: Path, chain: tuple[tuple[Path, str], ...]) -> tuple[Path | None, str | None]:
     extra = sorted(str(key) for key in item if key != INCLUDE_KEY)
     if extra:
         return None, (f"an include item holds only '{INCLUDE_KEY}', got also {', '.join(extra)}; change an included "
@@ -99,8 +101,9 @@ def _target(item: dict, folder: Path, chain: tuple[Path, ...]) -> tuple[Path | N
         return None, f"must be the path of a file of variants, e.g. models/xs.yaml, got {text!r}"
     target = folder / text
     resolved = target.resolve()
-    if resolved in chain:
-        names = [str(p) for p in chain[chain.index(resolved):]] + [str(resolved)]
+    included = [path for path, _ in chain]
+    if resolved in included:
+        names = [shown for _, shown in chain[included.index(resolved):]] + [str(target)]
         return None, f"{text!r} includes itself: {' -> '.join(names)}"
     if len(chain) >= MAX_INCLUDE_DEPTH:
         return None, (f"{text!r} is included {len(chain) + 1} files deep; at most {MAX_INCLUDE_DEPTH} levels of "
