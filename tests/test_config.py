@@ -285,6 +285,12 @@ def test_a_file_that_is_not_utf8_names_the_byte_and_the_key(tmp_path, monkeypatc
     assert not (tmp_path / "out").exists()
 
 
+def test_a_path_the_file_system_refuses_is_a_config_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["status", "x" * 300 + ".yaml"]) == 2
+    assert "cannot be read: File name too long" in capsys.readouterr().err
+
+
 def test_deep_nesting_is_refused_before_the_parser_recurses(tmp_path):
     path = tmp_path / "deep.yaml"
     path.write_text("name: deep\nvariants: [{name: mlp, model: mlp}]\ndescription: " + "[" * 200_000 + "]" * 200_000 + "\n")
@@ -441,6 +447,10 @@ def test_a_missing_include_names_the_path_relative_to_the_experiment_folder(writ
         load_experiment(path)
     assert (f"variants[0].include: file not found: {path.parent / 'models' / 'nope.yaml'} (include paths are relative "
             f"to the folder of the file that names them: {path.parent})") in str(caught.value)
+    # the variants it leaves empty are not a second problem
+    with pytest.raises(ConfigError) as caught:
+        load_experiment(write_experiment(bad(variants=[{"include": "models/nope.yaml"}])))
+    assert [issue.path for issue in caught.value.issues] == ["variants[0].include"]
 
 
 def test_includes_nest_without_cycles_and_not_too_deep(write_experiment):

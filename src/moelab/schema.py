@@ -27,8 +27,9 @@ class Issue:
     origin: str = ""  # the file the value came from, when it is not the one being checked (an included file)
 
     def __str__(self) -> str:
-        where = " ".join(part for part in (self.path, f"(in {self.origin})" if self.origin and self.path else self.origin)
-                         if part)
+        where = self.path
+        if self.origin:
+            where = f"{self.path} (in {self.origin})" if self.path else self.origin
         return f"{where}: {self.message}" if where else self.message
 
 

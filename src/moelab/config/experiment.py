@@ -58,6 +58,8 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     name_from_file = "name" not in raw
     raw.setdefault("name", path.stem)
     doc, found = check_document(raw, variants.origins)
+    if variants.issues:  # variants left empty by includes that failed are not a problem of their own
+        found = [i for i in found if i.path != "variants"]
     issues += found
     if not issues:
         issues += _name_origins(grid_module.check_jobs(doc), raw["variants"], variants.origins)

@@ -9,6 +9,9 @@ An axis is a dotted key and a list of values; the jobs are the cartesian product
 
 A job's key is a hash of its resolved configuration, so the same grid point always lands in the same
 folder and a changed hyperparameter makes a new job.
+
+A grid of more than MOELAB_MAX_GRID_JOBS jobs (limits.py) is refused from its axis lengths, before
+it is expanded; each variant's model is refused above MOELAB_MAX_MODEL_PARAMETERS (model_size.py).
 """
 
 from __future__ import annotations

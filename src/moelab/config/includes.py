@@ -23,7 +23,7 @@ from typing import Any
 
 from moelab.config.errors import ConfigError
 from moelab.config.yaml_input import read_yaml_file
-from moelab.schema import Issue
+from moelab.schema import Issue, shown
 
 INCLUDE_KEY = "include"
 MAX_INCLUDE_DEPTH = 4  # an experiment -> profile -> profile -> profile -> profile
@@ -69,7 +69,6 @@ def _expand(items: list, folder: Path, file: str | None, chain: tuple[tuple[Path
             continue
         assert target is not None
         resolved = target.resolve()
-        shown_chain = chain + ((resolved, str(target)),)
         if resolved not in cache:
             try:
                 cache[resolved] = read_yaml_file(target, missing_hint=f"include paths are relative to the folder of "
@@ -88,7 +87,7 @@ def _expand(items: list, folder: Path, file: str | None, chain: tuple[tuple[Path
                                         f"{type(content).__name__ if content is not None else 'nothing'}",
                                     origin=str(target)))
             continue
-        _expand(content, target.parent, str(target), shown_chain, cache, out)
+        _expand(content, target.parent, str(target), chain + ((resolved, str(target)),), cache, out)
 
 
 def _target(item: dict, folder: Path, chain: tuple[tuple[Path, str], ...]) -> tuple[Path | None, str | None]:
@@ -98,17 +97,20 @@ def _target(item: dict, folder: Path, chain: tuple[tuple[Path, str], ...]) -> tu
                       "variant with variants.<name>.<key>=value on the command line, or write the variant inline")
     text = item[INCLUDE_KEY]
     if not isinstance(text, str) or not text.strip() or "\x00" in text:
-        return None, f"must be the path of a file of variants, e.g. models/xs.yaml, got {text!r}"
+        return None, f"must be the path of a file of variants, e.g. models/xs.yaml, got {shown(text)}"
     target = folder / text
-    resolved = target.resolve()
+    try:
+        resolved, exists = target.resolve(), target.is_file()
+    except OSError as error:  # e.g. a name too long for the file system
+        return None, f"cannot be read: {target}: {error.strerror or error}"
     included = [path for path, _ in chain]
     if resolved in included:
-        names = [shown for _, shown in chain[included.index(resolved):]] + [str(target)]
+        names = [as_given for _, as_given in chain[included.index(resolved):]] + [str(target)]
         return None, f"{text!r} includes itself: {' -> '.join(names)}"
     if len(chain) >= MAX_INCLUDE_DEPTH:
         return None, (f"{text!r} is included {len(chain) + 1} files deep; at most {MAX_INCLUDE_DEPTH} levels of "
                       "included files")
-    if not target.is_file():
+    if not exists:
         return None, (f"file not found: {target} (include paths are relative to the folder of the file that names "
                       f"them: {folder})")
     return target, None

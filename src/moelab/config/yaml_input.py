@@ -78,15 +78,19 @@ class StrictLoader(_BASE_LOADER):  # type: ignore[misc, valid-type]
 
 def read_yaml_file(path: Path, missing_hint: str) -> Any:
     """The one YAML document in the file at `path`, checked; ConfigError naming the file otherwise."""
-    if not path.is_file():
-        raise ConfigError(path, [Issue("", f"file not found; {missing_hint}")])
     limit = MAX_FILE_BYTES.value()
-    size = path.stat().st_size
-    if size > limit:
-        raise ConfigError(path, [Issue("", f"is {size:,} bytes, more than the limit of {limit:,} bytes for experiment "
-                                           f"files, model profiles and the site profile; {MAX_FILE_BYTES.lift_hint()}")])
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)  # the file may have grown since
+    try:
+        if not path.is_file():
+            raise ConfigError(path, [Issue("", f"file not found; {missing_hint}")])
+        size = path.stat().st_size
+        if size > limit:
+            raise ConfigError(path, [Issue("", f"is {size:,} bytes, more than the limit of {limit:,} bytes for "
+                                               "experiment files, model profiles and the site profile; "
+                                               f"{MAX_FILE_BYTES.lift_hint()}")])
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)  # the file may have grown since
+    except OSError as error:  # no permission, a name too long for the file system, ...
+        raise ConfigError(path, [Issue("", f"cannot be read: {error.strerror or error}")]) from None
     if len(data) > limit:
         raise ConfigError(path, [Issue("", f"is more than the limit of {limit:,} bytes; {MAX_FILE_BYTES.lift_hint()}")])
     try:
@@ -215,7 +219,7 @@ def _check_structure(text: str, source: str | Path, max_depth: int, max_values: 
 def _not_utf8(data: bytes, error: UnicodeDecodeError) -> Issue:
     before = data[: error.start]
     line = before.count(b"\n")
-    column = error.start - (before.rfind(b"\n") + 1)
+    column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace"))  # in characters, as editors count
     return Issue(_path_at(data.decode("utf-8", "replace"), line, column),
                  f"the file is not UTF-8 text: byte 0x{data[error.start]:02x} at line {line + 1}, column {column + 1} "
                  "is not UTF-8; save the file as UTF-8")
