@@ -154,6 +154,7 @@ HARDENING_CASES = {
     "integer too large for a float": (bad(train__lr=10**400), "train.lr: must be a number > 0.0, got 1000"),
     "nan in a grid axis": (bad(grid={"train.lr": [0.1, float("nan")]}), "grid.train.lr[1]: must be a number > 0.0, got nan"),
     "nan model parameter": (bad(variants__1__dropout=float("nan")), "variants.moe.dropout: must be a number >= 0.0"),
+    "seed beyond 32 bits": (bad(grid={"seed": [0, 2**32]}), "grid.seed[1]: must be an integer >= 0 <= 4294967295"),
     "section that is a number": (bad(data=5), "data: must be a mapping of keys to values, got an integer"),
     "nested section that is a list": (bad(train__early_stopping=[1]), "train.early_stopping: must be a mapping"),
     "variants that are a mapping": (bad(variants={"mlp": 1}), "variants: must be a non-empty list"),

@@ -232,6 +232,14 @@ def test_a_line_break_from_the_command_line_or_the_site_profile_is_refused(tmp_p
     assert "#SBATCH" not in out and not (tmp_path / "out").exists()
 
 
+def test_memory_is_never_rounded_down_to_zero(tmp_path):
+    # --mem=0 asks SLURM for all the memory of a node
+    resources = load_resources({"mem_gb": 0.0001}, None)
+    assert sbatch_parameters(resources, "x")["mem"] == "1MB"
+    assert sbatch_parameters({**resources, "mem_gb": 0.5}, "x")["mem"] == "512MB"
+    assert sbatch_parameters({**resources, "mem_gb": 1.3}, "x")["mem"] == "1332MB"
+
+
 def test_a_non_finite_memory_is_refused_before_it_reaches_the_script(tmp_path, monkeypatch, capsys):
     code, out, err = dry_run(tmp_path, monkeypatch, capsys, {"mem_gb": float("nan")})
     assert code == 2 and "slurm.mem_gb: must be a number > 0.0, got nan, which is not a finite number" in err

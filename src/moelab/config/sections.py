@@ -104,7 +104,7 @@ TOP: Section = {
     "name": Field(str, pattern=PATH_SAFE, extra_check=check_experiment_name,
                   help="experiment name: the folder under experiments/"),
     "description": Field(str, ""),
-    "seed": Field(int, 0, min=0),
+    "seed": Field(int, 0, min=0, max=2**32 - 1, help="scikit-learn and numpy take 32-bit seeds"),
     "data": DATA,
     "train": TRAIN,
     # variants and grid have their own checks (experiment.py, grid.py)
