@@ -157,3 +157,98 @@ def test_submit_without_slurm_says_so_and_writes_nothing(tmp_path, monkeypatch, 
 def test_a_missing_profile_is_named_as_a_profile(tmp_path):
     with pytest.raises(ConfigError, match="file not found; a site profile is a YAML file like slurm/profile.yaml"):
         load_resources({}, tmp_path / "nope.yaml")
+
+
+# --- values written into the sbatch script: a line break must not add a line of its own ---
+
+INJECTED = "#SBATCH --uid=0"
+INJECTIONS = {
+    "partition": {"partition": f"gpu\n{INJECTED}"},
+    "exclude": {"exclude": f"node1\n{INJECTED}"},
+    "account": {"account": f"lab\r\n{INJECTED}"},
+    "constraint": {"constraint": f"a100\n{INJECTED}"},
+    "qos": {"qos": f"high\x00\n{INJECTED}"},
+    "python": {"python": f"python\n{INJECTED}"},
+    "additional_parameters value": {"additional_parameters": {"mail-type": f"END\n{INJECTED}"}},
+    "additional_parameters key": {"additional_parameters": {f"mail-type=END\n{INJECTED}\n#": 1}},
+    "additional_parameters unicode line separator": {"additional_parameters": {"comment": f"x\u2028{INJECTED}"}},
+}
+
+
+def dry_run(tmp_path, monkeypatch, capsys, slurm: dict, *extra: str) -> tuple[int, str, str]:
+    from conftest import TINY
+    import yaml
+    from moelab.launch.cli import main
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "slurm": slurm}))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no scontrol: MaxArraySize is assumed
+    monkeypatch.chdir(tmp_path)
+    code = main(["submit", str(path), "--experiments-dir", "out", "--dry-run", *extra])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def script_lines(out: str) -> list[str]:
+    assert "# sbatch script of array 1" in out, out
+    return out[out.index("#!/bin/bash"):].splitlines()
+
+
+def test_valid_sbatch_values_each_stay_on_their_own_line(tmp_path, monkeypatch, capsys):
+    slurm = {"partition": "gpu", "constraint": "a100|h100", "exclude": "node[01-03]", "account": "lab-1",
+             "additional_parameters": {"mail-type": "END", "exclusive": True, "nice": 10, "comment": "it's a test"}}
+    code, out, err = dry_run(tmp_path, monkeypatch, capsys, slurm)
+    assert code == 0, err
+    lines = script_lines(out)
+    parameters = lines[lines.index("# Parameters") + 1: lines.index("# setup") - 1]
+    assert all(line.startswith("#SBATCH --") for line in parameters), parameters
+    assert {"#SBATCH --constraint='a100|h100'", "#SBATCH --exclude='node[01-03]'", "#SBATCH --exclusive",
+            "#SBATCH --mail-type=END", "#SBATCH --nice=10", "#SBATCH --partition=gpu"} <= set(parameters)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", sorted(INJECTIONS))
+def test_a_line_break_in_an_sbatch_value_is_refused(case, tmp_path, monkeypatch, capsys):
+    code, out, err = dry_run(tmp_path, monkeypatch, capsys, INJECTIONS[case])
+    assert code == 2, out
+    key = next(iter(INJECTIONS[case]))
+    assert "tiny.yaml: 1 problem" in err and f"  - slurm.{key}: " in err, err
+    assert INJECTED not in out.splitlines() and "#SBATCH" not in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_line_break_from_the_command_line_or_the_site_profile_is_refused(tmp_path, monkeypatch, capsys):
+    override = 'slurm.partition="gpu\\n#SBATCH --uid=0"'  # a YAML double-quoted string: \n is a line break
+    code, out, err = dry_run(tmp_path, monkeypatch, capsys, {}, override)
+    assert code == 2 and "slurm.partition: must be a single line" in err and f"(set on the command line: {override})" in err
+    assert "#SBATCH" not in out
+    code, out, err = dry_run(tmp_path, monkeypatch, capsys, {}, 'slurm.additional_parameters={"x\\n#SBATCH --uid": 0}')
+    assert code == 2 and "slurm.additional_parameters: option 'x\\n#SBATCH --uid' is not an sbatch option name" in err
+    profile = tmp_path / "profile.yaml"
+    profile.write_text('partition: "gpu\\n#SBATCH --uid=0"\nadditional_parameters: {exclusive: false}\n')
+    code, out, err = dry_run(tmp_path, monkeypatch, capsys, {}, "--profile", str(profile))
+    assert code == 2 and f"error: {profile}: 2 problems" in err and "  - partition: must be a single line" in err
+    assert "  - additional_parameters: exclusive: got False: an option is either given" in err
+    assert "#SBATCH" not in out and not (tmp_path / "out").exists()
+
+
+def test_memory_is_never_rounded_down_to_zero(tmp_path):
+    # --mem=0 asks SLURM for all the memory of a node
+    resources = load_resources({"mem_gb": 0.0001}, None)
+    assert sbatch_parameters(resources, "x")["mem"] == "1MB"
+    assert sbatch_parameters({**resources, "mem_gb": 0.5}, "x")["mem"] == "512MB"
+    assert sbatch_parameters({**resources, "mem_gb": 1.3}, "x")["mem"] == "1332MB"
+
+
+def test_a_non_finite_memory_is_refused_before_it_reaches_the_script(tmp_path, monkeypatch, capsys):
+    code, out, err = dry_run(tmp_path, monkeypatch, capsys, {"mem_gb": float("nan")})
+    assert code == 2 and "slurm.mem_gb: must be a number > 0.0, got nan, which is not a finite number" in err
+
+
+def test_status_reads_the_experiment_file_as_strictly_as_a_launch(tmp_path, capsys):
+    from moelab.launch.cli import main
+
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: dup\nvariants: [{name: mlp, model: mlp}]\nname: again\n")
+    assert main(["status", str(path), "--experiments-dir", str(tmp_path / "out")]) == 2
+    assert "name: duplicate key 'name' at lines 1 and 3" in capsys.readouterr().err

@@ -10,21 +10,27 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 REQUIRED = object()
-PATH_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# patterns are matched against the whole value (re.fullmatch): `$` would also accept a trailing newline
+PATH_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass(frozen=True)
 class Issue:
     path: str
     message: str
+    origin: str = ""  # the file the value came from, when it is not the one being checked (an included file)
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
+        where = self.path
+        if self.origin:
+            where = f"{self.path} (in {self.origin})" if self.path else self.origin
+        return f"{where}: {self.message}" if where else self.message
 
 
 @dataclass(frozen=True)
@@ -66,23 +72,25 @@ class Field:
                 return None, []
             return None, [Issue(path, f"must be {self.describe()}, got null")]
         converted = _convert(self.kind, value)
+        if converted is _NOT_FINITE:
+            return None, [Issue(path, f"must be {self.describe()}, got {shown(value)}, which is not a finite number")]
         if converted is _INVALID:
-            return None, [Issue(path, f"must be {self.describe()}, got {value!r} ({_type_name(value)})")]
+            return None, [Issue(path, f"must be {self.describe()}, got {shown(value)} ({_type_name(value)})")]
         value = converted
         if self.kind is list and self.item_kind is not None:
             items = [_convert(self.item_kind, v) for v in value]
-            bad = [v for v, c in zip(value, items) if c is _INVALID]
+            bad = [v for v, c in zip(value, items) if c is _INVALID or c is _NOT_FINITE]
             if bad:
-                return None, [Issue(path, f"must be {self.describe()}, got {bad[0]!r} in the list")]
+                return None, [Issue(path, f"must be {self.describe()}, got {shown(bad[0])} in the list")]
             value = items
         if self.choices is not None and value not in self.choices:
-            return None, [Issue(path, f"must be {self.describe()}, got {value!r}{did_you_mean(value, self.choices)}")]
+            return None, [Issue(path, f"must be {self.describe()}, got {shown(value)}{did_you_mean(value, self.choices)}")]
         if self.min is not None and (value < self.min or (self.exclusive_min and value == self.min)):
-            return None, [Issue(path, f"must be {self.describe()}, got {value!r}")]
+            return None, [Issue(path, f"must be {self.describe()}, got {shown(value)}")]
         if self.max is not None and value > self.max:
-            return None, [Issue(path, f"must be {self.describe()}, got {value!r}")]
-        if self.pattern is not None and not self.pattern.match(value):
-            return None, [Issue(path, f"must be {self.describe()}, got {value!r}")]
+            return None, [Issue(path, f"must be {self.describe()}, got {shown(value)}")]
+        if self.pattern is not None and not self.pattern.fullmatch(value):
+            return None, [Issue(path, f"must be {self.describe()}, got {shown(value)}")]
         if self.extra_check is not None:
             problem = self.extra_check(value)
             if problem:
@@ -94,16 +102,19 @@ Section = dict  # name -> Field | Section
 
 
 def check_section(schema: Section, doc: Any, path: str) -> tuple[dict, list[Issue]]:
-    """Fill defaults and check every key of `doc` against `schema`, collecting all issues."""
+    """Fill defaults and check every key of `doc` against `schema`, collecting all issues.
+
+    A section that is not a mapping is one issue, and resolves to its defaults, so that later checks
+    always receive a complete section."""
     issues: list[Issue] = []
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
-        return {}, [Issue(path, f"must be a mapping of keys to values, got {_type_name(doc)}")]
+        return _defaults(schema), [Issue(path, f"must be a mapping of keys to values, got {_type_name(doc)}")]
     resolved: dict = {}
     for key, value in doc.items():
         if key not in schema:
-            issues.append(Issue(join(path, str(key)), unknown_key_message(str(key), schema)))
+            issues.append(Issue(join(path, shown(key, quote=False)), unknown_key_message(str(key), schema)))
     for key, spec in schema.items():
         sub = join(path, key)
         if isinstance(spec, dict):
@@ -117,6 +128,12 @@ def check_section(schema: Section, doc: Any, path: str) -> tuple[dict, list[Issu
         else:
             resolved[key] = spec.default
     return resolved, issues
+
+
+def _defaults(schema: Section) -> dict:
+    """Every default of `schema` (required fields, having none, are left out)."""
+    return {key: _defaults(spec) if isinstance(spec, dict) else copy.deepcopy(spec.default)
+            for key, spec in schema.items() if isinstance(spec, dict) or spec.default is not REQUIRED}
 
 
 def param(default, help: str = "", **checks) -> dataclasses.Field:
@@ -158,16 +175,26 @@ def unknown_key_message(key: str, schema: dict) -> str:
     return f"unknown key{did_you_mean(key, list(schema))}; allowed keys here: {allowed}"
 
 
+def shown(value: Any, limit: int = 100, quote: bool = True) -> str:
+    """A value as messages show it: its repr (or text), shortened, since a file may hold a megabyte in one value."""
+    try:
+        text = repr(value) if quote else str(value)
+    except ValueError:  # an integer of more digits than int-to-text conversion allows
+        return f"an integer of about {value.bit_length() * 0.30103:.0f} digits"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
 def did_you_mean(value: Any, options) -> str:
-    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1, cutoff=0.6)
+    close = difflib.get_close_matches(shown(value, limit=200, quote=False), [str(o) for o in options], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 _INVALID = object()
+_NOT_FINITE = object()  # nan or infinity where a number is wanted: every comparison with them is False
 _KIND_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a mapping"}
 _KINDS_BY_NAME = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
 
@@ -178,12 +205,19 @@ def _convert(kind: type, value: Any) -> Any:
     if kind is int:
         return value if isinstance(value, int) and not isinstance(value, bool) else _INVALID
     if kind is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            number = value
         # PyYAML reads `1e-3` (no dot) as a string; accept what is plainly a number
-        if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value.strip()):
-            return float(value)
-        return _INVALID
+        elif isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value.strip()):
+            number = value
+        if number is None:
+            return _INVALID
+        try:
+            number = float(number)
+        except OverflowError:  # an integer too large for a float
+            return _NOT_FINITE
+        return number if math.isfinite(number) else _NOT_FINITE  # '1e999' converts to inf
     return value if isinstance(value, kind) else _INVALID
 
 

@@ -9,17 +9,22 @@ An axis is a dotted key and a list of values; the jobs are the cartesian product
 
 A job's key is a hash of its resolved configuration, so the same grid point always lands in the same
 folder and a changed hyperparameter makes a new job.
+
+A grid of more than MOELAB_MAX_GRID_JOBS jobs (limits.py) is refused from its axis lengths, before
+it is expanded; each variant's model is refused above MOELAB_MAX_MODEL_PARAMETERS (model_size.py).
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
+from moelab.config.limits import MAX_GRID_JOBS, count_text
+from moelab.config.model_size import model_size_problem
 from moelab.config.sections import DATA, TOP, TRAIN
 from moelab.data import DataSettings, dataset_keys, dataset_names, get_dataset_spec
 from moelab.models import get_model_spec
@@ -42,7 +47,7 @@ def job_key(config: dict) -> str:
 
 
 def check_grid(raw_grid: dict, doc: dict, variants_ok: bool = True) -> tuple[dict, list[Issue]]:
-    grid, issues = {}, []
+    grid, issues = {}, grid_size_issues(raw_grid)
     for axis, values in raw_grid.items():
         where = f"grid.{axis}"
         fields, problem = _axis_fields(str(axis), doc)
@@ -67,6 +72,20 @@ def check_grid(raw_grid: dict, doc: dict, variants_ok: bool = True) -> tuple[dic
         issues += axis_issues
         grid[axis] = checked
     return grid, issues
+
+
+def grid_size_issues(raw_grid: dict) -> list[Issue]:
+    """Refuse a grid of more than MAX_GRID_JOBS jobs from its axis lengths, before it is expanded."""
+    lengths = {str(axis): len(values) for axis, values in raw_grid.items() if isinstance(values, list) and values}
+    jobs = math.prod(lengths.values())
+    limit = MAX_GRID_JOBS.value()
+    if jobs <= limit:
+        return []
+    shown = " x ".join(f"{n:,} ({axis:.60})" for axis, n in list(lengths.items())[:8])
+    if len(lengths) > 8:
+        shown += f" x ... ({len(lengths) - 8:,} more axes)"
+    return [Issue("grid", f"makes {count_text(jobs)} jobs, {shown}, more than the limit of {limit:,} jobs; split the "
+                          f"experiment, or {MAX_GRID_JOBS.lift_hint()}")]
 
 
 def _axis_fields(axis: str, doc: dict) -> tuple[list[Field], str | None]:
@@ -113,8 +132,11 @@ def expand(doc: dict) -> list[Job]:
     base = {key: doc[key] for key in ("seed", "data", "train", "variants")}
     axes = list(doc["grid"].items())
     jobs = []
+    # each job gets a fresh copy; the checked configuration holds JSON values only, and json's C code
+    # copies it many times faster than copy.deepcopy (which a 100,000-job grid would wait on for a minute)
+    base_text = json.dumps(base)
     for combo in itertools.product(*(values for _, values in axes)):
-        config = copy.deepcopy(base)
+        config = json.loads(base_text)
         grid_values = {}
         for (axis, _), value in zip(axes, combo):
             _apply(config, axis, value)
@@ -144,26 +166,41 @@ def _apply(config: dict, axis: str, value: Any) -> None:
 
 
 def check_jobs(doc: dict) -> list[Issue]:
-    """Checks that need resolved grid points: limits across a model's parameters, and models that
-    read images on a dataset that has none."""
+    """Checks that need resolved grid points: limits across a model's parameters, models that read
+    images on a dataset that has none, and models too large to train (model_size.py)."""
     issues: list[Issue] = []
     seen: set[str] = set()
+    # a variant's checks read its parameters and the data: grid points that differ only in the seed
+    # or train settings share them, and most grids are mostly seeds
+    checked: dict[tuple[str, str], list[str]] = {}
     for job in expand(doc):
         point = ", ".join(f"{k}={v}" for k, v in job.grid_values.items() if k != "seed")
         at = f" (at grid point {point})" if point else ""
-        dataset = get_dataset_spec(job.config["data"]["name"])
+        model_point = json.dumps({k: v for k, v in job.grid_values.items() if k.startswith(("variants.", "data."))},
+                                 sort_keys=True)
         for variant in job.config["variants"]:
-            params = {k: v for k, v in variant.items() if k not in ("name", "model")}
-            problems = get_model_spec(variant["model"]).check(params)
-            if not problems and not dataset.images and get_model_spec(variant["model"]).needs_images(params):
-                problems = [f"model {variant['model']!r} reads images, but dataset {dataset.name!r} does not give "
-                            "images; use mlp, or backbone: none"]
-            for problem in problems:
+            case = (variant["name"], model_point)
+            if case not in checked:
+                params = {k: v for k, v in variant.items() if k not in ("name", "model")}
+                checked[case] = _variant_problems(variant["model"], params, job.config["data"])
+            for problem in checked[case]:
                 message = f"variants.{variant['name']}: {problem}{at}"
                 if message not in seen:
                     seen.add(message)
                     issues.append(Issue(f"variants.{variant['name']}", f"{problem}{at}"))
     return issues
+
+
+def _variant_problems(model: str, params: dict, data: dict) -> list[str]:
+    spec, dataset = get_model_spec(model), get_dataset_spec(data["name"])
+    problems = spec.check(params)
+    if not problems and not dataset.images and spec.needs_images(params):
+        problems = [f"model {model!r} reads images, but dataset {dataset.name!r} does not give images; use mlp, or "
+                    "backbone: none"]
+    if not problems:
+        too_large = model_size_problem(model, params, data)
+        problems = [too_large] if too_large else []
+    return problems
 
 
 def check_data_files(jobs: list[Job]) -> list[Issue]:

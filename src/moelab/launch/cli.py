@@ -49,7 +49,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.overrides = list(args.args)
     if args.overrides and "=" not in args.overrides[0]:
         args.experiment = Path(args.overrides.pop(0))
-    if args.experiment.is_dir():  # status experiments/<name>: the experiment as last launched
+    try:
+        is_dir = args.experiment.is_dir()
+    except OSError:  # e.g. a name too long for the file system: reading the file reports it
+        is_dir = False
+    if is_dir:  # status experiments/<name>: the experiment as last launched
         args.experiments_dir = args.experiment.parent
         args.experiment = args.experiment / "experiment.yaml"
     return args

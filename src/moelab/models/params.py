@@ -12,6 +12,42 @@ from moelab.schema import param
 
 # the auxiliary losses every MoE model can weight (implemented in moe.py)
 AUX_LOSSES = ("switch_balance", "cv_balance", "z_loss", "diversity", "kl_uniform")
+# the feature vector of the CNN backbone of an MoE model (backbone.CNNBackbone's default)
+BACKBONE_FEATURES = 512
+
+# `parameter_count(d_in, d_out, input_shape)` of each class below counts the trainable parameters of
+# the model the implementation builds (count_parameters), from the parameters alone, so that a model
+# too large to train is refused before anything is built. tests/test_config.py compares the two.
+
+
+def linear_parameters(d_in: int, d_out: int, bias: bool = True) -> int:
+    return d_in * d_out + (d_out if bias else 0)
+
+
+def image_channels_and_side(input_shape: tuple[int, ...] | None) -> tuple[int, int]:
+    if input_shape is None:
+        raise ValueError("a convolutional model needs image data")
+    shape = (1, *input_shape) if len(input_shape) == 2 else tuple(input_shape)
+    return shape[0], shape[1]
+
+
+def cnn_backbone_parameters(input_shape: tuple[int, ...] | None, width: int, features: int) -> int:
+    """backbone.CNNBackbone: a stem convolution, three residual stages (width, 2x, 4x) with
+    squeeze-excitation, a linear projection to `features`."""
+    channels, side = image_channels_and_side(input_shape)
+    total = channels * width * 9 + 2 * width  # stem: 3x3 convolution without bias, batch norm
+    c_in = width
+    for multiplier in (1, 2, 4):
+        stride = 2 if side >= 8 else 1
+        side = (side + stride - 1) // stride
+        c_out = width * multiplier
+        total += c_in * c_out * 9 + c_out * c_out * 9 + 4 * c_out  # two 3x3 convolutions, two batch norms
+        squeeze = max(4, c_out // 8)
+        total += linear_parameters(c_out, squeeze) + linear_parameters(squeeze, c_out)
+        if c_in != c_out or stride != 1:
+            total += c_in * c_out + 2 * c_out  # 1x1 projection of the skip connection, batch norm
+        c_in = c_out
+    return total + linear_parameters(c_in, features)
 
 
 @dataclass
@@ -19,6 +55,10 @@ class MLPParams:
     hidden: int = param(256, "width of each hidden layer", min=1)
     layers: int = param(2, "number of hidden layers", min=1, max=16)
     dropout: float = param(0.1, "dropout after each hidden layer", min=0.0, max=0.9)
+
+    def parameter_count(self, d_in: int, d_out: int, input_shape: tuple[int, ...] | None = None) -> int:
+        widths = [d_in] + [self.hidden] * self.layers + [d_out]
+        return sum(linear_parameters(a, b) for a, b in zip(widths, widths[1:]))
 
 
 @dataclass
@@ -29,6 +69,9 @@ class CNNParams:
 
     def needs_images(self) -> bool:
         return True
+
+    def parameter_count(self, d_in: int, d_out: int, input_shape: tuple[int, ...] | None = None) -> int:
+        return cnn_backbone_parameters(input_shape, self.width, self.features) + linear_parameters(self.features, d_out)
 
 
 @dataclass
@@ -54,6 +97,20 @@ class GatedParams:
 
     def needs_images(self) -> bool:
         return self.backbone == "cnn"
+
+    def parameter_count(self, d_in: int, d_out: int, input_shape: tuple[int, ...] | None = None) -> int:
+        total = 0
+        if self.backbone == "cnn":
+            total += cnn_backbone_parameters(input_shape, self.backbone_width, BACKBONE_FEATURES)
+            d_in = BACKBONE_FEATURES
+        experts = self.num_experts
+        total += linear_parameters(d_in, experts)  # router
+        if getattr(self, "noisy_gating", False):
+            total += linear_parameters(d_in, experts, bias=False)  # learned noise scale
+        total += experts * (linear_parameters(d_in, self.hidden) + linear_parameters(self.hidden, d_out))
+        if self.batch_norm:
+            total += experts * 2 * self.hidden
+        return total
 
     def check(self) -> list[str]:
         k = getattr(self, "k", 1)

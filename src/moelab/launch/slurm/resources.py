@@ -7,6 +7,7 @@ slurm_signal_delay_s, ...); `sbatch_parameters` turns them into submitit's Slurm
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -21,7 +22,11 @@ PROFILE_ENV = "MOELAB_SLURM_PROFILE"
 
 def profile_path(given: Path | None = None) -> Path | None:
     path = given or (Path(os.environ[PROFILE_ENV]) if os.environ.get(PROFILE_ENV) else DEFAULT_PROFILE)
-    if given is None and not path.is_file():
+    try:
+        missing = not path.is_file()
+    except OSError:  # a path the file system refuses: reading it says so
+        missing = False
+    if given is None and missing:
         return None  # no site profile: schema defaults
     return path
 
@@ -46,7 +51,8 @@ def sbatch_parameters(resources: dict, job_name: str) -> dict:
     params = {
         "job_name": job_name,
         "time": resources["timeout_min"],
-        "mem": f"{int(mem)}GB" if mem == int(mem) else f"{int(mem * 1024)}MB",
+        # rounded up: --mem=0 would ask for all the memory of a node
+        "mem": f"{int(mem)}GB" if mem == int(mem) else f"{math.ceil(mem * 1024)}MB",
         "cpus_per_task": resources["cpus_per_task"],
         "array_parallelism": resources["array_parallelism"],
         "signal_delay_s": resources["slurm_signal_delay_s"],
