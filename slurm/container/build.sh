@@ -35,6 +35,7 @@
 # --no-cache, --fakeroot). Examples:
 #   bash slurm/container/build.sh image && bash slurm/container/build.sh sif --output /shared/moelab.sif
 #   bash slurm/container/build.sh image --engine podman --make-base --ca-cert /etc/ssl/certs/ca-certificates.crt
+#   bash slurm/container/build.sh image --extras test --tag moelab:test    # with the test tools
 #   bash slurm/container/build.sh sif --from-def --output moelab.sif -- --fakeroot
 set -euo pipefail
 

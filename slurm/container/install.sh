@@ -24,6 +24,9 @@ if [ -f /run/secrets/moelab_ca ]; then
     export PIP_CERT=/run/secrets/moelab_ca
 fi
 export PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# a build argument left empty must not reach pip as an empty index
+[ -n "${PIP_INDEX_URL:-}" ] || unset PIP_INDEX_URL
+[ -n "${PIP_EXTRA_INDEX_URL:-}" ] || unset PIP_EXTRA_INDEX_URL
 
 # pip builds in the source tree: leave no build outputs behind in the image
 clean_build_outputs() {
