@@ -10,8 +10,8 @@
 # run/ too for `project`). `deps` is separate so that an image rebuilt after a code change reuses
 # the cached layer with torch instead of downloading it again.
 #
-# A CA certificate mounted at /run/secrets/moelab_ca (build secret `moelab_ca`) is used for pip's
-# HTTPS during the build only; it is not copied into the image.
+# A CA bundle mounted at /run/secrets/moelab_ca (build secret `moelab_ca`, or a bind in an Apptainer
+# build) is used for pip's HTTPS during the build only; it is not copied into the image.
 set -eu
 
 ROOT=/opt/moelab
@@ -20,7 +20,7 @@ step="${1:?usage: install.sh system|deps|project [EXTRAS]}"
 extras="${2:-}"
 target="$ROOT${extras:+[$extras]}"
 
-if [ -f /run/secrets/moelab_ca ]; then
+if [ -s /run/secrets/moelab_ca ]; then
     export PIP_CERT=/run/secrets/moelab_ca
 fi
 export PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
