@@ -19,8 +19,9 @@ from moelab.report import write_report
 from moelab.report.cli import main
 from moelab.report.data import report_data_from_runs
 from moelab.report.html import headline
-from moelab.report.tables import (BETTER, NOT_DISTINGUISHABLE, WORSE, add_baseline_differences, ci95, holm,
-                                  small_sample_warning, summarise, to_markdown, verdict)
+from moelab.report import html
+from moelab.report.tables import (BETTER, NOT_DISTINGUISHABLE, WORSE, add_baseline_differences, ci95, collapse_warning,
+                                  holm, small_sample_warning, summarise, to_markdown, verdict)
 from moelab.results import ExperimentTree, JobTree
 from conftest import copy_job
 
@@ -272,3 +273,34 @@ def test_the_report_states_holm_and_shows_adjusted_p_values(finished_job, tmp_pa
     page = tree.report_file.read_text()
     assert "Holm&#x27;s method over all k = 3" in page and "<b>better</b> (paired t-test, Holm-adjusted over 3" in page
     assert "p (Holm)" in tree.summary.latex.read_text()
+
+
+def test_the_collapse_warning_names_the_variant_and_grid_point_of_runs_with_dead_experts(tmp_path):
+    runs = pd.concat([hand_made_runs({"moe": [0.0] * 5}, grid_point=2), hand_made_runs({"moe": [0.0] * 5}, grid_point=4)])
+    moe = runs["variant"] == "moe"
+    runs.loc[moe, "dead_expert_fraction"] = 0.0
+    healthy = report_of(runs, tmp_path, grid_axes=["variants.*.num_experts"])
+    assert collapse_warning(healthy.runs, healthy.group_keys) is None
+    assert "Expert collapse" not in html.render(healthy, [], {})
+    runs.loc[moe & (runs["variants.*.num_experts"] == 4) & runs["seed"].isin([1, 3]), "dead_expert_fraction"] = [0.25, 0.5]
+    runs.loc[moe & (runs["variants.*.num_experts"] == 4) & (runs["seed"] == 0), "state"] = "failed"  # unfinished: not counted
+    data = report_of(runs, tmp_path, grid_axes=["variants.*.num_experts"])
+    warning = collapse_warning(data.runs, data.group_keys)
+    assert warning.startswith("2 of 9 finished MoE run(s) end with dead experts")
+    assert warning.endswith(": moe (num_experts=4): 2 of 4 run(s), up to 50 % of its experts dead.")
+    page = html.render(data, [], {})
+    assert page.index("Expert collapse.") < page.index("class='box headline'")  # on the first screen
+
+
+def test_router_health_roc_and_auc_reach_the_tables_and_the_report(finished_job, tmp_path):  # noqa: F811
+    copy_job(finished_job, tmp_path)
+    write_report([tmp_path / "experiment"])
+    tree = ExperimentTree(tmp_path / "experiment")
+    summary = pd.read_csv(tree.summary.summary_csv).set_index("variant")
+    for column in ("dead_expert_fraction", "effective_experts", "routing_flip_rate"):
+        assert summary.loc[["moe", "moe_topk", "moe_hard"], f"{column}_mean"].notna().all(), column
+        assert math.isnan(summary.loc["mlp", f"{column}_mean"])
+    assert summary["test_auc_macro_mean"].between(0.5, 1).all() and "test_auc_class_9_mean" in summary
+    assert tree.summary.plot("router_health").is_file() and tree.summary.plot("roc").is_file()
+    page = tree.report_file.read_text()
+    assert "effective experts" in page and "routing flips (last epoch)" in page and "test_auc_macro" in page

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from conftest import make_job
-from moelab.models import get_model_spec
+from moelab.models import build_model, get_model_spec
 from moelab.data import DataSettings, load_dataset
 from moelab.results.io import read_json, read_jsonl, write_json
 from moelab.results.tree import VariantTree
 from moelab.schema import check_section
 from moelab.train.job import run_job
 from moelab.train.settings import TrainSettings
-from moelab.train.trainer import EarlyStopping, StopRequested, train_variant
+from moelab.train.evaluate import predict
+from moelab.train.trainer import EarlyStopping, StopRequested, model_params, routing_balance, train_variant
 
 TRAIN_SECTION = {"epochs": 6, "batch_size": 64, "eval_batch_size": 512, "optimizer": "adamw", "lr": 0.003, "weight_decay": 1e-4,
          "momentum": 0.9, "schedule": "cosine", "warmup_epochs": 1, "step_every": 30, "grad_clip": 1.0,
@@ -179,3 +184,83 @@ def test_a_running_variant_redraws_its_curves(tmp_path, digits, monkeypatch):
                   on_epoch=on_epoch)
     assert seen == [(0, False), (1, True), (2, True), (3, True), (4, True)]  # drawn after epoch 2, refreshed
     assert out.curves_plot.stat().st_size > 10_000
+
+def test_routing_balance_counts_dead_experts_under_one_percent_and_effective_experts():
+    balanced = routing_balance([0.25] * 4)
+    assert balanced["dead_expert_fraction"] == 0.0 and balanced["effective_experts"] == pytest.approx(4.0)
+    assert routing_balance([1.0, 0.0, 0.0, 0.0])["effective_experts"] == pytest.approx(1.0)
+    uneven = routing_balance([0.6, 0.395, 0.005, 0.0])  # 0.5 % counts as dead, like no sample at all
+    assert uneven["collapsed_experts"] == [2, 3] and uneven["dead_expert_fraction"] == 0.5
+    entropy = -sum(p * math.log(p) for p in (0.6, 0.395, 0.005))
+    assert uneven["effective_experts"] == pytest.approx(math.exp(entropy))
+
+
+def test_router_health_per_epoch_and_the_test_routing_flip_rate(tmp_path, digits):
+    """The flip rate is checked against the test routing of the weights saved after each epoch."""
+    out = VariantTree(tmp_path / "v")
+    saved = []
+    on_epoch = lambda history: saved.append(torch.load(out.last_checkpoint, weights_only=False))
+    results = train_variant(TOPK, digits, TrainSettings.from_dict({**TRAIN_SECTION, "epochs": 3}), 0, out,
+                            torch.device("cpu"), on_epoch=on_epoch)
+    lines = read_jsonl(out.metrics_file)
+    model = build_model("moe_topk", digits.d_in, digits.d_out, model_params(TOPK))
+    first_experts = []
+    for state in saved:
+        model.load_state_dict(state["model"])
+        first_experts.append(predict(model, digits.x_test, digits.task).experts[:, 0])
+        assert torch.equal(state["test_experts"], first_experts[-1])
+    assert "test_routing_flip_rate" not in lines[0]  # nothing to compare the first epoch with
+    for epoch in (1, 2):
+        changed = (first_experts[epoch] != first_experts[epoch - 1]).float().mean().item()
+        assert lines[epoch]["test_routing_flip_rate"] == pytest.approx(changed)
+    for line in lines:
+        load = line["train_expert_load"]
+        assert line["train_dead_expert_fraction"] == sum(share < 0.01 for share in load) / len(load)
+        assert line["train_effective_experts"] == pytest.approx(math.exp(-sum(p * math.log(p) for p in load if p > 0)))
+    assert results["dead_expert_fraction"] == lines[-1]["train_dead_expert_fraction"]
+    assert results["effective_experts"] == lines[-1]["train_effective_experts"]
+    assert results["routing_flip_rate"] == lines[-1]["test_routing_flip_rate"]
+
+
+def test_a_diverging_variant_fails_with_a_clear_error_and_the_others_finish(tmp_path):
+    # an auxiliary weight beyond float32's range makes the first step's loss infinite: NaN weights after it
+    job = make_job(tmp_path, ["variants.moe.z_loss=1e39"])
+    outcome = run_job(job.path)
+    assert outcome.errors == {"moe": "TrainingDiverged: diverged at epoch 0 (train loss nan)"}
+    status = read_json(job.status_file)
+    assert status["variants"]["moe"]["state"] == "failed"
+    assert {n for n, v in status["variants"].items() if v["state"] == "done"} == {"mlp", "moe_topk", "moe_hard"}
+    line = read_jsonl(job.variant("moe").metrics_file)[-1]
+    assert line["epoch"] == 0 and math.isnan(line["train_loss"])  # the diverged epoch is shown
+    assert not job.variant("moe").last_checkpoint.exists() and not job.variant("moe").results_file.exists()
+
+
+def test_a_huge_learning_rate_stops_every_model_with_the_divergence_error(tmp_path):
+    """Before the check, NaN router logits failed deep inside torch (moe_topk's load estimate)."""
+    job = make_job(tmp_path, ["train.lr=1e6", "train.epochs=3"])
+    outcome = run_job(job.path)
+    assert set(outcome.errors) == {"mlp", "moe", "moe_topk", "moe_hard"}
+    for variant, error in outcome.errors.items():
+        assert re.fullmatch(r"TrainingDiverged: diverged at epoch \d \((train|validation) loss (nan|inf)\)", error), error
+
+
+def test_roc_curves_and_auc_from_the_test_probabilities(finished_job):
+    """AUC checked against its definition: the chance that a positive outscores a negative (ties half)."""
+    spec = read_json(finished_job.config_file)
+    data = load_dataset(DataSettings(**spec["config"]["data"]), spec["config"]["seed"])
+    variant = next(v for v in spec["config"]["variants"] if v["name"] == "moe_topk")
+    model = build_model(variant["model"], data.d_in, data.d_out, model_params(variant))
+    model.load_state_dict(torch.load(finished_job.variant("moe_topk").best_weights, weights_only=True))
+    probabilities = predict(model, data.x_test, data.task).outputs
+    results = read_json(finished_job.variant("moe_topk").results_file)
+    roc = pd.read_csv(finished_job.variant("moe_topk").analysis.roc)
+    for c in range(data.d_out):
+        positive, negative = probabilities[data.y_test == c, c], probabilities[data.y_test != c, c]
+        wins = (positive[:, None] > negative[None, :]).double() + 0.5 * (positive[:, None] == negative[None, :]).double()
+        assert results[f"test_auc_class_{c}"] == pytest.approx(wins.mean().item(), abs=1e-6)
+        curve = roc[roc["class"] == c]
+        assert (curve.iloc[0][["false_positive_rate", "true_positive_rate"]] == 0).all()
+        assert (curve.iloc[-1][["false_positive_rate", "true_positive_rate"]] == 1).all()
+        area = np.trapezoid(curve["true_positive_rate"], curve["false_positive_rate"])
+        assert area == pytest.approx(results[f"test_auc_class_{c}"])
+    assert results["test_auc_macro"] == pytest.approx(np.mean([results[f"test_auc_class_{c}"] for c in range(10)]))

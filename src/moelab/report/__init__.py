@@ -13,7 +13,7 @@ from pathlib import Path
 from moelab.report import html
 from moelab.report.data import ReportData, read_report_data
 from moelab.report.plots import draw_plots
-from moelab.report.tables import comparisons_note, small_sample_warning, to_latex, to_markdown
+from moelab.report.tables import collapse_warning, comparisons_note, small_sample_warning, to_latex, to_markdown
 from moelab.results.io import atomic_write, write_text
 from moelab.results.status import JobState
 
@@ -75,6 +75,9 @@ def _markdown(data: ReportData, not_drawn: dict[str, str]) -> str:
     too_few_seeds = small_sample_warning(data.table, data.metric, data.baseline)
     if too_few_seeds:
         parts.append(f"**Too few seeds to compare.** {too_few_seeds}\n\n")
+    collapsed = collapse_warning(data.runs, data.group_keys)
+    if collapsed:
+        parts.append(f"**Expert collapse.** {collapsed}\n\n")
     note = comparisons_note(data.table, data.metric, data.baseline)
     if note:
         parts.append(f"{note}\n\n")

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 import pandas as pd
 
 from moelab.report.data import ReportData
-from moelab.report.tables import finished
+from moelab.report.tables import axis_label, finished
 from moelab.results.io import atomic_write
 from moelab.results.tree import VariantTree
 
@@ -49,9 +49,13 @@ def plots_for(data: ReportData) -> tuple[Plot, ...]:
              "a dense model of equal cost?", latency_vs_accuracy),
         Plot("utilisation", "Share of training samples each expert received, per epoch (first choice).",
              utilisation_heatmaps),
+        Plot("router_health", "Router health per epoch, mean ± std over seeds: share of dead experts (first choice of "
+             "under 1 % of the training samples), effective number of experts (exp of the first-choice entropy), and the "
+             "share of test samples whose first expert changed since the previous epoch.", router_health),
         Plot("specialisation", "Which experts the test samples of each class went to.", specialisation_heatmaps),
         Plot("gate_batches", "Gate activations over all training batches.", gate_batches),
         Plot("confusion", "Test confusion matrices.", confusion_matrices),
+        Plot("roc", "One-vs-rest ROC curves of every class from the test probabilities, with the macro AUC.", roc_curves),
         Plot("reconstructions", "The target image and each variant's fit.", reconstructions),
         Plot("training_time", "Training time per run.", training_time),
         Plot("params_vs_metric", "Parameter count against the test metric.", params_vs_metric),
@@ -191,6 +195,62 @@ def utilisation_heatmaps(data: ReportData, path: Path) -> str | None:
     return None
 
 
+ROUTER_HEALTH = (("train_dead_expert_fraction", "dead experts (share)"), ("train_effective_experts", "effective experts"),
+                 ("test_routing_flip_rate", "test routing flips"))
+
+
+def router_health(data: ReportData, path: Path) -> str | None:
+    """Dead-expert share, effective number of experts and test routing flip rate per epoch, a line per
+    MoE variant, one column per grid point."""
+    curves = data.curves
+    if curves.empty or "train_effective_experts" not in curves:
+        return "no MoE variant has per-epoch routing yet"
+    moe = curves[curves["train_effective_experts"].notna()]
+    points = _points(moe, [a for a in data.grid_axes if a != "seed" and a in moe])
+    fig, axes = subplots(len(ROUTER_HEALTH), len(points), figsize=(max(7.0, 4.2 * len(points)), 8.0), squeeze=False,
+                         sharex=True)
+    for col, (label, part) in enumerate(points):
+        for variant, rows in part.groupby("variant", sort=False):
+            for row_index, (column, ylabel) in enumerate(ROUTER_HEALTH):
+                stats = rows.groupby("epoch")[column].agg(["mean", "std"]).dropna(subset=["mean"])
+                ax = axes[row_index][col]
+                line, = ax.plot(stats.index, stats["mean"], label=variant)
+                spread = stats["std"].fillna(0.0)
+                ax.fill_between(stats.index, stats["mean"] - spread, stats["mean"] + spread, alpha=0.2, color=line.get_color())
+                ax.set_ylabel(ylabel)
+        axes[0][col].set_title(label or "all runs", fontsize=9)
+        axes[-1][col].set_xlabel("epoch")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Router health (mean ± std over seeds)", fontsize=10)
+    save(fig, path)
+    return None
+
+
+def roc_curves(data: ReportData, path: Path) -> str | None:
+    """Each class's one-vs-rest ROC curve, one panel per variant (first seed, first grid point)."""
+    found = [(v, pd.read_csv(p)) for v, p in _variant_files(data.runs, attrgetter("analysis.roc"))]
+    found = [(v, t) for v, t in found if not t.empty]
+    if not found:
+        return "no finished classification runs"
+    columns = min(4, len(found))
+    rows = -(-len(found) // columns)
+    fig, axes = subplots(rows, columns, figsize=(3.4 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(found):]:
+        ax.axis("off")
+    for ax, (variant, table) in zip(axes.flat, found):
+        areas = []
+        for c, curve in table.groupby("class"):
+            ax.plot(curve["false_positive_rate"], curve["true_positive_rate"], linewidth=0.9, label=str(c))
+            areas.append(np.trapezoid(curve["true_positive_rate"], curve["false_positive_rate"]))
+        ax.plot([0, 1], [0, 1], color="gray", linestyle=":", linewidth=0.8)
+        ax.set(title=f"{variant}: macro AUC {np.mean(areas):.3f}", xlabel="false positive rate",
+               ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+    axes.flat[0].legend(title="class", fontsize=6, title_fontsize=7, ncols=2, loc="lower right")
+    fig.suptitle("One-vs-rest ROC curves on the test set (first seed, first grid point)", fontsize=10)
+    save(fig, path)
+    return None
+
+
 def specialisation_heatmaps(data: ReportData, path: Path) -> str | None:
     """Share of each class's test samples routed to each expert (rows sum to 1)."""
     found = [(v, pd.read_csv(p, index_col="class")) for v, p in _variant_files(data.runs, attrgetter("analysis.class_expert"))]
@@ -327,13 +387,6 @@ def params_vs_metric(data: ReportData, path: Path) -> str | None:
     ax.legend(fontsize=8)
     save(fig, path)
     return None
-
-
-def axis_label(axis: str) -> str:
-    """variants.*.num_experts -> num_experts; variants.moe.k -> moe.k; train.lr stays."""
-    if axis.startswith("variants.*."):
-        return axis[len("variants.*."):]
-    return axis[len("variants."):] if axis.startswith("variants.") else axis
 
 
 def _points(frame: pd.DataFrame, keys: list[str]) -> list[tuple[str, pd.DataFrame]]:

@@ -19,9 +19,17 @@ FAMILY_WISE_ALPHA = 0.05  # the chance of any false "better" or "worse" among al
 MIN_PAIRED_SEEDS = 3
 BETTER, NOT_DISTINGUISHABLE, WORSE = "better", "not distinguishable", "worse"
 # final numbers worth averaging, when present; test_<metric>@<routing> columns are added as found
-SUMMARY_COLUMNS = ("test_acc", "test_macro_f1", "test_macro_precision", "test_macro_recall", "test_psnr", "test_mse",
-                   "test_rmse", "test_mae", "test_r2", "test_loss", "num_parameters", "active_parameters",
-                   "latency_ms", "epochs_trained", "train_seconds")
+SUMMARY_COLUMNS = ("test_acc", "test_macro_f1", "test_macro_precision", "test_macro_recall", "test_auc_macro", "test_psnr",
+                   "test_mse", "test_rmse", "test_mae", "test_r2", "test_loss", "num_parameters", "active_parameters",
+                   "dead_expert_fraction", "effective_experts", "routing_flip_rate", "latency_ms", "epochs_trained",
+                   "train_seconds")
+
+
+def axis_label(axis: str) -> str:
+    """variants.*.num_experts -> num_experts; variants.moe.k -> moe.k; train.lr stays."""
+    if axis.startswith("variants.*."):
+        return axis[len("variants.*."):]
+    return axis[len("variants."):] if axis.startswith("variants.") else axis
 
 
 def group_columns(runs: pd.DataFrame, grid_axes: list[str]) -> list[str]:
@@ -57,6 +65,7 @@ def summarise(runs: pd.DataFrame, grid_axes: list[str]) -> pd.DataFrame:
         return pd.DataFrame()
     values = [c for c in SUMMARY_COLUMNS if c in done and done[c].notna().any()]
     values += sorted(c for c in done.columns if c.startswith("test_") and "@" in c and "seconds" not in c)
+    values += sorted((c for c in done.columns if c.startswith("test_auc_class_")), key=lambda c: int(c.rsplit("_", 1)[1]))
     values += [c for c in done.columns if c.startswith("diff_")]
     keys = group_columns(done, grid_axes)
     # grid values may be lists or None; group on their text so every value forms a group
@@ -185,6 +194,31 @@ def small_sample_warning(table: pd.DataFrame, metric: str, baseline: str | None)
             f"Run at least {MIN_PAIRED_SEEDS} seeds.")
 
 
+def collapse_warning(runs: pd.DataFrame, keys: list[str]) -> str | None:
+    """The rule for the report's collapse warning: a finished MoE run whose final epoch has a dead
+    expert (the first choice of fewer than 1 % of that epoch's training samples) counts as collapsed.
+    Names every variant and grid point with such runs; None when there are none."""
+    done = finished(runs)
+    if "dead_expert_fraction" not in done:
+        return None
+    moe = done[done["dead_expert_fraction"].notna()]
+    collapsed = moe[moe["dead_expert_fraction"] > 0]
+    if collapsed.empty:
+        return None
+    keys = [k for k in keys if k in moe]
+    places = []
+    for _, group in moe.assign(**{k: moe[k].map(_group_text) for k in keys}).groupby(keys, sort=False, dropna=False):
+        dead = group[group["dead_expert_fraction"] > 0]
+        if dead.empty:
+            continue
+        first = group.iloc[0]
+        point = ", ".join(f"{axis_label(k)}={first[k]}" for k in keys if k != "variant")
+        places.append(f"{first['variant']}{f' ({point})' if point else ''}: {len(dead)} of {len(group)} run(s), up to "
+                      f"{dead['dead_expert_fraction'].max() * 100:.0f} % of its experts dead")
+    return (f"{len(collapsed)} of {len(moe)} finished MoE run(s) end with dead experts (experts that are the first "
+            f"choice of fewer than 1 % of the last epoch's training samples): " + "; ".join(places) + ".")
+
+
 def compact(table: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
     """The summary for reading: 'mean ± std' cells, the paired difference to the baseline with its
     95 % interval, and means for sizes and times."""
@@ -192,6 +226,7 @@ def compact(table: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
         return table
     out = table[[k for k in keys if k in table] + ["n"]].copy()
     tests = [f"test_{metric}"] + sorted({c[: -len("_mean")] for c in table if c.startswith(f"test_{metric}@") and c.endswith("_mean")})
+    tests.append("test_auc_macro")
     for column in tests:
         if f"{column}_mean" in table:
             out[column] = [_mean_std(m, s) for m, s in zip(table[f"{column}_mean"], table[f"{column}_std"])]
@@ -201,8 +236,8 @@ def compact(table: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
     if f"{diff}_verdict" in table:
         out["p (Holm)"] = [_p_value(p) for p in table[f"{diff}_p_holm"]]
         out["verdict"] = table[f"{diff}_verdict"]
-    for column, fmt in (("num_parameters", "{:,.0f}"), ("active_parameters", "{:,.0f}"), ("epochs_trained", "{:.1f}"),
-                        ("train_seconds", "{:.2f}")):
+    for column, fmt in (("num_parameters", "{:,.0f}"), ("active_parameters", "{:,.0f}"), ("dead_expert_fraction", "{:.2f}"),
+                        ("epochs_trained", "{:.1f}"), ("train_seconds", "{:.2f}")):
         if f"{column}_mean" in table:
             out[column] = [fmt.format(v) if v == v else "" for v in table[f"{column}_mean"]]
     return out

@@ -212,3 +212,8 @@ class AnalysisFiles:
     @property
     def confusion(self) -> Path:
         return self.path / "confusion.csv"
+
+    @property
+    def roc(self) -> Path:
+        """One-vs-rest ROC curve points of every class (classification)."""
+        return self.path / "roc.csv"

@@ -22,13 +22,18 @@ from moelab.models.base import count_parameters
 from moelab.results.io import append_jsonl, atomic_write, write_json, write_jsonl
 from moelab.results.tree import VariantTree
 from moelab.train.analysis import write_expert_analysis
-from moelab.train.evaluate import evaluate, test_results
+from moelab.train.evaluate import evaluate, predict, test_results
 from moelab.train.settings import TrainSettings
 from moelab.train.tasks import TASKS, batch_stats, finish_metrics
 
 
 class StopRequested(Exception):
     """Raised between epochs when the caller asked to stop; the checkpoint is already on disk."""
+
+
+class TrainingDiverged(Exception):
+    """A loss became NaN or infinite: the variant stops (and is recorded as failed) before the weights
+    of that epoch are saved."""
 
 
 @dataclass
@@ -81,8 +86,9 @@ def fit(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: 
     stopper = EarlyStopping(settings.early_stopping.patience, settings.early_stopping.min_delta)
     history: list[dict] = []
     start_epoch = 0
+    test_experts = None  # each test sample's first expert after the previous epoch (MoE models)
     if out.last_checkpoint.is_file():
-        start_epoch, history = load_checkpoint(out, model, optimizer, scheduler, shuffle, stopper, device)
+        start_epoch, history, test_experts = load_checkpoint(out, model, optimizer, scheduler, shuffle, stopper, device)
         write_jsonl(out.metrics_file, [metrics_line(r) for r in history])  # drop lines written after the checkpoint
     elif out.metrics_file.exists():
         out.metrics_file.unlink()
@@ -96,14 +102,20 @@ def fit(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: 
         train = train_one_epoch(model, data, optimizer, shuffle, settings)
         val = evaluate(model, data.x_val, data.y_val, data.task, settings.eval_batch_size)
         scheduler.step()
-        improved = stopper.update(val[task.primary], epoch)
         row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
-               "lr": lr, "seconds": time.perf_counter() - started}
+               "lr": lr}
+        first_experts = test_first_experts(model, data, settings)
+        if first_experts is not None and test_experts is not None:
+            row["test_routing_flip_rate"] = int((first_experts != test_experts).sum()) / len(first_experts)
+        test_experts = first_experts
+        row["seconds"] = time.perf_counter() - started
         history.append(row)
         append_jsonl(out.metrics_file, metrics_line(row))
+        check_finite(row, epoch)
+        improved = stopper.update(val[task.primary], epoch)
         if improved:
             save_atomic(out.best_weights, model.state_dict())
-        save_checkpoint(out, epoch + 1, model, optimizer, scheduler, shuffle, stopper, history)
+        save_checkpoint(out, epoch + 1, model, optimizer, scheduler, shuffle, stopper, history, test_experts)
         on_epoch(history)
         if stop_requested() and not stopper.should_stop and epoch + 1 < settings.epochs:
             raise StopRequested(f"stopped after epoch {epoch} on request; resumes from the checkpoint")
@@ -142,6 +154,24 @@ def metrics_line(row: dict) -> dict:
     """An epoch's line in metrics.jsonl: the per-batch gate shares stay in the checkpoint's history
     (and analysis/gates_per_batch.csv), so the metrics file stays small enough to aggregate fast."""
     return {k: v for k, v in row.items() if k != "train_batch_expert_load"}
+
+
+def check_finite(row: dict, epoch: int) -> None:
+    """Stop a diverging variant with a clear error rather than train on (or fail deep inside torch with)
+    NaN weights. The epoch's line stays in metrics.jsonl, showing the loss that diverged."""
+    for key in ("train_loss", "val_loss"):
+        if not math.isfinite(row[key]):
+            words = key.replace("_", " ").replace("val ", "validation ")
+            raise TrainingDiverged(f"diverged at epoch {epoch} ({words} {row[key]})")
+
+
+@torch.no_grad()
+def test_first_experts(model, data: TaskData, settings: TrainSettings) -> torch.Tensor | None:
+    """The first expert of every test sample under the model's inference routing (None without experts);
+    comparing it between epochs gives the routing flip rate. Evaluation draws no random numbers, so
+    training is unchanged by it."""
+    experts = predict(model, data.x_test, data.task, settings.eval_batch_size).experts
+    return None if experts is None else experts[:, 0]
 
 
 def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSettings) -> dict:
@@ -191,11 +221,17 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSe
 
 
 def routing_balance(load: list[float]) -> dict:
-    """Load CV, normalised entropy (1 = perfectly balanced) and the experts under 1 % of samples."""
+    """Balance of the first-choice load (each expert's share of the epoch's training samples): load CV,
+    normalised entropy (1 = perfectly balanced), the collapsed experts (under 1 % of the samples), the
+    share of experts that are dead (collapsed: the same 1 % rule, zero included), and the effective
+    number of experts exp(entropy) (E when balanced, 1 when one expert takes everything)."""
     shares = torch.tensor(load, dtype=torch.float64)
-    entropy = -(shares[shares > 0] * shares[shares > 0].log()).sum() / math.log(len(load)) if len(load) > 1 else 1.0
+    used = shares[shares > 0]
+    entropy = float(-(used * used.log()).sum())
+    collapsed = [e for e, s in enumerate(load) if s < 0.01]
     return {"load_cv": float(shares.std(unbiased=False) / shares.mean()) if shares.mean() > 0 else 0.0,
-            "load_entropy": float(entropy), "collapsed_experts": [e for e, s in enumerate(load) if s < 0.01]}
+            "load_entropy": entropy / math.log(len(load)) if len(load) > 1 else 1.0, "collapsed_experts": collapsed,
+            "dead_expert_fraction": len(collapsed) / len(load), "effective_experts": math.exp(entropy)}
 
 
 @torch.no_grad()
@@ -239,17 +275,20 @@ def save_atomic(path, obj) -> None:
     atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
 
 
-def save_checkpoint(out: VariantTree, next_epoch, model, optimizer, scheduler, shuffle, stopper, history) -> None:
+def save_checkpoint(out: VariantTree, next_epoch, model, optimizer, scheduler, shuffle, stopper, history,
+                    test_experts) -> None:
     state = {
         "next_epoch": next_epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "early_stopping": asdict(stopper), "history": history,
+        "test_experts": test_experts,
         "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
     save_atomic(out.last_checkpoint, state)
 
 
-def load_checkpoint(out: VariantTree, model, optimizer, scheduler, shuffle, stopper, device) -> tuple[int, list[dict]]:
+def load_checkpoint(out: VariantTree, model, optimizer, scheduler, shuffle, stopper,
+                    device) -> tuple[int, list[dict], torch.Tensor | None]:
     state = torch.load(out.last_checkpoint, map_location=device, weights_only=False)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -260,7 +299,7 @@ def load_checkpoint(out: VariantTree, model, optimizer, scheduler, shuffle, stop
     shuffle.set_state(state["rng"]["shuffle"].cpu())
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
-    return state["next_epoch"], state["history"]
+    return state["next_epoch"], state["history"], state.get("test_experts")  # absent from older checkpoints
 
 
 def resolve_device(name: str) -> torch.device:
