@@ -39,6 +39,13 @@ CASES = {
     "cnn on non-images": (bad(data={"name": "image_fit"}, variants=[{"name": "c", "model": "cnn"}], grid={}),
                           "variants.c: model 'cnn' reads images, but dataset 'image_fit' does not give images"),
     "unknown grid axis": (bad(grid={"train.lrate": [1]}), "grid.train.lrate: unknown key 'lrate' in train; keys there: epochs, batch_size"),
+    "unknown baseline": (bad(baseline={"variant": "mpl"}), "baseline.variant: no variant named 'mpl' (did you mean 'mlp'?)"),
+    "MoE baseline": (bad(baseline={"variant": "moe"}), "baseline.variant: variant 'moe' is an MoE model (moe); the baseline is a dense model"),
+    "unknown match kind": (bad(baseline={"match": ["activ"]}), "baseline.match: must list kinds out of active, total, got 'activ' (did you mean 'active'?)"),
+    "matched name taken": (bad(baseline={"match": ["total"]}, variants__0__name="mlp_total_moe"),
+                           "variants.mlp_total_moe: this name is taken by the dense model matched to the total parameters of 'moe'"),
+    "unsized backbone": (bad(baseline={"match": ["active"]}, variants__1__backbone="cnn"),
+                         "baseline.match: cannot build dense models matched to variant 'moe': the size of its CNN backbone"),
 }
 
 
@@ -138,3 +145,45 @@ def test_shipped_experiment_files_are_valid_once_their_data_is_present(tmp_path)
                       "--experiments-dir", str(tmp_path / "out"))
         assert done.returncode == 2 and "  - data: " in done.stderr and "data/README.md" in done.stderr, done.stderr
         assert not (tmp_path / "out").exists()
+
+
+# the keys of jobs before baseline: existed; an experiment without matched baselines must keep them
+TINY_KEYS = ["163feac4935c", "1cda1ca3497d", "08bb6f444882", "18feb743e75c"]
+DEFAULT_KEYS = ["ca40dcb7d30c", "03168660be36", "4f821ad9c02d", "457c8b787671", "0b91dfa5f29d", "8a58aa11203e"]
+
+
+def test_job_keys_of_experiments_without_matched_baselines_do_not_change(write_experiment):
+    from conftest import REPO
+
+    assert [job.key for job in load_experiment(write_experiment()).jobs()] == TINY_KEYS
+    assert [job.key for job in load_experiment(REPO / "experiments/configs/default.yaml").jobs()] == DEFAULT_KEYS
+    named_only = load_experiment(write_experiment({**TINY, "baseline": {"variant": "mlp"}}))
+    assert [job.key for job in named_only.jobs()] == TINY_KEYS
+    assert all(job.matched == {} for job in named_only.jobs())
+
+
+def test_matched_baselines_are_mlps_of_the_nearest_size_at_every_grid_point(write_experiment):
+    from moelab.models import build_model, model_params
+    from moelab.models.base import count_parameters
+
+    experiment = load_experiment(write_experiment({**TINY, "baseline": {"variant": "mlp", "match": ["active", "total"]}}))
+    jobs = experiment.jobs()
+    assert {job.key for job in jobs}.isdisjoint(TINY_KEYS)
+    for job in jobs:
+        variants = {v["name"]: v for v in job.config["variants"]}
+        built = {name: build_model(v["model"], 64, 10, model_params(v)).eval() for name, v in variants.items()}
+        assert set(job.matched) == {"moe", "moe_topk", "moe_hard"}
+        for moe, matches in job.matched.items():
+            for kind, dense in matches.items():
+                assert dense.startswith("mlp_") and variants[dense]["layers"] == variants["mlp"]["layers"] == 2
+                target = built[moe].active_parameters() if kind == "active" else count_parameters(built[moe])
+                size = lambda hidden: count_parameters(build_model("mlp", 64, 10, {**model_params(variants[dense]), "hidden": hidden}))
+                hidden = variants[dense]["hidden"]
+                assert size(hidden) == count_parameters(built[dense])
+                assert abs(size(hidden) - target) <= min(abs(size(hidden - 1) - target), abs(size(hidden + 1) - target))
+        # soft routing runs every expert: one dense model serves both sizes
+        assert job.matched["moe"] == {"active": "mlp_active_moe", "total": "mlp_active_moe"}
+        assert job.matched["moe_topk"] == {"active": "mlp_active_moe_topk", "total": "mlp_total_moe_topk"}
+        assert experiment.job_spec(job)["matched"] == job.matched
+    # sized at each grid point: num_experts 2 and 4 give two widths
+    assert len({v["hidden"] for job in jobs for v in job.config["variants"] if v["name"] == "mlp_total_moe_topk"}) == 2

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from moelab.models import build_model, get_model_spec, model_names
+from moelab.models.base import count_parameters
+from moelab.models.params import MLPParams
 from moelab.models.moe import (MoE, cv_squared, kl_to_uniform, output_similarity, router_z_loss,
                                switch_balance)
 
@@ -209,3 +211,39 @@ def test_every_registered_model_follows_the_interface(name):
         assert model.eval().expert_outputs(x).shape == (16, 4, 10)
     assert model.eval().flops_per_sample(64) > 0
     assert set(spec.schema) == set(spec.params.__dataclass_fields__)
+
+
+COUNTED = {
+    "mlp": [{}, {"hidden": 7, "layers": 1}, {"hidden": 33, "layers": 4}],
+    "moe": [{}, {"num_experts": 3, "hidden": 5, "batch_norm": False}],
+    "moe_topk": [{}, {"num_experts": 6, "k": 3, "hidden": 9}, {"noisy_gating": False, "batch_norm": False}],
+    "moe_hard": [{}, {"num_experts": 5, "k": 2}],
+    "moe_switch": [{"num_experts": 3, "hidden": 12}],
+    "moe_guided": [{"num_experts": 2}],
+}
+
+
+@pytest.mark.parametrize("name", sorted(COUNTED))
+@pytest.mark.parametrize("d_in,d_out", [(64, 10), (34, 3)])
+def test_parameter_counts_without_torch_equal_the_built_models(name, d_in, d_out):
+    spec = get_model_spec(name)
+    for params in COUNTED[name]:
+        counts = spec.parameter_counts(d_in, d_out, params)
+        model = build_model(name, d_in, d_out, params).eval()
+        assert counts.total == count_parameters(model), params
+        assert counts.active == model.active_parameters(), params
+
+
+def test_models_whose_size_is_not_known_before_building_have_no_counts():
+    assert get_model_spec("cnn").parameter_counts(64, 10, {}) is None
+    assert get_model_spec("moe_topk").parameter_counts(64, 10, {"backbone": "cnn"}) is None
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("target", [700, 5_000, 123_457])
+def test_the_matched_mlp_width_gives_the_nearest_parameter_count(layers, target):
+    size = lambda hidden: MLPParams(hidden=hidden, layers=layers).parameter_counts(64, 10).total
+    hidden = MLPParams.hidden_for(target, 64, 10, layers)
+    assert abs(size(hidden) - target) <= abs(size(hidden + 1) - target)
+    assert hidden == 1 or abs(size(hidden) - target) <= abs(size(hidden - 1) - target)
+    assert MLPParams.hidden_for(10, 64, 10, layers) == 1  # below the narrowest MLP: width 1

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import make_job
-from moelab.models import build_model, get_model_spec
+from moelab.models import build_model, get_model_spec, model_params
 from moelab.data import DataSettings, load_dataset
 from moelab.results.io import read_json, read_jsonl, write_json
 from moelab.results.tree import VariantTree
@@ -21,7 +21,7 @@ from moelab.schema import check_section
 from moelab.train.job import run_job
 from moelab.train.settings import TrainSettings
 from moelab.train.evaluate import predict
-from moelab.train.trainer import EarlyStopping, StopRequested, model_params, routing_balance, train_variant
+from moelab.train.trainer import EarlyStopping, StopRequested, routing_balance, train_variant
 
 TRAIN_SECTION = {"epochs": 6, "batch_size": 64, "eval_batch_size": 512, "optimizer": "adamw", "lr": 0.003, "weight_decay": 1e-4,
          "momentum": 0.9, "schedule": "cosine", "warmup_epochs": 1, "step_every": 30, "grad_clip": 1.0,

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from moelab.config import grid as grid_module
+from moelab.config.baseline import check_baseline
 from moelab.config.sections import DATA, TOP
 from moelab.data import dataset_keys, dataset_names, get_dataset_spec
 from moelab.data.settings import COMMON_KEYS
@@ -53,7 +54,7 @@ class Experiment:
     def job_spec(self, job: grid_module.Job) -> dict:
         """A job's config.json: what it computes (`config`, hashed into its key) and how it reports."""
         return {"key": job.key, "experiment": self.name, "grid_values": job.grid_values, "config": job.config,
-                "report": self.doc["report"]}
+                "report": self.doc["report"], **({"matched": job.matched} if job.matched else {})}
 
 
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
@@ -147,6 +148,8 @@ def check_document(raw: dict) -> tuple[dict, list[Issue]]:
             doc["data"] = dataset_keys(doc["data"])
     doc["variants"], variant_issues = check_variants(raw.get("variants"))
     issues += variant_issues
+    if not variant_issues and not any(i.path.startswith("baseline.") for i in issues):
+        issues += check_baseline(doc)
     raw_grid = raw.get("grid") or {}
     if not isinstance(raw_grid, dict):
         issues.append(Issue("grid", "must be a mapping of keys to lists of values, e.g. seed: [0, 1, 2]"))

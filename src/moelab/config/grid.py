@@ -17,12 +17,13 @@ import copy
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from moelab.config.baseline import add_matched_variants, matching_problems
 from moelab.config.sections import DATA, TOP, TRAIN
 from moelab.data import DataSettings, dataset_keys, dataset_names, get_dataset_spec
-from moelab.models import get_model_spec
+from moelab.models import get_model_spec, model_params
 from moelab.schema import Field, Issue, did_you_mean
 
 KEY_LENGTH = 12
@@ -33,6 +34,7 @@ class Job:
     key: str
     config: dict  # {"seed", "data", "train", "variants"}: everything the job's training reads
     grid_values: dict  # axis -> value at this grid point
+    matched: dict = field(default_factory=dict)  # MoE variant -> {"active"/"total": its matched dense variant}
 
 
 def job_key(config: dict) -> str:
@@ -119,7 +121,8 @@ def expand(doc: dict) -> list[Job]:
             _apply(config, axis, value)
             grid_values[axis] = value
         config["data"] = dataset_keys(config["data"])
-        jobs.append(Job(job_key(config), config, grid_values))
+        matched = add_matched_variants(config, doc.get("baseline"))
+        jobs.append(Job(job_key(config), config, grid_values, matched))
     return jobs
 
 
@@ -142,16 +145,20 @@ def _apply(config: dict, axis: str, value: Any) -> None:
 
 
 def check_jobs(doc: dict) -> list[Issue]:
-    """Checks that need resolved grid points: limits across a model's parameters, and models that
-    read images on a dataset that has none."""
+    """Checks that need resolved grid points: limits across a model's parameters, models that read
+    images on a dataset that has none, and MoE variants that baseline.match cannot size."""
     issues: list[Issue] = []
     seen: set[str] = set()
     for job in expand(doc):
         point = ", ".join(f"{k}={v}" for k, v in job.grid_values.items() if k != "seed")
         at = f" (at grid point {point})" if point else ""
         dataset = get_dataset_spec(job.config["data"]["name"])
+        for problem in matching_problems(job.config, doc.get("baseline")):
+            if problem + at not in seen:
+                seen.add(problem + at)
+                issues.append(Issue("baseline.match", problem + at))
         for variant in job.config["variants"]:
-            params = {k: v for k, v in variant.items() if k not in ("name", "model")}
+            params = model_params(variant)
             problems = get_model_spec(variant["model"]).check(params)
             if not problems and not dataset.images and get_model_spec(variant["model"]).needs_images(params):
                 problems = [f"model {variant['model']!r} reads images, but dataset {dataset.name!r} does not give "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, fields
+from typing import Callable
 
 from moelab.data.settings import COMMON_KEYS, DataSettings
 
@@ -23,6 +24,8 @@ class DatasetSpec:
     options: tuple[str, ...]  # data.* keys this dataset reads beyond the common ones
     implementation: str  # module inside moelab.data
     description: str
+    # (d_in, d_out) from the settings alone: parameter counts are computed without loading the data
+    dimensions: Callable[[DataSettings], tuple[int, int]]
     images: bool = False  # samples are images (TaskData.input_shape): convolutional models can read them
 
     def check(self, settings: DataSettings) -> list[str]:
@@ -37,14 +40,17 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("digits", CLASSIFICATION, ("test_fraction",), "digits",
-                "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes)", images=True),
+                "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes)", lambda s: (64, 10), images=True),
     DatasetSpec("mnist", CLASSIFICATION, (), "torchvision_sets", "MNIST handwritten digits, torchvision format",
-                images=True),
+                lambda s: (784, 10), images=True),
     DatasetSpec("fashion_mnist", CLASSIFICATION, (), "torchvision_sets", "Fashion-MNIST, torchvision format",
-                images=True),
-    DatasetSpec("cifar10", CLASSIFICATION, (), "torchvision_sets", "CIFAR-10, torchvision format", images=True),
+                lambda s: (784, 10), images=True),
+    DatasetSpec("cifar10", CLASSIFICATION, (), "torchvision_sets", "CIFAR-10, torchvision format",
+                lambda s: (3 * 32 * 32, 10), images=True),
+    # (x, y) and a sine and a cosine of each per band -> RGB
     DatasetSpec("image_fit", REGRESSION, ("test_fraction", "image", "resolution", "fourier_features"), "image_fit",
-                "fit an image as (x, y) -> RGB (matplotlib's sample photo by default)"),
+                "fit an image as (x, y) -> RGB (matplotlib's sample photo by default)",
+                lambda s: (2 + 4 * s.fourier_features, 3)),
 )}
 
 
@@ -62,6 +68,12 @@ def dataset_keys(data: dict) -> dict:
     used = set(COMMON_KEYS) | set(get_dataset_spec(data["name"]).options)
     defaults = DataSettings()
     return {f.name: data.get(f.name, getattr(defaults, f.name)) for f in fields(DataSettings) if f.name in used}
+
+
+def dataset_dimensions(data: dict) -> tuple[int, int]:
+    """(d_in, d_out) of the dataset a job's data section names, without loading it."""
+    settings = DataSettings(**data)
+    return get_dataset_spec(settings.name).dimensions(settings)
 
 
 def load_dataset(settings: DataSettings, seed: int):

@@ -52,7 +52,8 @@ def launch(backend: Backend, experiment: Experiment, options: LaunchOptions) -> 
     if data_issues:
         print(ConfigError(experiment.source, data_issues), file=sys.stderr)
         return 2
-    print(f"experiment {experiment.name}: {len(plan.jobs)} job(s) x {len(experiment.doc['variants'])} variant(s), "
+    variants = len(plan.jobs[0].config["variants"]) if plan.jobs else 0  # with the dense ones baseline.match adds
+    print(f"experiment {experiment.name}: {len(plan.jobs)} job(s) x {variants} variant(s), "
           f"{len(plan.to_run)} to {backend.verb} -> {plan.tree.path}")
     if not options.dry_run:
         write_plan(plan, backend.mode, options.argv)

@@ -42,9 +42,10 @@ def make_plan(experiment: Experiment, experiments_dir: Path, force: bool = False
     running, or queued on the cluster (`queue_states`), are never started twice."""
     tree = ExperimentTree(Path(experiments_dir) / experiment.name)
     jobs = experiment.jobs()
-    names = [v["name"] for v in experiment.doc["variants"]]
     queue_states = queue_states or {}
-    states = {job.key: merge_states(job_state(tree.job(job.key), names), queue_states.get(job.key)) for job in jobs}
+    # a job's own variants: baseline.match adds dense ones to those of the experiment file
+    states = {job.key: merge_states(job_state(tree.job(job.key), [v["name"] for v in job.config["variants"]]),
+                                    queue_states.get(job.key)) for job in jobs}
     wanted = {JobState.PENDING, JobState.INTERRUPTED}
     if rerun_failed or force:
         wanted |= FAILURES

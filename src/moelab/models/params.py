@@ -6,6 +6,7 @@ or relaunching a finished one, never pays for importing torch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from moelab.schema import param
@@ -14,11 +15,35 @@ from moelab.schema import param
 AUX_LOSSES = ("switch_balance", "cv_balance", "z_loss", "diversity", "kl_uniform")
 
 
+@dataclass(frozen=True)
+class ParameterCounts:
+    """A model's size, counted from its parameters and the data's dimensions (tests check these against
+    the built models)."""
+
+    active: int  # parameters that take part in predicting one sample under the inference routing
+    total: int
+
+
 @dataclass
 class MLPParams:
     hidden: int = param(256, "width of each hidden layer", min=1)
     layers: int = param(2, "number of hidden layers", min=1, max=16)
     dropout: float = param(0.1, "dropout after each hidden layer", min=0.0, max=0.9)
+
+    def parameter_counts(self, d_in: int, d_out: int) -> ParameterCounts:
+        widths = [d_in] + [self.hidden] * self.layers + [d_out]
+        total = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(widths, widths[1:]))
+        return ParameterCounts(total, total)
+
+    @staticmethod
+    def hidden_for(parameters: int, d_in: int, d_out: int, layers: int) -> int:
+        """The hidden width whose MLP has the parameter count nearest to `parameters` (the narrower on a
+        tie; at least 1). The count is (L-1) h^2 + (d_in + d_out + L) h + d_out for L hidden layers."""
+        a, b, c = layers - 1, d_in + d_out + layers, d_out - parameters
+        root = -c / b if a == 0 else (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)
+        candidates = {max(1, math.floor(root)), max(1, math.ceil(root))}
+        count = lambda h: a * h * h + b * h + d_out
+        return min(sorted(candidates), key=lambda h: abs(count(h) - parameters))
 
 
 @dataclass
@@ -59,10 +84,29 @@ class GatedParams:
         k = getattr(self, "k", 1)
         return [f"k={k} must be <= num_experts={self.num_experts}"] if k > self.num_experts else []
 
+    def experts_per_sample(self) -> int:
+        """Experts that run for one sample under the inference routing."""
+        return 1
+
+    def training_only_parameters(self, d_in: int) -> int:
+        """Parameters used in training only (not active at inference)."""
+        return 0
+
+    def parameter_counts(self, d_in: int, d_out: int) -> ParameterCounts | None:
+        """Router, experts (two linear layers, batch norm's scale and shift) and training-only parameters;
+        None with the CNN backbone, whose size is known only once built."""
+        if self.backbone == "cnn":
+            return None
+        expert = (d_in + 1) * self.hidden + (self.hidden + 1) * d_out + (2 * self.hidden if self.batch_norm else 0)
+        router = (d_in + 1) * self.num_experts
+        return ParameterCounts(active=router + self.experts_per_sample() * expert,
+                               total=router + self.num_experts * expert + self.training_only_parameters(d_in))
+
 
 @dataclass
 class SoftMoEParams(GatedParams):
-    pass
+    def experts_per_sample(self) -> int:
+        return self.num_experts
 
 
 @dataclass
@@ -71,10 +115,19 @@ class TopKMoEParams(GatedParams):
     noisy_gating: bool = param(True, "learned noise on the router logits during training (Shazeer)")
     cv_balance: float = param(0.01, "weight of Shazeer's CV^2(importance) + CV^2(load)", min=0.0)
 
+    def experts_per_sample(self) -> int:
+        return self.k
+
+    def training_only_parameters(self, d_in: int) -> int:
+        return d_in * self.num_experts if self.noisy_gating else 0  # the noise projection, no bias
+
 
 @dataclass
 class HardMoEParams(GatedParams):
     k: int = param(1, "experts per sample at inference", min=1)
+
+    def experts_per_sample(self) -> int:
+        return self.k
 
 
 @dataclass

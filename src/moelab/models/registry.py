@@ -34,6 +34,15 @@ class ModelSpec:
         needs = getattr(self.params, "needs_images", None)
         return bool(needs(self.params(**params))) if needs else False
 
+    @property
+    def has_experts(self) -> bool:
+        return "num_experts" in self.schema
+
+    def parameter_counts(self, d_in: int, d_out: int, params: dict) -> p.ParameterCounts | None:
+        """Active and total parameters computed without building the model; None where that is not known."""
+        count = getattr(self.params, "parameter_counts", None)
+        return count(self.params(**params), d_in, d_out) if count else None
+
     def build(self, d_in: int, d_out: int, params: dict, input_shape: tuple[int, ...] | None = None):
         module, _, cls = self.implementation.partition(":")
         model_class = getattr(importlib.import_module(f"moelab.models.{module}"), cls)
@@ -61,6 +70,11 @@ def get_model_spec(name: str) -> ModelSpec:
 
 def model_names() -> list[str]:
     return sorted(MODELS)
+
+
+def model_params(variant: dict) -> dict:
+    """A variant's model parameters: everything in its mapping but its name and model."""
+    return {k: v for k, v in variant.items() if k not in ("name", "model")}
 
 
 def build_model(name: str, d_in: int, d_out: int, params: dict, input_shape: tuple[int, ...] | None = None):

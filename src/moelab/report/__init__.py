@@ -13,7 +13,8 @@ from pathlib import Path
 from moelab.report import html
 from moelab.report.data import ReportData, read_report_data
 from moelab.report.plots import draw_plots
-from moelab.report.tables import collapse_warning, comparisons_note, small_sample_warning, to_latex, to_markdown
+from moelab.report.tables import (MATCHED_INTRO, collapse_warning, comparisons_note, describe_match, small_sample_warning,
+                                  to_latex, to_markdown)
 from moelab.results.io import atomic_write, write_text
 from moelab.results.status import JobState
 
@@ -82,6 +83,9 @@ def _markdown(data: ReportData, not_drawn: dict[str, str]) -> str:
     if note:
         parts.append(f"{note}\n\n")
     parts.append(to_markdown(data.readable))
+    if data.matched:
+        parts += [f"\n## Against dense models of equal size\n\n{MATCHED_INTRO}\n\n"]
+        parts += [f"- {describe_match(entry)}\n" for entry in data.matched]
     if data.notes:
         parts += ["\n## Unfinished, failed or unreadable\n"] + [f"- {n}\n" for n in data.notes]
     if not_drawn:

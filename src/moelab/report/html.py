@@ -18,8 +18,8 @@ import pandas as pd
 
 from moelab.report.data import ReportData
 from moelab.report.plots import Plot
-from moelab.report.tables import (FAMILY_WISE_ALPHA, axis_label, collapse_warning, comparisons_note, family_size, finished,
-                                  small_sample_warning)
+from moelab.report.tables import (FAMILY_WISE_ALPHA, MATCHED_INTRO, axis_label, collapse_warning, comparisons_note,
+                                  describe_match, family_size, finished, small_sample_warning)
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:1rem 2rem;color:#222}
@@ -33,6 +33,9 @@ th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
 figure{margin:1.5rem 0} figure img{max-width:100%;border:1px solid #ddd} figcaption{color:#555;font-size:.9rem}
 pre{background:#f6f6f6;padding:.6rem;overflow:auto;font-size:.8rem} code{background:#f3f3f3;padding:0 .2rem}
 """
+
+MAX_MATCHED_LINES = 12  # equal-size comparisons listed on the first screen; all of them are in the table
+
 
 def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> str:
     runs, notes, summary = data.runs, data.notes, data.tree.summary
@@ -57,6 +60,13 @@ def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> st
     if collapsed:
         parts.append(f"<div class='box warn'><b>Expert collapse.</b> {_e(collapsed)}</div>")
     parts.append(headline(data))
+    matched = data.matched
+    if matched:
+        items = "".join(f"<li>{_e(describe_match(entry))}</li>" for entry in matched[:MAX_MATCHED_LINES])
+        more = (f"<li>... and {len(matched) - MAX_MATCHED_LINES} more in the summary table</li>"
+                if len(matched) > MAX_MATCHED_LINES else "")
+        parts.append(f"<div class='box headline'><b>Against dense models of equal size.</b> {_e(MATCHED_INTRO)}"
+                     f"<ul>{items}{more}</ul></div>")
     parts.append("<h2>Summary</h2><p>Grouped by variant and grid values, seeds pooled: mean ± std; "
                  f"'vs baseline' is the difference to <b>{_e(data.baseline or 'the dense baseline')}</b> in the same job, "
                  "paired over seeds, with its 95 % confidence interval.</p>")

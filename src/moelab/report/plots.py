@@ -59,6 +59,9 @@ def plots_for(data: ReportData) -> tuple[Plot, ...]:
         Plot("reconstructions", "The target image and each variant's fit.", reconstructions),
         Plot("training_time", "Training time per run.", training_time),
         Plot("params_vs_metric", "Parameter count against the test metric.", params_vs_metric),
+        Plot("matched_sizes", f"Test {metric} against active parameters: each MoE variant (circle) joined to its dense "
+             "MLP of equal active parameters (solid line) and of equal total parameters (dashed line), mean over seeds.",
+             matched_sizes),
     )
 
 
@@ -428,3 +431,38 @@ def save(fig, path: Path, formats: tuple[str, ...] = FORMATS, tight: bool = True
     for fmt in formats:
         target = path.with_suffix(f".{fmt}")
         atomic_write(target, lambda f: fig.savefig(f, format=fmt, dpi=110), mode="wb")
+
+
+def matched_sizes(data: ReportData, path: Path) -> str | None:
+    """Test metric against active parameters, each MoE variant and grid point joined to its matched dense models."""
+    matched = data.matched
+    if not matched:
+        return "no dense models matched to the MoE variants (baseline.match)"
+    metric = data.metric
+    fig, ax = subplots(figsize=(7.5, 5))
+    colours = {variant: f"C{i}" for i, variant in enumerate(dict.fromkeys(e["variant"] for e in matched))}
+    labelled = set()
+    for entry in matched:
+        colour = colours[entry["variant"]]
+        for match in entry["matches"]:
+            ax.plot([entry["active_parameters"], match["parameters"]], [entry["score"], match["score"]], color=colour,
+                    linestyle="-" if match["kind"].startswith("active") else "--", linewidth=1)
+            ax.scatter(match["parameters"], match["score"], marker="s", color="white", edgecolor=colour, zorder=3)
+        ax.scatter(entry["active_parameters"], entry["score"], marker="o", color=colour, zorder=3,
+                   label=None if entry["variant"] in labelled else entry["variant"])
+        labelled.add(entry["variant"])
+        point = ", ".join(f"{axis_label(k)}={v}" for k, v in entry["point"].items())
+        if point:
+            ax.annotate(point, (entry["active_parameters"], entry["score"]), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points")
+    if data.baseline is not None:
+        base = data.table[data.table["variant"] == data.baseline]
+        ax.scatter(base["num_parameters_mean"], base[f"test_{metric}_mean"], marker="*", s=120, color="black", zorder=3,
+                   label=f"{data.baseline} (baseline)")
+    ax.set_xscale("log")
+    ax.set(xlabel="active parameters (log scale)", ylabel=f"test {metric}")
+    ax.set_title("MoE variants (circles) and dense MLPs (squares) of equal size\n"
+                 "solid: equal active parameters, dashed: equal total parameters; mean over seeds", fontsize=10)
+    ax.legend(fontsize=8)
+    save(fig, path)
+    return None

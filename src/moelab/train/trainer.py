@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from moelab.data.task_data import TaskData
-from moelab.models import build_model
+from moelab.models import build_model, model_params
 from moelab.models.base import count_parameters
 from moelab.results.io import append_jsonl, atomic_write, write_json, write_jsonl
 from moelab.results.tree import VariantTree
@@ -144,10 +144,6 @@ def finish(variant: dict, fitted: Fit, data: TaskData, settings: TrainSettings, 
         out.best_weights.unlink()
     write_json(out.results_file, results)
     return results
-
-
-def model_params(variant: dict) -> dict:
-    return {k: v for k, v in variant.items() if k not in ("name", "model")}
 
 
 def metrics_line(row: dict) -> dict:
