@@ -187,3 +187,58 @@ def test_matched_baselines_are_mlps_of_the_nearest_size_at_every_grid_point(writ
         assert experiment.job_spec(job)["matched"] == job.matched
     # sized at each grid point: num_experts 2 and 4 give two widths
     assert len({v["hidden"] for job in jobs for v in job.config["variants"] if v["name"] == "mlp_total_moe_topk"}) == 2
+
+
+def with_init_from(init_from, **changes) -> dict:
+    variant = {"name": "moe_topk", "model": "moe_topk", "hidden": 16, "k": 2, "init_from": str(init_from), **changes}
+    return {**TINY, "variants": [TINY["variants"][0], variant], "grid": {}}
+
+
+def test_init_from_is_checked_before_anything_runs(finished_job, write_experiment, tmp_path):
+    source = finished_job.variant("moe_topk")
+    cases = {
+        "nowhere": (tmp_path / "nowhere", {}, "variants.moe_topk.init_from: " + str(tmp_path / "nowhere") + " does not exist"),
+        "not a variant": (finished_job.path, {}, "has no weights/best.pt: not a finished variant's folder"),
+        "loose file": (tmp_path / "loose.pt", {}, "is not in a variant folder of an experiments tree"),
+        "other width": (source.path, {"hidden": 8}, f"the weights in {source.best_weights} have hidden=16, this variant has hidden=8"),
+        "other model": (source.best_weights, {"model": "moe_hard", "k": 1}, "are of model 'moe_topk', this variant is 'moe_hard'"),
+        "other data": (source.path, {}, "were trained on digits (64 inputs, 10 outputs); this job's data has 18 inputs, 3 outputs"),
+    }
+    (tmp_path / "loose.pt").write_bytes(source.best_weights.read_bytes())
+    for case, (path, changes, expected) in cases.items():
+        doc = with_init_from(path, **changes)
+        if case == "other data":
+            doc = {**doc, "data": {"name": "image_fit", "resolution": 8, "fourier_features": 4}, "variants": doc["variants"][1:]}
+        with pytest.raises(ConfigError) as caught:
+            load_experiment(write_experiment(doc))
+        assert expected in str(caught.value), (case, str(caught.value))
+
+
+def test_init_from_is_checked_at_every_grid_point(finished_job, write_experiment):
+    doc = {**with_init_from(finished_job.variant("moe_topk").path), "grid": {"variants.*.num_experts": [2, 4]}}
+    with pytest.raises(ConfigError) as caught:
+        load_experiment(write_experiment(doc))
+    assert [i.path for i in caught.value.issues] == ["variants.moe_topk.init_from"]  # 4 experts, like the weights, fits
+    assert "num_experts=4, this variant has num_experts=2 (at grid point variants.*.num_experts=2)" in str(caught.value)
+
+
+def test_the_job_key_hashes_the_init_from_weights_not_their_path(finished_job, write_experiment, tmp_path, monkeypatch):
+    import shutil
+
+    from moelab.config.init_from import file_sha256
+
+    key = lambda doc: load_experiment(write_experiment(doc)).jobs()[0].key
+    source = finished_job.variant("moe_topk")
+    original = key(with_init_from(source.path))
+    assert original != key({**with_init_from(source.path), "variants": [TINY["variants"][0], {
+        k: v for k, v in with_init_from(source.path)["variants"][1].items() if k != "init_from"}]})
+    moved = tmp_path / "moved" / "jobs" / finished_job.key
+    shutil.copytree(finished_job.path, moved)
+    monkeypatch.chdir(tmp_path)  # a relative path, from where the launch runs
+    assert key(with_init_from(f"moved/jobs/{finished_job.key}/moe_topk")) == original
+    spec = load_experiment(write_experiment(with_init_from(f"moved/jobs/{finished_job.key}/moe_topk"))).jobs()[0]
+    weights = moved / "moe_topk" / "weights" / "best.pt"
+    assert spec.config["variants"][1]["init_from"] == {"path": str(weights), "sha256": file_sha256(weights)}
+    with open(weights, "ab") as f:
+        f.write(b"\0")  # other weights at the same path: a different job
+    assert key(with_init_from(f"moved/jobs/{finished_job.key}/moe_topk")) != original

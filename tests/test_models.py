@@ -3,6 +3,7 @@ the auxiliary losses at known points, and the gating options."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -247,3 +248,31 @@ def test_the_matched_mlp_width_gives_the_nearest_parameter_count(layers, target)
     assert abs(size(hidden) - target) <= abs(size(hidden + 1) - target)
     assert hidden == 1 or abs(size(hidden) - target) <= abs(size(hidden - 1) - target)
     assert MLPParams.hidden_for(10, 64, 10, layers) == 1  # below the narrowest MLP: width 1
+
+
+def weight_signature(model) -> dict:
+    """Names and shapes of the state, and the values of its integer buffers (e.g. the class -> expert map)."""
+    return {k: (tuple(v.shape), None if v.is_floating_point() else v.tolist()) for k, v in model.state_dict().items()}
+
+
+def changed(value, field):
+    if field.name == "expert_classes":
+        return [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+    if isinstance(value, bool):
+        return not value
+    if field.metadata.get("choices"):
+        return next(c for c in field.metadata["choices"] if c != value)
+    return value + 1 if isinstance(value, int) else value + 0.1
+
+
+@pytest.mark.parametrize("name,base", [(name, {}) for name in ["mlp", "cnn", "moe", "moe_topk", "moe_hard", "moe_switch",
+                                                              "moe_guided"]] + [("moe_topk", {"backbone": "cnn"})])
+def test_the_architecture_is_exactly_what_changes_the_weights(name, base):
+    """Every parameter, changed alone: the weights change shape (or fixed values) iff it is part of the
+    architecture that init_from compares."""
+    spec = get_model_spec(name)
+    reference = weight_signature(build_model(name, 64, 10, base, (8, 8)))
+    for field in dataclasses.fields(spec.params):
+        params = {**base, field.name: changed(getattr(spec.params(**base), field.name), field)}
+        differs = weight_signature(build_model(name, 64, 10, params, (8, 8))) != reference
+        assert differs == (spec.architecture(params) != spec.architecture(base)), field.name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -12,11 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import make_job
+from conftest import TINY, launch, make_job
+from moelab.config import load_experiment
 from moelab.models import build_model, get_model_spec, model_params
 from moelab.data import DataSettings, load_dataset
 from moelab.results.io import read_json, read_jsonl, write_json
-from moelab.results.tree import VariantTree
+from moelab.results.tree import JobTree, VariantTree
 from moelab.schema import check_section
 from moelab.train.job import run_job
 from moelab.train.settings import TrainSettings
@@ -264,3 +266,90 @@ def test_roc_curves_and_auc_from_the_test_probabilities(finished_job):
         area = np.trapezoid(curve["true_positive_rate"], curve["false_positive_rate"])
         assert area == pytest.approx(results[f"test_auc_class_{c}"])
     assert results["test_auc_macro"] == pytest.approx(np.mean([results[f"test_auc_class_{c}"] for c in range(10)]))
+
+
+def test_a_longer_job_continues_a_shorter_one_exactly_when_the_schedule_does_not_depend_on_epochs(tmp_path, digits):
+    constant = {**TRAIN_SECTION, "schedule": "constant", "warmup_epochs": 0}
+    short, longer = (TrainSettings.from_dict({**constant, "epochs": n}) for n in (3, 5))
+    train_variant(TOPK, digits, short, 0, VariantTree(tmp_path / "jobs" / "short" / "moe_topk"), torch.device("cpu"))
+    scratch = train_variant(TOPK, digits, longer, 0, VariantTree(tmp_path / "scratch"), torch.device("cpu"))
+    continued_from = {"job": "short", "epochs": 3}
+    continued = train_variant(TOPK, digits, longer, 0, VariantTree(tmp_path / "jobs" / "long" / "moe_topk"),
+                              torch.device("cpu"), continued_from=continued_from)
+    assert continued.pop("provenance") == {"continued_from": continued_from}
+    assert strip_timing(continued) == strip_timing(scratch)
+    lines = read_jsonl(tmp_path / "jobs" / "long" / "moe_topk" / "metrics.jsonl")
+    assert [strip_timing(r) for r in lines] == [strip_timing(r) for r in read_jsonl(tmp_path / "scratch" / "metrics.jsonl")]
+    assert lines[:3] == read_jsonl(tmp_path / "jobs" / "short" / "moe_topk" / "metrics.jsonl")  # taken over, timings too
+
+
+def test_a_continued_job_recomputes_the_cosine_schedule_for_its_own_epochs(tmp_path, digits):
+    train_variant(TOPK, digits, TrainSettings.from_dict({**TRAIN_SECTION, "epochs": 3}), 0,
+                  VariantTree(tmp_path / "jobs" / "short" / "moe_topk"), torch.device("cpu"))
+    longer = TrainSettings.from_dict({**TRAIN_SECTION, "epochs": 6})
+    train_variant(TOPK, digits, longer, 0, VariantTree(tmp_path / "jobs" / "long" / "moe_topk"), torch.device("cpu"),
+                  continued_from={"job": "short", "epochs": 3})
+    rates = [r["lr"] for r in read_jsonl(tmp_path / "jobs" / "long" / "moe_topk" / "metrics.jsonl")]
+    # warmup 1 epoch, then cosine over the 5 after it: epochs 3-5 as a 6-epoch run has them
+    cosine = lambda epoch: 0.5 * (1 + math.cos(math.pi * (epoch - 1) / 5))
+    assert rates[3:] == pytest.approx([TRAIN.lr * cosine(e) for e in (3, 4, 5)])
+    assert rates[2] == pytest.approx(TRAIN.lr * 0.5 * (1 + math.cos(math.pi * 1 / 2)))  # the 3-epoch schedule's
+
+
+def test_init_from_weights_must_be_the_ones_the_job_was_made_from(tmp_path, digits):
+    source = VariantTree(tmp_path / "source")
+    train_variant(TOPK, digits, TrainSettings.from_dict({**TRAIN_SECTION, "epochs": 2}), 0, source, torch.device("cpu"))
+    variant = {**TOPK, "init_from": {"path": str(source.best_weights), "sha256": "0" * 64}}
+    with pytest.raises(ValueError, match=r"init_from: .*best.pt changed since the experiment was launched"):
+        train_variant(variant, digits, TRAIN, 0, VariantTree(tmp_path / "v"), torch.device("cpu"))
+
+
+def small_experiment(epochs: int, **variant) -> dict:
+    moe = {"name": "moe_topk", "model": "moe_topk", "hidden": 16, "k": 2, **variant}
+    return {**TINY, "train": {**TINY["train"], "epochs": epochs}, "variants": [TINY["variants"][0], moe], "grid": {}}
+
+
+def test_relaunching_with_more_epochs_trains_only_the_new_ones(write_experiment, tmp_path):
+    experiment = write_experiment(small_experiment(3))
+    assert launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out", "--no-report").returncode == 0
+    longer = launch(tmp_path, "run_here", str(experiment), "train.epochs=5", "--experiments-dir", "out", "--no-report")
+    assert longer.returncode == 0, longer.stderr
+    short, extended = (JobTree(tmp_path / "out" / "tiny" / "jobs" / load_experiment(experiment, o).jobs()[0].key)
+                       for o in ([], ["train.epochs=5"]))
+    assert f"{extended.key} continues the finished job {short.key}: 3 -> 5 epochs" in longer.stdout
+    for name in ("mlp", "moe_topk"):
+        before = short.variant(name).metrics_file.read_text().splitlines()
+        after = extended.variant(name).metrics_file.read_text().splitlines()
+        # the first three epochs are taken over as they were (their timings too): two were trained
+        assert len(after) == 5 and after[:3] == before
+        assert read_json(extended.variant(name).results_file)["epochs_trained"] == 5
+        assert read_json(extended.variant(name).results_file)["provenance"] == {
+            "continued_from": {"job": short.key, "epochs": 3}}
+        assert read_json(extended.status_file)["variants"][name]["provenance"] == {
+            "continued_from": {"job": short.key, "epochs": 3}}
+    assert read_json(extended.config_file)["continued_from"] == {"job": short.key, "epochs": 3}
+    # --force trains from zero, without the shorter job
+    forced = launch(tmp_path, "run_here", str(experiment), "train.epochs=5", "--force", "--experiments-dir", "out",
+                    "--no-report")
+    assert forced.returncode == 0 and "continues" not in forced.stdout and "continued_from" not in read_json(extended.config_file)
+    assert extended.variant("mlp").metrics_file.read_text().splitlines()[:3] != short.variant("mlp").metrics_file.read_text().splitlines()
+
+
+def test_init_from_a_finished_variant_through_the_launcher(write_experiment, tmp_path):
+    assert launch(tmp_path, "run_here", str(write_experiment(small_experiment(2))), "--experiments-dir", "out",
+                  "--no-report").returncode == 0
+    source = JobTree(next((tmp_path / "out" / "tiny" / "jobs").iterdir())).variant("moe_topk")
+    relative = source.path.relative_to(tmp_path)  # from where the launch runs
+    doc = {**small_experiment(2, init_from=str(relative)), "name": "started"}
+    done = launch(tmp_path, "run_here", str(write_experiment(doc, "started.yaml")), "--experiments-dir", "out", "--no-report")
+    assert done.returncode == 0, done.stderr
+    job = JobTree(next((tmp_path / "out" / "started" / "jobs").iterdir()))
+    first_epoch = lambda tree, name: strip_timing(read_jsonl(tree.variant(name).metrics_file)[0])
+    scratch = JobTree(source.path.parent)
+    # the same seed and data: the variant without init_from trains as before, the one with it starts ahead
+    assert first_epoch(job, "mlp") == first_epoch(scratch, "mlp")
+    assert first_epoch(job, "moe_topk")["train_loss"] < first_epoch(scratch, "moe_topk")["train_loss"]
+    expected = {"init_from": {"path": str(source.best_weights.resolve()),
+                              "sha256": hashlib.sha256(source.best_weights.read_bytes()).hexdigest()}}
+    assert read_json(job.variant("moe_topk").results_file)["provenance"] == expected
+    assert read_json(job.status_file)["variants"]["moe_topk"]["provenance"] == expected

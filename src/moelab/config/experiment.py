@@ -15,6 +15,7 @@ import yaml
 
 from moelab.config import grid as grid_module
 from moelab.config.baseline import check_baseline
+from moelab.config.init_from import attach_init_from, split_init_from
 from moelab.config.sections import DATA, TOP
 from moelab.data import dataset_keys, dataset_names, get_dataset_spec
 from moelab.data.settings import COMMON_KEYS
@@ -146,8 +147,9 @@ def check_document(raw: dict) -> tuple[dict, list[Issue]]:
         issues += found
         if not found:
             doc["data"] = dataset_keys(doc["data"])
-    doc["variants"], variant_issues = check_variants(raw.get("variants"))
-    issues += variant_issues
+    raw_variants, init_from = split_init_from(raw.get("variants"))
+    doc["variants"], variant_issues = check_variants(raw_variants)
+    issues += variant_issues + attach_init_from(doc["variants"], init_from)
     if not variant_issues and not any(i.path.startswith("baseline.") for i in issues):
         issues += check_baseline(doc)
     raw_grid = raw.get("grid") or {}

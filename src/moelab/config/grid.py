@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moelab.config.baseline import add_matched_variants, matching_problems
+from moelab.config.init_from import compatibility_problems
 from moelab.config.sections import DATA, TOP, TRAIN
 from moelab.data import DataSettings, dataset_keys, dataset_names, get_dataset_spec
 from moelab.models import get_model_spec, model_params
@@ -38,8 +39,16 @@ class Job:
 
 
 def job_key(config: dict) -> str:
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    """A variant's init_from counts by the hash of its weights, not by their path (init_from.py says why)."""
+    keyed = {**config, "variants": [{**v, "init_from": v["init_from"]["sha256"]} if "init_from" in v else v
+                                    for v in config["variants"]]}
+    canonical = json.dumps(keyed, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def key_without_epochs(config: dict) -> str:
+    """What two jobs share when they differ in train.epochs alone (a longer one can continue a shorter one)."""
+    return job_key({**config, "train": {k: v for k, v in config["train"].items() if k != "epochs"}})
 
 
 def check_grid(raw_grid: dict, doc: dict, variants_ok: bool = True) -> tuple[dict, list[Issue]]:
@@ -146,7 +155,8 @@ def _apply(config: dict, axis: str, value: Any) -> None:
 
 def check_jobs(doc: dict) -> list[Issue]:
     """Checks that need resolved grid points: limits across a model's parameters, models that read
-    images on a dataset that has none, and MoE variants that baseline.match cannot size."""
+    images on a dataset that has none, MoE variants that baseline.match cannot size, and init_from
+    weights that do not fit their variant."""
     issues: list[Issue] = []
     seen: set[str] = set()
     for job in expand(doc):
@@ -157,6 +167,10 @@ def check_jobs(doc: dict) -> list[Issue]:
             if problem + at not in seen:
                 seen.add(problem + at)
                 issues.append(Issue("baseline.match", problem + at))
+        for name, problem in compatibility_problems(job.config):
+            if f"{name}: {problem}{at}" not in seen:
+                seen.add(f"{name}: {problem}{at}")
+                issues.append(Issue(f"variants.{name}.init_from", problem + at))
         for variant in job.config["variants"]:
             params = model_params(variant)
             problems = get_model_spec(variant["model"]).check(params)

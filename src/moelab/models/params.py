@@ -35,6 +35,11 @@ class MLPParams:
         total = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(widths, widths[1:]))
         return ParameterCounts(total, total)
 
+    def architecture(self) -> dict:
+        """The parameters that decide what the weights are (their shapes and fixed values): weights of
+        another run can start this one when these agree."""
+        return {"hidden": self.hidden, "layers": self.layers}
+
     @staticmethod
     def hidden_for(parameters: int, d_in: int, d_out: int, layers: int) -> int:
         """The hidden width whose MLP has the parameter count nearest to `parameters` (the narrower on a
@@ -54,6 +59,9 @@ class CNNParams:
 
     def needs_images(self) -> bool:
         return True
+
+    def architecture(self) -> dict:
+        return {"width": self.width, "features": self.features}
 
 
 @dataclass
@@ -83,6 +91,11 @@ class GatedParams:
     def check(self) -> list[str]:
         k = getattr(self, "k", 1)
         return [f"k={k} must be <= num_experts={self.num_experts}"] if k > self.num_experts else []
+
+    def architecture(self) -> dict:
+        shape = {"num_experts": self.num_experts, "hidden": self.hidden, "batch_norm": self.batch_norm,
+                 "backbone": self.backbone}
+        return {**shape, "backbone_width": self.backbone_width} if self.backbone == "cnn" else shape
 
     def experts_per_sample(self) -> int:
         """Experts that run for one sample under the inference routing."""
@@ -121,6 +134,9 @@ class TopKMoEParams(GatedParams):
     def training_only_parameters(self, d_in: int) -> int:
         return d_in * self.num_experts if self.noisy_gating else 0  # the noise projection, no bias
 
+    def architecture(self) -> dict:
+        return {**super().architecture(), "noisy_gating": self.noisy_gating}
+
 
 @dataclass
 class HardMoEParams(GatedParams):
@@ -141,6 +157,10 @@ class GuidedMoEParams(GatedParams):
     expert_classes: list = param(None, "classes assigned to each expert, e.g. [[0, 1], [2, 3]] (null: split "
                                  "the classes evenly in order)", nullable=True, kind=list)
     guide_weight: float = param(1.0, "weight of the gate's cross-entropy toward the assigned expert", min=0.0)
+
+    def architecture(self) -> dict:
+        # the class -> expert assignment is part of the weights (a buffer)
+        return {**super().architecture(), "expert_classes": self.expert_classes}
 
     def check(self) -> list[str]:
         problems = super().check()

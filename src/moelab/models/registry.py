@@ -38,6 +38,10 @@ class ModelSpec:
     def has_experts(self) -> bool:
         return "num_experts" in self.schema
 
+    def architecture(self, params: dict) -> dict:
+        """What decides the weights' shapes and fixed values: runs that agree on it can share weights."""
+        return self.params(**params).architecture()
+
     def parameter_counts(self, d_in: int, d_out: int, params: dict) -> p.ParameterCounts | None:
         """Active and total parameters computed without building the model; None where that is not known."""
         count = getattr(self.params, "parameter_counts", None)
@@ -73,8 +77,9 @@ def model_names() -> list[str]:
 
 
 def model_params(variant: dict) -> dict:
-    """A variant's model parameters: everything in its mapping but its name and model."""
-    return {k: v for k, v in variant.items() if k not in ("name", "model")}
+    """A variant's model parameters: everything in its mapping but its name, model and the weights it
+    starts from (init_from)."""
+    return {k: v for k, v in variant.items() if k not in ("name", "model", "init_from")}
 
 
 def build_model(name: str, d_in: int, d_out: int, params: dict, input_shape: tuple[int, ...] | None = None):

@@ -131,6 +131,10 @@ class JobTree:
     def variant(self, name: str) -> "VariantTree":
         return VariantTree(self.path / name)
 
+    def sibling(self, key: str) -> "JobTree":
+        """Another job of the same experiment."""
+        return JobTree(self.path.parent / key)
+
 
 @dataclass(frozen=True)
 class VariantTree:

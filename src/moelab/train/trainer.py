@@ -4,13 +4,16 @@ Read top to bottom: `train_variant` is the whole story, `fit` (the epoch loop) t
 analysis, results.json); the helpers below them do one thing each.
 The full training state is checkpointed atomically after every epoch (weights/last.pt), so an
 interrupted variant resumes from its last finished epoch and ends exactly as an uninterrupted one.
+The same checkpoint lets a job with more epochs continue a finished shorter one (`continued_from`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -20,7 +23,7 @@ from moelab.data.task_data import TaskData
 from moelab.models import build_model, model_params
 from moelab.models.base import count_parameters
 from moelab.results.io import append_jsonl, atomic_write, write_json, write_jsonl
-from moelab.results.tree import VariantTree
+from moelab.results.tree import JobTree, VariantTree
 from moelab.train.analysis import write_expert_analysis
 from moelab.train.evaluate import evaluate, predict, test_results
 from moelab.train.settings import TrainSettings
@@ -64,19 +67,36 @@ class Fit:
     model: torch.nn.Module
     history: list[dict]
     stopper: EarlyStopping
+    provenance: dict
 
 
 def train_variant(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: VariantTree,
                   device: torch.device, stop_requested: Callable[[], bool] = lambda: False,
-                  on_epoch: Callable[[list[dict]], None] = lambda history: None) -> dict:
-    """Train one variant (resuming from its checkpoint), then test it and write results.json."""
-    fitted = fit(variant, data, settings, seed, out, device, stop_requested, on_epoch)
+                  on_epoch: Callable[[list[dict]], None] = lambda history: None,
+                  continued_from: dict | None = None) -> dict:
+    """Train one variant (resuming from its checkpoint), then test it and write results.json.
+    `continued_from`: {"job": key, "epochs": n}, a finished job of the same experiment with fewer epochs
+    whose last checkpoint of this variant it starts from."""
+    fitted = fit(variant, data, settings, seed, out, device, stop_requested, on_epoch, continued_from)
     return finish(variant, fitted, data, settings, out, device)
 
 
+def provenance(variant: dict, continued_from: dict | None) -> dict:
+    """Where a variant's training starts when not at random, for results.json and status.json."""
+    found = {}
+    if "init_from" in variant:
+        found["init_from"] = variant["init_from"]
+    if continued_from is not None:
+        found["continued_from"] = continued_from
+    return found
+
+
 def fit(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: VariantTree, device: torch.device,
-        stop_requested: Callable[[], bool], on_epoch: Callable[[list[dict]], None]) -> Fit:
-    """The epoch loop: train, validate, checkpoint; `on_epoch(history)` after every epoch."""
+        stop_requested: Callable[[], bool], on_epoch: Callable[[list[dict]], None],
+        continued_from: dict | None = None) -> Fit:
+    """The epoch loop: train, validate, checkpoint; `on_epoch(history)` after every epoch. Starts from the
+    variant's own checkpoint, else from the one of the job it continues, else from its init_from
+    weights, else at random."""
     task = TASKS[data.task]
     torch.manual_seed(seed)  # every variant of a job starts from the same seed: paired comparisons
     model = build_model(variant["model"], data.d_in, data.d_out, model_params(variant), data.input_shape).to(device)
@@ -90,8 +110,21 @@ def fit(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: 
     if out.last_checkpoint.is_file():
         start_epoch, history, test_experts = load_checkpoint(out, model, optimizer, scheduler, shuffle, stopper, device)
         write_jsonl(out.metrics_file, [metrics_line(r) for r in history])  # drop lines written after the checkpoint
-    elif out.metrics_file.exists():
-        out.metrics_file.unlink()
+    elif continued_from is not None:
+        shorter = JobTree(out.path.parent).sibling(continued_from["job"]).variant(out.name)
+        if not shorter.last_checkpoint.is_file():
+            raise FileNotFoundError(f"this job continues {shorter.path}, which has no checkpoint "
+                                    f"{shorter.last_checkpoint.name} any more; launch with --force to train from zero")
+        start_epoch, history, test_experts = load_checkpoint(shorter, model, optimizer, scheduler, shuffle, stopper, device)
+        # the epochs to come follow this job's learning-rate schedule, for its own number of epochs; the
+        # optimizer holds the rate the shorter job's schedule set
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(start_epoch)
+        write_jsonl(out.metrics_file, [metrics_line(r) for r in history])
+    else:
+        out.metrics_file.unlink(missing_ok=True)
+        if "init_from" in variant:
+            model.load_state_dict(load_weights(variant["init_from"], device))
 
     for epoch in range(start_epoch, settings.epochs):
         if stopper.should_stop:
@@ -119,7 +152,7 @@ def fit(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: 
         on_epoch(history)
         if stop_requested() and not stopper.should_stop and epoch + 1 < settings.epochs:
             raise StopRequested(f"stopped after epoch {epoch} on request; resumes from the checkpoint")
-    return Fit(model, history, stopper)
+    return Fit(model, history, stopper, provenance(variant, continued_from))
 
 
 def finish(variant: dict, fitted: Fit, data: TaskData, settings: TrainSettings, out: VariantTree,
@@ -139,6 +172,7 @@ def finish(variant: dict, fitted: Fit, data: TaskData, settings: TrainSettings, 
         "epochs_trained": len(history), "best_epoch": stopper.best_epoch, "stopped_early": stopper.should_stop,
         f"best_val_{task.primary}": stopper.best, **results,
         "train_seconds": sum(r["seconds"] for r in history), "device": str(device),
+        **({"provenance": fitted.provenance} if fitted.provenance else {}),
     }
     if not settings.save_weights:
         out.best_weights.unlink()
@@ -296,6 +330,18 @@ def load_checkpoint(out: VariantTree, model, optimizer, scheduler, shuffle, stop
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
     return state["next_epoch"], state["history"], state.get("test_experts")  # absent from older checkpoints
+
+
+def load_weights(init_from: dict, device: torch.device) -> dict:
+    """The model weights init_from names (a best.pt, or the model of a last.pt checkpoint), after checking
+    that they are the ones the job's key was made from."""
+    path = Path(init_from["path"])
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != init_from["sha256"]:
+        raise ValueError(f"init_from: {path} changed since the experiment was launched (sha256 {digest[:12]}, "
+                         f"expected {init_from['sha256'][:12]}); launch again to start from the weights it holds now")
+    state = torch.load(path, map_location=device, weights_only=True)
+    return state["model"] if "next_epoch" in state else state
 
 
 def resolve_device(name: str) -> torch.device:
