@@ -40,6 +40,7 @@ CASES = {
                           "variants.c: model 'cnn' reads images, but dataset 'image_fit' does not give images"),
     "unknown grid axis": (bad(grid={"train.lrate": [1]}), "grid.train.lrate: unknown key 'lrate' in train; keys there: epochs, batch_size"),
     "unknown baseline": (bad(baseline={"variant": "mpl"}), "baseline.variant: no variant named 'mpl' (did you mean 'mlp'?)"),
+    "baseline not a mapping": (bad(baseline="mlp"), "baseline: must be a mapping of keys to values, got a string"),
     "MoE baseline": (bad(baseline={"variant": "moe"}), "baseline.variant: variant 'moe' is an MoE model (moe); the baseline is a dense model"),
     "unknown match kind": (bad(baseline={"match": ["activ"]}), "baseline.match: must list kinds out of active, total, got 'activ' (did you mean 'active'?)"),
     "matched name taken": (bad(baseline={"match": ["total"]}, variants__0__name="mlp_total_moe"),
@@ -225,7 +226,7 @@ def test_init_from_is_checked_at_every_grid_point(finished_job, write_experiment
 def test_the_job_key_hashes_the_init_from_weights_not_their_path(finished_job, write_experiment, tmp_path, monkeypatch):
     import shutil
 
-    from moelab.config.init_from import file_sha256
+    from moelab.results.io import file_sha256
 
     key = lambda doc: load_experiment(write_experiment(doc)).jobs()[0].key
     source = finished_job.variant("moe_topk")

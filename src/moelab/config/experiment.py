@@ -150,7 +150,7 @@ def check_document(raw: dict) -> tuple[dict, list[Issue]]:
     raw_variants, init_from = split_init_from(raw.get("variants"))
     doc["variants"], variant_issues = check_variants(raw_variants)
     issues += variant_issues + attach_init_from(doc["variants"], init_from)
-    if not variant_issues and not any(i.path.startswith("baseline.") for i in issues):
+    if not variant_issues and not any(i.path.split(".")[0] == "baseline" for i in issues):
         issues += check_baseline(doc)
     raw_grid = raw.get("grid") or {}
     if not isinstance(raw_grid, dict):

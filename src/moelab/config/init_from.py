@@ -17,13 +17,12 @@ architecture (models/params.py) on data of the same dimensions.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from moelab.data import dataset_dimensions
 from moelab.models import get_model_spec, model_params
-from moelab.results.io import read_json
+from moelab.results.io import file_sha256, read_json
 from moelab.results.tree import JobTree, VariantTree
 from moelab.schema import Issue
 
@@ -87,14 +86,6 @@ def source_variant(weights: Path) -> tuple[dict, dict] | None:
         return None
     variant = next((v for v in config.get("variants", []) if v.get("name") == variant_folder.name), None)
     return (variant, config["data"]) if variant is not None and weights.parent.name == "weights" else None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def compatibility_problems(config: dict) -> list[tuple[str, str]]:

@@ -2,8 +2,6 @@
 
     utilisation.csv            per epoch and expert: share of training samples (first choice), mean
                                gate probability, load CV, normalised entropy, collapsed (< 1 % of samples)
-    roc.csv                    one-vs-rest ROC curve of every class from the test probabilities
-                               (classification); the AUCs go into results.json
     gates_per_batch.csv        per epoch, batch and expert: share of the batch's samples
     test_routing.csv           per test sample: label, prediction, chosen experts and their weights
     class_expert.csv           test samples of each class (rows) sent to each expert (columns)
@@ -11,6 +9,8 @@
     inference.json             per routing: latency at batch 1, throughput at batch 1024, active
                                parameters and FLOPs per sample, test metric
     confusion.csv              test confusion matrix, rows true class, columns predicted (classification)
+    roc.csv                    one-vs-rest ROC curve points of every class from the test probabilities
+                               (classification); the per-class and macro AUCs go into results.json
 
 Models without experts get inference.json and confusion.csv only. The headline numbers also go into
 results.json.

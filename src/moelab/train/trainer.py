@@ -9,7 +9,6 @@ The same checkpoint lets a job with more epochs continue a finished shorter one 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -22,7 +21,7 @@ from torch import nn
 from moelab.data.task_data import TaskData
 from moelab.models import build_model, model_params
 from moelab.models.base import count_parameters
-from moelab.results.io import append_jsonl, atomic_write, write_json, write_jsonl
+from moelab.results.io import append_jsonl, atomic_write, file_sha256, write_json, write_jsonl
 from moelab.results.tree import JobTree, VariantTree
 from moelab.train.analysis import write_expert_analysis
 from moelab.train.evaluate import evaluate, predict, test_results
@@ -137,7 +136,7 @@ def fit(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: 
         scheduler.step()
         row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
                "lr": lr}
-        first_experts = test_first_experts(model, data, settings)
+        first_experts = first_experts_of_test_set(model, data, settings)
         if first_experts is not None and test_experts is not None:
             row["test_routing_flip_rate"] = int((first_experts != test_experts).sum()) / len(first_experts)
         test_experts = first_experts
@@ -196,7 +195,7 @@ def check_finite(row: dict, epoch: int) -> None:
 
 
 @torch.no_grad()
-def test_first_experts(model, data: TaskData, settings: TrainSettings) -> torch.Tensor | None:
+def first_experts_of_test_set(model, data: TaskData, settings: TrainSettings) -> torch.Tensor | None:
     """The first expert of every test sample under the model's inference routing (None without experts);
     comparing it between epochs gives the routing flip rate. Evaluation draws no random numbers, so
     training is unchanged by it."""
@@ -329,14 +328,15 @@ def load_checkpoint(out: VariantTree, model, optimizer, scheduler, shuffle, stop
     shuffle.set_state(state["rng"]["shuffle"].cpu())
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
-    return state["next_epoch"], state["history"], state.get("test_experts")  # absent from older checkpoints
+    test_experts = state.get("test_experts")  # absent from older checkpoints
+    return state["next_epoch"], state["history"], None if test_experts is None else test_experts.cpu()
 
 
 def load_weights(init_from: dict, device: torch.device) -> dict:
     """The model weights init_from names (a best.pt, or the model of a last.pt checkpoint), after checking
     that they are the ones the job's key was made from."""
     path = Path(init_from["path"])
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_sha256(path)
     if digest != init_from["sha256"]:
         raise ValueError(f"init_from: {path} changed since the experiment was launched (sha256 {digest[:12]}, "
                          f"expected {init_from['sha256'][:12]}); launch again to start from the weights it holds now")
