@@ -40,6 +40,14 @@ CASES = {
     "cnn on non-images": (bad(data={"name": "image_fit"}, variants=[{"name": "c", "model": "cnn"}], grid={}),
                           "variants.c: model 'cnn' reads images, but dataset 'image_fit' does not give images"),
     "unknown grid axis": (bad(grid={"train.lrate": [1]}), "grid.train.lrate: unknown key 'lrate' in train; keys there: epochs, batch_size"),
+    "unknown baseline": (bad(baseline={"variant": "mpl"}), "baseline.variant: no variant named 'mpl' (did you mean 'mlp'?)"),
+    "baseline not a mapping": (bad(baseline="mlp"), "baseline: must be a mapping of keys to values, got a string"),
+    "MoE baseline": (bad(baseline={"variant": "moe"}), "baseline.variant: variant 'moe' is an MoE model (moe); the baseline is a dense model"),
+    "unknown match kind": (bad(baseline={"match": ["activ"]}), "baseline.match: must list kinds out of active, total, got 'activ' (did you mean 'active'?)"),
+    "matched name taken": (bad(baseline={"match": ["total"]}, variants__0__name="mlp_total_moe"),
+                           "variants.mlp_total_moe: this name is taken by the dense model matched to the total parameters of 'moe'"),
+    "unsized backbone": (bad(baseline={"match": ["active"]}, variants__1__backbone="cnn"),
+                         "baseline.match: cannot build dense models matched to variant 'moe': the size of its CNN backbone"),
 }
 
 
@@ -365,7 +373,7 @@ def test_a_grid_too_large_is_refused_from_its_axis_lengths(write_experiment, mon
 def test_a_model_too_large_is_refused_with_its_parameter_count(write_experiment, monkeypatch):
     from moelab.models.params import MLPParams
 
-    expected = MLPParams(hidden=100_000, layers=2).parameter_count(64, 10)
+    expected = MLPParams(hidden=100_000, layers=2).parameter_counts(64, 10).total
     with pytest.raises(ConfigError) as caught:
         load_experiment(write_experiment(), ["variants.mlp.hidden=100000", "variants.mlp.layers=2"])
     text = str(caught.value)
@@ -375,15 +383,12 @@ def test_a_model_too_large_is_refused_with_its_parameter_count(write_experiment,
     assert load_experiment(write_experiment(), ["variants.mlp.hidden=100000", "variants.mlp.layers=2"]).jobs()
 
 
-def test_every_dataset_has_the_dimensions_the_size_estimate_needs():
-    from moelab.config.model_size import DIMENSIONS, dataset_dimensions
-    from moelab.data import DataSettings, dataset_keys, dataset_names, load_dataset
+def test_every_dataset_says_the_image_shape_the_size_estimate_needs():
+    from moelab.data import DataSettings, get_dataset_spec, load_dataset
 
-    assert set(DIMENSIONS) == set(dataset_names())
     for settings in (DataSettings(name="digits"), DataSettings(name="image_fit", resolution=8, fourier_features=3)):
         data = load_dataset(settings, seed=0)
-        shape = tuple(data.input_shape) if data.input_shape is not None else None
-        assert dataset_dimensions(dataset_keys(vars(settings))) == (data.d_in, data.d_out, shape)
+        assert get_dataset_spec(settings.name).input_shape == data.input_shape
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn", "moe", "moe_topk", "moe_hard", "moe_switch", "moe_guided"])
@@ -399,7 +404,7 @@ def test_the_parameter_estimate_is_the_count_of_the_built_model(model):
             if shape is None and spec.needs_images(params):
                 continue
             built = build_model(model, d_in, d_out, params, shape)
-            assert spec.params(**params).parameter_count(d_in, d_out, shape) == count_parameters(built), (params, d_in)
+            assert spec.parameter_counts(d_in, d_out, params, shape).total == count_parameters(built), (params, d_in)
 
 
 # --- model profiles: variants included from files of their own ---
@@ -496,3 +501,99 @@ def test_the_shipped_profile_and_its_example_experiment():
     assert [v["name"] for v in experiment.doc["variants"]] == ["xs_mlp", "xs_moe", "xs_moe_topk", "xs_moe_hard"]
     assert {v["model"] for v in experiment.doc["variants"]} == {"mlp", "moe", "moe_topk", "moe_hard"}
     assert len(experiment.jobs()) == 3
+
+# the keys of jobs before baseline: existed; an experiment without matched baselines must keep them
+TINY_KEYS = ["163feac4935c", "1cda1ca3497d", "08bb6f444882", "18feb743e75c"]
+DEFAULT_KEYS = ["ca40dcb7d30c", "03168660be36", "4f821ad9c02d", "457c8b787671", "0b91dfa5f29d", "8a58aa11203e"]
+
+
+def test_job_keys_of_experiments_without_matched_baselines_do_not_change(write_experiment):
+    from conftest import REPO
+
+    assert [job.key for job in load_experiment(write_experiment()).jobs()] == TINY_KEYS
+    assert [job.key for job in load_experiment(REPO / "experiments/configs/default.yaml").jobs()] == DEFAULT_KEYS
+    named_only = load_experiment(write_experiment({**TINY, "baseline": {"variant": "mlp"}}))
+    assert [job.key for job in named_only.jobs()] == TINY_KEYS
+    assert all(job.matched == {} for job in named_only.jobs())
+
+
+def test_matched_baselines_are_mlps_of_the_nearest_size_at_every_grid_point(write_experiment):
+    from moelab.models import build_model, model_params
+    from moelab.models.base import count_parameters
+
+    experiment = load_experiment(write_experiment({**TINY, "baseline": {"variant": "mlp", "match": ["active", "total"]}}))
+    jobs = experiment.jobs()
+    assert {job.key for job in jobs}.isdisjoint(TINY_KEYS)
+    for job in jobs:
+        variants = {v["name"]: v for v in job.config["variants"]}
+        built = {name: build_model(v["model"], 64, 10, model_params(v)).eval() for name, v in variants.items()}
+        assert set(job.matched) == {"moe", "moe_topk", "moe_hard"}
+        for moe, matches in job.matched.items():
+            for kind, dense in matches.items():
+                assert dense.startswith("mlp_") and variants[dense]["layers"] == variants["mlp"]["layers"] == 2
+                target = built[moe].active_parameters() if kind == "active" else count_parameters(built[moe])
+                size = lambda hidden: count_parameters(build_model("mlp", 64, 10, {**model_params(variants[dense]), "hidden": hidden}))
+                hidden = variants[dense]["hidden"]
+                assert size(hidden) == count_parameters(built[dense])
+                assert abs(size(hidden) - target) <= min(abs(size(hidden - 1) - target), abs(size(hidden + 1) - target))
+        # soft routing runs every expert: one dense model serves both sizes
+        assert job.matched["moe"] == {"active": "mlp_active_moe", "total": "mlp_active_moe"}
+        assert job.matched["moe_topk"] == {"active": "mlp_active_moe_topk", "total": "mlp_total_moe_topk"}
+        assert experiment.job_spec(job)["matched"] == job.matched
+    # sized at each grid point: num_experts 2 and 4 give two widths
+    assert len({v["hidden"] for job in jobs for v in job.config["variants"] if v["name"] == "mlp_total_moe_topk"}) == 2
+
+
+def with_init_from(init_from, **changes) -> dict:
+    variant = {"name": "moe_topk", "model": "moe_topk", "hidden": 16, "k": 2, "init_from": str(init_from), **changes}
+    return {**TINY, "variants": [TINY["variants"][0], variant], "grid": {}}
+
+
+def test_init_from_is_checked_before_anything_runs(finished_job, write_experiment, tmp_path):
+    source = finished_job.variant("moe_topk")
+    cases = {
+        "nowhere": (tmp_path / "nowhere", {}, "variants.moe_topk.init_from: " + str(tmp_path / "nowhere") + " does not exist"),
+        "not a variant": (finished_job.path, {}, "has no weights/best.pt: not a finished variant's folder"),
+        "loose file": (tmp_path / "loose.pt", {}, "is not in a variant folder of an experiments tree"),
+        "other width": (source.path, {"hidden": 8}, f"the weights in {source.best_weights} have hidden=16, this variant has hidden=8"),
+        "other model": (source.best_weights, {"model": "moe_hard", "k": 1}, "are of model 'moe_topk', this variant is 'moe_hard'"),
+        "other data": (source.path, {}, "were trained on digits (64 inputs, 10 outputs); this job's data has 18 inputs, 3 outputs"),
+    }
+    (tmp_path / "loose.pt").write_bytes(source.best_weights.read_bytes())
+    for case, (path, changes, expected) in cases.items():
+        doc = with_init_from(path, **changes)
+        if case == "other data":
+            doc = {**doc, "data": {"name": "image_fit", "resolution": 8, "fourier_features": 4}, "variants": doc["variants"][1:]}
+        with pytest.raises(ConfigError) as caught:
+            load_experiment(write_experiment(doc))
+        assert expected in str(caught.value), (case, str(caught.value))
+
+
+def test_init_from_is_checked_at_every_grid_point(finished_job, write_experiment):
+    doc = {**with_init_from(finished_job.variant("moe_topk").path), "grid": {"variants.*.num_experts": [2, 4]}}
+    with pytest.raises(ConfigError) as caught:
+        load_experiment(write_experiment(doc))
+    assert [i.path for i in caught.value.issues] == ["variants.moe_topk.init_from"]  # 4 experts, like the weights, fits
+    assert "num_experts=4, this variant has num_experts=2 (at grid point variants.*.num_experts=2)" in str(caught.value)
+
+
+def test_the_job_key_hashes_the_init_from_weights_not_their_path(finished_job, write_experiment, tmp_path, monkeypatch):
+    import shutil
+
+    from moelab.results.io import file_sha256
+
+    key = lambda doc: load_experiment(write_experiment(doc)).jobs()[0].key
+    source = finished_job.variant("moe_topk")
+    original = key(with_init_from(source.path))
+    assert original != key({**with_init_from(source.path), "variants": [TINY["variants"][0], {
+        k: v for k, v in with_init_from(source.path)["variants"][1].items() if k != "init_from"}]})
+    moved = tmp_path / "moved" / "jobs" / finished_job.key
+    shutil.copytree(finished_job.path, moved)
+    monkeypatch.chdir(tmp_path)  # a relative path, from where the launch runs
+    assert key(with_init_from(f"moved/jobs/{finished_job.key}/moe_topk")) == original
+    spec = load_experiment(write_experiment(with_init_from(f"moved/jobs/{finished_job.key}/moe_topk"))).jobs()[0]
+    weights = moved / "moe_topk" / "weights" / "best.pt"
+    assert spec.config["variants"][1]["init_from"] == {"path": str(weights), "sha256": file_sha256(weights)}
+    with open(weights, "ab") as f:
+        f.write(b"\0")  # other weights at the same path: a different job
+    assert key(with_init_from(f"moved/jobs/{finished_job.key}/moe_topk")) != original

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision
 
-from moelab.data import DataSettings, get_dataset_spec, load_dataset
+from moelab.data import DataSettings, dataset_dimensions, dataset_keys, get_dataset_spec, load_dataset
 
 COMMON = {"val_fraction": 0.15, "test_fraction": 0.15, "max_train_samples": None, "root": "data"}
 
@@ -64,6 +64,7 @@ def test_mnist_formats_load_through_torchvision(tmp_path, name, folder):
     data = load_dataset(cfg, seed=0)
     assert data.sizes() == {"train": 102, "val": 18, "test": 40}
     assert data.d_in == 784 and sorted(data.y_test.unique().tolist()) == list(range(10))
+    assert dataset_dimensions(dataset_keys({"name": name})) == (data.d_in, data.d_out)
 
 
 def test_cifar10_loads_through_torchvision_with_its_integrity_check(tmp_path, monkeypatch):
@@ -87,6 +88,7 @@ def test_cifar10_loads_through_torchvision_with_its_integrity_check(tmp_path, mo
     assert get_dataset_spec("cifar10").check(cfg) == []
     data = load_dataset(cfg, seed=0)
     assert data.sizes() == {"train": 85, "val": 15, "test": 30} and data.d_in == 3072
+    assert dataset_dimensions(dataset_keys({"name": "cifar10"})) == (data.d_in, data.d_out)
     (folder / "data_batch_3").write_bytes(b"corrupted")
     assert "see data/README.md" in get_dataset_spec("cifar10").check(cfg)[0]
 
@@ -110,3 +112,10 @@ def test_image_fit_reports_an_unreadable_image(tmp_path):
     (tmp_path / "x.png").write_text("not an image")
     problems = get_dataset_spec("image_fit").check(settings(name="image_fit", image=str(tmp_path / "x.png")))
     assert "cannot read image" in problems[0] and "x.png" in problems[0]
+
+
+@pytest.mark.parametrize("data", [{"name": "digits"}, {"name": "image_fit", "resolution": 8, "fourier_features": 3}])
+def test_dataset_dimensions_without_loading_equal_the_loaded_data(data):
+    """mnist, fashion_mnist and cifar10 are checked where their tiny files are loaded above."""
+    loaded = load_dataset(DataSettings(**data), seed=0)
+    assert dataset_dimensions(dataset_keys(data)) == (loaded.d_in, loaded.d_out)

@@ -3,6 +3,7 @@ the auxiliary losses at known points, and the gating options."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -11,6 +12,8 @@ import torch.nn.functional as F
 
 from moelab.models import build_model, get_model_spec, model_names
 from moelab.schema import check_section
+from moelab.models.base import count_parameters
+from moelab.models.params import MLPParams
 from moelab.models.moe import (MoE, cv_squared, kl_to_uniform, output_similarity, router_z_loss,
                                switch_balance)
 
@@ -216,3 +219,62 @@ def test_every_registered_model_follows_the_interface(name):
     # the experiment file is checked against the model's parameters: an unknown one is named
     _, issues = check_section(spec.schema, {"hiden": 32}, f"variants.{name}")
     assert [i.path for i in issues] == [f"variants.{name}.hiden"]
+
+
+COUNTED = {
+    "mlp": [{}, {"hidden": 7, "layers": 1}, {"hidden": 33, "layers": 4}],
+    "moe": [{}, {"num_experts": 3, "hidden": 5, "batch_norm": False}],
+    "moe_topk": [{}, {"num_experts": 6, "k": 3, "hidden": 9}, {"noisy_gating": False, "batch_norm": False}],
+    "moe_hard": [{}, {"num_experts": 5, "k": 2}],
+    "moe_switch": [{"num_experts": 3, "hidden": 12}],
+    "moe_guided": [{"num_experts": 2}],
+}
+
+
+@pytest.mark.parametrize("name", sorted(COUNTED))
+@pytest.mark.parametrize("d_in,d_out", [(64, 10), (34, 3)])
+def test_parameter_counts_without_torch_equal_the_built_models(name, d_in, d_out):
+    spec = get_model_spec(name)
+    for params in COUNTED[name]:
+        counts = spec.parameter_counts(d_in, d_out, params)
+        model = build_model(name, d_in, d_out, params).eval()
+        assert counts.total == count_parameters(model), params
+        assert counts.active == model.active_parameters(), params
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("target", [700, 5_000, 123_457])
+def test_the_matched_mlp_width_gives_the_nearest_parameter_count(layers, target):
+    size = lambda hidden: MLPParams(hidden=hidden, layers=layers).parameter_counts(64, 10).total
+    hidden = MLPParams.hidden_for(target, 64, 10, layers)
+    assert abs(size(hidden) - target) <= abs(size(hidden + 1) - target)
+    assert hidden == 1 or abs(size(hidden) - target) <= abs(size(hidden - 1) - target)
+    assert MLPParams.hidden_for(10, 64, 10, layers) == 1  # below the narrowest MLP: width 1
+
+
+def weight_signature(model) -> dict:
+    """Names and shapes of the state, and the values of its integer buffers (e.g. the class -> expert map)."""
+    return {k: (tuple(v.shape), None if v.is_floating_point() else v.tolist()) for k, v in model.state_dict().items()}
+
+
+def changed(value, field):
+    if field.name == "expert_classes":
+        return [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+    if isinstance(value, bool):
+        return not value
+    if field.metadata.get("choices"):
+        return next(c for c in field.metadata["choices"] if c != value)
+    return value + 1 if isinstance(value, int) else value + 0.1
+
+
+@pytest.mark.parametrize("name,base", [(name, {}) for name in ["mlp", "cnn", "moe", "moe_topk", "moe_hard", "moe_switch",
+                                                              "moe_guided"]] + [("moe_topk", {"backbone": "cnn"})])
+def test_the_architecture_is_exactly_what_changes_the_weights(name, base):
+    """Every parameter, changed alone: the weights change shape (or fixed values) iff it is part of the
+    architecture that init_from compares."""
+    spec = get_model_spec(name)
+    reference = weight_signature(build_model(name, 64, 10, base, (8, 8)))
+    for field in dataclasses.fields(spec.params):
+        params = {**base, field.name: changed(getattr(spec.params(**base), field.name), field)}
+        differs = weight_signature(build_model(name, 64, 10, params, (8, 8))) != reference
+        assert differs == (spec.architecture(params) != spec.architecture(base)), field.name

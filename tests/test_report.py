@@ -19,10 +19,11 @@ from moelab.report import write_report
 from moelab.report.cli import main
 from moelab.report.data import report_data_from_runs
 from moelab.report.html import headline
-from moelab.report.tables import (BETTER, NOT_DISTINGUISHABLE, WORSE, add_baseline_differences, ci95, holm,
-                                  small_sample_warning, summarise, to_markdown, verdict)
+from moelab.report import html
+from moelab.report.tables import (BETTER, NOT_DISTINGUISHABLE, WORSE, add_baseline_differences, ci95, collapse_warning,
+                                  comparisons_note, holm, small_sample_warning, summarise, to_markdown, verdict)
 from moelab.results import ExperimentTree, JobTree
-from conftest import copy_job
+from conftest import TINY, copy_job, launch
 
 
 def test_report_on_a_partial_tree_lists_what_is_missing(finished_job, tmp_path, capsys):  # noqa: F811
@@ -272,3 +273,91 @@ def test_the_report_states_holm_and_shows_adjusted_p_values(finished_job, tmp_pa
     page = tree.report_file.read_text()
     assert "Holm&#x27;s method over all k = 3" in page and "<b>better</b> (paired t-test, Holm-adjusted over 3" in page
     assert "p (Holm)" in tree.summary.latex.read_text()
+
+
+def test_the_collapse_warning_names_the_variant_and_grid_point_of_runs_with_dead_experts(tmp_path):
+    runs = pd.concat([hand_made_runs({"moe": [0.0] * 5}, grid_point=2), hand_made_runs({"moe": [0.0] * 5}, grid_point=4)])
+    moe = runs["variant"] == "moe"
+    runs.loc[moe, "dead_expert_fraction"] = 0.0
+    healthy = report_of(runs, tmp_path, grid_axes=["variants.*.num_experts"])
+    assert collapse_warning(healthy.runs, healthy.group_keys) is None
+    assert "Expert collapse" not in html.render(healthy, [], {})
+    runs.loc[moe & (runs["variants.*.num_experts"] == 4) & runs["seed"].isin([1, 3]), "dead_expert_fraction"] = [0.25, 0.5]
+    runs.loc[moe & (runs["variants.*.num_experts"] == 4) & (runs["seed"] == 0), "state"] = "failed"  # unfinished: not counted
+    data = report_of(runs, tmp_path, grid_axes=["variants.*.num_experts"])
+    warning = collapse_warning(data.runs, data.group_keys)
+    assert warning.startswith("2 of 9 finished MoE run(s) end with dead experts")
+    assert warning.endswith(": moe (num_experts=4): 2 of 4 run(s), up to 50 % of its experts dead.")
+    page = html.render(data, [], {})
+    assert page.index("Expert collapse.") < page.index("class='box headline'")  # on the first screen
+
+
+def test_router_health_roc_and_auc_reach_the_tables_and_the_report(finished_job, tmp_path):  # noqa: F811
+    copy_job(finished_job, tmp_path)
+    write_report([tmp_path / "experiment"])
+    tree = ExperimentTree(tmp_path / "experiment")
+    summary = pd.read_csv(tree.summary.summary_csv).set_index("variant")
+    for column in ("dead_expert_fraction", "effective_experts", "routing_flip_rate"):
+        assert summary.loc[["moe", "moe_topk", "moe_hard"], f"{column}_mean"].notna().all(), column
+        assert math.isnan(summary.loc["mlp", f"{column}_mean"])
+    assert summary["test_auc_macro_mean"].between(0.5, 1).all() and "test_auc_class_9_mean" in summary
+    assert tree.summary.plot("router_health").is_file() and tree.summary.plot("roc").is_file()
+    page = tree.report_file.read_text()
+    assert "effective experts" in page and "routing flips (last epoch)" in page and "test_auc_macro" in page
+
+
+def test_matched_comparisons_are_paired_within_the_job_and_join_the_holm_family(tmp_path):
+    differences = {"moe": [0.05, 0.06, 0.04, 0.05, 0.07], "mlp_active_moe": [0.01, 0.0, 0.02, -0.01, 0.0],
+                   "mlp_total_moe": [0.08, 0.1, 0.07, 0.09, 0.1], "moe_soft": [0.02, 0.03, 0.0, 0.01, 0.02]}
+    runs = hand_made_runs(differences)
+    runs.loc[runs["variant"].str.startswith("mlp_"), "model"] = "mlp"
+    runs.loc[runs["variant"] == "moe", ["matched_active", "matched_total"]] = ["mlp_active_moe", "mlp_total_moe"]
+    # one dense model of both sizes, as for soft routing
+    runs.loc[runs["variant"] == "moe_soft", ["matched_active", "matched_total"]] = ["mlp_active_moe", "mlp_active_moe"]
+    runs[["num_parameters", "active_parameters"]] = 1000.0
+    runs = pd.concat([runs[runs["variant"] != "mlp"], runs[runs["variant"] == "mlp"]])  # a matched mlp comes first
+    data = report_of(runs, tmp_path)
+    assert data.baseline == "mlp"  # the first dense variant that is not a matched one
+    table = data.table.set_index("variant")
+    moe = np.array(differences["moe"])
+    assert table.loc["moe", "diff_active_test_acc_mean"] == pytest.approx(np.mean(moe - differences["mlp_active_moe"]))
+    assert table.loc["moe", "diff_total_test_acc_mean"] == pytest.approx(np.mean(moe - differences["mlp_total_moe"]))
+    assert math.isnan(table.loc["moe_soft", "diff_total_test_acc_mean"])  # the same comparison is tested once
+    p_values = [table.loc[v, "diff_test_acc_p"] for v in ("moe", "mlp_active_moe", "mlp_total_moe", "moe_soft")]
+    p_values += [table.loc["moe", "diff_active_test_acc_p"], table.loc["moe", "diff_total_test_acc_p"],
+                 table.loc["moe_soft", "diff_active_test_acc_p"]]
+    adjusted = holm(p_values)
+    assert table.loc["moe", "diff_total_test_acc_p_holm"] == pytest.approx(adjusted[5])
+    assert table.loc["moe_soft", "diff_active_test_acc_p_holm"] == pytest.approx(adjusted[6])
+    assert table.loc["mlp_total_moe", "diff_active_test_acc_verdict"] == ""  # dense rows have no matched comparison
+    (soft,) = [entry for entry in data.matched if entry["variant"] == "moe_soft"]
+    assert [(m["variant"], m["kind"]) for m in soft["matches"]] == [("mlp_active_moe", "active and total")]
+    assert "Holm's method over all k = 7 comparison(s)" in comparisons_note(data.table, "acc", "mlp")
+    named = report_data_from_runs(ExperimentTree(tmp_path / "e"), runs, pd.DataFrame(), ["seed"], [],
+                                  experiment_yaml="baseline: {variant: mlp_total_moe, match: [active, total]}\n")
+    assert named.baseline == "mlp_total_moe"
+
+
+
+def test_matched_baselines_through_the_launcher(write_experiment, tmp_path):
+    doc = {**TINY, "train": {**TINY["train"], "epochs": 2}, "variants": [TINY["variants"][0], TINY["variants"][2]],
+           "grid": {"seed": [0, 1]}, "baseline": {"variant": "mlp", "match": ["active", "total"]}}
+    experiment = write_experiment(doc)
+    done = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out")
+    assert done.returncode == 0, done.stderr
+    assert "2 job(s) x 4 variant(s), 2 to run" in done.stdout  # mlp, moe_topk and its two matched MLPs
+    tree = ExperimentTree(tmp_path / "out" / "tiny")
+    acc = lambda job, variant: json.loads(job.variant(variant).results_file.read_text())["test_acc"]
+    summary = pd.read_csv(tree.summary.summary_csv).set_index("variant")
+    for kind in ("active", "total"):
+        paired = [acc(job, "moe_topk") - acc(job, f"mlp_{kind}_moe_topk") for job in tree.jobs()]
+        assert summary.loc["moe_topk", f"diff_{kind}_test_acc_mean"] == pytest.approx(np.mean(paired))
+    page = tree.report_file.read_text()
+    assert page.index("Against dense models of equal size") < page.index("<h2>Summary</h2>")  # the first screen
+    assert "vs mlp_active_moe_topk (" in page and tree.summary.plot("matched_sizes").is_file()
+    # a job is finished when its matched models are: one stopped while training them resumes
+    job = tree.jobs()[0]
+    job.variant("mlp_total_moe_topk").results_file.unlink()
+    job.status_file.write_text(json.dumps({**json.loads(job.status_file.read_text()), "state": "interrupted"}))
+    again = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out", "--no-report")
+    assert again.returncode == 0 and "2 job(s) x 4 variant(s), 1 to run" in again.stdout, again.stdout

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
+import re
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from conftest import make_job
-from moelab.models import get_model_spec
+from conftest import TINY, launch, make_job
+from moelab.config import load_experiment
+from moelab.models import build_model, get_model_spec, model_params
 from moelab.data import DataSettings, load_dataset
 from moelab.results.io import read_json, read_jsonl, write_json
-from moelab.results.tree import VariantTree
+from moelab.results.tree import JobTree, VariantTree
 from moelab.schema import check_section
 from moelab.train.job import run_job
 from moelab.train.settings import TrainSettings
-from moelab.train.trainer import EarlyStopping, StopRequested, train_variant
+from moelab.train.evaluate import predict
+from moelab.train.trainer import EarlyStopping, StopRequested, routing_balance, train_variant
 
 TRAIN_SECTION = {"epochs": 6, "batch_size": 64, "eval_batch_size": 512, "optimizer": "adamw", "lr": 0.003, "weight_decay": 1e-4,
          "momentum": 0.9, "schedule": "cosine", "warmup_epochs": 1, "step_every": 30, "grad_clip": 1.0,
@@ -191,3 +198,171 @@ def test_checkpoint_last_tests_the_weights_after_the_last_epoch(tmp_path, digits
     assert results["epochs_trained"] == best["epochs_trained"] == 6
     if best["best_epoch"] != 5:  # the best validation epoch was not the last: other weights were tested
         assert results["test_loss"] != best["test_loss"]
+
+
+def test_routing_balance_counts_dead_experts_under_one_percent_and_effective_experts():
+    balanced = routing_balance([0.25] * 4)
+    assert balanced["dead_expert_fraction"] == 0.0 and balanced["effective_experts"] == pytest.approx(4.0)
+    assert routing_balance([1.0, 0.0, 0.0, 0.0])["effective_experts"] == pytest.approx(1.0)
+    uneven = routing_balance([0.6, 0.395, 0.005, 0.0])  # 0.5 % counts as dead, like no sample at all
+    assert uneven["collapsed_experts"] == [2, 3] and uneven["dead_expert_fraction"] == 0.5
+    entropy = -sum(p * math.log(p) for p in (0.6, 0.395, 0.005))
+    assert uneven["effective_experts"] == pytest.approx(math.exp(entropy))
+
+
+def test_router_health_per_epoch_and_the_test_routing_flip_rate(tmp_path, digits):
+    """The flip rate is checked against the test routing of the weights saved after each epoch."""
+    out = VariantTree(tmp_path / "v")
+    saved = []
+    on_epoch = lambda history: saved.append(torch.load(out.last_checkpoint, weights_only=False))
+    results = train_variant(TOPK, digits, TrainSettings.from_dict({**TRAIN_SECTION, "epochs": 3}), 0, out,
+                            torch.device("cpu"), on_epoch=on_epoch)
+    lines = read_jsonl(out.metrics_file)
+    model = build_model("moe_topk", digits.d_in, digits.d_out, model_params(TOPK))
+    first_experts = []
+    for state in saved:
+        model.load_state_dict(state["model"])
+        first_experts.append(predict(model, digits.x_test, digits.task).experts[:, 0])
+        assert torch.equal(state["test_experts"], first_experts[-1])
+    assert "test_routing_flip_rate" not in lines[0]  # nothing to compare the first epoch with
+    for epoch in (1, 2):
+        changed = (first_experts[epoch] != first_experts[epoch - 1]).float().mean().item()
+        assert lines[epoch]["test_routing_flip_rate"] == pytest.approx(changed)
+    for line in lines:
+        load = line["train_expert_load"]
+        assert line["train_dead_expert_fraction"] == sum(share < 0.01 for share in load) / len(load)
+        assert line["train_effective_experts"] == pytest.approx(math.exp(-sum(p * math.log(p) for p in load if p > 0)))
+    assert results["dead_expert_fraction"] == lines[-1]["train_dead_expert_fraction"]
+    assert results["effective_experts"] == lines[-1]["train_effective_experts"]
+    assert results["routing_flip_rate"] == lines[-1]["test_routing_flip_rate"]
+
+
+def test_a_diverging_variant_fails_with_a_clear_error_and_the_others_finish(tmp_path):
+    # an auxiliary weight beyond float32's range makes the first step's loss infinite: NaN weights after it
+    job = make_job(tmp_path, ["variants.moe.z_loss=1e39"])
+    outcome = run_job(job.path)
+    assert outcome.errors == {"moe": "TrainingDiverged: diverged at epoch 0 (train loss nan)"}
+    status = read_json(job.status_file)
+    assert status["variants"]["moe"]["state"] == "failed"
+    assert {n for n, v in status["variants"].items() if v["state"] == "done"} == {"mlp", "moe_topk", "moe_hard"}
+    line = read_jsonl(job.variant("moe").metrics_file)[-1]
+    assert line["epoch"] == 0 and math.isnan(line["train_loss"])  # the diverged epoch is shown
+    assert not job.variant("moe").last_checkpoint.exists() and not job.variant("moe").results_file.exists()
+
+
+def test_a_huge_learning_rate_stops_every_model_with_the_divergence_error(tmp_path):
+    """Before the check, NaN router logits failed deep inside torch (moe_topk's load estimate)."""
+    job = make_job(tmp_path, ["train.lr=1e6", "train.epochs=3"])
+    outcome = run_job(job.path)
+    assert set(outcome.errors) == {"mlp", "moe", "moe_topk", "moe_hard"}
+    for variant, error in outcome.errors.items():
+        assert re.fullmatch(r"TrainingDiverged: diverged at epoch \d \((train|validation) loss (nan|inf)\)", error), error
+
+
+def test_roc_curves_and_auc_from_the_test_probabilities(finished_job):
+    """AUC checked against its definition: the chance that a positive outscores a negative (ties half)."""
+    spec = read_json(finished_job.config_file)
+    data = load_dataset(DataSettings(**spec["config"]["data"]), spec["config"]["seed"])
+    variant = next(v for v in spec["config"]["variants"] if v["name"] == "moe_topk")
+    model = build_model(variant["model"], data.d_in, data.d_out, model_params(variant))
+    model.load_state_dict(torch.load(finished_job.variant("moe_topk").best_weights, weights_only=True))
+    probabilities = predict(model, data.x_test, data.task).outputs
+    results = read_json(finished_job.variant("moe_topk").results_file)
+    roc = pd.read_csv(finished_job.variant("moe_topk").analysis.roc)
+    for c in range(data.d_out):
+        positive, negative = probabilities[data.y_test == c, c], probabilities[data.y_test != c, c]
+        wins = (positive[:, None] > negative[None, :]).double() + 0.5 * (positive[:, None] == negative[None, :]).double()
+        assert results[f"test_auc_class_{c}"] == pytest.approx(wins.mean().item(), abs=1e-6)
+        curve = roc[roc["class"] == c]
+        assert (curve.iloc[0][["false_positive_rate", "true_positive_rate"]] == 0).all()
+        assert (curve.iloc[-1][["false_positive_rate", "true_positive_rate"]] == 1).all()
+        area = np.trapezoid(curve["true_positive_rate"], curve["false_positive_rate"])
+        assert area == pytest.approx(results[f"test_auc_class_{c}"])
+    assert results["test_auc_macro"] == pytest.approx(np.mean([results[f"test_auc_class_{c}"] for c in range(10)]))
+
+
+def test_a_longer_job_continues_a_shorter_one_exactly_when_the_schedule_does_not_depend_on_epochs(tmp_path, digits):
+    constant = {**TRAIN_SECTION, "schedule": "constant", "warmup_epochs": 0}
+    short, longer = (TrainSettings.from_dict({**constant, "epochs": n}) for n in (3, 5))
+    train_variant(TOPK, digits, short, 0, VariantTree(tmp_path / "jobs" / "short" / "moe_topk"), torch.device("cpu"))
+    scratch = train_variant(TOPK, digits, longer, 0, VariantTree(tmp_path / "scratch"), torch.device("cpu"))
+    continued_from = {"job": "short", "epochs": 3}
+    continued = train_variant(TOPK, digits, longer, 0, VariantTree(tmp_path / "jobs" / "long" / "moe_topk"),
+                              torch.device("cpu"), continued_from=continued_from)
+    assert continued.pop("provenance") == {"continued_from": continued_from}
+    assert strip_timing(continued) == strip_timing(scratch)
+    lines = read_jsonl(tmp_path / "jobs" / "long" / "moe_topk" / "metrics.jsonl")
+    assert [strip_timing(r) for r in lines] == [strip_timing(r) for r in read_jsonl(tmp_path / "scratch" / "metrics.jsonl")]
+    assert lines[:3] == read_jsonl(tmp_path / "jobs" / "short" / "moe_topk" / "metrics.jsonl")  # taken over, timings too
+
+
+def test_a_continued_job_recomputes_the_cosine_schedule_for_its_own_epochs(tmp_path, digits):
+    train_variant(TOPK, digits, TrainSettings.from_dict({**TRAIN_SECTION, "epochs": 3}), 0,
+                  VariantTree(tmp_path / "jobs" / "short" / "moe_topk"), torch.device("cpu"))
+    longer = TrainSettings.from_dict({**TRAIN_SECTION, "epochs": 6})
+    train_variant(TOPK, digits, longer, 0, VariantTree(tmp_path / "jobs" / "long" / "moe_topk"), torch.device("cpu"),
+                  continued_from={"job": "short", "epochs": 3})
+    rates = [r["lr"] for r in read_jsonl(tmp_path / "jobs" / "long" / "moe_topk" / "metrics.jsonl")]
+    # warmup 1 epoch, then cosine over the 5 after it: epochs 3-5 as a 6-epoch run has them
+    cosine = lambda epoch: 0.5 * (1 + math.cos(math.pi * (epoch - 1) / 5))
+    assert rates[3:] == pytest.approx([TRAIN.lr * cosine(e) for e in (3, 4, 5)])
+    assert rates[2] == pytest.approx(TRAIN.lr * 0.5 * (1 + math.cos(math.pi * 1 / 2)))  # the 3-epoch schedule's
+
+
+def test_init_from_weights_must_be_the_ones_the_job_was_made_from(tmp_path, digits):
+    source = VariantTree(tmp_path / "source")
+    train_variant(TOPK, digits, TrainSettings.from_dict({**TRAIN_SECTION, "epochs": 2}), 0, source, torch.device("cpu"))
+    variant = {**TOPK, "init_from": {"path": str(source.best_weights), "sha256": "0" * 64}}
+    with pytest.raises(ValueError, match=r"init_from: .*best.pt changed since the experiment was launched"):
+        train_variant(variant, digits, TRAIN, 0, VariantTree(tmp_path / "v"), torch.device("cpu"))
+
+
+def small_experiment(epochs: int, **variant) -> dict:
+    moe = {"name": "moe_topk", "model": "moe_topk", "hidden": 16, "k": 2, **variant}
+    return {**TINY, "train": {**TINY["train"], "epochs": epochs}, "variants": [TINY["variants"][0], moe], "grid": {}}
+
+
+def test_relaunching_with_more_epochs_trains_only_the_new_ones(write_experiment, tmp_path):
+    experiment = write_experiment(small_experiment(3))
+    assert launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out", "--no-report").returncode == 0
+    longer = launch(tmp_path, "run_here", str(experiment), "train.epochs=5", "--experiments-dir", "out", "--no-report")
+    assert longer.returncode == 0, longer.stderr
+    short, extended = (JobTree(tmp_path / "out" / "tiny" / "jobs" / load_experiment(experiment, o).jobs()[0].key)
+                       for o in ([], ["train.epochs=5"]))
+    assert f"{extended.key} continues the finished job {short.key}: 3 -> 5 epochs" in longer.stdout
+    for name in ("mlp", "moe_topk"):
+        before = short.variant(name).metrics_file.read_text().splitlines()
+        after = extended.variant(name).metrics_file.read_text().splitlines()
+        # the first three epochs are taken over as they were (their timings too): two were trained
+        assert len(after) == 5 and after[:3] == before
+        assert read_json(extended.variant(name).results_file)["epochs_trained"] == 5
+        assert read_json(extended.variant(name).results_file)["provenance"] == {
+            "continued_from": {"job": short.key, "epochs": 3}}
+        assert read_json(extended.status_file)["variants"][name]["provenance"] == {
+            "continued_from": {"job": short.key, "epochs": 3}}
+    assert read_json(extended.config_file)["continued_from"] == {"job": short.key, "epochs": 3}
+    # --force trains from zero, without the shorter job
+    forced = launch(tmp_path, "run_here", str(experiment), "train.epochs=5", "--force", "--experiments-dir", "out",
+                    "--no-report")
+    assert forced.returncode == 0 and "continues" not in forced.stdout and "continued_from" not in read_json(extended.config_file)
+    assert extended.variant("mlp").metrics_file.read_text().splitlines()[:3] != short.variant("mlp").metrics_file.read_text().splitlines()
+
+
+def test_init_from_a_finished_variant_through_the_launcher(write_experiment, tmp_path):
+    assert launch(tmp_path, "run_here", str(write_experiment(small_experiment(2))), "--experiments-dir", "out",
+                  "--no-report").returncode == 0
+    source = JobTree(next((tmp_path / "out" / "tiny" / "jobs").iterdir())).variant("moe_topk")
+    relative = source.path.relative_to(tmp_path)  # from where the launch runs
+    doc = {**small_experiment(2, init_from=str(relative)), "name": "started"}
+    done = launch(tmp_path, "run_here", str(write_experiment(doc, "started.yaml")), "--experiments-dir", "out", "--no-report")
+    assert done.returncode == 0, done.stderr
+    job = JobTree(next((tmp_path / "out" / "started" / "jobs").iterdir()))
+    first_epoch = lambda tree, name: strip_timing(read_jsonl(tree.variant(name).metrics_file)[0])
+    scratch = JobTree(source.path.parent)
+    # the same seed and data: the variant without init_from trains as before, the one with it starts ahead
+    assert first_epoch(job, "mlp") == first_epoch(scratch, "mlp")
+    assert first_epoch(job, "moe_topk")["train_loss"] < first_epoch(scratch, "moe_topk")["train_loss"]
+    expected = {"init_from": {"path": str(source.best_weights.resolve()),
+                              "sha256": hashlib.sha256(source.best_weights.read_bytes()).hexdigest()}}
+    assert read_json(job.variant("moe_topk").results_file)["provenance"] == expected
+    assert read_json(job.status_file)["variants"]["moe_topk"]["provenance"] == expected

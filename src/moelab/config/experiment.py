@@ -17,6 +17,8 @@ from moelab.config import grid as grid_module
 from moelab.config.errors import ConfigError
 from moelab.config.includes import ExpandedVariants, Origin, expand_includes
 from moelab.config.limits import MAX_NESTING_DEPTH
+from moelab.config.baseline import check_baseline
+from moelab.config.init_from import attach_init_from, split_init_from
 from moelab.config.sections import DATA, TOP
 from moelab.config.yaml_input import parse_yaml, read_yaml_file
 from moelab.data import dataset_keys, dataset_names, get_dataset_spec
@@ -43,7 +45,7 @@ class Experiment:
     def job_spec(self, job: grid_module.Job) -> dict:
         """A job's config.json: what it computes (`config`, hashed into its key) and how it reports."""
         return {"key": job.key, "experiment": self.name, "grid_values": job.grid_values, "config": job.config,
-                "report": self.doc["report"]}
+                "report": self.doc["report"], **({"matched": job.matched} if job.matched else {})}
 
 
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
@@ -173,8 +175,11 @@ def check_document(raw: dict, origins: list[Origin | None] | None = None) -> tup
         issues += found
         if not found:
             doc["data"] = dataset_keys(doc["data"])
-    doc["variants"], variant_issues = check_variants(raw.get("variants"), origins or [])
-    issues += variant_issues
+    raw_variants, init_from = split_init_from(raw.get("variants"))
+    doc["variants"], variant_issues = check_variants(raw_variants, origins or [])
+    issues += variant_issues + attach_init_from(doc["variants"], init_from)
+    if not variant_issues and not any(i.path.split(".")[0] == "baseline" for i in issues):
+        issues += check_baseline(doc)
     raw_grid = raw.get("grid") or {}
     if not isinstance(raw_grid, dict):
         issues.append(Issue("grid", f"must be a mapping of keys to lists of values, e.g. seed: [0, 1, 2], got "

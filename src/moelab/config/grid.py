@@ -20,14 +20,16 @@ import hashlib
 import itertools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from moelab.config.baseline import add_matched_variants, matching_problems
+from moelab.config.init_from import compatibility_problems
 from moelab.config.limits import MAX_GRID_JOBS, count_text
 from moelab.config.model_size import model_size_problem
 from moelab.config.sections import DATA, TOP, TRAIN
 from moelab.data import DataSettings, dataset_keys, dataset_names, get_dataset_spec
-from moelab.models import get_model_spec
+from moelab.models import get_model_spec, model_params
 from moelab.schema import Field, Issue, did_you_mean
 from moelab.train.settings import keyed
 
@@ -39,11 +41,20 @@ class Job:
     key: str
     config: dict  # {"seed", "data", "train", "variants"}: everything the job's training reads
     grid_values: dict  # axis -> value at this grid point
+    matched: dict = field(default_factory=dict)  # MoE variant -> {"active"/"total": its matched dense variant}
 
 
 def job_key(config: dict) -> str:
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    """A variant's init_from counts by the hash of its weights, not by their path (init_from.py says why)."""
+    keyed = {**config, "variants": [{**v, "init_from": v["init_from"]["sha256"]} if "init_from" in v else v
+                                    for v in config["variants"]]}
+    canonical = json.dumps(keyed, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def key_without_epochs(config: dict) -> str:
+    """What two jobs share when they differ in train.epochs alone (a longer one can continue a shorter one)."""
+    return job_key({**config, "train": {k: v for k, v in config["train"].items() if k != "epochs"}})
 
 
 def check_grid(raw_grid: dict, doc: dict, variants_ok: bool = True) -> tuple[dict, list[Issue]]:
@@ -143,7 +154,8 @@ def expand(doc: dict) -> list[Job]:
             grid_values[axis] = value
         config["data"] = dataset_keys(config["data"])
         config["train"] = keyed(config["train"])
-        jobs.append(Job(job_key(config), config, grid_values))
+        matched = add_matched_variants(config, doc.get("baseline"))
+        jobs.append(Job(job_key(config), config, grid_values, matched))
     return jobs
 
 
@@ -167,7 +179,8 @@ def _apply(config: dict, axis: str, value: Any) -> None:
 
 def check_jobs(doc: dict) -> list[Issue]:
     """Checks that need resolved grid points: limits across a model's parameters, models that read
-    images on a dataset that has none, and models too large to train (model_size.py)."""
+    images on a dataset that has none, models too large to train (model_size.py), MoE variants that
+    baseline.match cannot size, and init_from weights that do not fit their variant."""
     issues: list[Issue] = []
     seen: set[str] = set()
     # a variant's checks read its parameters and the data: grid points that differ only in the seed
@@ -176,13 +189,20 @@ def check_jobs(doc: dict) -> list[Issue]:
     for job in expand(doc):
         point = ", ".join(f"{k}={v}" for k, v in job.grid_values.items() if k != "seed")
         at = f" (at grid point {point})" if point else ""
+        for problem in matching_problems(job.config, doc.get("baseline")):
+            if problem + at not in seen:
+                seen.add(problem + at)
+                issues.append(Issue("baseline.match", problem + at))
+        for name, problem in compatibility_problems(job.config):
+            if f"{name}: {problem}{at}" not in seen:
+                seen.add(f"{name}: {problem}{at}")
+                issues.append(Issue(f"variants.{name}.init_from", problem + at))
         model_point = json.dumps({k: v for k, v in job.grid_values.items() if k.startswith(("variants.", "data."))},
                                  sort_keys=True)
         for variant in job.config["variants"]:
             case = (variant["name"], model_point)
             if case not in checked:
-                params = {k: v for k, v in variant.items() if k not in ("name", "model")}
-                checked[case] = _variant_problems(variant["model"], params, job.config["data"])
+                checked[case] = _variant_problems(variant["model"], model_params(variant), job.config["data"])
             for problem in checked[case]:
                 message = f"variants.{variant['name']}: {problem}{at}"
                 if message not in seen:

@@ -11,6 +11,7 @@ import re
 import unicodedata
 from typing import Any
 
+from moelab.config.baseline import check_match_kinds
 from moelab.data.settings import DataSettings
 from moelab.schema import PATH_SAFE, Field, Section, section_from_dataclass, shown
 from moelab.train.settings import TrainSettings
@@ -107,6 +108,13 @@ REPORT: Section = {
     "live_plot_every": Field(int, 10, min=0, help="a running variant redraws its curves.png every N epochs (0: never)"),
 }
 
+BASELINE: Section = {
+    "variant": Field(str, None, nullable=True, help="the dense variant every other is compared with (null: the first "
+                                                    "mlp or cnn variant)"),
+    "match": Field(list, [], item_kind=str, extra_check=check_match_kinds,
+                   help="add dense MLPs of the size of each MoE variant: active and/or total parameters"),
+}
+
 TOP: Section = {
     "name": Field(str, pattern=PATH_SAFE, extra_check=check_experiment_name,
                   help="experiment name: the folder under experiments/"),
@@ -117,6 +125,7 @@ TOP: Section = {
     # variants and grid have their own checks (check_variants in experiment.py, grid.py)
     "variants": Field(list, None, nullable=True),
     "grid": Field(dict, {}),
+    "baseline": BASELINE,
     "local": LOCAL,
     "slurm": SLURM,
     "report": REPORT,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, fields
+from typing import Callable
 
 from moelab.data.settings import COMMON_KEYS, DataSettings
 
@@ -23,7 +24,15 @@ class DatasetSpec:
     options: tuple[str, ...]  # data.* keys this dataset reads beyond the common ones
     implementation: str  # module inside moelab.data
     description: str
-    images: bool = False  # samples are images (TaskData.input_shape): convolutional models can read them
+    # (d_in, d_out) from the settings alone: parameter counts are computed without loading the data
+    dimensions: Callable[[DataSettings], tuple[int, int]]
+    # the image shape behind a sample's flat input (TaskData.input_shape), or None: not images
+    input_shape: tuple[int, ...] | None = None
+
+    @property
+    def images(self) -> bool:
+        """Samples are images: convolutional models can read them."""
+        return self.input_shape is not None
 
     def check(self, settings: DataSettings) -> list[str]:
         return self._module().check(self.name, settings)
@@ -37,14 +46,17 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("digits", CLASSIFICATION, ("test_fraction",), "digits",
-                "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes)", images=True),
+                "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes)", lambda s: (64, 10), (8, 8)),
     DatasetSpec("mnist", CLASSIFICATION, (), "torchvision_sets", "MNIST handwritten digits, torchvision format",
-                images=True),
+                lambda s: (784, 10), (28, 28)),
     DatasetSpec("fashion_mnist", CLASSIFICATION, (), "torchvision_sets", "Fashion-MNIST, torchvision format",
-                images=True),
-    DatasetSpec("cifar10", CLASSIFICATION, (), "torchvision_sets", "CIFAR-10, torchvision format", images=True),
+                lambda s: (784, 10), (28, 28)),
+    DatasetSpec("cifar10", CLASSIFICATION, (), "torchvision_sets", "CIFAR-10, torchvision format",
+                lambda s: (3 * 32 * 32, 10), (3, 32, 32)),
+    # (x, y) and a sine and a cosine of each per band -> RGB
     DatasetSpec("image_fit", REGRESSION, ("test_fraction", "image", "resolution", "fourier_features"), "image_fit",
-                "fit an image as (x, y) -> RGB (matplotlib's sample photo by default)"),
+                "fit an image as (x, y) -> RGB (matplotlib's sample photo by default)",
+                lambda s: (2 + 4 * s.fourier_features, 3)),
 )}
 
 
@@ -62,6 +74,12 @@ def dataset_keys(data: dict) -> dict:
     used = set(COMMON_KEYS) | set(get_dataset_spec(data["name"]).options)
     defaults = DataSettings()
     return {f.name: data.get(f.name, getattr(defaults, f.name)) for f in fields(DataSettings) if f.name in used}
+
+
+def dataset_dimensions(data: dict) -> tuple[int, int]:
+    """(d_in, d_out) of the dataset a job's data section names, without loading it."""
+    settings = DataSettings(**data)
+    return get_dataset_spec(settings.name).dimensions(settings)
 
 
 def load_dataset(settings: DataSettings, seed: int):

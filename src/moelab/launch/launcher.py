@@ -52,8 +52,14 @@ def launch(backend: Backend, experiment: Experiment, options: LaunchOptions) -> 
     if data_issues:
         print(ConfigError(experiment.source, data_issues), file=sys.stderr)
         return 2
-    print(f"experiment {experiment.name}: {len(plan.jobs)} job(s) x {len(experiment.doc['variants'])} variant(s), "
+    variants = len(plan.jobs[0].config["variants"]) if plan.jobs else 0  # with the dense ones baseline.match adds
+    print(f"experiment {experiment.name}: {len(plan.jobs)} job(s) x {variants} variant(s), "
           f"{len(plan.to_run)} to {backend.verb} -> {plan.tree.path}")
+    for job in plan.to_run:
+        if job.key in plan.continued_from:
+            source = plan.continued_from[job.key]
+            print(f"  {job.key} continues the finished job {source['job']}: {source['epochs']} -> "
+                  f"{job.config['train']['epochs']} epochs, from its last checkpoints")
     if not options.dry_run:
         write_plan(plan, backend.mode, options.argv)
     return backend.finish(plan, backend.launch(plan))

@@ -6,6 +6,7 @@ config.json, and one line in launches.jsonl.
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import sys
@@ -17,9 +18,10 @@ import yaml
 from filelock import FileLock
 
 from moelab.config import Experiment, Job
+from moelab.config.grid import key_without_epochs
 from moelab.results.io import append_jsonl, read_json, write_json, write_json_if_changed, write_text
 from moelab.results.status import FAILURES, JobState, host, job_state, merge_states, now, read_status
-from moelab.results.tree import ExperimentTree
+from moelab.results.tree import ExperimentTree, JobTree
 
 
 @dataclass
@@ -32,6 +34,7 @@ class LaunchPlan:
     fresh: bool = False  # --force: discard earlier outputs of the jobs that run
     attempts: dict[str, int] = field(default_factory=dict)  # job key -> attempts before this launch
     launch_id: str = ""  # set when written: names launches/<id>/ and its plan.json
+    continued_from: dict[str, dict] = field(default_factory=dict)  # job key -> the shorter job it continues
 
     def skipped(self) -> Counter:
         running = {j.key for j in self.to_run}
@@ -45,9 +48,10 @@ def make_plan(experiment: Experiment, experiments_dir: Path, force: bool = False
     running, or queued on the cluster (`queue_states`), are never started twice."""
     tree = ExperimentTree(Path(experiments_dir) / experiment.name)
     jobs = experiment.jobs()
-    names = [v["name"] for v in experiment.doc["variants"]]
     queue_states = queue_states or {}
-    states = {job.key: merge_states(job_state(tree.job(job.key), names), queue_states.get(job.key)) for job in jobs}
+    # a job's own variants: baseline.match adds dense ones to those of the experiment file
+    states = {job.key: merge_states(job_state(tree.job(job.key), [v["name"] for v in job.config["variants"]]),
+                                    queue_states.get(job.key)) for job in jobs}
     wanted = {JobState.PENDING, JobState.INTERRUPTED}
     if rerun_failed or force:
         wanted |= FAILURES
@@ -55,7 +59,43 @@ def make_plan(experiment: Experiment, experiments_dir: Path, force: bool = False
         wanted.add(JobState.DONE)
     to_run = [job for job in jobs if states[job.key] in wanted]
     attempts = {job.key: (status.attempts if (status := read_status(tree.job(job.key))) else 0) for job in to_run}
-    return LaunchPlan(experiment, tree, jobs, states, to_run, fresh=force, attempts=attempts)
+    continued = {} if force else continuations(tree, to_run, states)
+    return LaunchPlan(experiment, tree, jobs, states, to_run, fresh=force, attempts=attempts, continued_from=continued)
+
+
+def continuations(tree: ExperimentTree, jobs: list[Job], states: dict[str, JobState]) -> dict[str, dict]:
+    """For jobs about to run: a finished job of the tree whose configuration differs only in fewer
+    train.epochs, to start each variant from its last checkpoint instead of from zero (the most epochs
+    when there are several). Only jobs finished before this launch count, so the choice never depends
+    on the order jobs run in; a job keeps the choice made when it was first launched."""
+    found = {}
+    for job in jobs:
+        earlier = _read_spec(tree.job(job.key))
+        if earlier is not None and "continued_from" in earlier:
+            found[job.key] = earlier["continued_from"]
+    starting = [job for job in jobs if job.key not in found and states[job.key] is JobState.PENDING]
+    if not starting:
+        return found
+    finished: dict[str, list[tuple[int, str]]] = {}
+    for other in tree.jobs():
+        spec = _read_spec(other)
+        if spec is None or job_state(other, [v["name"] for v in spec["config"]["variants"]]) is not JobState.DONE:
+            continue
+        finished.setdefault(key_without_epochs(spec["config"]), []).append((spec["config"]["train"]["epochs"], other.key))
+    for job in starting:
+        shorter = [c for c in finished.get(key_without_epochs(job.config), []) if c[0] < job.config["train"]["epochs"]]
+        if shorter:
+            epochs, key = max(shorter)
+            found[job.key] = {"job": key, "epochs": epochs}
+    return found
+
+
+def _read_spec(job: JobTree) -> dict | None:
+    try:
+        spec = read_json(job.config_file)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return spec if isinstance(spec, dict) and "config" in spec else None
 
 
 def write_plan(plan: LaunchPlan, mode: str, argv: list[str]) -> None:
@@ -63,7 +103,8 @@ def write_plan(plan: LaunchPlan, mode: str, argv: list[str]) -> None:
     tree = plan.tree
     write_text(tree.experiment_file, yaml.safe_dump(plan.experiment.doc, sort_keys=False))
     for job in plan.to_run:
-        write_json_if_changed(tree.job(job.key).config_file, plan.experiment.job_spec(job))
+        continued = {"continued_from": plan.continued_from[job.key]} if job.key in plan.continued_from else {}
+        write_json_if_changed(tree.job(job.key).config_file, {**plan.experiment.job_spec(job), **continued})
     skipped = plan.skipped()
     time = now()
     # the time for people, a random suffix for two launches started in the same second

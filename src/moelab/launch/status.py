@@ -18,7 +18,6 @@ from moelab.results.tree import ExperimentTree
 
 def print_status(experiment: Experiment, experiments_dir: Path) -> int:
     tree = ExperimentTree(Path(experiments_dir) / experiment.name)
-    names = [v["name"] for v in experiment.doc["variants"]]
     backends = [backend_class(mode) for mode in BACKENDS]
     views = [(backend, backend.queue_view(tree)) for backend in backends]
     view = QueueView()
@@ -30,6 +29,7 @@ def print_status(experiment: Experiment, experiments_dir: Path) -> int:
     failures = []
     for job in experiment.jobs():
         job_tree = tree.job(job.key)
+        names = [v["name"] for v in job.config["variants"]]  # with the dense ones baseline.match adds
         state = merge_states(job_state(job_tree, names), view.states.get(job.key))
         status = read_status(job_tree)
         done = sum(job_tree.variant(n).is_done() for n in names)

@@ -223,7 +223,9 @@ class MoE(nn.Module):
         threshold_if_in = top_logits[:, self.k : self.k + 1]
         threshold_if_out = top_logits[:, self.k - 1 : self.k]
         is_in = noisy_logits > threshold_if_in
-        normal = torch.distributions.Normal(0.0, 1.0)
+        # no argument validation: NaN logits of a diverging run must reach the loss, where the trainer
+        # reports the divergence, instead of failing here
+        normal = torch.distributions.Normal(0.0, 1.0, validate_args=False)
         prob_if_in = normal.cdf((logits - threshold_if_in) / noise_std)
         prob_if_out = normal.cdf((logits - threshold_if_out) / noise_std)
         return torch.where(is_in, prob_if_in, prob_if_out).sum(0)

@@ -6,6 +6,7 @@ or relaunching a finished one, never pays for importing torch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from moelab.schema import param
@@ -50,15 +51,40 @@ def cnn_backbone_parameters(input_shape: tuple[int, ...] | None, width: int, fea
     return total + linear_parameters(c_in, features)
 
 
+@dataclass(frozen=True)
+class ParameterCounts:
+    """A model's size, counted from its parameters and the data's dimensions (tests check these against
+    the built models)."""
+
+    active: int  # parameters that take part in predicting one sample under the inference routing
+    total: int
+
+
 @dataclass
 class MLPParams:
     hidden: int = param(256, "width of each hidden layer", min=1)
     layers: int = param(2, "number of hidden layers", min=1, max=16)
     dropout: float = param(0.1, "dropout after each hidden layer", min=0.0, max=0.9)
 
-    def parameter_count(self, d_in: int, d_out: int, input_shape: tuple[int, ...] | None = None) -> int:
+    def parameter_counts(self, d_in: int, d_out: int, input_shape: tuple[int, ...] | None = None) -> ParameterCounts:
         widths = [d_in] + [self.hidden] * self.layers + [d_out]
-        return sum(linear_parameters(a, b) for a, b in zip(widths, widths[1:]))
+        total = sum(linear_parameters(a, b) for a, b in zip(widths, widths[1:]))
+        return ParameterCounts(active=total, total=total)
+
+    def architecture(self) -> dict:
+        """The parameters that decide what the weights are (their shapes and fixed values): weights of
+        another run can start this one when these agree."""
+        return {"hidden": self.hidden, "layers": self.layers}
+
+    @staticmethod
+    def hidden_for(parameters: int, d_in: int, d_out: int, layers: int) -> int:
+        """The hidden width whose MLP has the parameter count nearest to `parameters` (the narrower on a
+        tie; at least 1). The count is (L-1) h^2 + (d_in + d_out + L) h + d_out for L hidden layers."""
+        a, b, c = layers - 1, d_in + d_out + layers, d_out - parameters
+        root = -c / b if a == 0 else (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)
+        candidates = {max(1, math.floor(root)), max(1, math.ceil(root))}
+        count = lambda h: a * h * h + b * h + d_out
+        return min(sorted(candidates), key=lambda h: abs(count(h) - parameters))
 
 
 @dataclass
@@ -70,8 +96,12 @@ class CNNParams:
     def needs_images(self) -> bool:
         return True
 
-    def parameter_count(self, d_in: int, d_out: int, input_shape: tuple[int, ...] | None = None) -> int:
-        return cnn_backbone_parameters(input_shape, self.width, self.features) + linear_parameters(self.features, d_out)
+    def parameter_counts(self, d_in: int, d_out: int, input_shape: tuple[int, ...] | None = None) -> ParameterCounts:
+        total = cnn_backbone_parameters(input_shape, self.width, self.features) + linear_parameters(self.features, d_out)
+        return ParameterCounts(active=total, total=total)
+
+    def architecture(self) -> dict:
+        return {"width": self.width, "features": self.features}
 
 
 @dataclass
@@ -98,28 +128,41 @@ class GatedParams:
     def needs_images(self) -> bool:
         return self.backbone == "cnn"
 
-    def parameter_count(self, d_in: int, d_out: int, input_shape: tuple[int, ...] | None = None) -> int:
-        total = 0
-        if self.backbone == "cnn":
-            total += cnn_backbone_parameters(input_shape, self.backbone_width, BACKBONE_FEATURES)
-            d_in = BACKBONE_FEATURES
-        experts = self.num_experts
-        total += linear_parameters(d_in, experts)  # router
-        if getattr(self, "noisy_gating", False):
-            total += linear_parameters(d_in, experts, bias=False)  # learned noise scale
-        total += experts * (linear_parameters(d_in, self.hidden) + linear_parameters(self.hidden, d_out))
-        if self.batch_norm:
-            total += experts * 2 * self.hidden
-        return total
-
     def check(self) -> list[str]:
         k = getattr(self, "k", 1)
         return [f"k={k} must be <= num_experts={self.num_experts}"] if k > self.num_experts else []
 
+    def architecture(self) -> dict:
+        shape = {"num_experts": self.num_experts, "hidden": self.hidden, "batch_norm": self.batch_norm,
+                 "backbone": self.backbone}
+        return {**shape, "backbone_width": self.backbone_width} if self.backbone == "cnn" else shape
+
+    def experts_per_sample(self) -> int:
+        """Experts that run for one sample under the inference routing."""
+        return 1
+
+    def training_only_parameters(self, d_in: int) -> int:
+        """Parameters used in training only (not active at inference)."""
+        return 0
+
+    def parameter_counts(self, d_in: int, d_out: int, input_shape: tuple[int, ...] | None = None) -> ParameterCounts:
+        """Backbone, router, experts (two linear layers, batch norm's scale and shift) and the
+        training-only noise projection; active: what predicting one sample uses at inference."""
+        shared = 0
+        if self.backbone == "cnn":
+            shared += cnn_backbone_parameters(input_shape, self.backbone_width, BACKBONE_FEATURES)
+            d_in = BACKBONE_FEATURES
+        shared += linear_parameters(d_in, self.num_experts)  # router
+        expert = linear_parameters(d_in, self.hidden) + linear_parameters(self.hidden, d_out)
+        expert += 2 * self.hidden if self.batch_norm else 0
+        return ParameterCounts(active=shared + self.experts_per_sample() * expert,
+                               total=shared + self.num_experts * expert + self.training_only_parameters(d_in))
+
 
 @dataclass
 class SoftMoEParams(GatedParams):
-    pass
+    def experts_per_sample(self) -> int:
+        return self.num_experts
 
 
 @dataclass
@@ -128,10 +171,22 @@ class TopKMoEParams(GatedParams):
     noisy_gating: bool = param(True, "learned noise on the router logits during training (Shazeer)")
     cv_balance: float = param(0.01, "weight of Shazeer's CV^2(importance) + CV^2(load)", min=0.0)
 
+    def experts_per_sample(self) -> int:
+        return self.k
+
+    def training_only_parameters(self, d_in: int) -> int:
+        return d_in * self.num_experts if self.noisy_gating else 0  # the noise projection, no bias
+
+    def architecture(self) -> dict:
+        return {**super().architecture(), "noisy_gating": self.noisy_gating}
+
 
 @dataclass
 class HardMoEParams(GatedParams):
     k: int = param(1, "experts per sample at inference", min=1)
+
+    def experts_per_sample(self) -> int:
+        return self.k
 
 
 @dataclass
@@ -145,6 +200,10 @@ class GuidedMoEParams(GatedParams):
     expert_classes: list = param(None, "classes assigned to each expert, e.g. [[0, 1], [2, 3]] (null: split "
                                  "the classes evenly in order)", nullable=True, kind=list)
     guide_weight: float = param(1.0, "weight of the gate's cross-entropy toward the assigned expert", min=0.0)
+
+    def architecture(self) -> dict:
+        # the class -> expert assignment is part of the weights (a buffer)
+        return {**super().architecture(), "expert_classes": self.expert_classes}
 
     def check(self) -> list[str]:
         problems = super().check()

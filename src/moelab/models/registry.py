@@ -34,6 +34,19 @@ class ModelSpec:
         needs = getattr(self.params, "needs_images", None)
         return bool(needs(self.params(**params))) if needs else False
 
+    @property
+    def has_experts(self) -> bool:
+        return "num_experts" in self.schema
+
+    def architecture(self, params: dict) -> dict:
+        """What decides the weights' shapes and fixed values: runs that agree on it can share weights."""
+        return self.params(**params).architecture()
+
+    def parameter_counts(self, d_in: int, d_out: int, params: dict,
+                         input_shape: tuple[int, ...] | None = None) -> p.ParameterCounts:
+        """Active and total parameters, computed without building the model (or importing torch)."""
+        return self.params(**params).parameter_counts(d_in, d_out, input_shape)
+
     def build(self, d_in: int, d_out: int, params: dict, input_shape: tuple[int, ...] | None = None):
         module, _, cls = self.implementation.partition(":")
         model_class = getattr(importlib.import_module(f"moelab.models.{module}"), cls)
@@ -61,6 +74,12 @@ def get_model_spec(name: str) -> ModelSpec:
 
 def model_names() -> list[str]:
     return sorted(MODELS)
+
+
+def model_params(variant: dict) -> dict:
+    """A variant's model parameters: everything in its mapping but its name, model and the weights it
+    starts from (init_from)."""
+    return {k: v for k, v in variant.items() if k not in ("name", "model", "init_from")}
 
 
 def build_model(name: str, d_in: int, d_out: int, params: dict, input_shape: tuple[int, ...] | None = None):

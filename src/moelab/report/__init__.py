@@ -13,7 +13,8 @@ from pathlib import Path
 from moelab.report import html
 from moelab.report.data import ReportData, read_report_data
 from moelab.report.plots import draw_plots
-from moelab.report.tables import comparisons_note, small_sample_warning, to_latex, to_markdown
+from moelab.report.tables import (MATCHED_INTRO, collapse_warning, comparisons_note, describe_match, small_sample_warning,
+                                  to_latex, to_markdown)
 from moelab.results.io import atomic_write, write_text
 from moelab.results.status import JobState
 
@@ -75,10 +76,16 @@ def _markdown(data: ReportData, not_drawn: dict[str, str]) -> str:
     too_few_seeds = small_sample_warning(data.table, data.metric, data.baseline)
     if too_few_seeds:
         parts.append(f"**Too few seeds to compare.** {too_few_seeds}\n\n")
+    collapsed = collapse_warning(data.runs, data.group_keys)
+    if collapsed:
+        parts.append(f"**Expert collapse.** {collapsed}\n\n")
     note = comparisons_note(data.table, data.metric, data.baseline)
     if note:
         parts.append(f"{note}\n\n")
     parts.append(to_markdown(data.readable))
+    if data.matched:
+        parts += [f"\n## Against dense models of equal size\n\n{MATCHED_INTRO}\n\n"]
+        parts += [f"- {describe_match(entry)}\n" for entry in data.matched]
     if data.notes:
         parts += ["\n## Unfinished, failed or unreadable\n"] + [f"- {n}\n" for n in data.notes]
     if not_drawn:

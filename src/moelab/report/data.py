@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from moelab.report.tables import add_baseline_differences, compact, compare_to_baseline, group_columns, summarise
+from moelab.report.tables import (add_baseline_differences, compact, compare_to_baseline, group_columns,
+                                  matched_comparisons, summarise)
 from moelab.results import ExperimentTree, collect
 from moelab.results.io import read_jsonl
 from moelab.results.status import JobState
@@ -45,6 +46,11 @@ class ReportData:
         """The columns that name a row of the summary table: variant and grid values other than the seed."""
         return group_columns(self.runs, self.grid_axes) if not self.runs.empty else []
 
+    @property
+    def matched(self) -> list[dict]:
+        """The comparisons of each MoE variant with its dense models of equal size (tables.matched_comparisons)."""
+        return matched_comparisons(self.runs, self.table, self.metric, self.group_keys)
+
 
 def read_report_data(path: Path, curves: bool = True, cache: bool = True) -> ReportData:
     """One collect of the experiment folder (curves=False: final results only, enough for the tables)."""
@@ -62,7 +68,9 @@ def report_data_from_runs(tree: ExperimentTree, runs: pd.DataFrame, curves: pd.D
                           problems: list[str], experiment_yaml: str = "", last_launch: dict | None = None) -> ReportData:
     """The statistics of a report from runs as moelab.results.collect returns them."""
     metric = runs["metric"].dropna().iloc[0] if "metric" in runs and runs["metric"].notna().any() else "acc"
-    runs, baseline = add_baseline_differences(runs, metric)
+    parsed = yaml.safe_load(experiment_yaml) if experiment_yaml else None
+    named = ((parsed.get("baseline") or {}).get("variant") if isinstance(parsed, dict) else None)
+    runs, baseline = add_baseline_differences(runs, metric, named)
     table = compare_to_baseline(summarise(runs, grid_axes), metric, baseline)
     readable = compact(table, group_columns(runs, grid_axes) if not runs.empty else [], metric)
     notes = list(problems)

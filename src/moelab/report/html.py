@@ -17,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from moelab.report.data import ReportData
-from moelab.report.plots import Plot, axis_label
-from moelab.report.tables import FAMILY_WISE_ALPHA, comparisons_note, family_size, finished, small_sample_warning
+from moelab.report.plots import Plot
+from moelab.report.tables import (FAMILY_WISE_ALPHA, MATCHED_INTRO, axis_label, collapse_warning, comparisons_note,
+                                  describe_match, family_size, finished, small_sample_warning)
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:1rem 2rem;color:#222}
@@ -32,6 +33,9 @@ th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
 figure{margin:1.5rem 0} figure img{max-width:100%;border:1px solid #ddd} figcaption{color:#555;font-size:.9rem}
 pre{background:#f6f6f6;padding:.6rem;overflow:auto;font-size:.8rem} code{background:#f3f3f3;padding:0 .2rem}
 """
+
+MAX_MATCHED_LINES = 12  # equal-size comparisons listed on the first screen; all of them are in the table
+
 
 def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> str:
     runs, notes, summary = data.runs, data.notes, data.tree.summary
@@ -52,7 +56,17 @@ def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> st
     too_few_seeds = small_sample_warning(data.table, data.metric, data.baseline)
     if too_few_seeds:
         parts.append(f"<div class='box warn'><b>Too few seeds to compare.</b> {_e(too_few_seeds)}</div>")
+    collapsed = collapse_warning(runs, data.group_keys)
+    if collapsed:
+        parts.append(f"<div class='box warn'><b>Expert collapse.</b> {_e(collapsed)}</div>")
     parts.append(headline(data))
+    matched = data.matched
+    if matched:
+        items = "".join(f"<li>{_e(describe_match(entry))}</li>" for entry in matched[:MAX_MATCHED_LINES])
+        more = (f"<li>... and {len(matched) - MAX_MATCHED_LINES} more in the summary table</li>"
+                if len(matched) > MAX_MATCHED_LINES else "")
+        parts.append(f"<div class='box headline'><b>Against dense models of equal size.</b> {_e(MATCHED_INTRO)}"
+                     f"<ul>{items}{more}</ul></div>")
     parts.append("<h2>Summary</h2><p>Grouped by variant and grid values, seeds pooled: mean ± std; "
                  f"'vs baseline' is the difference to <b>{_e(data.baseline or 'the dense baseline')}</b> in the same job, "
                  "paired over seeds, with its 95 % confidence interval.</p>")
@@ -64,8 +78,10 @@ def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> st
     experts = _experts_table(done)
     if experts is not None:
         parts.append("<h2>What the experts did</h2><p>Final-epoch balance of the training routing (normalised entropy: "
-                     "1 = every expert equally used; collapsed = experts under 1 % of samples), and on the test set the "
-                     "share of samples sent to the expert that sees most of their class (routing purity).</p>")
+                     "1 = every expert equally used; collapsed or dead = experts that are the first choice of under 1 % of "
+                     "the samples; effective experts = exp(entropy of the first-choice shares)), the share of test samples "
+                     "whose first expert changed in the last epoch (routing flips), and on the test set the share of "
+                     "samples sent to the expert that sees most of their class (routing purity).</p>")
         parts.append(experts.to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:.3f}"))
     parts.append("<h2>Plots</h2>")
     for plot in drawn:
@@ -127,7 +143,9 @@ def _experts_table(done: pd.DataFrame) -> pd.DataFrame | None:
     if moe.empty:
         return None
     columns = {"load_entropy": "balance (entropy)", "load_cv": "load CV", "num_collapsed_experts": "collapsed experts",
-               "routing_purity": "routing purity", "test_guide_agreement": "guide agreement"}
+               "dead_expert_fraction": "dead experts (share)", "effective_experts": "effective experts",
+               "routing_flip_rate": "routing flips (last epoch)", "routing_purity": "routing purity",
+               "test_guide_agreement": "guide agreement"}
     present = [c for c in columns if c in moe]
     table = moe.groupby("variant", sort=False)[present].mean().reset_index()
     return table.rename(columns=columns)

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 import pandas as pd
 
 from moelab.report.data import ReportData
-from moelab.report.tables import finished
+from moelab.report.tables import axis_label, finished
 from moelab.results.io import atomic_write
 from moelab.results.tree import VariantTree
 
@@ -49,12 +49,19 @@ def plots_for(data: ReportData) -> tuple[Plot, ...]:
              "a dense model of equal cost?", latency_vs_accuracy),
         Plot("utilisation", "Share of training samples each expert received, per epoch (first choice).",
              utilisation_heatmaps),
+        Plot("router_health", "Router health per epoch, mean ± std over seeds: share of dead experts (first choice of "
+             "under 1 % of the training samples), effective number of experts (exp of the first-choice entropy), and the "
+             "share of test samples whose first expert changed since the previous epoch.", router_health),
         Plot("specialisation", "Which experts the test samples of each class went to.", specialisation_heatmaps),
         Plot("gate_batches", "Gate activations over all training batches.", gate_batches),
         Plot("confusion", "Test confusion matrices.", confusion_matrices),
+        Plot("roc", "One-vs-rest ROC curves of every class from the test probabilities, with the macro AUC.", roc_curves),
         Plot("reconstructions", "The target image and each variant's fit.", reconstructions),
         Plot("training_time", "Training time per run.", training_time),
         Plot("params_vs_metric", "Parameter count against the test metric.", params_vs_metric),
+        Plot("matched_sizes", f"Test {metric} against active parameters: each MoE variant (circle) joined to its dense "
+             "MLP of equal active parameters (solid line) and of equal total parameters (dashed line), mean over seeds.",
+             matched_sizes),
     )
 
 
@@ -188,6 +195,62 @@ def utilisation_heatmaps(data: ReportData, path: Path) -> str | None:
     fig.colorbar(image, ax=axes[0].tolist(), label="share of samples (first choice)")
     fig.suptitle("Expert utilisation during training", fontsize=10)
     save(fig, path, tight=False)
+    return None
+
+
+ROUTER_HEALTH = (("train_dead_expert_fraction", "dead experts (share)"), ("train_effective_experts", "effective experts"),
+                 ("test_routing_flip_rate", "test routing flips"))
+
+
+def router_health(data: ReportData, path: Path) -> str | None:
+    """Dead-expert share, effective number of experts and test routing flip rate per epoch, a line per
+    MoE variant, one column per grid point."""
+    curves = data.curves
+    if curves.empty or "train_effective_experts" not in curves:
+        return "no MoE variant has per-epoch routing yet"
+    moe = curves[curves["train_effective_experts"].notna()]
+    points = _points(moe, [a for a in data.grid_axes if a != "seed" and a in moe])
+    fig, axes = subplots(len(ROUTER_HEALTH), len(points), figsize=(max(7.0, 4.2 * len(points)), 8.0), squeeze=False,
+                         sharex=True)
+    for col, (label, part) in enumerate(points):
+        for variant, rows in part.groupby("variant", sort=False):
+            for row_index, (column, ylabel) in enumerate(ROUTER_HEALTH):
+                stats = rows.groupby("epoch")[column].agg(["mean", "std"]).dropna(subset=["mean"])
+                ax = axes[row_index][col]
+                line, = ax.plot(stats.index, stats["mean"], label=variant)
+                spread = stats["std"].fillna(0.0)
+                ax.fill_between(stats.index, stats["mean"] - spread, stats["mean"] + spread, alpha=0.2, color=line.get_color())
+                ax.set_ylabel(ylabel)
+        axes[0][col].set_title(label or "all runs", fontsize=9)
+        axes[-1][col].set_xlabel("epoch")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Router health (mean ± std over seeds)", fontsize=10)
+    save(fig, path)
+    return None
+
+
+def roc_curves(data: ReportData, path: Path) -> str | None:
+    """Each class's one-vs-rest ROC curve, one panel per variant (first seed, first grid point)."""
+    found = [(v, pd.read_csv(p)) for v, p in _variant_files(data.runs, attrgetter("analysis.roc"))]
+    found = [(v, t) for v, t in found if not t.empty]
+    if not found:
+        return "no finished classification runs"
+    columns = min(4, len(found))
+    rows = -(-len(found) // columns)
+    fig, axes = subplots(rows, columns, figsize=(3.4 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(found):]:
+        ax.axis("off")
+    for ax, (variant, table) in zip(axes.flat, found):
+        areas = []
+        for c, curve in table.groupby("class"):
+            ax.plot(curve["false_positive_rate"], curve["true_positive_rate"], linewidth=0.9, label=str(c))
+            areas.append(np.trapezoid(curve["true_positive_rate"], curve["false_positive_rate"]))
+        ax.plot([0, 1], [0, 1], color="gray", linestyle=":", linewidth=0.8)
+        ax.set(title=f"{variant}: macro AUC {np.mean(areas):.3f}", xlabel="false positive rate",
+               ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+    axes.flat[0].legend(title="class", fontsize=6, title_fontsize=7, ncols=2, loc="lower right")
+    fig.suptitle("One-vs-rest ROC curves on the test set (first seed, first grid point)", fontsize=10)
+    save(fig, path)
     return None
 
 
@@ -329,13 +392,6 @@ def params_vs_metric(data: ReportData, path: Path) -> str | None:
     return None
 
 
-def axis_label(axis: str) -> str:
-    """variants.*.num_experts -> num_experts; variants.moe.k -> moe.k; train.lr stays."""
-    if axis.startswith("variants.*."):
-        return axis[len("variants.*."):]
-    return axis[len("variants."):] if axis.startswith("variants.") else axis
-
-
 def _points(frame: pd.DataFrame, keys: list[str]) -> list[tuple[str, pd.DataFrame]]:
     if not keys:
         return [("", frame)]
@@ -375,3 +431,38 @@ def save(fig, path: Path, formats: tuple[str, ...] = FORMATS, tight: bool = True
     for fmt in formats:
         target = path.with_suffix(f".{fmt}")
         atomic_write(target, lambda f: fig.savefig(f, format=fmt, dpi=110), mode="wb")
+
+
+def matched_sizes(data: ReportData, path: Path) -> str | None:
+    """Test metric against active parameters, each MoE variant and grid point joined to its matched dense models."""
+    matched = data.matched
+    if not matched:
+        return "no dense models matched to the MoE variants (baseline.match)"
+    metric = data.metric
+    fig, ax = subplots(figsize=(7.5, 5))
+    colours = {variant: f"C{i}" for i, variant in enumerate(dict.fromkeys(e["variant"] for e in matched))}
+    labelled = set()
+    for entry in matched:
+        colour = colours[entry["variant"]]
+        for match in entry["matches"]:
+            ax.plot([entry["active_parameters"], match["parameters"]], [entry["score"], match["score"]], color=colour,
+                    linestyle="-" if match["kind"].startswith("active") else "--", linewidth=1)
+            ax.scatter(match["parameters"], match["score"], marker="s", color="white", edgecolor=colour, zorder=3)
+        ax.scatter(entry["active_parameters"], entry["score"], marker="o", color=colour, zorder=3,
+                   label=None if entry["variant"] in labelled else entry["variant"])
+        labelled.add(entry["variant"])
+        point = ", ".join(f"{axis_label(k)}={v}" for k, v in entry["point"].items())
+        if point:
+            ax.annotate(point, (entry["active_parameters"], entry["score"]), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points")
+    if data.baseline is not None:
+        base = data.table[data.table["variant"] == data.baseline]
+        ax.scatter(base["num_parameters_mean"], base[f"test_{metric}_mean"], marker="*", s=120, color="black", zorder=3,
+                   label=f"{data.baseline} (baseline)")
+    ax.set_xscale("log")
+    ax.set(xlabel="active parameters (log scale)", ylabel=f"test {metric}")
+    ax.set_title("MoE variants (circles) and dense MLPs (squares) of equal size\n"
+                 "solid: equal active parameters, dashed: equal total parameters; mean over seeds", fontsize=10)
+    ax.legend(fontsize=8)
+    save(fig, path)
+    return None

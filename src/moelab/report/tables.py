@@ -14,14 +14,23 @@ from scipy import stats
 from moelab.results.status import JobState
 
 DENSE_MODELS = ("mlp", "cnn")
+MATCH_KINDS = ("active", "total")  # the sizes baseline.match builds dense models to
 FAMILY_WISE_ALPHA = 0.05  # the chance of any false "better" or "worse" among all comparisons of one report
 # the fewest paired seeds for which a comparison is informative (reasoning in small_sample_warning)
 MIN_PAIRED_SEEDS = 3
 BETTER, NOT_DISTINGUISHABLE, WORSE = "better", "not distinguishable", "worse"
 # final numbers worth averaging, when present; test_<metric>@<routing> columns are added as found
-SUMMARY_COLUMNS = ("test_acc", "test_macro_f1", "test_macro_precision", "test_macro_recall", "test_psnr", "test_mse",
-                   "test_rmse", "test_mae", "test_r2", "test_loss", "num_parameters", "active_parameters",
-                   "latency_ms", "epochs_trained", "train_seconds")
+SUMMARY_COLUMNS = ("test_acc", "test_macro_f1", "test_macro_precision", "test_macro_recall", "test_auc_macro", "test_psnr",
+                   "test_mse", "test_rmse", "test_mae", "test_r2", "test_loss", "num_parameters", "active_parameters",
+                   "dead_expert_fraction", "effective_experts", "routing_flip_rate", "latency_ms", "epochs_trained",
+                   "train_seconds")
+
+
+def axis_label(axis: str) -> str:
+    """variants.*.num_experts -> num_experts; variants.moe.k -> moe.k; train.lr stays."""
+    if axis.startswith("variants.*."):
+        return axis[len("variants.*."):]
+    return axis[len("variants."):] if axis.startswith("variants.") else axis
 
 
 def group_columns(runs: pd.DataFrame, grid_axes: list[str]) -> list[str]:
@@ -32,19 +41,38 @@ def finished(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["state"] == JobState.DONE] if "state" in runs else runs.iloc[0:0]
 
 
-def add_baseline_differences(runs: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str | None]:
-    """Add `diff_test_<metric>`: each run minus the dense baseline (first mlp/cnn variant) of the same job."""
+def comparison_columns(metric: str) -> list[str]:
+    """The paired differences a report tests: to the dense baseline, and to the dense models of equal
+    active and of equal total parameters (baseline.match)."""
+    return [f"diff_test_{metric}"] + [f"diff_{kind}_test_{metric}" for kind in MATCH_KINDS]
+
+
+def add_baseline_differences(runs: pd.DataFrame, metric: str, named: str | None = None) -> tuple[pd.DataFrame, str | None]:
+    """Add `diff_test_<metric>`: each run minus the dense baseline of the same job (the variant `named`
+    in baseline.variant, else the first mlp/cnn variant that is not a matched one); and
+    `diff_<kind>_test_<metric>`: each MoE run minus its matched dense model of equal active / total
+    parameters in the same job."""
     column = f"test_{metric}"
     done = finished(runs)
     if done.empty or column not in done:
         return runs, None
-    dense = done[done["model"].isin(DENSE_MODELS)]
-    if dense.empty:
-        return runs, None
-    baseline = dense["variant"].iloc[0]
-    reference = done[done["variant"] == baseline].set_index("job")[column]
     runs = runs.copy()
-    runs[f"diff_{column}"] = runs[column] - runs["job"].map(reference)
+    score = dict(zip(zip(done["job"], done["variant"]), done[column]))
+    matched = set()
+    for kind in MATCH_KINDS:
+        if f"matched_{kind}" in runs:
+            matched |= set(runs[f"matched_{kind}"].dropna())
+            dense = runs[f"matched_{kind}"]
+            if kind != MATCH_KINDS[0] and f"matched_{MATCH_KINDS[0]}" in runs:
+                # one dense model of both sizes (soft routing) is one comparison, tested once
+                dense = dense.where(dense != runs[f"matched_{MATCH_KINDS[0]}"])
+            reference = [score.get((job, name), float("nan")) for job, name in zip(runs["job"], dense)]
+            runs[f"diff_{kind}_{column}"] = runs[column] - reference
+    dense = done[done["model"].isin(DENSE_MODELS) & ~done["variant"].isin(matched)]
+    baseline = named or (dense["variant"].iloc[0] if not dense.empty else None)
+    if baseline is not None:
+        reference = done[done["variant"] == baseline].set_index("job")[column]
+        runs[f"diff_{column}"] = runs[column] - runs["job"].map(reference)
     return runs, baseline
 
 
@@ -57,23 +85,23 @@ def summarise(runs: pd.DataFrame, grid_axes: list[str]) -> pd.DataFrame:
         return pd.DataFrame()
     values = [c for c in SUMMARY_COLUMNS if c in done and done[c].notna().any()]
     values += sorted(c for c in done.columns if c.startswith("test_") and "@" in c and "seconds" not in c)
+    values += sorted((c for c in done.columns if c.startswith("test_auc_class_")), key=lambda c: int(c.rsplit("_", 1)[1]))
     values += [c for c in done.columns if c.startswith("diff_")]
     keys = group_columns(done, grid_axes)
     # grid values may be lists or None; group on their text so every value forms a group
     keyed = done.assign(**{k: done[k].map(_group_text) for k in keys})
     grouped = keyed.groupby(keys, sort=False, dropna=False)
     table = grouped[values].agg(["mean", "std", "count"])
-    out = pd.DataFrame(index=table.index)
-    out["n"] = grouped.size()
+    out = {"n": grouped.size()}  # columns collected first: one DataFrame at the end, not one insert each
     for metric in values:
         mean, std, n = table[(metric, "mean")], table[(metric, "std")], table[(metric, "count")]
         out[f"{metric}_mean"] = mean
         out[f"{metric}_std"] = std
-        out[f"{metric}_ci95"] = [ci95(s, c) for s, c in zip(std, n)]
+        out[f"{metric}_ci95"] = pd.Series([ci95(s, c) for s, c in zip(std, n)], index=table.index)
         if metric.startswith("diff_"):
             out[f"{metric}_n"] = n
-            out[f"{metric}_p"] = [paired_p_value(m, s, c) for m, s, c in zip(mean, std, n)]
-    return out.reset_index()
+            out[f"{metric}_p"] = pd.Series([paired_p_value(m, s, c) for m, s, c in zip(mean, std, n)], index=table.index)
+    return pd.DataFrame(out, index=table.index).reset_index()
 
 
 def ci95(std: float, n: int) -> float:
@@ -118,37 +146,99 @@ def verdict(mean_difference: float, adjusted_p: float, alpha: float = FAMILY_WIS
 
 
 def compare_to_baseline(table: pd.DataFrame, metric: str, baseline: str | None) -> pd.DataFrame:
-    """Add diff_test_<metric>_p_holm and _verdict to a summarise() table. The family is every row of
-    the table compared with the baseline: each other variant at each grid point, since the headline
-    picks its winner among all of them. The baseline's own rows get the verdict "baseline"."""
-    diff = f"diff_test_{metric}"
-    if baseline is None or table.empty or f"{diff}_p" not in table:
+    """Add <diff>_p_holm and <diff>_verdict for each comparison column of a summarise() table. The family
+    is every comparison the table makes: each other variant at each grid point against the baseline,
+    since the headline picks its winner among all of them, and each MoE variant at each grid point
+    against its matched dense models. The baseline's own rows get the verdict "baseline"; rows without
+    a matched comparison of a kind get none."""
+    main = f"diff_test_{metric}"
+    columns = [c for c in comparison_columns(metric) if f"{c}_p" in table]
+    if table.empty or not columns:
         return table
     table = table.copy()
-    compared = table["variant"] != baseline
-    p = table[f"{diff}_p"].where(compared)
-    table[f"{diff}_p_holm"] = holm(p)
-    table[f"{diff}_verdict"] = [verdict(m, q) if c else "baseline" for m, q, c in
-                                zip(table[f"{diff}_mean"], table[f"{diff}_p_holm"], compared)]
+    compared = {c: table["variant"] != baseline if c == main else table[f"{c}_mean"].notna() for c in columns}
+    adjusted = holm(np.concatenate([table[f"{c}_p"].where(compared[c]).to_numpy() for c in columns]))
+    for i, c in enumerate(columns):
+        table[f"{c}_p_holm"] = adjusted[i * len(table):(i + 1) * len(table)]
+        table[f"{c}_verdict"] = [verdict(m, q) if hit else "baseline" if c == main else "" for m, q, hit in
+                                 zip(table[f"{c}_mean"], table[f"{c}_p_holm"], compared[c])]
     return table
 
 
 def family_size(table: pd.DataFrame, metric: str) -> int:
     """k of Holm's adjustment: the comparisons that have a p-value."""
-    column = f"diff_test_{metric}_p_holm"
-    return int(table[column].notna().sum()) if column in table else 0
+    return sum(int(table[f"{c}_p_holm"].notna().sum()) for c in comparison_columns(metric) if f"{c}_p_holm" in table)
+
+
+def matched_comparisons(runs: pd.DataFrame, table: pd.DataFrame, metric: str, keys: list[str]) -> list[dict]:
+    """Each MoE variant and grid point that has matched dense models: its active and total parameters and
+    mean test metric, and per kind the dense variant, its parameters and mean test metric, the paired
+    difference (MoE minus dense) with its 95 % interval, and the verdict."""
+    found = []
+    done = finished(runs)
+    others = [k for k in keys if k != "variant"]
+    for _, row in table.iterrows():
+        kinds = [kind for kind in MATCH_KINDS if f"diff_{kind}_test_{metric}_mean" in table
+                 and row[f"diff_{kind}_test_{metric}_mean"] == row[f"diff_{kind}_test_{metric}_mean"]]
+        if not kinds:
+            continue
+        here = done[(done["variant"] == row["variant"]) & _at_point(done, row, others)]
+        point_rows = table[_at_point(table, row, others)].set_index("variant")
+        matches = []
+        for kind in kinds:
+            dense = here[f"matched_{kind}"].dropna().iloc[0]
+            diff = f"diff_{kind}_test_{metric}"
+            sizes = [k for k in MATCH_KINDS if f"matched_{k}" in here and (here[f"matched_{k}"] == dense).any()]
+            matches.append({"kind": " and ".join(sizes), "variant": dense, "parameters": point_rows.loc[dense, "num_parameters_mean"],
+                            "score": point_rows.loc[dense, f"test_{metric}_mean"], "mean": row[f"{diff}_mean"],
+                            "ci95": row[f"{diff}_ci95"], "verdict": row[f"{diff}_verdict"]})
+        found.append({"variant": row["variant"], "point": {k: row[k] for k in others},
+                      "active_parameters": row["active_parameters_mean"], "num_parameters": row["num_parameters_mean"],
+                      "score": row[f"test_{metric}_mean"], "matches": matches})
+    return found
+
+
+MATCHED_INTRO = ("Each MoE variant against dense MLPs built to its active and to its total parameter count "
+                 "(baseline.match), in the same jobs, paired over seeds; verdicts Holm-adjusted together with the "
+                 "comparisons to the baseline.")
+
+
+def describe_match(entry: dict) -> str:
+    """One line of the equal-size comparisons for the summary and the page."""
+    point = ", ".join(f"{axis_label(k)}={v}" for k, v in entry["point"].items())
+    parts = []
+    for match in entry["matches"]:
+        interval = (f" [{match['mean'] - match['ci95']:+.4f}, {match['mean'] + match['ci95']:+.4f}]"
+                    if match["ci95"] == match["ci95"] else "")
+        parts.append(f"vs {match['variant']} ({match['parameters']:,.0f} parameters, equal {match['kind']}): "
+                     f"{match['mean']:+.4f}{interval}, {match['verdict']}")
+    return (f"{entry['variant']}{f' ({point})' if point else ''}, {entry['active_parameters']:,.0f} active / "
+            f"{entry['num_parameters']:,.0f} total parameters: " + "; ".join(parts))
+
+
+def _at_point(frame: pd.DataFrame, row: pd.Series, keys: list[str]) -> pd.Series:
+    """Rows of `frame` at the grid point of a summary-table row (whose grid values are grouped as text)."""
+    mask = pd.Series(True, index=frame.index)
+    for key in keys:
+        mask &= frame[key].map(_group_text) == row[key]
+    return mask
 
 
 def comparisons_note(table: pd.DataFrame, metric: str, baseline: str | None) -> str | None:
     """How the verdicts are reached, for the markdown summary and the HTML page."""
-    if baseline is None or f"diff_test_{metric}_verdict" not in table:
+    if not any(f"{c}_verdict" in table for c in comparison_columns(metric)):
         return None
     k = family_size(table, metric)
+    against = [f"for each other variant at each grid point, a two-sided paired t-test of its test {metric} against "
+               f"{baseline} in the same jobs (same seed and grid values)"] if f"diff_test_{metric}_verdict" in table else []
+    if any(f"diff_{kind}_test_{metric}_verdict" in table for kind in MATCH_KINDS):
+        against.append(f"for each MoE variant at each grid point, a two-sided paired t-test of its test {metric} "
+                       "against its dense models of equal active and of equal total parameters (baseline.match) in the "
+                       "same jobs")
     if k == 0:
-        return (f"Verdicts: no comparison with {baseline} has two or more paired seeds yet, so there is no test "
-                "and every other variant is 'not distinguishable'.")
-    return (f"Verdicts: for each other variant at each grid point, a two-sided paired t-test of its test {metric} "
-            f"against {baseline} in the same jobs (same seed and grid values). The p-values are adjusted with Holm's "
+        return ("Verdicts: no comparison has two or more paired seeds yet, so there is no test and every variant is "
+                "'not distinguishable'.")
+    return (f"Verdicts: {'; and '.join(against)}. The p-values are adjusted with Holm's "
             f"method over all k = {k} comparison(s) of this table, so that the chance of any false verdict stays at "
             f"{FAMILY_WISE_ALPHA * 100:g} % (family-wise); a variant is 'better' or 'worse' when its adjusted p <= "
             f"{FAMILY_WISE_ALPHA:g}, otherwise 'not distinguishable'. The 95 % intervals are per comparison, not adjusted.")
@@ -185,6 +275,31 @@ def small_sample_warning(table: pd.DataFrame, metric: str, baseline: str | None)
             f"Run at least {MIN_PAIRED_SEEDS} seeds.")
 
 
+def collapse_warning(runs: pd.DataFrame, keys: list[str]) -> str | None:
+    """The rule for the report's collapse warning: a finished MoE run whose final epoch has a dead
+    expert (the first choice of fewer than 1 % of that epoch's training samples) counts as collapsed.
+    Names every variant and grid point with such runs; None when there are none."""
+    done = finished(runs)
+    if "dead_expert_fraction" not in done:
+        return None
+    moe = done[done["dead_expert_fraction"].notna()]
+    collapsed = moe[moe["dead_expert_fraction"] > 0]
+    if collapsed.empty:
+        return None
+    keys = [k for k in keys if k in moe]
+    places = []
+    for _, group in moe.assign(**{k: moe[k].map(_group_text) for k in keys}).groupby(keys, sort=False, dropna=False):
+        dead = group[group["dead_expert_fraction"] > 0]
+        if dead.empty:
+            continue
+        first = group.iloc[0]
+        point = ", ".join(f"{axis_label(k)}={first[k]}" for k in keys if k != "variant")
+        places.append(f"{first['variant']}{f' ({point})' if point else ''}: {len(dead)} of {len(group)} run(s), up to "
+                      f"{dead['dead_expert_fraction'].max() * 100:.0f} % of its experts dead")
+    return (f"{len(collapsed)} of {len(moe)} finished MoE run(s) end with dead experts (experts that are the first "
+            f"choice of fewer than 1 % of the last epoch's training samples): " + "; ".join(places) + ".")
+
+
 def compact(table: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
     """The summary for reading: 'mean ± std' cells, the paired difference to the baseline with its
     95 % interval, and means for sizes and times."""
@@ -192,6 +307,7 @@ def compact(table: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
         return table
     out = table[[k for k in keys if k in table] + ["n"]].copy()
     tests = [f"test_{metric}"] + sorted({c[: -len("_mean")] for c in table if c.startswith(f"test_{metric}@") and c.endswith("_mean")})
+    tests.append("test_auc_macro")
     for column in tests:
         if f"{column}_mean" in table:
             out[column] = [_mean_std(m, s) for m, s in zip(table[f"{column}_mean"], table[f"{column}_std"])]
@@ -201,8 +317,14 @@ def compact(table: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
     if f"{diff}_verdict" in table:
         out["p (Holm)"] = [_p_value(p) for p in table[f"{diff}_p_holm"]]
         out["verdict"] = table[f"{diff}_verdict"]
-    for column, fmt in (("num_parameters", "{:,.0f}"), ("active_parameters", "{:,.0f}"), ("epochs_trained", "{:.1f}"),
-                        ("train_seconds", "{:.2f}")):
+    for kind in MATCH_KINDS:
+        matched = f"diff_{kind}_test_{metric}"
+        if f"{matched}_verdict" in table:
+            out[f"vs equal-{kind} dense (95% CI)"] = [_difference(m, h) for m, h in
+                                                      zip(table[f"{matched}_mean"], table[f"{matched}_ci95"])]
+            out[f"verdict ({kind})"] = table[f"{matched}_verdict"]
+    for column, fmt in (("num_parameters", "{:,.0f}"), ("active_parameters", "{:,.0f}"), ("dead_expert_fraction", "{:.2f}"),
+                        ("epochs_trained", "{:.1f}"), ("train_seconds", "{:.2f}")):
         if f"{column}_mean" in table:
             out[column] = [fmt.format(v) if v == v else "" for v in table[f"{column}_mean"]]
     return out

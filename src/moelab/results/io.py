@@ -6,6 +6,7 @@ os.replace), so a reader or a killed writer never sees half a JSON document.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -61,6 +62,14 @@ def append_jsonl(path: Path, row: dict) -> None:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_json(path: Path) -> Any:

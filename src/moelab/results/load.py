@@ -152,6 +152,8 @@ def _collect_job(tree: ExperimentTree, job: JobTree, rows: list, curve_rows: lis
         record = status.variants.get(name)
         row = {**base, "variant": name, "model": variant["model"], "path": str(job.variant(name).path),
                **{f"params.{k}": v for k, v in variant.items() if k not in ("name", "model")},
+               # the dense variants of this job built to this MoE variant's active / total size (baseline.match)
+               **{f"matched_{kind}": dense for kind, dense in spec.get("matched", {}).get(name, {}).items()},
                "state": str(record.state) if record else str(JobState.PENDING), "error": record.error if record else None}
         out = job.variant(name)
         if out.is_done():

@@ -64,6 +64,7 @@ class VariantStatus:
     seconds: float | None = None
     error: str | None = None  # the last line of the exception
     traceback: str | None = None
+    provenance: dict | None = None  # where its training starts when not at random: init_from, continued_from
 
 
 @dataclass

@@ -134,6 +134,10 @@ class JobTree:
     def variant(self, name: str) -> "VariantTree":
         return VariantTree(self.path / name)
 
+    def sibling(self, key: str) -> "JobTree":
+        """Another job of the same experiment."""
+        return JobTree(self.path.parent / key)
+
 
 @dataclass(frozen=True)
 class VariantTree:
@@ -215,3 +219,8 @@ class AnalysisFiles:
     @property
     def confusion(self) -> Path:
         return self.path / "confusion.csv"
+
+    @property
+    def roc(self) -> Path:
+        """One-vs-rest ROC curve points of every class (classification)."""
+        return self.path / "roc.csv"

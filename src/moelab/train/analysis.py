@@ -9,6 +9,8 @@
     inference.json             per routing: latency at batch 1, throughput at batch 1024, active
                                parameters and FLOPs per sample, test metric
     confusion.csv              test confusion matrix, rows true class, columns predicted (classification)
+    roc.csv                    one-vs-rest ROC curve points of every class from the test probabilities
+                               (classification); the per-class and macro AUCs go into results.json
 
 Models without experts get inference.json and confusion.csv only. The headline numbers also go into
 results.json.
@@ -50,6 +52,7 @@ def write_expert_analysis(model, data: TaskData, history: list[dict], settings: 
 
     if data.task == CLASSIFICATION:
         _write_confusion(model, data, settings, files)
+        results.update(_write_roc(model, data, settings, files))
     with torch.no_grad():
         probe = model(data.x_test[:2])
     if probe.gate_probs is None:
@@ -58,8 +61,11 @@ def write_expert_analysis(model, data: TaskData, history: list[dict], settings: 
     _write_utilisation(history, num_experts, files)
     results.update(_write_test_routing(model, data, settings, num_experts, files))
     final = history[-1] if history else {}
-    results.update({k: final[f"train_{k}"] for k in ("load_cv", "load_entropy", "collapsed_experts") if f"train_{k}" in final})
+    results.update({k: final[f"train_{k}"] for k in ("load_cv", "load_entropy", "collapsed_experts", "dead_expert_fraction",
+                                                     "effective_experts") if f"train_{k}" in final})
     results["num_collapsed_experts"] = len(results.get("collapsed_experts", []))
+    if "test_routing_flip_rate" in final:  # absent after a single epoch
+        results["routing_flip_rate"] = final["test_routing_flip_rate"]
     return results
 
 
@@ -150,6 +156,28 @@ def _write_confusion(model, data: TaskData, settings: TrainSettings, files: Anal
     matrix = torch.bincount(data.y_test * classes + predicted, minlength=classes * classes).view(classes, classes)
     _write_csv(files.confusion, ["true"] + [f"predicted_{c}" for c in range(classes)],
                [[c, *matrix[c].tolist()] for c in range(classes)])
+
+
+def _write_roc(model, data: TaskData, settings: TrainSettings, files: AnalysisFiles) -> dict:
+    """One-vs-rest ROC curve of each class from the test probabilities: its points to roc.csv, its area
+    as test_auc_class_<c>, and their mean over the classes as test_auc_macro. A class needs positive and
+    negative test samples to have a curve; classes absent from the test set are left out of the mean."""
+    from sklearn.metrics import auc, roc_curve
+
+    probabilities = predict(model, data.x_test, data.task, settings.eval_batch_size).outputs.numpy()
+    labels = data.y_test.cpu().numpy()
+    rows, results = [], {}
+    for c in range(probabilities.shape[1]):
+        positive = labels == c
+        if positive.all() or not positive.any():
+            continue
+        false_positive, true_positive, thresholds = roc_curve(positive, probabilities[:, c])
+        results[f"test_auc_class_{c}"] = float(auc(false_positive, true_positive))
+        rows += [[c, fp, tp, t] for fp, tp, t in zip(false_positive.tolist(), true_positive.tolist(), thresholds.tolist())]
+    _write_csv(files.roc, ["class", "false_positive_rate", "true_positive_rate", "threshold"], rows)
+    if results:
+        results["test_auc_macro"] = statistics.fmean(results.values())
+    return results
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:

@@ -26,7 +26,7 @@ from moelab.results.status import JobState, JobStatus, VariantStatus, host, now,
 from moelab.results.tree import JobTree, VariantTree
 from moelab.train.settings import TrainSettings
 from moelab.train.tasks import TASKS
-from moelab.train.trainer import StopRequested, resolve_device, train_variant
+from moelab.train.trainer import StopRequested, provenance, resolve_device, train_variant
 
 # a plot takes about 0.1 s; when epochs take milliseconds nobody watches them and redrawing would
 # cost more than training, so live curves are redrawn at most this often
@@ -69,6 +69,7 @@ def run_job(job_dir: str | Path, fresh: bool = False, stop_requested: Callable[[
 def _run_claimed(job: JobTree, fresh: bool, stop_requested, runtime_info: dict) -> JobOutcome:
     spec = read_json(job.config_file)
     config = spec["config"]
+    continued = spec.get("continued_from")  # a finished job with fewer epochs, chosen by the launch
     settings = TrainSettings.from_dict(config["train"])
     live_plot_every = spec.get("report", {}).get("live_plot_every", 0)
     names = [v["name"] for v in config["variants"]]
@@ -107,13 +108,15 @@ def _run_claimed(job: JobTree, fresh: bool, stop_requested, runtime_info: dict) 
                 continue
             if data is None:  # loaded once per job, only when something is left to train
                 data = load_dataset(DataSettings(**config["data"]), config["seed"]).to(device)
-            record = status.variants[name] = VariantStatus(JobState.RUNNING, started_at=now())
+            record = status.variants[name] = VariantStatus(JobState.RUNNING, started_at=now(),
+                                                           provenance=provenance(variant, continued) or None)
             status.write(job)
             variant_started = time.perf_counter()
             curves = LiveCurves(live_plot_every, TASKS[data.task].primary, out)
             try:
                 outcome.results[name] = train_variant(variant, data, settings, config["seed"], out, device,
-                                                      stop_requested=stop_requested, on_epoch=curves)
+                                                      stop_requested=stop_requested, on_epoch=curves,
+                                                      continued_from=continued)
                 curves.close()
                 record.state = JobState.DONE
             except (KeyboardInterrupt, StopRequested, SystemExit):

@@ -4,6 +4,7 @@ Read top to bottom: `train_variant` is the whole story, `fit` (the epoch loop) t
 analysis, results.json); the helpers below them do one thing each.
 The full training state is checkpointed atomically after every epoch (weights/last.pt), so an
 interrupted variant resumes from its last finished epoch and ends exactly as an uninterrupted one.
+The same checkpoint lets a job with more epochs continue a finished shorter one (`continued_from`).
 """
 
 from __future__ import annotations
@@ -11,24 +12,30 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
 from moelab.data.task_data import TaskData
-from moelab.models import build_model
+from moelab.models import build_model, model_params
 from moelab.models.base import count_parameters
-from moelab.results.io import append_jsonl, atomic_write, write_json, write_jsonl
-from moelab.results.tree import VariantTree
+from moelab.results.io import append_jsonl, atomic_write, file_sha256, write_json, write_jsonl
+from moelab.results.tree import JobTree, VariantTree
 from moelab.train.analysis import write_expert_analysis
-from moelab.train.evaluate import evaluate, test_results
+from moelab.train.evaluate import evaluate, predict, test_results
 from moelab.train.settings import TrainSettings
 from moelab.train.tasks import TASKS, batch_stats, finish_metrics
 
 
 class StopRequested(Exception):
     """Raised between epochs when the caller asked to stop; the checkpoint is already on disk."""
+
+
+class TrainingDiverged(Exception):
+    """A loss became NaN or infinite: the variant stops (and is recorded as failed) before the weights
+    of that epoch are saved."""
 
 
 @dataclass
@@ -59,19 +66,36 @@ class Fit:
     model: torch.nn.Module
     history: list[dict]
     stopper: EarlyStopping
+    provenance: dict
 
 
 def train_variant(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: VariantTree,
                   device: torch.device, stop_requested: Callable[[], bool] = lambda: False,
-                  on_epoch: Callable[[list[dict]], None] = lambda history: None) -> dict:
-    """Train one variant (resuming from its checkpoint), then test it and write results.json."""
-    fitted = fit(variant, data, settings, seed, out, device, stop_requested, on_epoch)
+                  on_epoch: Callable[[list[dict]], None] = lambda history: None,
+                  continued_from: dict | None = None) -> dict:
+    """Train one variant (resuming from its checkpoint), then test it and write results.json.
+    `continued_from`: {"job": key, "epochs": n}, a finished job of the same experiment with fewer epochs
+    whose last checkpoint of this variant it starts from."""
+    fitted = fit(variant, data, settings, seed, out, device, stop_requested, on_epoch, continued_from)
     return finish(variant, fitted, data, settings, out, device)
 
 
+def provenance(variant: dict, continued_from: dict | None) -> dict:
+    """Where a variant's training starts when not at random, for results.json and status.json."""
+    found = {}
+    if "init_from" in variant:
+        found["init_from"] = variant["init_from"]
+    if continued_from is not None:
+        found["continued_from"] = continued_from
+    return found
+
+
 def fit(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: VariantTree, device: torch.device,
-        stop_requested: Callable[[], bool], on_epoch: Callable[[list[dict]], None]) -> Fit:
-    """The epoch loop: train, validate, checkpoint; `on_epoch(history)` after every epoch."""
+        stop_requested: Callable[[], bool], on_epoch: Callable[[list[dict]], None],
+        continued_from: dict | None = None) -> Fit:
+    """The epoch loop: train, validate, checkpoint; `on_epoch(history)` after every epoch. Starts from the
+    variant's own checkpoint, else from the one of the job it continues, else from its init_from
+    weights, else at random."""
     task = TASKS[data.task]
     torch.manual_seed(seed)  # every variant of a job starts from the same seed: paired comparisons
     model = build_model(variant["model"], data.d_in, data.d_out, model_params(variant), data.input_shape).to(device)
@@ -81,11 +105,25 @@ def fit(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: 
     stopper = EarlyStopping(settings.early_stopping.patience, settings.early_stopping.min_delta)
     history: list[dict] = []
     start_epoch = 0
+    test_experts = None  # each test sample's first expert after the previous epoch (MoE models)
     if out.last_checkpoint.is_file():
-        start_epoch, history = load_checkpoint(out, model, optimizer, scheduler, shuffle, stopper, device)
+        start_epoch, history, test_experts = load_checkpoint(out, model, optimizer, scheduler, shuffle, stopper, device)
         write_jsonl(out.metrics_file, [metrics_line(r) for r in history])  # drop lines written after the checkpoint
-    elif out.metrics_file.exists():
-        out.metrics_file.unlink()
+    elif continued_from is not None:
+        shorter = JobTree(out.path.parent).sibling(continued_from["job"]).variant(out.name)
+        if not shorter.last_checkpoint.is_file():
+            raise FileNotFoundError(f"this job continues {shorter.path}, which has no checkpoint "
+                                    f"{shorter.last_checkpoint.name} any more; launch with --force to train from zero")
+        start_epoch, history, test_experts = load_checkpoint(shorter, model, optimizer, scheduler, shuffle, stopper, device)
+        # the epochs to come follow this job's learning-rate schedule, for its own number of epochs; the
+        # optimizer holds the rate the shorter job's schedule set
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(start_epoch)
+        write_jsonl(out.metrics_file, [metrics_line(r) for r in history])
+    else:
+        out.metrics_file.unlink(missing_ok=True)
+        if "init_from" in variant:
+            model.load_state_dict(load_weights(variant["init_from"], device))
 
     for epoch in range(start_epoch, settings.epochs):
         if stopper.should_stop:
@@ -96,18 +134,24 @@ def fit(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: 
         train = train_one_epoch(model, data, optimizer, shuffle, settings)
         val = evaluate(model, data.x_val, data.y_val, data.task, settings.eval_batch_size)
         scheduler.step()
-        improved = stopper.update(val[task.primary], epoch)
         row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
-               "lr": lr, "seconds": time.perf_counter() - started}
+               "lr": lr}
+        first_experts = first_experts_of_test_set(model, data, settings)
+        if first_experts is not None and test_experts is not None:
+            row["test_routing_flip_rate"] = int((first_experts != test_experts).sum()) / len(first_experts)
+        test_experts = first_experts
+        row["seconds"] = time.perf_counter() - started
         history.append(row)
         append_jsonl(out.metrics_file, metrics_line(row))
+        check_finite(row, epoch)
+        improved = stopper.update(val[task.primary], epoch)
         if improved:
             save_atomic(out.best_weights, model.state_dict())
-        save_checkpoint(out, epoch + 1, model, optimizer, scheduler, shuffle, stopper, history)
+        save_checkpoint(out, epoch + 1, model, optimizer, scheduler, shuffle, stopper, history, test_experts)
         on_epoch(history)
         if stop_requested() and not stopper.should_stop and epoch + 1 < settings.epochs:
             raise StopRequested(f"stopped after epoch {epoch} on request; resumes from the checkpoint")
-    return Fit(model, history, stopper)
+    return Fit(model, history, stopper, provenance(variant, continued_from))
 
 
 def finish(variant: dict, fitted: Fit, data: TaskData, settings: TrainSettings, out: VariantTree,
@@ -131,6 +175,7 @@ def finish(variant: dict, fitted: Fit, data: TaskData, settings: TrainSettings, 
         "epochs_trained": len(history), "best_epoch": stopper.best_epoch, "stopped_early": stopper.should_stop,
         f"best_val_{task.primary}": stopper.best, **results,
         "train_seconds": sum(r["seconds"] for r in history), "device": str(device),
+        **({"provenance": fitted.provenance} if fitted.provenance else {}),
     }
     if not settings.save_weights:
         out.best_weights.unlink()
@@ -138,14 +183,28 @@ def finish(variant: dict, fitted: Fit, data: TaskData, settings: TrainSettings, 
     return results
 
 
-def model_params(variant: dict) -> dict:
-    return {k: v for k, v in variant.items() if k not in ("name", "model")}
-
-
 def metrics_line(row: dict) -> dict:
     """An epoch's line in metrics.jsonl: the per-batch gate shares stay in the checkpoint's history
     (and analysis/gates_per_batch.csv), so the metrics file stays small enough to aggregate fast."""
     return {k: v for k, v in row.items() if k != "train_batch_expert_load"}
+
+
+def check_finite(row: dict, epoch: int) -> None:
+    """Stop a diverging variant with a clear error rather than train on (or fail deep inside torch with)
+    NaN weights. The epoch's line stays in metrics.jsonl, showing the loss that diverged."""
+    for key in ("train_loss", "val_loss"):
+        if not math.isfinite(row[key]):
+            words = key.replace("_", " ").replace("val ", "validation ")
+            raise TrainingDiverged(f"diverged at epoch {epoch} ({words} {row[key]})")
+
+
+@torch.no_grad()
+def first_experts_of_test_set(model, data: TaskData, settings: TrainSettings) -> torch.Tensor | None:
+    """The first expert of every test sample under the model's inference routing (None without experts);
+    comparing it between epochs gives the routing flip rate. Evaluation draws no random numbers, so
+    training is unchanged by it."""
+    experts = predict(model, data.x_test, data.task, settings.eval_batch_size).experts
+    return None if experts is None else experts[:, 0]
 
 
 def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSettings) -> dict:
@@ -195,11 +254,17 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSe
 
 
 def routing_balance(load: list[float]) -> dict:
-    """Load CV, normalised entropy (1 = perfectly balanced) and the experts under 1 % of samples."""
+    """Balance of the first-choice load (each expert's share of the epoch's training samples): load CV,
+    normalised entropy (1 = perfectly balanced), the collapsed experts (under 1 % of the samples), the
+    share of experts that are dead (collapsed: the same 1 % rule, zero included), and the effective
+    number of experts exp(entropy) (E when balanced, 1 when one expert takes everything)."""
     shares = torch.tensor(load, dtype=torch.float64)
-    entropy = -(shares[shares > 0] * shares[shares > 0].log()).sum() / math.log(len(load)) if len(load) > 1 else 1.0
+    used = shares[shares > 0]
+    entropy = float(-(used * used.log()).sum())
+    collapsed = [e for e, s in enumerate(load) if s < 0.01]
     return {"load_cv": float(shares.std(unbiased=False) / shares.mean()) if shares.mean() > 0 else 0.0,
-            "load_entropy": float(entropy), "collapsed_experts": [e for e, s in enumerate(load) if s < 0.01]}
+            "load_entropy": entropy / math.log(len(load)) if len(load) > 1 else 1.0, "collapsed_experts": collapsed,
+            "dead_expert_fraction": len(collapsed) / len(load), "effective_experts": math.exp(entropy)}
 
 
 @torch.no_grad()
@@ -243,17 +308,20 @@ def save_atomic(path, obj) -> None:
     atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
 
 
-def save_checkpoint(out: VariantTree, next_epoch, model, optimizer, scheduler, shuffle, stopper, history) -> None:
+def save_checkpoint(out: VariantTree, next_epoch, model, optimizer, scheduler, shuffle, stopper, history,
+                    test_experts) -> None:
     state = {
         "next_epoch": next_epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "early_stopping": asdict(stopper), "history": history,
+        "test_experts": test_experts,
         "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
     save_atomic(out.last_checkpoint, state)
 
 
-def load_checkpoint(out: VariantTree, model, optimizer, scheduler, shuffle, stopper, device) -> tuple[int, list[dict]]:
+def load_checkpoint(out: VariantTree, model, optimizer, scheduler, shuffle, stopper,
+                    device) -> tuple[int, list[dict], torch.Tensor | None]:
     state = torch.load(out.last_checkpoint, map_location=device, weights_only=False)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -264,7 +332,20 @@ def load_checkpoint(out: VariantTree, model, optimizer, scheduler, shuffle, stop
     shuffle.set_state(state["rng"]["shuffle"].cpu())
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
-    return state["next_epoch"], state["history"]
+    test_experts = state.get("test_experts")  # absent from older checkpoints
+    return state["next_epoch"], state["history"], None if test_experts is None else test_experts.cpu()
+
+
+def load_weights(init_from: dict, device: torch.device) -> dict:
+    """The model weights init_from names (a best.pt, or the model of a last.pt checkpoint), after checking
+    that they are the ones the job's key was made from."""
+    path = Path(init_from["path"])
+    digest = file_sha256(path)
+    if digest != init_from["sha256"]:
+        raise ValueError(f"init_from: {path} changed since the experiment was launched (sha256 {digest[:12]}, "
+                         f"expected {init_from['sha256'][:12]}); launch again to start from the weights it holds now")
+    state = torch.load(path, map_location=device, weights_only=True)
+    return state["model"] if "next_epoch" in state else state
 
 
 def resolve_device(name: str) -> torch.device:

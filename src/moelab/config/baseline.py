@@ -1,0 +1,100 @@
+"""The `baseline:` section: the dense variant every other is compared with, and dense models built to
+the size of each MoE variant, so that "MoE beats dense" is a comparison of equal models.
+
+    baseline: {variant: mlp, match: [active, total]}
+
+`match` adds to every job, for each MoE variant, an mlp variant per kind whose hidden width gives
+the parameter count nearest to the MoE variant's active parameters (those that predict one sample
+under its inference routing) or its total parameters, at that job's grid point: mlp_active_<variant>
+and mlp_total_<variant>. Counts come from the parameters and the dataset's dimensions, without
+building a model. The matched MLPs take the layers and dropout of the named baseline when it is an
+mlp, else the mlp defaults. When both kinds give the same width (soft routing runs every expert),
+one MLP, named for the first kind, serves both comparisons.
+
+Without `match` nothing is added and job keys are those of an experiment without the section.
+"""
+
+from __future__ import annotations
+
+from moelab.data import dataset_dimensions
+from moelab.models import get_model_spec, model_params
+from moelab.models.params import MLPParams
+from moelab.schema import Issue, did_you_mean
+
+MATCH_KINDS = ("active", "total")
+
+
+def check_match_kinds(value: list) -> str | None:
+    unknown = [kind for kind in value if kind not in MATCH_KINDS]
+    if unknown:
+        return f"must list kinds out of {', '.join(MATCH_KINDS)}, got {unknown[0]!r}{did_you_mean(unknown[0], MATCH_KINDS)}"
+    if len(set(value)) != len(value):
+        return f"lists a kind twice: {value!r}"
+    return None
+
+
+def matched_name(kind: str, variant: str) -> str:
+    return f"mlp_{kind}_{variant}"
+
+
+def check_baseline(doc: dict) -> list[Issue]:
+    """The named baseline exists and is dense; matching has MoE variants to match and names that are free."""
+    baseline, variants = doc["baseline"], doc["variants"]
+    names = [v["name"] for v in variants]
+    issues = []
+    name = baseline["variant"]
+    if name is not None and name not in names:
+        issues.append(Issue("baseline.variant", f"no variant named {name!r}{did_you_mean(name, names)}; "
+                                                f"variants: {', '.join(names)}"))
+    elif name is not None:
+        model = variants[names.index(name)]["model"]
+        if get_model_spec(model).has_experts:
+            issues.append(Issue("baseline.variant", f"variant {name!r} is an MoE model ({model}); the baseline is a "
+                                                    "dense model: a variant of model mlp or cnn"))
+    moe = [v["name"] for v in variants if get_model_spec(v["model"]).has_experts]
+    match = baseline["match"] or []
+    if match and not moe:
+        issues.append(Issue("baseline.match", "there is no MoE variant to build matched dense models for"))
+    for variant in moe:
+        for kind in match:
+            if matched_name(kind, variant) in names:
+                issues.append(Issue(f"variants.{matched_name(kind, variant)}",
+                                    f"this name is taken by the dense model matched to the {kind} parameters of "
+                                    f"{variant!r} (baseline.match); rename the variant"))
+    return issues
+
+
+def matching_problems(config: dict, baseline: dict | None) -> list[str]:
+    """MoE variants of a job whose size cannot be counted before they are built."""
+    if not baseline or not baseline["match"]:
+        return []
+    return [f"cannot build dense models matched to variant {v['name']!r}: the size of its CNN backbone is known only "
+            "once built; use backbone: none, or leave it out of baseline.match's experiment"
+            for v in config["variants"] if get_model_spec(v["model"]).has_experts and v.get("backbone") == "cnn"]
+
+
+def add_matched_variants(config: dict, baseline: dict | None) -> dict[str, dict[str, str]]:
+    """Append the matched MLPs to a job's config (after its grid values are applied); returns, per MoE
+    variant, the matched variant of each kind: {"moe": {"active": "mlp_active_moe", ...}}."""
+    if not baseline or not baseline["match"]:
+        return {}
+    d_in, d_out = dataset_dimensions(config["data"])
+    named = next((v for v in config["variants"] if v["name"] == baseline["variant"]), None)
+    source = model_params(named) if named is not None and named["model"] == "mlp" else vars(MLPParams())
+    template = {"layers": source["layers"], "dropout": source["dropout"]}
+    matched: dict[str, dict[str, str]] = {}
+    added = []
+    for variant in config["variants"]:
+        spec = get_model_spec(variant["model"])
+        counts = spec.parameter_counts(d_in, d_out, model_params(variant)) if spec.has_experts else None
+        if counts is None:  # dense, or not countable (matching_problems says so at validation)
+            continue
+        widths: dict[int, str] = {}  # hidden width -> the matched variant that has it
+        for kind in baseline["match"]:
+            hidden = MLPParams.hidden_for(getattr(counts, kind), d_in, d_out, template["layers"])
+            if hidden not in widths:
+                widths[hidden] = matched_name(kind, variant["name"])
+                added.append({"name": widths[hidden], "model": "mlp", "hidden": hidden, **template})
+            matched.setdefault(variant["name"], {})[kind] = widths[hidden]
+    config["variants"] = config["variants"] + added
+    return matched
