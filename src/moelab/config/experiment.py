@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from moelab.config import grid as grid_module
+from moelab.config import search as search_module
 from moelab.config.sections import DATA, TOP
 from moelab.data import dataset_keys, dataset_names, get_dataset_spec
 from moelab.data.settings import COMMON_KEYS
@@ -63,8 +64,15 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     raw.setdefault("name", path.stem)
     doc, found = check_document(raw)
     issues += found
+    if doc.get("search") is None:
+        doc.pop("search", None)  # an experiment without a search reads (and is written) as before
+    elif not any(i.path.startswith(("search", "variants", "data")) for i in issues):
+        doc["search"], found = search_module.check_search(raw["search"], doc)
+        issues += found
     if not issues:
         issues += grid_module.check_jobs(doc)
+    if not issues and "search" in doc:
+        issues += search_module.check_search_points(doc)
     if issues:
         raise ConfigError(path, issues, overridden)
     return Experiment(path, doc)

@@ -53,9 +53,10 @@ TOP: Section = {
     "seed": Field(int, 0, min=0),
     "data": DATA,
     "train": TRAIN,
-    # variants and grid have their own checks (variants.py, grid.py)
+    # variants, grid and search have their own checks (experiment.py, grid.py, search.py)
     "variants": Field(list, None, nullable=True),
     "grid": Field(dict, {}),
+    "search": Field(dict, None, nullable=True, help="a hyperparameter search (config/search.py)"),
     "local": LOCAL,
     "slurm": SLURM,
     "report": REPORT,

@@ -48,12 +48,27 @@ def launch(backend: Backend, experiment: Experiment, options: LaunchOptions) -> 
         return 1
     plan = make_plan(experiment, options.experiments_dir, force=options.force, rerun_failed=options.rerun_failed,
                      queue_states=view.states)
-    data_issues = check_data_files(plan.to_run)
+    if plan.search:
+        from moelab.search import StudySession
+
+        problem = StudySession(tree, experiment).mismatch()
+        if problem:
+            print(f"error: {problem}; nothing was {backend.verb}ed", file=sys.stderr)
+            return 2
+    # a search's trials read the data of its base experiment (unless the space changes it)
+    data_issues = check_data_files(plan.to_run or (experiment.jobs()[:1] if plan.search else []))
     if data_issues:
         print(ConfigError(experiment.source, data_issues), file=sys.stderr)
         return 2
-    print(f"experiment {experiment.name}: {len(plan.jobs)} job(s) x {len(experiment.doc['variants'])} variant(s), "
-          f"{len(plan.to_run)} to {backend.verb} -> {plan.tree.path}")
+    if plan.search:
+        search = experiment.doc["search"]
+        print(f"experiment {experiment.name}: {search['sampler']} search of {len(search['space'])} key(s), "
+              f"{len(plan.experiment.jobs())} job(s) per trial x {len(experiment.doc['variants'])} variant(s); "
+              f"{plan.search.progress.describe()}; {plan.search.trials_to_start} to {backend.verb}, "
+              f"{search['parallel']} at once -> {plan.tree.path}")
+    else:
+        print(f"experiment {experiment.name}: {len(plan.jobs)} job(s) x {len(experiment.doc['variants'])} variant(s), "
+              f"{len(plan.to_run)} to {backend.verb} -> {plan.tree.path}")
     if not options.dry_run:
         write_plan(plan, backend.mode, options.argv)
     return backend.finish(plan, backend.launch(plan))
