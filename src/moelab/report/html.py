@@ -18,6 +18,7 @@ import pandas as pd
 
 from moelab.report.data import ReportData
 from moelab.report.plots import Plot, axis_label
+from moelab.report.study import study_section
 from moelab.report.tables import FAMILY_WISE_ALPHA, comparisons_note, family_size, finished, small_sample_warning
 
 STYLE = """
@@ -42,6 +43,8 @@ def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> st
              f"<p>{len(done)} of {len(runs)} runs finished "
              f"({runs['job'].nunique() if not runs.empty else 0} jobs x {runs['variant'].nunique() if not runs.empty else 0} variants)."
              f" Tables: {_link(data, summary.summary_csv)}, {_link(data, summary.runs_csv)}, {_link(data, summary.latex)}.</p>"]
+    if data.study is not None:
+        parts.append(study_section(data, lambda file: _href(data, file)))
     if notes:
         items = "".join(f"<li>{_e(n)}</li>" for n in notes[:20])
         more = f"<li>... and {len(notes) - 20} more (see {_e(summary.markdown.name)})</li>" if len(notes) > 20 else ""

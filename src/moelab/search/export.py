@@ -13,15 +13,28 @@ import io
 import json
 import math
 import warnings
+from pathlib import Path
 
 import optuna
 import yaml
 from filelock import FileLock
 from optuna.trial import FrozenTrial, TrialState
 
+from moelab.config import Experiment
 from moelab.config.search import apply_point
 from moelab.results.io import write_json, write_text
+from moelab.results.tree import ExperimentTree
 from moelab.search.study import FAILURE, StudySession
+
+
+def refresh_study_files(experiment_dir: Path) -> None:
+    """The study files of an experiment folder, from its journal (nothing when it holds no study)."""
+    tree = ExperimentTree(Path(experiment_dir))
+    if not tree.study.journal.is_file() or not tree.experiment_file.is_file():
+        return
+    doc = yaml.safe_load(tree.experiment_file.read_text())  # the resolved experiment, as last launched
+    if isinstance(doc, dict) and doc.get("search"):
+        write_study_files(StudySession(tree, Experiment(tree.experiment_file, doc)))
 
 
 def trial_state(trial: FrozenTrial) -> str:
