@@ -241,7 +241,7 @@ def test_tpe_interrupted_by_ctrl_c_and_relaunched_ends_with_exactly_n_trials_non
 
 def test_hopeless_learning_rates_are_pruned_early(write_experiment, tmp_path):
     doc = study_doc(n_trials=8, parallel=1, seed=3, space={"train.lr": {"loguniform": [1.0e-7, 3.0e-2]}},
-                    pruner={"name": "median", "warmup_epochs": 1, "startup_trials": 1})
+                    pruner={"name": "median", "warmup_epochs": 1, "startup_trials": 2})
     doc["train"]["epochs"] = 6
     experiment = write_experiment(doc)
     done = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out", timeout=1200)

@@ -57,7 +57,10 @@ def run_trials(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], N
             run.release()
         if summary is None:  # interrupted: lost, retried by the next ask
             return
-        write_study_files(session)
+        try:
+            write_study_files(session)
+        except Exception as error:  # the files are written again after the next trial and before a report
+            print(f"warning: could not write the study files: {type(error).__name__}: {error}", flush=True)
         report(("note", f"{run.describe()}: {summary} [{session.progress().describe()}]"))
 
 

@@ -296,6 +296,10 @@ class TrialRun:
     def release(self) -> None:
         """Give up the trial's claim: told, or lost (the next ask retries it)."""
         self.claim.release()
+        try:
+            self.claim.job.path.rmdir()  # the claim's folder: only a running trial has one
+        except OSError:
+            pass
 
 
 def _short(value) -> str:
