@@ -151,6 +151,61 @@ def test_job_keys_without_a_search_are_unchanged_and_a_trial_uses_the_grid_keys(
     assert point.jobs[0].grid_values["train.lr"] == 0.01
 
 
+# -- the study without training (asked and told directly) ----------------------------------------------
+
+
+def session_for(write_experiment, tmp_path, **search):
+    from moelab.search import StudySession
+
+    session = StudySession(ExperimentTree(tmp_path / "out" / "tuned"), load_experiment(write_experiment(study_doc(**search))))
+    session.create()
+    return session
+
+
+def test_the_grid_sampler_asks_every_point_once_then_stops(write_experiment, tmp_path):
+    space = {"train.lr": {"choice": [0.001, 0.01]}, "variants.*.num_experts": {"choice": [2, 4]}}
+    session = session_for(write_experiment, tmp_path, sampler="grid", n_trials=10, space=space)
+    points = []
+    while (run := session.next_trial()) is not None:
+        points.append(tuple(sorted(run.point.params.items())))
+        run.study.tell(run.trial, 0.5)
+        run.release()
+    assert sorted(points) == sorted((("train.lr", lr), ("variants.*.num_experts", e)) for lr in (0.001, 0.01) for e in (2, 4))
+    assert session.progress().describe().startswith("4 of 4 trials finished")
+
+
+def test_a_trial_nobody_holds_is_told_failed_and_its_point_retried(write_experiment, tmp_path):
+    session = session_for(write_experiment, tmp_path, n_trials=2, parallel=2)
+    first = session.next_trial()
+    held = session.next_trial()
+    assert session.next_trial() is None  # two trials running: the budget is spent
+    first.release()  # its worker is gone without telling the study
+    assert session.progress().lost == 1 and session.progress().to_start == 1
+    retry = session.next_trial()
+    assert retry.trial.user_attrs["retry_of"] == first.number and retry.point.params == first.point.params
+    assert [job.key for job in retry.point.jobs] == [job.key for job in first.point.jobs]  # the same jobs, resumed
+    states = {t.number: t.state.name for t in session.trials()}
+    assert states == {first.number: "FAIL", held.number: "RUNNING", retry.number: "RUNNING"}
+    for run in (held, retry):
+        run.study.tell(run.trial, 0.5)
+        run.release()
+    assert session.progress().finished == 2 and session.next_trial() is None
+
+
+def test_a_trial_whose_job_a_live_process_holds_is_not_lost(write_experiment, tmp_path):
+    from moelab.results.claims import try_claim
+
+    session = session_for(write_experiment, tmp_path, n_trials=1)
+    run = session.next_trial()
+    job_claim = try_claim(session.tree.job(run.point.jobs[0].key))
+    run.release()
+    try:
+        assert session.progress().running == 1 and session.next_trial() is None
+    finally:
+        job_claim.release()
+    assert session.progress().lost == 1
+
+
 # -- studies run here --------------------------------------------------------------------------------
 
 

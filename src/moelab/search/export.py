@@ -103,7 +103,7 @@ def _summary(session: StudySession, study: optuna.Study, trials: list[FrozenTria
         counts[trial_state(trial)] = counts.get(trial_state(trial), 0) + 1
     return {
         "experiment": session.experiment.name, "sampler": search["sampler"], "pruner": search["pruner"]["name"],
-        "n_trials": search["n_trials"], "parallel": search["parallel"], "objective": search["objective"],
+        "n_trials": session.n_trials, "parallel": search["parallel"], "objective": search["objective"],
         "space": search["space"], "counts": counts, "finished": session.progress_of(trials).finished,
         "best": best, "importances": importances, "importances_note": why_not,
     }

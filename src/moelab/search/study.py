@@ -77,6 +77,14 @@ class StudySession:
         self.distributions = distributions(self.search["space"])
         self._storage: JournalStorage | None = None
 
+    @property
+    def n_trials(self) -> int:
+        """The trials the study runs: n_trials, and for the grid sampler no more than its points."""
+        if self.search["sampler"] == "grid":
+            points = math.prod(len(entry["choice"]) for entry in self.search["space"].values())
+            return min(self.search["n_trials"], points)
+        return self.search["n_trials"]
+
     # -- reading ---------------------------------------------------------------------------------
 
     def exists(self) -> bool:
@@ -151,6 +159,9 @@ class StudySession:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 trial = study.ask(self.distributions)
+            # every parameter is sampled at the ask; the grid sampler's after-trial hook would stop
+            # the study at the tell, which Optuna allows only inside its own optimize loop
+            study.sampler = optuna.samplers.RandomSampler()
             point = point_jobs(self.experiment, trial.params)
             trial.set_user_attr("jobs", [job.key for job in point.jobs])
             claim = try_claim(self.files.trial(trial.number))
@@ -163,8 +174,9 @@ class StudySession:
         kind = self.search["sampler"]
         if kind == "random":
             return optuna.samplers.RandomSampler(seed=seed)
-        if kind == "grid":
-            return optuna.samplers.GridSampler({k: v["choice"] for k, v in self.search["space"].items()}, seed=seed)
+        if kind == "grid":  # its seed shuffles the grid, which every ask must see the same
+            return optuna.samplers.GridSampler({k: v["choice"] for k, v in self.search["space"].items()},
+                                               seed=self.search["seed"])
         startup = self.search["startup_trials"] or min(10, max(2, self.search["n_trials"] // 4))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -213,7 +225,7 @@ class StudySession:
                 counts["lost"] += 1
             else:
                 counts["running"] += 1
-        return StudyProgress(self.search["n_trials"], **counts)
+        return StudyProgress(self.n_trials, **counts)
 
 
 @dataclass
