@@ -18,7 +18,7 @@ import pandas as pd
 
 from moelab.report.data import ReportData
 from moelab.report.plots import Plot, axis_label
-from moelab.report.study import study_section
+from moelab.report.study import best_trials_data, study_section
 from moelab.report.tables import FAMILY_WISE_ALPHA, comparisons_note, family_size, finished, small_sample_warning
 
 STYLE = """
@@ -55,7 +55,8 @@ def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> st
     too_few_seeds = small_sample_warning(data.table, data.metric, data.baseline)
     if too_few_seeds:
         parts.append(f"<div class='box warn'><b>Too few seeds to compare.</b> {_e(too_few_seeds)}</div>")
-    parts.append(headline(data))
+    # a search: the best trial (chosen on validation) against its baseline, never the best test score of all trials
+    parts.append(headline(data if data.study is None else best_trials_data(data, 1) or data))
     parts.append("<h2>Summary</h2><p>Grouped by variant and grid values, seeds pooled: mean ± std; "
                  f"'vs baseline' is the difference to <b>{_e(data.baseline or 'the dense baseline')}</b> in the same job, "
                  "paired over seeds, with its 95 % confidence interval.</p>")

@@ -68,14 +68,25 @@ def on_best_points(draw: Callable[["ReportData", Path], str | None]) -> Callable
     a point per trial: dozens of panels would be unreadable)."""
 
     def draw_best(data: "ReportData", path: Path) -> str | None:
-        jobs = set(data.study.best_jobs(BEST_POINTS_DRAWN))
-        if not jobs:
-            return "no complete trial yet"
-        best = dataclasses.replace(data, runs=data.runs[data.runs["job"].isin(jobs)],
-                                   curves=data.curves[data.curves["job"].isin(jobs)] if not data.curves.empty else data.curves)
-        return draw(best, path)
+        best = best_trials_data(data, BEST_POINTS_DRAWN)
+        return draw(best, path) if best is not None else "no complete trial yet"
 
     return draw_best
+
+
+def best_trials_data(data: "ReportData", count: int) -> "ReportData | None":
+    """The report's data restricted to the jobs of the `count` best complete trials (by the
+    validation objective: the test set plays no part in the choice)."""
+    jobs = set(data.study.best_jobs(count))
+    if not jobs:
+        return None
+    runs = data.runs[data.runs["job"].isin(jobs)]
+    table = data.table
+    if not table.empty and data.group_keys:
+        points = runs[data.group_keys].drop_duplicates()
+        table = table.merge(points, on=data.group_keys)
+    return dataclasses.replace(data, runs=runs, table=table,
+                               curves=data.curves[data.curves["job"].isin(jobs)] if not data.curves.empty else data.curves)
 
 
 def history(data: "ReportData", path: Path) -> str | None:

@@ -88,7 +88,7 @@ class ExperimentTree:
 @dataclass(frozen=True)
 class StudyFiles:
     """A search's study: Optuna's file journal (the trials, shared between nodes without a database),
-    the lock askers take, one claim folder per trial, and what search writes for the report."""
+    the lock askers take, a claim folder per running trial, and what search writes for the report."""
 
     path: Path
 
