@@ -91,7 +91,7 @@ def main() -> None:
 
     print(f"\ndigits, {VARIANT}, {len(SPACE)} keys ({' x '.join(str(len(v)) for v in SPACE.values())} = {grid_jobs} "
           f"points), {args.epochs} epochs, {args.workers} workers; objective: best {METRIC}\n")
-    print(f"| method | runs | epochs | % of grid epochs | best {METRIC} | gap to grid (points) | wall s |")
+    print(f"| method | runs | epochs | % of grid epochs | best {METRIC} | below the grid's best (points) | wall s |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for method, runs, epochs, best, seconds, _ in rows:
         print(f"| {method} | {runs} | {epochs} | {100 * epochs / grid_epochs:.0f} % | {best:.4f} | "

@@ -104,7 +104,10 @@ class StudySession:
     def trials(self) -> list[FrozenTrial]:
         if not self.exists():
             return []
-        return self.load().get_trials(deepcopy=False)
+        try:
+            return self.load().get_trials(deepcopy=False)
+        except KeyError:  # a journal without the study: a launch stopped while creating it
+            return []
 
     def progress(self) -> StudyProgress:
         """Where the study stands (reads only: lost trials not yet told count as lost)."""
@@ -139,6 +142,7 @@ class StudySession:
 
     def create(self) -> None:
         """Create the study (a relaunch finds it and continues it)."""
+        self.files.path.mkdir(parents=True, exist_ok=True)
         with FileLock(self.files.ask_lock):
             study = optuna.create_study(study_name=STUDY_NAME, storage=self.storage, load_if_exists=True,
                                         direction=self.search["objective"]["direction"])
