@@ -1,7 +1,18 @@
-"""Tables and plots for experiment folders: python run/create-plots.py [experiments/<name> ...]"""
+"""Tables and plots for experiment folders: python run/create-plots.py [experiments/<name> ...]
+(a search's study files are refreshed first: trials, importances, best.yaml)"""
 
 import sys
+from pathlib import Path
 
 from moelab.report.cli import main
+from moelab.results.tree import ExperimentTree
 
-sys.exit(main())
+
+def refresh_study(folder: Path) -> None:
+    if ExperimentTree(folder).study.journal.is_file():
+        from moelab.search.export import refresh_study_files  # optuna: only for a search
+
+        refresh_study_files(folder)
+
+
+sys.exit(main(prepare=refresh_study))

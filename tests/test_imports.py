@@ -12,12 +12,13 @@ from conftest import REPO
 SRC = REPO / "src" / "moelab"
 
 # config -> launch -> train -> models, data -> results -> report is the flow of data; a launch reads
-# the experiment (config), writes job folders and runs training; report reads results; search and
-# serve sit on top. A package may import only packages of a lower layer (or itself).
+# the experiment (config), writes job folders and runs training; report reads results; search sits
+# between launch and config (launch's workers ask the study for trials, a trial is a point of the
+# experiment); serve sits on top. A package may import only packages of a lower layer (or itself).
 LAYERS = {
     "serve": 6,
-    "search": 5,
-    "launch": 4,
+    "launch": 5,
+    "search": 4,
     "config": 3,  # reads the model and data registries and the typed train settings
     "train": 2,
     "report": 1,  # train draws a running variant's curves with it

@@ -19,6 +19,7 @@ from moelab.config.includes import ExpandedVariants, Origin, expand_includes
 from moelab.config.limits import MAX_NESTING_DEPTH
 from moelab.config.baseline import check_baseline
 from moelab.config.init_from import attach_init_from, split_init_from
+from moelab.config import search as search_module
 from moelab.config.sections import DATA, TOP
 from moelab.config.yaml_input import parse_yaml, read_yaml_file
 from moelab.data import dataset_keys, dataset_names, get_dataset_spec
@@ -63,8 +64,15 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     if variants.issues:  # variants left empty by includes that failed are not a problem of their own
         found = [i for i in found if i.path != "variants"]
     issues += found
+    if doc.get("search") is None:
+        doc.pop("search", None)  # an experiment without a search reads (and is written) as before
+    elif not any(i.path.startswith(("search", "variants", "data")) for i in issues):
+        doc["search"], found = search_module.check_search(raw["search"], doc)
+        issues += found
     if not issues:
         issues += _name_origins(grid_module.check_jobs(doc), raw["variants"], variants.origins)
+    if not issues and "search" in doc:
+        issues += search_module.check_search_points(doc)
     if issues:
         if name_from_file:
             issues = [dataclasses.replace(i, message=f"{i.message} (the name is the file's name; set name: in the "

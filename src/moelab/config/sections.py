@@ -122,10 +122,11 @@ TOP: Section = {
     "seed": Field(int, 0, min=0, max=2**32 - 1, help="scikit-learn and numpy take 32-bit seeds"),
     "data": DATA,
     "train": TRAIN,
-    # variants and grid have their own checks (check_variants in experiment.py, grid.py)
+    # variants, grid and search have their own checks (check_variants in experiment.py, grid.py, search.py)
     "variants": Field(list, None, nullable=True),
     "grid": Field(dict, {}),
     "baseline": BASELINE,
+    "search": Field(dict, None, nullable=True, help="a hyperparameter search (config/search.py)"),
     "local": LOCAL,
     "slurm": SLURM,
     "report": REPORT,

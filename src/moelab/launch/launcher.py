@@ -48,13 +48,28 @@ def launch(backend: Backend, experiment: Experiment, options: LaunchOptions) -> 
         return 1
     plan = make_plan(experiment, options.experiments_dir, force=options.force, rerun_failed=options.rerun_failed,
                      queue_states=view.states)
-    data_issues = check_data_files(plan.to_run)
+    if plan.search:
+        from moelab.search import StudySession
+
+        problem = StudySession(tree, experiment).mismatch()
+        if problem:
+            print(f"error: {problem}; nothing was {backend.verb}ed", file=sys.stderr)
+            return 2
+    # a search's trials read the data of its base experiment (unless the space changes it)
+    data_issues = check_data_files(plan.to_run or (experiment.jobs()[:1] if plan.search else []))
     if data_issues:
         print(ConfigError(experiment.source, data_issues), file=sys.stderr)
         return 2
-    variants = len(plan.jobs[0].config["variants"]) if plan.jobs else 0  # with the dense ones baseline.match adds
-    print(f"experiment {experiment.name}: {len(plan.jobs)} job(s) x {variants} variant(s), "
-          f"{len(plan.to_run)} to {backend.verb} -> {plan.tree.path}")
+    variants = len(plan.jobs[0].config["variants"]) if plan.jobs else len(experiment.doc["variants"])
+    if plan.search:  # with the dense ones baseline.match adds
+        search = experiment.doc["search"]
+        print(f"experiment {experiment.name}: {search['sampler']} search of {len(search['space'])} key(s), "
+              f"{len(plan.experiment.jobs())} job(s) per trial x {variants} variant(s); "
+              f"{plan.search.progress.describe()}; {plan.search.trials_to_start} to {backend.verb}, "
+              f"{search['parallel']} at once -> {plan.tree.path}")
+    else:
+        print(f"experiment {experiment.name}: {len(plan.jobs)} job(s) x {variants} variant(s), "
+              f"{len(plan.to_run)} to {backend.verb} -> {plan.tree.path}")
     for job in plan.to_run:
         if job.key in plan.continued_from:
             source = plan.continued_from[job.key]

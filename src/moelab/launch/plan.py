@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from filelock import FileLock
@@ -22,6 +23,9 @@ from moelab.config.grid import key_without_epochs
 from moelab.results.io import append_jsonl, read_json, write_json, write_json_if_changed, write_text
 from moelab.results.status import FAILURES, JobState, host, job_state, merge_states, now, read_status
 from moelab.results.tree import ExperimentTree, JobTree
+
+if TYPE_CHECKING:
+    from moelab.search import StudyProgress
 
 
 @dataclass
@@ -35,18 +39,37 @@ class LaunchPlan:
     attempts: dict[str, int] = field(default_factory=dict)  # job key -> attempts before this launch
     launch_id: str = ""  # set when written: names launches/<id>/ and its plan.json
     continued_from: dict[str, dict] = field(default_factory=dict)  # job key -> the shorter job it continues
+    search: "SearchPlan | None" = None  # a search: workers ask the study for trials instead of planned jobs
 
     def skipped(self) -> Counter:
         running = {j.key for j in self.to_run}
         return Counter(self.states[j.key] for j in self.jobs if j.key not in running)
 
 
+@dataclass
+class SearchPlan:
+    """A search launch: how far the study is, and how many trials run at once."""
+
+    progress: StudyProgress
+    parallel: int
+
+    @property
+    def trials_to_start(self) -> int:
+        return self.progress.to_start
+
+
 def make_plan(experiment: Experiment, experiments_dir: Path, force: bool = False, rerun_failed: bool = False,
               queue_states: dict[str, JobState] | None = None) -> LaunchPlan:
     """Select jobs by state: unstarted and interrupted ones always; failed ones (including cancelled,
     timed out, out of memory) with `rerun_failed`; finished ones too with `force`. Jobs that are
-    running, or queued on the cluster (`queue_states`), are never started twice."""
+    running, or queued on the cluster (`queue_states`), are never started twice. A search plans no
+    job: its workers ask the study for trials (launch/search_worker.py)."""
     tree = ExperimentTree(Path(experiments_dir) / experiment.name)
+    if "search" in experiment.doc:
+        from moelab.search import StudySession  # optuna: only for a search
+
+        progress = StudySession(tree, experiment).progress()
+        return LaunchPlan(experiment, tree, [], {}, search=SearchPlan(progress, experiment.doc["search"]["parallel"]))
     jobs = experiment.jobs()
     queue_states = queue_states or {}
     # a job's own variants: baseline.match adds dense ones to those of the experiment file
@@ -112,18 +135,26 @@ def write_plan(plan: LaunchPlan, mode: str, argv: list[str]) -> None:
     provenance = tree.launch_folder(plan.launch_id)
     git = git_info(plan.experiment.source.parent)
     diff = git.pop("diff")
-    if plan.to_run:  # a launch that runs nothing needs no plan and no environment record
+    runs = bool(plan.to_run or (plan.search and plan.search.trials_to_start))
+    if plan.search and runs:
+        from moelab.search import StudySession
+
+        StudySession(tree, plan.experiment).create()
+    if runs:  # a launch that runs nothing needs no plan and no environment record
+        search = {"doc": plan.experiment.doc, "source": str(plan.experiment.source)} if plan.search else None
         write_json(tree.plan_file(plan.launch_id), PlanFile(plan.launch_id, plan.fresh, [
-            [job.key, plan.attempts[job.key]] for job in plan.to_run]).to_dict())
+            [job.key, plan.attempts[job.key]] for job in plan.to_run], search).to_dict())
         if diff:
             write_text(provenance / "git.diff", diff + "\n")
         write_text(provenance / "pip-freeze.txt", pip_freeze())
     record = {
         "time": time, "mode": mode, "experiment_file": str(plan.experiment.source), "argv": argv,
-        **git, "provenance": str(provenance) if plan.to_run else None, "host": host(), "python": sys.executable,
+        **git, "provenance": str(provenance) if runs else None, "host": host(), "python": sys.executable,
         "jobs_total": len(plan.jobs), "jobs_run": len(plan.to_run), "jobs_skipped": {str(s): n for s, n in skipped.items()},
         "force": plan.fresh, "launch_id": plan.launch_id,
     }
+    if plan.search:
+        record["trials_to_start"] = plan.search.trials_to_start
     with FileLock(tree.launches_lock):
         append_jsonl(tree.launches_file, record)
 
@@ -137,14 +168,20 @@ class PlanFile:
     launch_id: str
     fresh: bool
     jobs: list[list]  # [key, attempts when planned]
+    # a search: {"doc": the resolved experiment, "source": its file}; once the planned jobs are done,
+    # workers ask the study for trials
+    search: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"launch_id": self.launch_id, "fresh": self.fresh, "jobs": self.jobs}
+        data = {"launch_id": self.launch_id, "fresh": self.fresh, "jobs": self.jobs}
+        if self.search is not None:
+            data["search"] = self.search
+        return data
 
     @classmethod
     def read(cls, path: Path) -> "PlanFile":
         data = read_json(path)
-        return cls(data["launch_id"], data["fresh"], [list(entry) for entry in data["jobs"]])
+        return cls(data["launch_id"], data["fresh"], [list(entry) for entry in data["jobs"]], data.get("search"))
 
 
 def git_info(where: Path) -> dict:

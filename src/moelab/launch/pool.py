@@ -130,6 +130,9 @@ class WorkerPool:
                 worker.job = None
             self.result.settled.pop(key, None)
             self._record(key, event[2])
+        elif kind == "note":  # a line for people, e.g. how a search's trial ended
+            tqdm.write(key)
+            sys.stdout.flush()
         elif kind == "settled" and key not in self.result.outcomes and key not in self.result.settled and not any(
                 w.job == key for w in self.workers.values()):  # one of ours that is just finishing
             self.result.settled[key] = event[2]
@@ -145,7 +148,7 @@ class WorkerPool:
     def _print(self, key: str, text: str) -> None:
         self.bar.update(1)
         done = len(self.result.outcomes) + len(self.result.settled)
-        tqdm.write(f"[{done}/{self.total}] {key} {text}")
+        tqdm.write(f"[{done}/{self.total}] {key} {text}" if self.total else f"[{done}] {key} {text}")
         sys.stdout.flush()
 
     def _drain(self) -> None:

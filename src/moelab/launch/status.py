@@ -18,6 +18,8 @@ from moelab.results.tree import ExperimentTree
 
 def print_status(experiment: Experiment, experiments_dir: Path) -> int:
     tree = ExperimentTree(Path(experiments_dir) / experiment.name)
+    if "search" in experiment.doc:
+        return print_search_status(experiment, tree)
     backends = [backend_class(mode) for mode in BACKENDS]
     views = [(backend, backend.queue_view(tree)) for backend in backends]
     view = QueueView()
@@ -61,3 +63,25 @@ def _duration(seconds) -> str:
         return ""
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def print_search_status(experiment: Experiment, tree: ExperimentTree) -> int:
+    """A search: one line per trial (state, objective, epochs of the objective variant, its point)."""
+    from moelab.search import StudySession
+    from moelab.search.export import trial_state
+
+    session = StudySession(tree, experiment)
+    trials = session.trials()
+    metric = experiment.doc["search"]["objective"]["metric"]
+    print(f"{'trial':>5} {'state':<9} {metric:>10} {'epochs':>6}  point")
+    for trial in trials:
+        state = trial_state(trial)
+        if state == "running" and session.is_lost(trial):
+            state = "lost"  # told to the study by the next worker that asks
+        value = f"{trial.value:.4f}" if trial.value is not None else ""
+        point = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        print(f"{trial.number:>5} {state:<9} {value:>10} {len(trial.intermediate_values):>6}  {point}")
+    print(f"\nsearch: {session.progress().describe()}")
+    if tree.study.best_experiment.is_file():
+        print(f"best trial, ready to run: {tree.study.best_experiment}")
+    return 0

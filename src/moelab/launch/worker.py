@@ -1,4 +1,5 @@
-"""A worker: a process that pulls the jobs of a launch's plan, one at a time, until none is left.
+"""A worker: a process that pulls the jobs of a launch's plan, one at a time, until none is left
+(and, for a search, then runs the trials it asks the study for: launch/search_worker.py).
 
 Local workers (run_here) and the workers inside each SLURM array task are the same: each reads
 launches/<id>/plan.json, claims the next job nobody holds (results/claims.py), runs it, and claims
@@ -115,8 +116,14 @@ def worker_main(worker_id: int, gpu: int | None, threads: int, experiment_dir: s
     try:
         prepare_process(threads, gpu)
         plan = PlanFile.read(Path(plan_path))
-        pull_jobs(ExperimentTree(Path(experiment_dir)), plan, lambda event: events.put((worker_id, *event)),
-                  stop_requested=lambda: False, runtime_info=runtime_info, wait_for_others=wait_for_others)
+        tree, report = ExperimentTree(Path(experiment_dir)), lambda event: events.put((worker_id, *event))
+        pull_jobs(tree, plan, report, stop_requested=lambda: False, runtime_info=runtime_info,
+                  wait_for_others=wait_for_others)
+        if plan.search is not None:  # no planned job left: ask the study for trials until it has enough
+            from moelab.launch.search_worker import run_trials
+
+            run_trials(tree, plan, report, stop_requested=lambda: False, runtime_info=runtime_info,
+                       wait_for_others=wait_for_others)
     except KeyboardInterrupt:
         pass
 

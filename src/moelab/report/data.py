@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from moelab.report.study import StudyData, read_study
 from moelab.report.tables import (add_baseline_differences, compact, compare_to_baseline, group_columns,
                                   matched_comparisons, summarise)
 from moelab.results import ExperimentTree, collect
@@ -31,6 +32,7 @@ class ReportData:
     notes: list[str]  # runs that are unfinished, failed or unreadable
     experiment_yaml: str = ""  # the resolved experiment as last launched
     last_launch: dict | None = None  # provenance of the last launch
+    study: StudyData | None = None  # a search's trials, best trial and importances (report/study.py)
 
     @property
     def name(self) -> str:
@@ -61,11 +63,12 @@ def read_report_data(path: Path, curves: bool = True, cache: bool = True) -> Rep
     experiment_yaml = tree.experiment_file.read_text() if tree.experiment_file.is_file() else ""
     launches = read_jsonl(tree.launches_file) if tree.launches_file.is_file() else []
     return report_data_from_runs(tree, found.runs, found.curves, found.grid_axes, found.problems, experiment_yaml,
-                                 launches[-1] if launches else None)
+                                 launches[-1] if launches else None, read_study(tree))
 
 
 def report_data_from_runs(tree: ExperimentTree, runs: pd.DataFrame, curves: pd.DataFrame, grid_axes: list[str],
-                          problems: list[str], experiment_yaml: str = "", last_launch: dict | None = None) -> ReportData:
+                          problems: list[str], experiment_yaml: str = "", last_launch: dict | None = None,
+                          study: StudyData | None = None) -> ReportData:
     """The statistics of a report from runs as moelab.results.collect returns them."""
     metric = runs["metric"].dropna().iloc[0] if "metric" in runs and runs["metric"].notna().any() else "acc"
     parsed = yaml.safe_load(experiment_yaml) if experiment_yaml else None
@@ -74,9 +77,10 @@ def report_data_from_runs(tree: ExperimentTree, runs: pd.DataFrame, curves: pd.D
     table = compare_to_baseline(summarise(runs, grid_axes), metric, baseline)
     readable = compact(table, group_columns(runs, grid_axes) if not runs.empty else [], metric)
     notes = list(problems)
-    unfinished = runs[runs["state"] != JobState.DONE] if not runs.empty else runs
+    # a run a search pruned is no problem: the study section counts those
+    unfinished = runs[~runs["state"].isin([JobState.DONE, JobState.PRUNED])] if not runs.empty else runs
     for row in unfinished.itertuples(index=False):
         error = f": {row.error}" if isinstance(getattr(row, "error", None), str) else ""
         notes.append(f"job {row.job} variant {row.variant}: {row.state}{error}")
     return ReportData(tree, runs, curves, list(grid_axes), metric, baseline, table, readable, notes, experiment_yaml,
-                      last_launch)
+                      last_launch, study)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from moelab.report.data import ReportData
 from moelab.report.plots import Plot
+from moelab.report.study import best_trials_data, study_section
 from moelab.report.tables import (FAMILY_WISE_ALPHA, MATCHED_INTRO, axis_label, collapse_warning, comparisons_note,
                                   describe_match, family_size, finished, small_sample_warning)
 
@@ -46,6 +47,8 @@ def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> st
              f"<p>{len(done)} of {len(runs)} runs finished "
              f"({runs['job'].nunique() if not runs.empty else 0} jobs x {runs['variant'].nunique() if not runs.empty else 0} variants)."
              f" Tables: {_link(data, summary.summary_csv)}, {_link(data, summary.runs_csv)}, {_link(data, summary.latex)}.</p>"]
+    if data.study is not None:
+        parts.append(study_section(data, lambda file: _href(data, file)))
     if notes:
         items = "".join(f"<li>{_e(n)}</li>" for n in notes[:20])
         more = f"<li>... and {len(notes) - 20} more (see {_e(summary.markdown.name)})</li>" if len(notes) > 20 else ""
@@ -59,7 +62,8 @@ def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> st
     collapsed = collapse_warning(runs, data.group_keys)
     if collapsed:
         parts.append(f"<div class='box warn'><b>Expert collapse.</b> {_e(collapsed)}</div>")
-    parts.append(headline(data))
+    # a search: the best trial (chosen on validation) against its baseline, never the best test score of all trials
+    parts.append(headline(data if data.study is None else best_trials_data(data, 1) or data))
     matched = data.matched
     if matched:
         items = "".join(f"<li>{_e(describe_match(entry))}</li>" for entry in matched[:MAX_MATCHED_LINES])

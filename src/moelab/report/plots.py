@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 import pandas as pd
 
+from moelab.report import study
 from moelab.report.data import ReportData
 from moelab.report.tables import axis_label, finished
 from moelab.results.io import atomic_write
@@ -41,9 +42,23 @@ def plots_for(data: ReportData) -> tuple[Plot, ...]:
     by_axis = tuple(Plot(f"{metric}_vs_{axis_label(axis).replace('.', '_')}",
                          f"Final test {metric} against {axis_label(axis)}, per variant.", partial(metric_vs_axis, axis=axis))
                     for axis in data.grid_axes if axis != "seed")
+    # a search has a grid point per trial: one panel each only for its best trials
+    per_point, of_points = (study.on_best_points, f" Best {study.BEST_POINTS_DRAWN} trials of the search."
+                            ) if data.study is not None else ((lambda draw: draw), "")
+    searched = () if data.study is None else (
+        Plot("study_history", "The search: the objective of each trial in the order they were asked for (pruned "
+             "trials at the epoch they were stopped), and the best so far.", study.history),
+        Plot("study_importances", "The search: how much of the objective's variance each parameter explains "
+             "(fANOVA over the complete trials).", study.importances),
+        Plot("study_parameters", "The search: the objective of each trial against each searched parameter.",
+             study.objective_vs_parameters),
+    )
     return (
-        Plot("learning_curves", "Validation metric and training loss per epoch, mean ± std over seeds.", learning_curves),
-        Plot(f"test_{metric}", "Final test metric per variant and grid point (mean ± std over seeds).", test_metric_bars),
+        *searched,
+        Plot("learning_curves", "Validation metric and training loss per epoch, mean ± std over seeds." + of_points,
+             per_point(learning_curves)),
+        Plot(f"test_{metric}", "Final test metric per variant and grid point (mean ± std over seeds)." + of_points,
+             per_point(test_metric_bars)),
         *by_axis,
         Plot("latency_vs_accuracy", "Inference cost against accuracy, for soft and hard routing: when does an MoE beat "
              "a dense model of equal cost?", latency_vs_accuracy),

@@ -20,7 +20,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from moelab.results.tree import JobTree
+from moelab.results.tree import JobTree, TrialTree
+
+# what can be claimed: a job, or a search's trial (held by the worker that runs it)
+Claimable = JobTree | TrialTree
 
 HEARTBEAT_S = 5.0
 # a claim whose heartbeat is older than this is taken over (long enough for a loaded shared
@@ -45,7 +48,7 @@ class Holder:
         return self.heartbeat_age_s < timeout_s()
 
 
-def holder(job: JobTree) -> Holder | None:
+def holder(job: Claimable) -> Holder | None:
     """Who holds the job's claim, or None. A claim file caught half-written counts as fresh."""
     try:
         stat = os.stat(job.claim_file)
@@ -59,7 +62,7 @@ def holder(job: JobTree) -> Holder | None:
                   max(0.0, time.time() - stat.st_mtime))
 
 
-def is_claimed(job: JobTree) -> bool:
+def is_claimed(job: Claimable) -> bool:
     found = holder(job)
     return found is not None and found.is_alive()
 
@@ -70,7 +73,7 @@ class Claim:
     `lost` turns true when the claim file vanished or names another owner: another worker judged
     this one dead and took the job over, so this one must stop writing to it."""
 
-    def __init__(self, job: JobTree, owner: str):
+    def __init__(self, job: Claimable, owner: str):
         self.job, self.owner = job, owner
         self.lost = False
         self._stop = threading.Event()
@@ -103,7 +106,7 @@ class Claim:
         self.release()
 
 
-def try_claim(job: JobTree) -> Claim | None:
+def try_claim(job: Claimable) -> Claim | None:
     """Claim the job, taking over a stale claim; None when a live process holds it."""
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     if _create(job, owner):
@@ -114,7 +117,7 @@ def try_claim(job: JobTree) -> Claim | None:
     return _take_over(job, owner)
 
 
-def _create(job: JobTree, owner: str) -> bool:
+def _create(job: Claimable, owner: str) -> bool:
     job.path.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(job.claim_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -125,7 +128,7 @@ def _create(job: JobTree, owner: str) -> bool:
     return True
 
 
-def _take_over(job: JobTree, owner: str) -> Claim | None:
+def _take_over(job: Claimable, owner: str) -> Claim | None:
     lock = job.claim_takeover_lock
     try:
         lock.mkdir()

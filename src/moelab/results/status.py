@@ -27,6 +27,7 @@ class JobState(str, Enum):
     TIMEOUT = "timeout"  # a queue ended it at its time limit, past its requeues
     OUT_OF_MEMORY = "out_of_memory"
     NODE_FAIL = "node_fail"
+    PRUNED = "pruned"  # a search stopped it early: its trial did not promise to beat the others
     DONE = "done"  # every variant wrote its results.json
 
     def __str__(self) -> str:

@@ -8,6 +8,7 @@
     <root>/<name>/jobs/<key>/.claim          which process runs the job now, with its heartbeat
     <root>/<name>/jobs/<key>/<variant>/      metrics.jsonl, results.json (written last), weights/, analysis/
     <root>/<name>/<backend>/                 what a backend keeps (slurm/: submitit's files and logs)
+    <root>/<name>/study/                     a search: the Optuna journal, trial claims, trials.csv, best.yaml
     <root>/<name>/summary/                   tables and plots written by create-plots
     <root>/<name>/report/index.html          the HTML report
 """
@@ -57,6 +58,11 @@ class ExperimentTree:
         return self.path / backend
 
     @property
+    def study(self) -> "StudyFiles":
+        """A search's study (experiments with a `search:` section)."""
+        return StudyFiles(self.path / "study")
+
+    @property
     def summary_dir(self) -> Path:
         return self.path / "summary"
 
@@ -77,6 +83,65 @@ class ExperimentTree:
         with os.scandir(self.jobs_dir) as entries:  # scandir: no stat per entry, fast on large trees
             names = sorted(e.name for e in entries if e.is_dir())
         return [JobTree(self.jobs_dir / name) for name in names]
+
+
+@dataclass(frozen=True)
+class StudyFiles:
+    """A search's study: Optuna's file journal (the trials, shared between nodes without a database),
+    the lock askers take, a claim folder per running trial, and what search writes for the report."""
+
+    path: Path
+
+    @property
+    def journal(self) -> Path:
+        return self.path / "journal.log"
+
+    @property
+    def ask_lock(self) -> Path:
+        """Held while a worker reconciles lost trials and asks for the next one."""
+        return self.path / ".ask.lock"
+
+    @property
+    def export_lock(self) -> Path:
+        return self.path / ".export.lock"
+
+    def trial(self, number: int) -> "TrialTree":
+        return TrialTree(self.path / "trials" / str(number))
+
+    @property
+    def trials_csv(self) -> Path:
+        """One row per trial: number, state, objective, parameters, epochs, jobs."""
+        return self.path / "trials.csv"
+
+    @property
+    def summary(self) -> Path:
+        """study.json: objective, counts by state, best trial, parameter importances, the space."""
+        return self.path / "study.json"
+
+    @property
+    def best_experiment(self) -> Path:
+        """The experiment with the best trial's point applied and `search:` removed, ready to run."""
+        return self.path / "best.yaml"
+
+
+@dataclass(frozen=True)
+class TrialTree:
+    """A running trial's claim: the worker that asked for the trial holds it until it tells the
+    study how the trial ended (the same claims as jobs: results/claims.py)."""
+
+    path: Path
+
+    @property
+    def key(self) -> str:
+        return f"trial-{self.path.name}"
+
+    @property
+    def claim_file(self) -> Path:
+        return self.path / ".claim"
+
+    @property
+    def claim_takeover_lock(self) -> Path:
+        return self.path / ".claim.takeover"
 
 
 @dataclass(frozen=True)

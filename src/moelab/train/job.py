@@ -46,13 +46,20 @@ class JobOutcome:
 BUSY = "busy"
 
 
+class Pruned(Exception):
+    """Raised after an epoch when the caller's `should_prune` says so (a search gave up on the
+    job's trial); the epoch's checkpoint is on disk, so a later trial of the same point resumes it."""
+
+
 def run_job(job_dir: str | Path, fresh: bool = False, stop_requested: Callable[[], bool] = lambda: False,
-            runtime_info: dict | None = None, claim: Claim | None = None) -> JobOutcome:
+            runtime_info: dict | None = None, claim: Claim | None = None,
+            should_prune: Callable[[str, list[dict]], bool] | None = None) -> JobOutcome:
     """Train every unfinished variant of the job in `job_dir`. `fresh` discards earlier outputs first.
 
     The job must be claimed: by the caller (a worker that pulled it, `claim`), else here. A job
     whose claim a live process holds is not run (`busy`). Training stops at the end of an epoch
-    when `stop_requested()` says so or when the claim is lost to a worker that took the job over."""
+    when `stop_requested()` says so or when the claim is lost to a worker that took the job over.
+    `should_prune(variant, history)` is asked after every epoch: True stops the job there, PRUNED."""
     job = JobTree(Path(job_dir))
     own_claim = claim is None
     if own_claim:
@@ -60,13 +67,13 @@ def run_job(job_dir: str | Path, fresh: bool = False, stop_requested: Callable[[
         if claim is None:
             return JobOutcome(job.key, BUSY, errors={"job": "another process is running this job"})
     try:
-        return _run_claimed(job, fresh, lambda: stop_requested() or claim.lost, runtime_info or {})
+        return _run_claimed(job, fresh, lambda: stop_requested() or claim.lost, runtime_info or {}, should_prune)
     finally:
         if own_claim:
             claim.release()
 
 
-def _run_claimed(job: JobTree, fresh: bool, stop_requested, runtime_info: dict) -> JobOutcome:
+def _run_claimed(job: JobTree, fresh: bool, stop_requested, runtime_info: dict, should_prune=None) -> JobOutcome:
     spec = read_json(job.config_file)
     config = spec["config"]
     continued = spec.get("continued_from")  # a finished job with fewer epochs, chosen by the launch
@@ -113,15 +120,21 @@ def _run_claimed(job: JobTree, fresh: bool, stop_requested, runtime_info: dict) 
             status.write(job)
             variant_started = time.perf_counter()
             curves = LiveCurves(live_plot_every, TASKS[data.task].primary, out)
+            on_epoch = curves if should_prune is None else _pruning(curves, name, should_prune)
             try:
                 outcome.results[name] = train_variant(variant, data, settings, config["seed"], out, device,
-                                                      stop_requested=stop_requested, on_epoch=curves,
+                                                      stop_requested=stop_requested, on_epoch=on_epoch,
                                                       continued_from=continued)
                 curves.close()
                 record.state = JobState.DONE
             except (KeyboardInterrupt, StopRequested, SystemExit):
                 record.state, record.seconds = JobState.INTERRUPTED, round(time.perf_counter() - variant_started, 3)
                 raise
+            except Pruned:  # this variant and the ones after it: a pruned job trains nothing more
+                for later in names[names.index(name):]:
+                    status.variants[later].state = JobState.PRUNED
+                record.finished_at, record.seconds = now(), round(time.perf_counter() - variant_started, 3)
+                return finish(JobState.PRUNED)
             except Exception as error:  # recorded; the job goes on with its other variants
                 record.state, record.error, record.traceback = JobState.FAILED, _last_line(error), traceback.format_exc()
                 outcome.errors[name] = record.error
@@ -135,6 +148,15 @@ def _run_claimed(job: JobTree, fresh: bool, stop_requested, runtime_info: dict) 
         outcome.errors["job"] = status.error
         return finish(JobState.FAILED)
     return finish(JobState.FAILED if outcome.errors else JobState.DONE)
+
+
+def _pruning(on_epoch: Callable[[list[dict]], None], name: str, should_prune: Callable[[str, list[dict]], bool]):
+    def after_epoch(history: list[dict]) -> None:
+        on_epoch(history)
+        if should_prune(name, history):
+            raise Pruned(f"{name} pruned after epoch {history[-1]['epoch']}")
+
+    return after_epoch
 
 
 class LiveCurves:

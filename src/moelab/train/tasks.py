@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from moelab.data import CLASSIFICATION, REGRESSION
+from moelab.train.metric_names import METRICS
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,6 @@ def finish_metrics(task: str, sums: dict, count: int) -> dict[str, float]:
 
 
 TASKS = {
-    CLASSIFICATION: Task(loss=F.cross_entropy, metrics=("acc", "macro_precision", "macro_recall", "macro_f1")),
-    REGRESSION: Task(loss=F.mse_loss, metrics=("psnr", "mse", "rmse", "mae", "r2")),
+    CLASSIFICATION: Task(loss=F.cross_entropy, metrics=METRICS[CLASSIFICATION]),
+    REGRESSION: Task(loss=F.mse_loss, metrics=METRICS[REGRESSION]),
 }

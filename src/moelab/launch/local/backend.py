@@ -25,19 +25,24 @@ class LocalBackend(Backend):
     verb = "run"
 
     def launch(self, plan: LaunchPlan) -> int:
-        if not plan.to_run:
+        trials = plan.search.trials_to_start if plan.search else 0
+        if not plan.to_run and not trials:
             print("nothing to run")
             return self._summarise(plan, PoolResult())
         gpus = visible_gpus()
         local = self.experiment.doc["local"]
-        slots = worker_slots(len(plan.to_run), self.options.workers or local["workers"], local["jobs_per_gpu"], gpus,
+        # a search runs `search.parallel` trials at once, one worker each
+        workers = self.options.workers or (plan.search.parallel if plan.search else local["workers"])
+        slots = worker_slots(len(plan.to_run) or trials, workers, local["jobs_per_gpu"], gpus,
                              len(os.sched_getaffinity(0)))
         where = (f"{len(gpus)} GPU(s), {local['jobs_per_gpu']} job(s) per GPU" if gpus
                  else f"CPU, {slots[0].threads} thread(s) each")
-        print(f"running {len(plan.to_run)} job(s) with {len(slots)} worker(s) ({where})", flush=True)
+        what = f"{trials} trial(s)" if plan.search else f"{len(plan.to_run)} job(s)"
+        print(f"running {what} with {len(slots)} worker(s) ({where})", flush=True)
         jobs = {job.key: job for job in plan.to_run}
         pool = WorkerPool(plan.tree, plan.tree.plan_file(plan.launch_id), slots,
-                          describe=lambda key: " ".join(f"{k}={v}" for k, v in jobs[key].grid_values.items()))
+                          describe=lambda key: " ".join(f"{k}={v}" for k, v in jobs[key].grid_values.items())
+                          if key in jobs else "")
         with _stop_on_hangup_and_term():
             result = pool.run()
         return self._summarise(plan, result)
@@ -45,12 +50,19 @@ class LocalBackend(Backend):
     def _summarise(self, plan: LaunchPlan, result: PoolResult) -> int:
         outcomes = result.outcomes
         done = [k for k, o in outcomes.items() if o["state"] == JobState.DONE]
-        failed = {k: o for k, o in outcomes.items() if o["state"] not in (JobState.DONE, JobState.INTERRUPTED)}
+        failed = {k: o for k, o in outcomes.items()
+                  if o["state"] not in (JobState.DONE, JobState.INTERRUPTED, JobState.PRUNED)}
         elsewhere_failed = [k for k, state in result.settled.items() if state == JobState.FAILED]
         skipped = plan.skipped()
         print(f"\n{len(done)} done, {sum(skipped.values())} skipped "
               f"({', '.join(f'{n} {s}' for s, n in sorted(skipped.items())) or 'none'}), {len(failed)} failed"
               + (f", {len(result.settled)} run by another launch" if result.settled else ""))
+        pruned = sum(o["state"] == JobState.PRUNED for o in outcomes.values())
+        if plan.search:
+            from moelab.search import StudySession
+
+            print(f"search: {StudySession(plan.tree, plan.experiment).progress().describe()}"
+                  + (f"; {pruned} job(s) pruned in this launch" if pruned else ""))
         for key, outcome in failed.items():
             for variant, error in outcome["errors"].items():
                 print(f"  FAILED {key} {variant}: {error}")
@@ -66,7 +78,12 @@ class LocalBackend(Backend):
         return 1 if failed or elsewhere_failed or skipped.get(JobState.FAILED) else 0
 
     def finish(self, plan: LaunchPlan, code: int) -> int:
-        if code != 130 and self.options.report and (plan.to_run or not plan.tree.report_file.is_file()):
+        ran = plan.to_run or (plan.search and plan.search.trials_to_start)
+        if code != 130 and self.options.report and plan.search:
+            from moelab.search import StudySession, write_study_files
+
+            write_study_files(StudySession(plan.tree, plan.experiment))  # importances over every trial
+        if code != 130 and self.options.report and (ran or not plan.tree.report_file.is_file()):
             # imported here: the report needs pandas, matplotlib and scipy (seconds), which a
             # relaunch with nothing to run must not pay for
             from moelab.report import write_report

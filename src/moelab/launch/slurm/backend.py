@@ -171,18 +171,30 @@ class SlurmBackend(Backend):
         return pack(jobs, self.concurrency(), self.resources["jobs_per_task"], self.resources["array_parallelism"],
                     max_array, may_submit)
 
+    def search_packing(self, plan: LaunchPlan) -> Packing:
+        """A search: `search.parallel` tasks (no more than trials are left), one worker each, all
+        running at once; each asks the study for trials until it has enough."""
+        tasks = min(plan.search.parallel, plan.search.trials_to_start)
+        max_array = queue.max_array_size() if not self.dry_run else 1001
+        max_array = min(max_array, self.resources["max_array_size"] or max_array)
+        arrays = [min(max_array, tasks - start) for start in range(0, tasks, max_array)]
+        return Packing(tasks, 1, arrays, f"a search: {tasks} trial(s) at once, one worker per task")
+
     def launch(self, plan: LaunchPlan) -> int:
-        if not plan.to_run:
+        trials = plan.search.trials_to_start if plan.search else 0
+        if not plan.to_run and not trials:
             print("nothing to submit")
             return 0
         files = SlurmFiles(plan.tree)
         folder = files.folder.resolve()  # nodes may start in another directory
         params = sbatch_parameters(self.resources, job_name=f"moelab-{plan.experiment.name}")
         try:
-            packing = self.packing(len(plan.to_run))
+            packing = self.packing(len(plan.to_run)) if not plan.search else self.search_packing(plan)
         except queue.QueueUnavailable as error:
             print(f"error: cannot ask SLURM for its limits ({error}); nothing was submitted", file=sys.stderr)
             return 1
+        if plan.search:  # every trial of `parallel` at once, whatever the profile's throttle
+            params["array_parallelism"] = packing.tasks
         print(f"packing: {packing.tasks} task(s), {packing.why}, {min(packing.jobs_per_task, self.concurrency())} "
               f"at once per task")
         if self.dry_run:
@@ -199,8 +211,9 @@ class SlurmBackend(Backend):
             arrays.append((handles[0].job_id.split("_")[0], size))
         append_jsonl(files.submissions, {"time": now(), "launch_id": plan.launch_id, "arrays": [a for a, _ in arrays],
                                          "jobs": [job.key for job in plan.to_run]})
-        print(f"submitted {len(plan.to_run)} job(s) as {packing.tasks} task(s) in {len(arrays)} array(s): "
-              + ", ".join(f"array job {array} ({n} tasks, at most {min(n, self.resources['array_parallelism'])} at once)"
+        what = f"a search of {trials} trial(s)" if plan.search else f"{len(plan.to_run)} job(s)"
+        print(f"submitted {what} as {packing.tasks} task(s) in {len(arrays)} array(s): "
+              + ", ".join(f"array job {array} ({n} tasks, at most {min(n, params['array_parallelism'])} at once)"
                           for array, n in arrays))
         print(f"logs: {folder}/<array id>_<task>_0_log.out (and .err)")
         print(f"follow them with: bash run/launch_experiment.sh status {plan.tree.path}")

@@ -37,7 +37,7 @@ class PackedTask(submitit.helpers.Checkpointable):
                                runtime_info={"slurm": slurm_info()}, wait_for_others=False)
         result = self.pool.run()
         failed = {key: o["errors"] for key, o in result.outcomes.items()
-                  if o["state"] not in (JobState.DONE, JobState.INTERRUPTED)}
+                  if o["state"] not in (JobState.DONE, JobState.INTERRUPTED, JobState.PRUNED)}
         if failed:
             lines = "; ".join(f"{key}: {errors}" for key, errors in failed.items())
             raise JobFailed(f"{len(failed)} job(s) failed: {lines} (details in each job's status.json)")
