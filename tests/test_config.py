@@ -46,8 +46,6 @@ CASES = {
     "unknown match kind": (bad(baseline={"match": ["activ"]}), "baseline.match: must list kinds out of active, total, got 'activ' (did you mean 'active'?)"),
     "matched name taken": (bad(baseline={"match": ["total"]}, variants__0__name="mlp_total_moe"),
                            "variants.mlp_total_moe: this name is taken by the dense model matched to the total parameters of 'moe'"),
-    "unsized backbone": (bad(baseline={"match": ["active"]}, variants__1__backbone="cnn"),
-                         "baseline.match: cannot build dense models matched to variant 'moe': the size of its CNN backbone"),
 }
 
 

@@ -16,7 +16,7 @@ Without `match` nothing is added and job keys are those of an experiment without
 
 from __future__ import annotations
 
-from moelab.data import dataset_dimensions
+from moelab.data import dataset_dimensions, get_dataset_spec
 from moelab.models import get_model_spec, model_params
 from moelab.models.params import MLPParams
 from moelab.schema import Issue, did_you_mean
@@ -64,21 +64,13 @@ def check_baseline(doc: dict) -> list[Issue]:
     return issues
 
 
-def matching_problems(config: dict, baseline: dict | None) -> list[str]:
-    """MoE variants of a job whose size cannot be counted before they are built."""
-    if not baseline or not baseline["match"]:
-        return []
-    return [f"cannot build dense models matched to variant {v['name']!r}: the size of its CNN backbone is known only "
-            "once built; use backbone: none, or leave it out of baseline.match's experiment"
-            for v in config["variants"] if get_model_spec(v["model"]).has_experts and v.get("backbone") == "cnn"]
-
-
 def add_matched_variants(config: dict, baseline: dict | None) -> dict[str, dict[str, str]]:
     """Append the matched MLPs to a job's config (after its grid values are applied); returns, per MoE
     variant, the matched variant of each kind: {"moe": {"active": "mlp_active_moe", ...}}."""
     if not baseline or not baseline["match"]:
         return {}
     d_in, d_out = dataset_dimensions(config["data"])
+    input_shape = get_dataset_spec(config["data"]["name"]).input_shape
     named = next((v for v in config["variants"] if v["name"] == baseline["variant"]), None)
     source = model_params(named) if named is not None and named["model"] == "mlp" else vars(MLPParams())
     template = {"layers": source["layers"], "dropout": source["dropout"]}
@@ -86,9 +78,10 @@ def add_matched_variants(config: dict, baseline: dict | None) -> dict[str, dict[
     added = []
     for variant in config["variants"]:
         spec = get_model_spec(variant["model"])
-        counts = spec.parameter_counts(d_in, d_out, model_params(variant)) if spec.has_experts else None
-        if counts is None:  # dense, or not countable (matching_problems says so at validation)
-            continue
+        params = model_params(variant)
+        if not spec.has_experts or (input_shape is None and spec.needs_images(params)):
+            continue  # dense, or a CNN backbone on data without images (check_jobs says so)
+        counts = spec.parameter_counts(d_in, d_out, params, input_shape)
         widths: dict[int, str] = {}  # hidden width -> the matched variant that has it
         for kind in baseline["match"]:
             hidden = MLPParams.hidden_for(getattr(counts, kind), d_in, d_out, template["layers"])

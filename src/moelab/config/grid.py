@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from moelab.config.baseline import add_matched_variants, matching_problems
+from moelab.config.baseline import add_matched_variants
 from moelab.config.init_from import compatibility_problems
 from moelab.config.limits import MAX_GRID_JOBS, count_text
 from moelab.config.model_size import model_size_problem
@@ -179,8 +179,8 @@ def _apply(config: dict, axis: str, value: Any) -> None:
 
 def check_jobs(doc: dict) -> list[Issue]:
     """Checks that need resolved grid points: limits across a model's parameters, models that read
-    images on a dataset that has none, models too large to train (model_size.py), MoE variants that
-    baseline.match cannot size, and init_from weights that do not fit their variant."""
+    images on a dataset that has none, models too large to train (model_size.py), and init_from
+    weights that do not fit their variant."""
     issues: list[Issue] = []
     seen: set[str] = set()
     # a variant's checks read its parameters and the data: grid points that differ only in the seed
@@ -189,10 +189,6 @@ def check_jobs(doc: dict) -> list[Issue]:
     for job in expand(doc):
         point = ", ".join(f"{k}={v}" for k, v in job.grid_values.items() if k != "seed")
         at = f" (at grid point {point})" if point else ""
-        for problem in matching_problems(job.config, doc.get("baseline")):
-            if problem + at not in seen:
-                seen.add(problem + at)
-                issues.append(Issue("baseline.match", problem + at))
         for name, problem in compatibility_problems(job.config):
             if f"{name}: {problem}{at}" not in seen:
                 seen.add(f"{name}: {problem}{at}")
