@@ -1,8 +1,8 @@
 """A search's study in the report: its plots and its box on the first screen.
 
-Read from the plain files the search writes into the tree (results.tree.StudyFiles: trials.csv,
-study.json, best.yaml), so the report needs neither Optuna nor the search package: one row per
-trial, the counts, the best trial and the parameter importances.
+Read from the plain files the search writes into the tree (results.tree.StudyFiles: the trials
+table, the study summary, the best trial's experiment file), so the report needs neither Optuna nor
+the search package: one row per trial, the counts, the best trial and the parameter importances.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ BEST_POINTS_DRAWN = 6
 
 @dataclass(frozen=True)
 class StudyData:
-    trials: pd.DataFrame  # trials.csv: number, state, value, one column per searched key, epochs, jobs, ...
-    summary: dict  # study.json
-    best_experiment: Path | None  # best.yaml, when a trial completed
+    trials: pd.DataFrame  # number, state, value, one column per searched key, epochs, jobs, ...
+    summary: dict  # objective, counts by state, best trial, parameter importances, the space
+    best_experiment: Path | None  # the best trial as an experiment file, when a trial completed
 
     @property
     def keys(self) -> list[str]:
