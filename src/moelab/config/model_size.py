@@ -20,8 +20,8 @@ def model_size_problem(model: str, params: dict, data: dict) -> str | None:
     limit = MAX_MODEL_PARAMETERS.value()
     if count <= limit:
         return None
-    return (f"model {model!r} would have {count_text(count)} parameters on {data['name']} ({dimensions[0]} inputs, "
-            f"{dimensions[1]} outputs), {_bytes(count * TRAINING_BYTES_PER_PARAMETER)} of float32 weights, gradients "
+    return (f"model {model!r} would have {count_text(count)} parameters on {data['name']} ({d_in} inputs, "
+            f"{d_out} outputs), {_bytes(count * TRAINING_BYTES_PER_PARAMETER)} of float32 weights, gradients "
             f"and Adam state before any activations; the limit is {limit:,} parameters: make it smaller, or "
             f"{MAX_MODEL_PARAMETERS.lift_hint()}")
 
