@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import REPO, TINY, launch
 from moelab.config import ConfigError, load_experiment
@@ -113,6 +112,13 @@ def test_a_bad_search_section_names_the_key(write_experiment, change, path, word
         load_experiment(experiment)
     found = [str(issue) for issue in error.value.issues]
     assert any(issue.startswith(path + ":") and words in issue for issue in found), found
+
+
+def test_the_example_search_validates():
+    experiment = load_experiment(REPO / "experiments" / "configs" / "search.yaml")
+    search = experiment.doc["search"]
+    assert search["sampler"] == "tpe" and search["pruner"]["name"] == "median"
+    assert search["objective"] == {"variant": "moe_topk", "metric": "val_acc", "direction": "maximize"}
 
 
 def test_a_key_searched_and_gridded_at_once_is_refused(write_experiment):
