@@ -180,6 +180,23 @@ def test_the_grid_sampler_asks_every_point_once_then_stops(write_experiment, tmp
     assert session.progress().describe().startswith("4 of 4 trials finished")
 
 
+@pytest.mark.parametrize("pruner", [{"name": "median", "warmup_epochs": 1, "startup_trials": 2},
+                                    {"name": "asha", "warmup_epochs": 1, "reduction_factor": 2}])
+def test_the_pruners_stop_a_trial_far_behind_the_others_and_leave_one_ahead(write_experiment, tmp_path, pruner):
+    session = session_for(write_experiment, tmp_path, n_trials=6, parallel=1, pruner=pruner)
+    for good in (0.8, 0.85, 0.9):
+        run = session.next_trial()
+        assert not any(run.report(0, epoch, good) for epoch in range(3))
+        run.study.tell(run.trial, good)
+        run.release()
+    behind = session.next_trial()
+    assert any(behind.report(0, epoch, 0.1) for epoch in range(3))
+    behind.prune()
+    behind.release()
+    ahead = session.next_trial()
+    assert not any(ahead.report(0, epoch, 0.95) for epoch in range(3))
+
+
 def test_a_trial_nobody_holds_is_told_failed_and_its_point_retried(write_experiment, tmp_path):
     session = session_for(write_experiment, tmp_path, n_trials=2, parallel=2)
     first = session.next_trial()
