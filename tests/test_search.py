@@ -229,6 +229,16 @@ def test_a_trial_whose_job_a_live_process_holds_is_not_lost(write_experiment, tm
     assert session.progress().lost == 1
 
 
+def test_a_study_of_another_search_in_the_folder_stops_the_launch(write_experiment, tmp_path, capsys):
+    from moelab.launch import LaunchOptions, launch_experiment
+
+    session_for(write_experiment, tmp_path)
+    changed = write_experiment(study_doc(space={"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}}), "changed.yaml")
+    code = launch_experiment(changed, mode="run_here", options=LaunchOptions(experiments_dir=tmp_path / "out"))
+    assert code == 2 and "holds a study of another search" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "tuned" / "launches").exists()
+
+
 # -- studies run here --------------------------------------------------------------------------------
 
 
