@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import REPO, TINY, launch
 from moelab.config import ConfigError, load_experiment
@@ -115,6 +114,13 @@ def test_a_bad_search_section_names_the_key(write_experiment, change, path, word
     assert any(issue.startswith(path + ":") and words in issue for issue in found), found
 
 
+def test_the_example_search_validates():
+    experiment = load_experiment(REPO / "experiments" / "configs" / "search.yaml")
+    search = experiment.doc["search"]
+    assert search["sampler"] == "tpe" and search["pruner"]["name"] == "median"
+    assert search["objective"] == {"variant": "moe_topk", "metric": "val_acc", "direction": "maximize"}
+
+
 def test_a_key_searched_and_gridded_at_once_is_refused(write_experiment):
     experiment = write_experiment({**study_doc(), "grid": {"train.lr": [0.01, 0.02]}})
     with pytest.raises(ConfigError) as error:
@@ -174,6 +180,23 @@ def test_the_grid_sampler_asks_every_point_once_then_stops(write_experiment, tmp
     assert session.progress().describe().startswith("4 of 4 trials finished")
 
 
+@pytest.mark.parametrize("pruner", [{"name": "median", "warmup_epochs": 1, "startup_trials": 2},
+                                    {"name": "asha", "warmup_epochs": 1, "reduction_factor": 2}])
+def test_the_pruners_stop_a_trial_far_behind_the_others_and_leave_one_ahead(write_experiment, tmp_path, pruner):
+    session = session_for(write_experiment, tmp_path, n_trials=6, parallel=1, pruner=pruner)
+    for good in (0.8, 0.85, 0.9):
+        run = session.next_trial()
+        assert not any(run.report(0, epoch, good) for epoch in range(3))
+        run.study.tell(run.trial, good)
+        run.release()
+    behind = session.next_trial()
+    assert any(behind.report(0, epoch, 0.1) for epoch in range(3))
+    behind.prune()
+    behind.release()
+    ahead = session.next_trial()
+    assert not any(ahead.report(0, epoch, 0.95) for epoch in range(3))
+
+
 def test_a_trial_nobody_holds_is_told_failed_and_its_point_retried(write_experiment, tmp_path):
     session = session_for(write_experiment, tmp_path, n_trials=2, parallel=2)
     first = session.next_trial()
@@ -204,6 +227,16 @@ def test_a_trial_whose_job_a_live_process_holds_is_not_lost(write_experiment, tm
     finally:
         job_claim.release()
     assert session.progress().lost == 1
+
+
+def test_a_study_of_another_search_in_the_folder_stops_the_launch(write_experiment, tmp_path, capsys):
+    from moelab.launch import LaunchOptions, launch_experiment
+
+    session_for(write_experiment, tmp_path)
+    changed = write_experiment(study_doc(space={"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}}), "changed.yaml")
+    code = launch_experiment(changed, mode="run_here", options=LaunchOptions(experiments_dir=tmp_path / "out"))
+    assert code == 2 and "holds a study of another search" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "tuned" / "launches").exists()
 
 
 # -- studies run here --------------------------------------------------------------------------------

@@ -116,6 +116,9 @@ def _run_job(run, index: int, job: Job, tree: ExperimentTree, names: list[str], 
         claim = try_claim(job_tree)
         if claim is None:
             continue  # someone claimed it a moment ago: wait for them
+        if job_state(job_tree, names) in (JobState.DONE, *FAILURES):  # finished by its last holder meanwhile
+            claim.release()
+            continue
         try:
             report(("started", job.key))
             try:

@@ -46,10 +46,12 @@ class StudyData:
         return int((self.trials["state"] == state).sum()) if not self.trials.empty else 0
 
     def best_jobs(self, count: int) -> list[str]:
-        """The jobs of the `count` best complete trials."""
+        """The jobs of the `count` best points among the complete trials (a point a sampler asked
+        for again is one point)."""
         complete = self.trials[self.trials["state"] == "complete"].dropna(subset=["value"])
-        ordered = complete.sort_values("value", ascending=self.objective["direction"] == "minimize")
-        return [key for jobs in ordered["jobs"].head(count) for key in str(jobs).split()]
+        ordered = complete.sort_values("value", ascending=self.objective["direction"] == "minimize", kind="stable")
+        points = list(dict.fromkeys(str(jobs) for jobs in ordered["jobs"]))[:count]
+        return [key for jobs in points for key in jobs.split()]
 
 
 def read_study(tree: ExperimentTree) -> StudyData | None:
