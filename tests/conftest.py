@@ -48,6 +48,19 @@ def launch(cwd: Path, *args: str, timeout: float = 300, **popen) -> subprocess.C
                           text=True, timeout=timeout, **popen)
 
 
+def wait_until(predicate, timeout: float, what: str):
+    """The predicate's first truthy value, polled until `timeout` seconds (generous: a deadline, not a guess)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
 def make_job(folder: Path, overrides=()) -> JobTree:
     """One job of TINY (no grid, 2 epochs) with its config.json written, as a launch writes it."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, launch
+from conftest import REPO, TINY, launch, wait_until
 from moelab.config import ConfigError, load_experiment
 from moelab.results.io import read_json, read_jsonl
 from moelab.results.tree import ExperimentTree
@@ -57,16 +57,6 @@ def finished(tree: Path) -> list[dict]:
         return [t for t in trials_of(tree) if t["state"] in ("complete", "pruned", "failed")]
     except (OSError, KeyError, ConfigError):
         return []
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def epochs_of(job: Path, variant: str = "moe_topk") -> list[int]:
@@ -279,7 +269,7 @@ def test_tpe_interrupted_by_ctrl_c_and_relaunched_ends_with_exactly_n_trials_non
     root = tmp_path / "out" / "tuned"
     process = start(experiment, tmp_path, "--no-report")
     try:
-        wait_for(lambda: len(finished(root)) >= 3 and any(
+        wait_until(lambda: len(finished(root)) >= 3 and any(
             len(epochs_of(j)) >= 1 and read_json(j / "status.json")["state"] == "running"
             for j in (root / "jobs").iterdir() if (j / "status.json").is_file()), 600, "three trials and a running job")
         os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal
@@ -376,7 +366,7 @@ def test_a_worker_killed_mid_trial_fails_the_trial_which_is_retried_and_the_stud
         return None
 
     try:
-        killed = wait_for(running_job, 600, "a job a few epochs in")
+        killed = wait_until(running_job, 600, "a job a few epochs in")
         os.kill(killed["pid"], signal.SIGKILL)
         output, _ = process.communicate(timeout=1200)
     finally:
@@ -416,7 +406,7 @@ def test_the_same_study_on_the_cluster_with_three_tasks(write_experiment, tmp_pa
     assert time.monotonic() - started < 60
     assert "submitted a search of 6 trial(s) as 3 task(s)" in submitted.stdout and "at most 3 at once" in submitted.stdout
     root = tmp_path / "out" / "tuned"
-    wait_for(lambda: len(finished(root)) == 6, 900, "six trials on the cluster")
+    wait_until(lambda: len(finished(root)) == 6, 900, "six trials on the cluster")
     trials = trials_of(root)
     assert [t["number"] for t in trials] == list(range(6)) and {t["state"] for t in trials} == {"complete"}
     statuses = [read_json(p) for p in root.glob("jobs/*/status.json")]

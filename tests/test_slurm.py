@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, launch
+from conftest import TINY, launch, wait_until
 from moelab.config import load_experiment
 from moelab.launch.slurm import queue
 from moelab.launch.slurm.backend import SlurmBackend, SlurmFiles
@@ -62,16 +62,6 @@ def states(experiment_file: Path, experiments_dir: Path, overrides=()) -> dict[s
     queued = SlurmBackend.queue_view(tree).states
     names = [v["name"] for v in experiment.doc["variants"]]
     return {job.key: merge_states(job_state(tree.job(job.key), names), queued.get(job.key)) for job in experiment.jobs()}
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def all_final(experiment_file, experiments_dir, overrides=()):
