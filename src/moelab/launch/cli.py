@@ -16,6 +16,7 @@ from moelab.launch.backends import BACKENDS
 from moelab.launch.base import LaunchOptions
 from moelab.launch.launcher import launch_experiment
 from moelab.launch.status import print_status
+from moelab.results.errors import DamagedRecord
 
 DEFAULT_EXPERIMENT = Path("experiments/configs/default.yaml")
 MODES = (*BACKENDS, "status")
@@ -65,14 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     options = LaunchOptions(experiments_dir=args.experiments_dir, workers=args.workers, force=args.force,
                             rerun_failed=args.rerun_failed, dry_run=args.dry_run, profile=args.profile,
                             report=not args.no_report, argv=argv)
-    if args.mode == "status":
-        try:
-            experiment = load_experiment(args.experiment, args.overrides)
-        except ConfigError as error:
-            print(error, file=sys.stderr)
-            return 2
-        return print_status(experiment, args.experiments_dir)
-    return launch_experiment(args.experiment, args.overrides, args.mode, options)
+    try:
+        if args.mode == "status":
+            try:
+                experiment = load_experiment(args.experiment, args.overrides)
+            except ConfigError as error:
+                print(error, file=sys.stderr)
+                return 2
+            return print_status(experiment, args.experiments_dir)
+        return launch_experiment(args.experiment, args.overrides, args.mode, options)
+    except DamagedRecord as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

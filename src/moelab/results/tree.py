@@ -96,6 +96,10 @@ class StudyFiles:
     def journal(self) -> Path:
         return self.path / "journal.log"
 
+    def journal_torn_tail(self, stamp: str) -> Path:
+        """The unfinished last record of the journal (its writer was killed mid-append), set aside."""
+        return self.path / f"journal.torn-{stamp}.log"
+
     @property
     def ask_lock(self) -> Path:
         """Held while a worker reconciles lost trials and asks for the next one."""

@@ -19,6 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -27,12 +30,14 @@ import numpy as np
 import optuna
 from filelock import FileLock
 from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 from moelab.config import Experiment
 from moelab.results.claims import Claim, is_claimed, try_claim
-from moelab.results.tree import ExperimentTree
+from moelab.results.errors import DamagedRecord
+from moelab.results.io import atomic_write
+from moelab.results.tree import ExperimentTree, StudyFiles
 from moelab.search.space import Point, distributions, epoch_values, objective, point_jobs
 
 STUDY_NAME = "search"  # one study per experiment folder
@@ -88,12 +93,13 @@ class StudySession:
     # -- reading ---------------------------------------------------------------------------------
 
     def exists(self) -> bool:
-        return self.files.journal.is_file()
+        return self.files.journal.exists()
 
     @property
     def storage(self) -> JournalStorage:
         if self._storage is None:
             self.files.path.mkdir(parents=True, exist_ok=True)
+            check_journal(self.files)
             self._storage = JournalStorage(JournalFileBackend(str(self.files.journal)))
         return self._storage
 
@@ -230,6 +236,42 @@ class StudySession:
             else:
                 counts["running"] += 1
         return StudyProgress(self.n_trials, **counts)
+
+
+def check_journal(files: StudyFiles) -> None:
+    """Read the journal before Optuna does, under the lock its writers take. A last record cut short
+    (a worker killed mid-append) is set aside, so the next append starts on a line of its own instead of
+    gluing onto it (which Optuna would then refuse to read); any other line that is not a record stops
+    the search with DamagedRecord: guessing past it could tell a trial's result to another trial."""
+    journal = files.journal
+    if not journal.exists():
+        return
+    if not journal.is_file():
+        raise DamagedRecord(journal, "is not a file", "move it aside to start the study afresh (finished jobs are "
+                                                      "reused)")
+    lock = JournalFileSymlinkLock(str(journal))
+    lock.acquire()
+    try:
+        data = journal.read_bytes()
+        complete = data.rfind(b"\n") + 1
+        if complete < len(data):
+            aside = files.journal_torn_tail(time.strftime("%Y%m%d-%H%M%S"))
+            atomic_write(aside, lambda f: f.write(data[complete:]), mode="wb")
+            os.truncate(journal, complete)
+            print(f"warning: {journal}: its last record was cut short (a worker stopped while writing it); set aside "
+                  f"as {aside.name}, the study goes on from the records before it", file=sys.stderr, flush=True)
+        for number, line in enumerate(data[:complete].splitlines(), start=1):
+            try:
+                readable = isinstance(json.loads(line.decode("utf-8")), dict)
+            except (UnicodeDecodeError, ValueError):
+                readable = False
+            if not readable:
+                raise DamagedRecord(journal, f"line {number} is not a study record (the file was damaged or "
+                                             "written by something else)",
+                                    "the search cannot go on from it: restore the file from a backup, or move it "
+                                    "aside to start the study afresh (finished jobs are reused, not retrained)")
+    finally:
+        lock.release()
 
 
 @dataclass
