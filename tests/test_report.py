@@ -60,6 +60,7 @@ def test_markdown_table_escapes_and_formats():
     assert to_markdown(table).splitlines()[2] == "| a\\|b | 0.1235 | 1.235e+05 |  |"
 
 
+@pytest.mark.browser
 def test_the_html_report_loads_in_chromium_without_errors(finished_job, tmp_path):  # noqa: F811
     import os
 

@@ -389,6 +389,7 @@ def test_a_worker_killed_mid_trial_fails_the_trial_which_is_retried_and_the_stud
 # -- the dev cluster --------------------------------------------------------------------------------
 
 
+@pytest.mark.slurm
 def test_the_same_study_on_the_cluster_with_three_tasks(write_experiment, tmp_path):
     from test_slurm import cluster_answers
 

@@ -660,6 +660,7 @@ def browser_page():
             browser.close()
 
 
+@pytest.mark.browser
 def test_dashboard_lists_jobs_failures_and_the_report_in_chromium(live, tmp_path):
     with browser_page() as (page, errors):
         page.goto(f"{live}/?refresh=1")
@@ -687,6 +688,7 @@ def test_dashboard_lists_jobs_failures_and_the_report_in_chromium(live, tmp_path
         assert errors == []
 
 
+@pytest.mark.browser
 def test_drawing_a_digit_shows_every_variants_answer_and_its_experts(live, tmp_path):
     with browser_page() as (page, errors):
         page.goto(f"{live}/predict?experiment=tiny")
@@ -721,6 +723,7 @@ def test_drawing_a_digit_shows_every_variants_answer_and_its_experts(live, tmp_p
         assert errors == []
 
 
+@pytest.mark.browser
 def test_dashboard_shows_a_job_go_from_running_to_done_while_it_trains(tmp_path):
     chromium_path()
     root = tmp_path / "experiments"

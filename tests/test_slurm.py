@@ -23,6 +23,8 @@ from moelab.results.status import job_state, merge_states
 from moelab.results.tree import ExperimentTree
 from test_launch import results_of
 
+pytestmark = pytest.mark.slurm
+
 FINAL = {"done", "failed", "cancelled", "timeout", "out_of_memory", "node_fail"}
 
 
