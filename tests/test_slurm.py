@@ -19,7 +19,7 @@ from conftest import TINY, launch, wait_until
 from moelab.config import load_experiment
 from moelab.launch.slurm import queue
 from moelab.launch.slurm.backend import SlurmBackend, SlurmFiles
-from moelab.results.status import job_state, merge_states
+from moelab.results.status import job_state, merge_states, read_status
 from moelab.results.tree import ExperimentTree
 from test_launch import results_of
 
@@ -153,24 +153,46 @@ def test_dry_run_prints_the_array_script_and_submits_nothing(write_experiment, t
     assert queued() <= before  # no new job (earlier tests' jobs may still be finishing)
 
 
-def test_a_packed_task_past_its_time_limit_is_requeued_and_finishes_all_its_jobs(write_experiment, tmp_path, profile):
-    # two jobs in one task, about 130 s of training in all: past the first signal (about 80 s in)
-    long_jobs = {"name": "long", "data": {"name": "digits"},
-                 "train": {"epochs": 450, "batch_size": 16, "lr": 0.001, "early_stopping": {"patience": 1000}},
-                 "variants": [{"name": "moe_topk", "model": "moe_topk", "hidden": 256, "k": 2}],
-                 "grid": {"seed": [0, 1]}, "slurm": {"jobs_per_task": 2}}
-    experiment = write_experiment(long_jobs)
-    submitted = submit(tmp_path, experiment, profile, "slurm.timeout_min=2", "slurm.slurm_signal_delay_s=30",
-                       "slurm.max_num_timeout=10")  # a loaded machine may need more than one requeue
+def test_a_packed_task_signalled_before_its_time_limit_is_requeued_and_resumes_its_jobs(write_experiment, tmp_path,
+                                                                                         profile):
+    """The signal SLURM sends before a time limit (or on preemption), sent as soon as a job has a
+    checkpoint: the task is requeued and finishes both its jobs, the interrupted one resumed from its
+    checkpoint (its first epochs are not trained again), with the numbers of an uninterrupted run."""
+    epochs = 40
+    two_jobs = {**TINY, "name": "long", "variants": [TINY["variants"][2]], "grid": {"seed": [0, 1]},
+                "train": {**TINY["train"], "epochs": epochs, "batch_size": 16}, "slurm": {"jobs_per_task": 2}}
+    experiment = write_experiment(two_jobs)
+    submitted = submit(tmp_path, experiment, profile)
     assert "as 1 task(s)" in submitted.stdout
-    final = wait_until(lambda: all_final(experiment, tmp_path / "out"), 600, "the requeued task")
+    tree = ExperimentTree(tmp_path / "out" / "long")
+    variant = two_jobs["variants"][0]["name"]
+
+    def training_with_a_checkpoint():
+        """The first line of each job's metrics, once a job has a checkpoint and most of its epochs to go."""
+        outs = {job.key: tree.job(job.key).variant(variant) for job in load_experiment(experiment).jobs()}
+        lines = {key: out.metrics_file.read_text().splitlines() if out.metrics_file.is_file() else []
+                 for key, out in outs.items()}
+        if any(out.last_checkpoint.is_file() and not out.is_done() and len(lines[key]) < epochs // 2
+               for key, out in outs.items()):
+            return {key: found[0] for key, found in lines.items() if found}
+        return None
+
+    first_lines = wait_until(training_with_a_checkpoint, 300, "a job to write its first checkpoint")
+    task = SlurmFiles(tree).submitted_ids()[next(iter(first_lines))][0]
+    subprocess.run(["scancel", "--signal=USR2", task], check=True)  # what --signal=USR2@90 sends to the steps
+    final = wait_until(lambda: all_final(experiment, tmp_path / "out"), 300, "the requeued task")
     assert set(final.values()) == {"done"}
-    statuses = [json.loads(p.read_text()) for p in (tmp_path / "out" / "long").glob("jobs/*/status.json")]
-    assert any(s["slurm"]["restart_count"] >= 1 and s["attempts"] >= 2 for s in statuses), statuses
+    statuses = {key: read_status(tree.job(key)) for key in final}
+    resumed = [key for key, s in statuses.items() if s.slurm["restart_count"] >= 1 and s.attempts >= 2]
+    assert resumed, {key: (s.slurm, s.attempts) for key, s in statuses.items()}
+    interrupted_in_training = [key for key in resumed if key in first_lines]
+    assert interrupted_in_training, (resumed, first_lines)
+    for key in interrupted_in_training:  # an epoch trained again would rewrite its line (its seconds differ)
+        assert tree.job(key).variant(variant).metrics_file.read_text().splitlines()[0] == first_lines[key]
     # the reference: the same jobs, uninterrupted, here
     reference = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "reference", "--no-report")
     assert reference.returncode == 0
-    assert results_of(tmp_path / "out" / "long") == results_of(tmp_path / "reference" / "long")
+    assert results_of(tree.path) == results_of(tmp_path / "reference" / "long")
 
 
 def test_cancelled_job_shows_cancelled_and_rerun_failed_completes_it(write_experiment, tmp_path, profile):
