@@ -208,8 +208,10 @@ def test_cancelled_job_shows_cancelled_and_rerun_failed_completes_it(write_exper
     status = launch(tmp_path, "status", str(tree.path))
     assert f"{key}  CANCELLED" in status.stdout and "--rerun-failed" in status.stdout
 
-    plain = submit(tmp_path, experiment, profile)
-    assert "FAILED" not in plain.stdout and ("0 to submit" in plain.stdout or "1 to submit" in plain.stdout)
+    plain = launch(tmp_path, "submit", str(experiment), "--profile", str(profile), "--experiments-dir", "out")
+    assert plain.returncode == 1, plain.stdout + plain.stderr  # the grid stays incomplete: said, not hidden
+    assert f"CANCELLED {key}" in plain.stdout and "resubmit them with: bash run/launch_experiment.sh submit " \
+        f"{experiment} --profile {profile} --experiments-dir out --rerun-failed" in plain.stdout, plain.stdout
     rerun = submit(tmp_path, experiment, profile, "--rerun-failed")
     assert "to submit" in rerun.stdout
     final = wait_until(lambda: all_final(experiment, tmp_path / "out"), 300, "the resubmitted job")

@@ -85,9 +85,13 @@ def tiny_experiment(tmp_path):
 def test_queued_jobs_are_never_resubmitted_and_failures_only_on_request(tmp_path):
     experiment = tiny_experiment(tmp_path)
     keys = [job.key for job in experiment.jobs()]
-    queue_states = {keys[0]: JobState.QUEUED, keys[1]: JobState.RUNNING, keys[2]: JobState.NODE_FAIL}
+    # keys[2] started on a node that failed; keys[3]'s task was cancelled before any worker took it
+    write_json(tmp_path / "out" / "tiny" / "jobs" / keys[2] / "status.json", {"state": "interrupted", "attempts": 1,
+                                                                            "variants": {}})
+    queue_states = {keys[0]: JobState.QUEUED, keys[1]: JobState.RUNNING, keys[2]: JobState.NODE_FAIL,
+                    keys[3]: JobState.CANCELLED}
     plan = make_plan(experiment, tmp_path / "out", queue_states=queue_states)
-    assert [job.key for job in plan.to_run] == [keys[3]]
+    assert [job.key for job in plan.to_run] == [keys[3]]  # it never ran: not a failure
     rerun = make_plan(experiment, tmp_path / "out", rerun_failed=True, queue_states=queue_states)
     assert [job.key for job in rerun.to_run] == [keys[2], keys[3]]
     forced = make_plan(experiment, tmp_path / "out", force=True, queue_states=queue_states)

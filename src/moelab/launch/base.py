@@ -8,6 +8,7 @@ are run or sent, and what happens at the end (the report after run_here).
 
 from __future__ import annotations
 
+import shlex
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,11 @@ class QueueView:
     problem: str | None = None  # why the queue could not be asked
 
 
+class LaunchFailed(RuntimeError):
+    """The backend could not start the plan (e.g. sbatch refused it) and started nothing: the launch
+    is rolled back and the message shown alone (exit 2)."""
+
+
 class Backend(ABC):
     mode: str  # the command-line mode, recorded in launches.jsonl
     verb: str  # what it does to jobs, for messages: "run", "submit"
@@ -65,8 +71,16 @@ class Backend(ABC):
 
     @abstractmethod
     def launch(self, plan: LaunchPlan) -> int:
-        """Run or send `plan.to_run`, say what happened, and return the process exit code."""
+        """Run or send `plan.to_run`, say what happened, and return the process exit code; raises
+        LaunchFailed when nothing could be started."""
 
     def finish(self, plan: LaunchPlan, code: int) -> int:
         """After `launch`: e.g. write the report. Returns the final exit code."""
         return code
+
+
+def rerun_failed_command(argv: list[str], mode: str, experiment_file: Path | str) -> str:
+    """The command that reruns a launch's failed jobs: the launch's own command line (mode, experiment
+    file, overrides, options; else the mode and the file) with --rerun-failed."""
+    words = [word for word in argv if word not in ("--dry-run", "--force", "--rerun-failed")]
+    return shlex.join(["bash", "run/launch_experiment.sh", *(words or [mode, str(experiment_file)]), "--rerun-failed"])

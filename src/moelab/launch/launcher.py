@@ -17,8 +17,8 @@ from pathlib import Path
 from moelab.config import ConfigError, Experiment, load_experiment
 from moelab.config.grid import check_data_files
 from moelab.launch.backends import backend_class
-from moelab.launch.base import Backend, LaunchOptions
-from moelab.launch.plan import make_plan, write_plan
+from moelab.launch.base import Backend, LaunchFailed, LaunchOptions
+from moelab.launch.plan import TreeBefore, make_plan, write_plan
 from moelab.results.tree import ExperimentTree
 
 
@@ -75,6 +75,14 @@ def launch(backend: Backend, experiment: Experiment, options: LaunchOptions) -> 
             source = plan.continued_from[job.key]
             print(f"  {job.key} continues the finished job {source['job']}: {source['epochs']} -> "
                   f"{job.config['train']['epochs']} epochs, from its last checkpoints")
-    if not options.dry_run:
+    before = None if options.dry_run else TreeBefore.of(plan)
+    if before is not None:
         write_plan(plan, backend.mode, options.argv)
-    return backend.finish(plan, backend.launch(plan))
+    try:
+        code = backend.launch(plan)
+    except LaunchFailed as error:
+        if before is not None:
+            before.restore(plan)
+        print(f"error: {error}; nothing was started, {plan.tree.path} is as it was", file=sys.stderr)
+        return 2
+    return backend.finish(plan, code)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -20,7 +21,7 @@ from filelock import FileLock
 
 from moelab.config import Experiment, Job
 from moelab.config.grid import key_without_epochs
-from moelab.results.io import append_jsonl, read_json, write_json, write_json_if_changed, write_text
+from moelab.results.io import append_jsonl, atomic_write, read_json, write_json, write_json_if_changed, write_text
 from moelab.results.status import FAILURES, JobState, host, job_state, merge_states, now, read_status
 from moelab.results.tree import ExperimentTree, JobTree
 
@@ -60,7 +61,8 @@ class SearchPlan:
 
 def make_plan(experiment: Experiment, experiments_dir: Path, force: bool = False, rerun_failed: bool = False,
               queue_states: dict[str, JobState] | None = None) -> LaunchPlan:
-    """Select jobs by state: unstarted and interrupted ones always; failed ones (including cancelled,
+    """Select jobs by state: unstarted ones (whatever the queue says of a task that never took them)
+    and interrupted ones always; failed ones (including cancelled,
     timed out, out of memory) with `rerun_failed`; finished ones too with `force`. Jobs that are
     running, or queued on the cluster (`queue_states`), are never started twice. A search plans no
     job: its workers ask the study for trials (launch/search_worker.py)."""
@@ -73,14 +75,16 @@ def make_plan(experiment: Experiment, experiments_dir: Path, force: bool = False
     jobs = experiment.jobs()
     queue_states = queue_states or {}
     # a job's own variants: baseline.match adds dense ones to those of the experiment file
-    states = {job.key: merge_states(job_state(tree.job(job.key), [v["name"] for v in job.config["variants"]]),
-                                    queue_states.get(job.key)) for job in jobs}
+    on_disk = {job.key: job_state(tree.job(job.key), [v["name"] for v in job.config["variants"]]) for job in jobs}
+    states = {job.key: merge_states(on_disk[job.key], queue_states.get(job.key)) for job in jobs}
     wanted = {JobState.PENDING, JobState.INTERRUPTED}
     if rerun_failed or force:
         wanted |= FAILURES
     if force:
         wanted.add(JobState.DONE)
-    to_run = [job for job in jobs if states[job.key] in wanted]
+    # a job whose task ended (cancelled while queued, say) before any worker took it never ran: not a failure
+    never_ran = {key for key, state in states.items() if state in FAILURES and on_disk[key] is JobState.PENDING}
+    to_run = [job for job in jobs if states[job.key] in wanted or job.key in never_ran]
     attempts = {job.key: (status.attempts if (status := read_status(tree.job(job.key))) else 0) for job in to_run}
     continued = {} if force else continuations(tree, to_run, states)
     return LaunchPlan(experiment, tree, jobs, states, to_run, fresh=force, attempts=attempts, continued_from=continued)
@@ -157,6 +161,40 @@ def write_plan(plan: LaunchPlan, mode: str, argv: list[str]) -> None:
         record["trials_to_start"] = plan.search.trials_to_start
     with FileLock(tree.launches_lock):
         append_jsonl(tree.launches_file, record)
+
+
+@dataclass
+class TreeBefore:
+    """What `write_plan` changes, as it was before: to put back when the backend starts nothing."""
+
+    created: Path | None  # the outermost folder of the experiment's path that did not exist
+    files: dict[Path, bytes | None]  # experiment.yaml, launches.jsonl, the jobs' config.json: content, None: absent
+    job_folders: set[Path]  # the planned jobs' folders that existed
+
+    @classmethod
+    def of(cls, plan: LaunchPlan) -> "TreeBefore":
+        tree = plan.tree
+        missing = [folder for folder in [tree.path, *tree.path.parents] if not folder.exists()]
+        paths = [tree.experiment_file, tree.launches_file, *(tree.job(job.key).config_file for job in plan.to_run)]
+        return cls(missing[-1] if missing else None, {path: path.read_bytes() if path.is_file() else None for path in paths},
+                   {tree.job(job.key).path for job in plan.to_run if tree.job(job.key).path.is_dir()})
+
+    def restore(self, plan: LaunchPlan) -> None:
+        tree = plan.tree
+        if self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
+            return
+        for path, content in self.files.items():
+            if content is None:
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write(path, lambda f, content=content: f.write(content), mode="wb")
+        for job in plan.to_run:
+            folder = tree.job(job.key).path
+            if folder not in self.job_folders and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        if plan.launch_id:
+            shutil.rmtree(tree.launch_folder(plan.launch_id), ignore_errors=True)
 
 
 @dataclass

@@ -14,24 +14,30 @@ slurm/submissions.jsonl, which `status` reads to ask SLURM about the jobs.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import re
 import shlex
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
+from submitit.core.utils import FailedJobError
 from submitit.slurm.slurm import _make_sbatch_string  # the exact script submitit submits (for --dry-run)
 
-from moelab.config import Experiment
-from moelab.launch.base import Backend, LaunchOptions, QueueView
+from moelab.config import ConfigError, Experiment
+from moelab.launch.base import Backend, LaunchFailed, LaunchOptions, QueueView, rerun_failed_command
 from moelab.launch.plan import LaunchPlan
 from moelab.launch.slurm import queue
+from moelab.launch.slurm.cluster import resource_issues
 from moelab.launch.slurm.job import PackedTask
 from moelab.launch.slurm.resources import load_resources, sbatch_parameters
 from moelab.results.io import append_jsonl, read_jsonl
-from moelab.results.status import JobState, read_status, now
+from moelab.results.status import FAILURES, JobState, read_status, now
 from moelab.results.tree import ExperimentTree
 
 
@@ -98,6 +104,19 @@ class SlurmBackend(Backend):
         super().__init__(experiment, options)
         self.resources = load_resources(experiment.doc["slurm"], options.profile)
         self.dry_run = options.dry_run
+        self._check_against_cluster()
+
+    def _check_against_cluster(self) -> None:
+        """Partition, GPUs, account and QOS as the cluster knows them: ConfigError (exit 2) before
+        anything is written. Without a cluster to ask, submit's preflight says what is missing."""
+        try:
+            issues = resource_issues(self.resources)
+        except queue.QueueUnavailable as error:
+            if self.dry_run:
+                print(f"note: {error}; partition, GPUs, account and QOS are not checked against the cluster")
+            return
+        if issues:
+            raise ConfigError(self.experiment.source, issues)
 
     def preflight(self, tree: ExperimentTree) -> str | None:
         if not self.dry_run and shutil.which("sbatch") is None:
@@ -191,8 +210,7 @@ class SlurmBackend(Backend):
         try:
             packing = self.packing(len(plan.to_run)) if not plan.search else self.search_packing(plan)
         except queue.QueueUnavailable as error:
-            print(f"error: cannot ask SLURM for its limits ({error}); nothing was submitted", file=sys.stderr)
-            return 1
+            raise LaunchFailed(f"cannot ask SLURM for its limits ({error})") from None
         if plan.search:  # every trial of `parallel` at once, whatever the profile's throttle
             params["array_parallelism"] = packing.tasks
         print(f"packing: {packing.tasks} task(s), {packing.why}, {min(packing.jobs_per_task, self.concurrency())} "
@@ -201,14 +219,21 @@ class SlurmBackend(Backend):
             return self._print_dry_run(plan, folder, params, packing)
         args = (str(plan.tree.path.resolve()), str(plan.tree.plan_file(plan.launch_id).resolve()),
                 self.resources["jobs_per_gpu"], packing.jobs_per_task)
+        had_files = set(folder.iterdir()) if folder.is_dir() else None
         arrays = []
-        for size in packing.arrays:
-            executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=self.resources["max_num_timeout"],
-                                              python=self._python())
-            executor.update_parameters(**params)
-            with executor.batch():
-                handles = [executor.submit(PackedTask(), *args) for _ in range(size)]
-            arrays.append((handles[0].job_id.split("_")[0], size))
+        try:
+            for size in packing.arrays:
+                executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=self.resources["max_num_timeout"],
+                                                  python=self._python())
+                executor.update_parameters(**params)
+                # submitit prints sbatch's complaint itself; ours, below, is the one message
+                with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+                    handles = [executor.submit(PackedTask(), *args) for _ in range(size)]
+                arrays.append((handles[0].job_id.split("_")[0], size))
+        except (FailedJobError, OSError) as error:
+            self._withdraw([array for array, _ in arrays], folder, had_files)
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise LaunchFailed(f"sbatch refused the submission: {reason}") from None
         append_jsonl(files.submissions, {"time": now(), "launch_id": plan.launch_id, "arrays": [a for a, _ in arrays],
                                          "jobs": [job.key for job in plan.to_run]})
         what = f"a search of {trials} trial(s)" if plan.search else f"{len(plan.to_run)} job(s)"
@@ -218,6 +243,34 @@ class SlurmBackend(Backend):
         print(f"logs: {folder}/<array id>_<task>_0_log.out (and .err)")
         print(f"follow them with: bash run/launch_experiment.sh status {plan.tree.path}")
         return 0
+
+    def finish(self, plan: LaunchPlan, code: int) -> int:
+        """Jobs that ended badly before (failed, cancelled, timed out...) are not resubmitted unasked:
+        named, with the command that does, and exit 1 (the grid is incomplete), as run_here does."""
+        planned = {job.key for job in plan.to_run}
+        left = [(key, state) for key, state in plan.states.items() if state in FAILURES and key not in planned]
+        if not left:
+            return code
+        print(f"not submitted: {len(left)} job(s) that ended badly in an earlier launch")
+        for key, state in left:
+            print(f"  {state.shown} {key}")
+        print(f"resubmit them with: {rerun_failed_command(self.options.argv, self.mode, self.experiment.source)}")
+        return max(code, 1)
+
+    @staticmethod
+    def _withdraw(arrays: list[str], folder: Path, had_files: set[Path] | None) -> None:
+        """Undo a submission that failed part-way: cancel the arrays already queued (their tasks
+        would pull a plan that is rolled back) and remove submitit's files written for it."""
+        if arrays:
+            subprocess.run(["scancel", *arrays], capture_output=True, timeout=60)
+        if had_files is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        # only submitit's files of this submission: tasks of earlier ones may be writing logs here
+        ours = re.compile("|".join([r"[0-9a-f]{32}\.pkl", r"\.submission_file_.*", *(rf"{a}_.*" for a in arrays)]))
+        for path in set(folder.iterdir()) - had_files:
+            if ours.fullmatch(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
 
     def _print_dry_run(self, plan: LaunchPlan, folder: Path, params: dict, packing: Packing) -> int:
         print("dry run: nothing is submitted or written\n")

@@ -55,7 +55,7 @@ def query(job_ids: list[str], whole_arrays: bool = False) -> dict[str, QueueReco
 
 
 def _sacct(base_ids: list[str]) -> dict[str, QueueRecord]:
-    out = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(base_ids), "-o", "JobID,State,NodeList,ElapsedRaw,ExitCode"])
+    out = ask_slurm(["sacct", "-n", "-P", "-X", "-j", ",".join(base_ids), "-o", "JobID,State,NodeList,ElapsedRaw,ExitCode"])
     records = {}
     for line in out.splitlines():
         fields = line.split("|")
@@ -70,7 +70,7 @@ def _sacct(base_ids: list[str]) -> dict[str, QueueRecord]:
 
 
 def _squeue(base_ids: list[str]) -> dict[str, QueueRecord]:
-    out = _run(["squeue", "-h", "-r", "-j", ",".join(base_ids), "-o", "%i|%T|%N"])
+    out = ask_slurm(["squeue", "-h", "-r", "-j", ",".join(base_ids), "-o", "%i|%T|%N"])
     records = {}
     for line in out.splitlines():
         job, state, node = (line.split("|") + ["", "", ""])[:3]
@@ -93,7 +93,7 @@ def expand_ids(job: str) -> list[str]:
 
 def max_array_size() -> int:
     """The cluster's MaxArraySize: an array holds at most this many tasks (indices 0..MaxArraySize-1)."""
-    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", _run(["scontrol", "show", "config"]), re.MULTILINE)
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", ask_slurm(["scontrol", "show", "config"]), re.MULTILINE)
     return int(match.group(1)) if match else 1001
 
 
@@ -103,14 +103,14 @@ def max_submit_jobs() -> int | None:
     user = getpass.getuser()
     limits = []
     try:
-        out = _run(["sacctmgr", "-n", "-P", "show", "assoc", "where", f"user={user}", "format=MaxSubmit,GrpSubmit,QOS"])
+        out = ask_slurm(["sacctmgr", "-n", "-P", "show", "assoc", "where", f"user={user}", "format=MaxSubmit,GrpSubmit,QOS"])
         qos_names = set()
         for line in out.splitlines():
             max_submit, group_submit, qos = (line.split("|") + ["", "", ""])[:3]
             limits += [int(v) for v in (max_submit, group_submit) if v.isdigit()]
             qos_names |= {q for q in qos.split(",") if q}
         if qos_names:
-            out = _run(["sacctmgr", "-n", "-P", "show", "qos", "format=Name,MaxSubmitPU"])
+            out = ask_slurm(["sacctmgr", "-n", "-P", "show", "qos", "format=Name,MaxSubmitPU"])
             for line in out.splitlines():
                 name, limit = (line.split("|") + [""])[:2]
                 if name in qos_names and limit.isdigit():
@@ -123,10 +123,10 @@ def max_submit_jobs() -> int | None:
 def queued_jobs_of_user() -> int:
     """Jobs (array tasks counted one by one) this user has in the queue now: they count against
     MaxSubmitJobs."""
-    return len(_run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"]).split())
+    return len(ask_slurm(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"]).split())
 
 
-def _run(command: list[str]) -> str:
+def ask_slurm(command: list[str]) -> str:
     if shutil.which(command[0]) is None:
         raise QueueUnavailable(f"{command[0]} not found: is this a SLURM login node?")
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
