@@ -148,7 +148,7 @@ def test_dry_run_prints_the_array_script_and_submits_nothing(write_experiment, t
     before = queued()
     done = submit(tmp_path, experiment, profile, "--dry-run", "slurm.array_parallelism=3", "slurm.jobs_per_task=1")
     assert "#SBATCH --array=0-3%3" in done.stdout and "#SBATCH --signal=USR2@90" in done.stdout
-    assert "submitit.core._submit" in done.stdout and "dry run: nothing is submitted or written" in done.stdout
+    assert "submitit.core._submit" in done.stdout and "dry run: nothing is started or written" in done.stdout
     assert not (tmp_path / "out").exists()
     assert queued() <= before  # no new job (earlier tests' jobs may still be finishing)
 

@@ -25,7 +25,7 @@ class LaunchOptions:
     workers: int | None = None  # run_here: worker processes (None: from the experiment's local section)
     force: bool = False  # rerun every job from scratch, finished ones too
     rerun_failed: bool = False
-    dry_run: bool = False  # submit: print what would be sent; send and write nothing
+    dry_run: bool = False  # print what would run (submit: and be sent); run, send and write nothing
     profile: Path | None = None  # submit: site resource profile
     report: bool = True  # run_here: write tables and plots at the end
     argv: list[str] = field(default_factory=list)  # the command line, for provenance
@@ -73,6 +73,19 @@ class Backend(ABC):
     def launch(self, plan: LaunchPlan) -> int:
         """Run or send `plan.to_run`, say what happened, and return the process exit code; raises
         LaunchFailed when nothing could be started."""
+
+    def dry_run(self, plan: LaunchPlan) -> int:
+        """--dry-run: the jobs this launch would run, without running or writing anything (backends
+        add what they would send)."""
+        trials = plan.search.trials_to_start if plan.search else 0
+        print("dry run: nothing is started or written\n")
+        if plan.search:
+            print(f"{trials} trial(s) to {self.verb}, asked of the study as workers are free")
+            return 0
+        print(f"{'job':<14} grid values")
+        for job in plan.to_run:
+            print(f"{job.key:<14} " + " ".join(f"{k}={v}" for k, v in job.grid_values.items()))
+        return 0
 
     def finish(self, plan: LaunchPlan, code: int) -> int:
         """After `launch`: e.g. write the report. Returns the final exit code."""

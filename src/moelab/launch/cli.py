@@ -27,20 +27,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="launch_experiment.sh",
         description="Expand an experiment file into jobs and run them. Finished jobs are skipped, "
                     "interrupted ones resume.",
-        epilog="example: launch_experiment.sh run_here experiments/configs/default.yaml train.lr=0.01 grid.seed=[0,1]",
+        epilog="example: launch_experiment.sh run_here experiments/configs/default.yaml train.lr=0.01 grid.seed=[0,1]\n"
+               "the dashboard and predictions: launch_experiment.sh serve [experiments/<name> ...] [--port N] "
+               "[--host H] (serve --help says more)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("mode", choices=MODES, help="run_here: run on this machine; submit: send to SLURM; "
                                                     "status: show job states")
     parser.add_argument("args", nargs="*", metavar="[EXPERIMENT_FILE] [key=value ...]",
                         help=f"experiment file (default {DEFAULT_EXPERIMENT}) and overrides, values parsed as YAML")
-    parser.add_argument("--workers", type=int, help="worker processes (default: one per GPU, else one)")
+    parser.add_argument("--workers", type=int,
+                        help="run_here: worker processes (default: the experiment's local.workers, else "
+                             "local.jobs_per_gpu per GPU, else one single-thread worker per CPU core; never more "
+                             "than jobs)")
     parser.add_argument("--force", action="store_true", help="rerun every job from scratch, finished ones too")
     parser.add_argument("--rerun-failed", action="store_true", help="also rerun the jobs that failed before")
     parser.add_argument("--experiments-dir", type=Path, default=Path("experiments"),
                         help="where experiment folders are written (default: experiments)")
     parser.add_argument("--no-report", action="store_true", help="run_here: skip writing tables and plots at the end")
     parser.add_argument("--dry-run", action="store_true",
-                        help="submit: print the job table and the sbatch script; submit and write nothing")
+                        help="print the jobs that would run (submit: and the packing and sbatch scripts); "
+                             "start and write nothing")
     parser.add_argument("--profile", type=Path,
                         help="submit: site resource profile (default: $MOELAB_SLURM_PROFILE, else slurm/profile.yaml)")
     args = parser.parse_intermixed_args(argv)

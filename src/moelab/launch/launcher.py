@@ -75,14 +75,14 @@ def launch(backend: Backend, experiment: Experiment, options: LaunchOptions) -> 
             source = plan.continued_from[job.key]
             print(f"  {job.key} continues the finished job {source['job']}: {source['epochs']} -> "
                   f"{job.config['train']['epochs']} epochs, from its last checkpoints")
-    before = None if options.dry_run else TreeBefore.of(plan)
-    if before is not None:
-        write_plan(plan, backend.mode, options.argv)
+    if options.dry_run:
+        return backend.dry_run(plan)
+    before = TreeBefore.of(plan)
+    write_plan(plan, backend.mode, options.argv)
     try:
         code = backend.launch(plan)
     except LaunchFailed as error:
-        if before is not None:
-            before.restore(plan)
+        before.restore(plan)
         print(f"error: {error}; nothing was started, {plan.tree.path} is as it was", file=sys.stderr)
         return 2
     return backend.finish(plan, code)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from moelab.config import Experiment
 from moelab.launch.backends import BACKENDS, backend_class
-from moelab.launch.base import QueueView
+from moelab.launch.base import QueueView, rerun_failed_command
+from moelab.results.io import read_jsonl
 from moelab.results.status import FAILURES, job_state, merge_states, read_status
 from moelab.results.tree import ExperimentTree
 
@@ -54,8 +55,17 @@ def print_status(experiment: Experiment, experiments_dir: Path) -> int:
         if part.problem:
             print(f"note: the {backend.mode} queue could not be asked ({part.problem}); states are from the disk only")
     if failures:
-        print(f"rerun the failed jobs with: bash run/launch_experiment.sh submit {experiment.source} --rerun-failed")
+        print(f"rerun the failed jobs with: {rerun_hint(experiment, tree)}")
     return 0
+
+
+def rerun_hint(experiment: Experiment, tree: ExperimentTree) -> str:
+    """The last launch's own command (run_here or submit, its file, overrides and options) with
+    --rerun-failed."""
+    launches = read_jsonl(tree.launches_file) if tree.launches_file.is_file() else []
+    last = launches[-1] if launches else {}
+    return rerun_failed_command(last.get("argv") or [], last.get("mode", "submit"),
+                                last.get("experiment_file", experiment.source))
 
 
 def _duration(seconds) -> str:

@@ -103,7 +103,6 @@ class SlurmBackend(Backend):
     def __init__(self, experiment: Experiment, options: LaunchOptions):
         super().__init__(experiment, options)
         self.resources = load_resources(experiment.doc["slurm"], options.profile)
-        self.dry_run = options.dry_run
         self._check_against_cluster()
 
     def _check_against_cluster(self) -> None:
@@ -112,14 +111,14 @@ class SlurmBackend(Backend):
         try:
             issues = resource_issues(self.resources)
         except queue.QueueUnavailable as error:
-            if self.dry_run:
+            if self.options.dry_run:
                 print(f"note: {error}; partition, GPUs, account and QOS are not checked against the cluster")
             return
         if issues:
             raise ConfigError(self.experiment.source, issues)
 
     def preflight(self, tree: ExperimentTree) -> str | None:
-        if not self.dry_run and shutil.which("sbatch") is None:
+        if not self.options.dry_run and shutil.which("sbatch") is None:
             return ("sbatch not found: submit needs a SLURM login node (or the dev cluster, "
                     "slurm/dev-cluster/start.sh); --dry-run works anywhere. Nothing was submitted.")
         return None
@@ -180,7 +179,7 @@ class SlurmBackend(Backend):
             limit = queue.max_submit_jobs()
             queued = queue.queued_jobs_of_user() if limit is not None or self.resources["max_submit_jobs"] else 0
         except queue.QueueUnavailable as error:
-            if not self.dry_run:
+            if not self.options.dry_run:
                 raise
             print(f"note: {error}; assuming MaxArraySize=1001 and no MaxSubmitJobs")
             max_array, limit, queued = 1001, None, 0
@@ -194,18 +193,14 @@ class SlurmBackend(Backend):
         """A search: `search.parallel` tasks (no more than trials are left), one worker each, all
         running at once; each asks the study for trials until it has enough."""
         tasks = min(plan.search.parallel, plan.search.trials_to_start)
-        max_array = queue.max_array_size() if not self.dry_run else 1001
+        max_array = queue.max_array_size() if not self.options.dry_run else 1001
         max_array = min(max_array, self.resources["max_array_size"] or max_array)
         arrays = [min(max_array, tasks - start) for start in range(0, tasks, max_array)]
         return Packing(tasks, 1, arrays, f"a search: {tasks} trial(s) at once, one worker per task")
 
-    def launch(self, plan: LaunchPlan) -> int:
-        trials = plan.search.trials_to_start if plan.search else 0
-        if not plan.to_run and not trials:
-            print("nothing to submit")
-            return 0
-        files = SlurmFiles(plan.tree)
-        folder = files.folder.resolve()  # nodes may start in another directory
+    def prepare(self, plan: LaunchPlan) -> tuple[Path, dict, Packing]:
+        """submitit's folder, the sbatch parameters and the packing of this plan (said)."""
+        folder = SlurmFiles(plan.tree).folder.resolve()  # nodes may start in another directory
         params = sbatch_parameters(self.resources, job_name=f"moelab-{plan.experiment.name}")
         try:
             packing = self.packing(len(plan.to_run)) if not plan.search else self.search_packing(plan)
@@ -215,8 +210,15 @@ class SlurmBackend(Backend):
             params["array_parallelism"] = packing.tasks
         print(f"packing: {packing.tasks} task(s), {packing.why}, {min(packing.jobs_per_task, self.concurrency())} "
               f"at once per task")
-        if self.dry_run:
-            return self._print_dry_run(plan, folder, params, packing)
+        return folder, params, packing
+
+    def launch(self, plan: LaunchPlan) -> int:
+        trials = plan.search.trials_to_start if plan.search else 0
+        if not plan.to_run and not trials:
+            print("nothing to submit")
+            return 0
+        files = SlurmFiles(plan.tree)
+        folder, params, packing = self.prepare(plan)
         args = (str(plan.tree.path.resolve()), str(plan.tree.plan_file(plan.launch_id).resolve()),
                 self.resources["jobs_per_gpu"], packing.jobs_per_task)
         had_files = set(folder.iterdir()) if folder.is_dir() else None
@@ -272,17 +274,19 @@ class SlurmBackend(Backend):
             if ours.fullmatch(path.name) and path.is_file():
                 path.unlink(missing_ok=True)
 
-    def _print_dry_run(self, plan: LaunchPlan, folder: Path, params: dict, packing: Packing) -> int:
-        print("dry run: nothing is submitted or written\n")
-        print(f"{'job':<14} grid values")
-        for job in plan.to_run:
-            print(f"{job.key:<14} " + " ".join(f"{k}={v}" for k, v in job.grid_values.items()))
+    def dry_run(self, plan: LaunchPlan) -> int:
+        """The jobs, the packing and the exact sbatch script of each array."""
+        if not plan.to_run and not (plan.search and plan.search.trials_to_start):
+            print("nothing to submit")
+            return self.finish(plan, 0)
+        folder, params, packing = self.prepare(plan)
+        super().dry_run(plan)
         command = " ".join([self._python(), "-u -m submitit.core._submit", shlex.quote(str(folder))])
         for index, size in enumerate(packing.arrays):
             # submitit sends a batch of one as a plain job, not an array
             script = _make_sbatch_string(command=command, folder=folder, map_count=size if size > 1 else None, **params)
             print(f"\n# sbatch script of array {index + 1} ({size} tasks)\n{script}")
-        return 0
+        return self.finish(plan, 0)
 
 
 def array_state(records: list) -> JobState | None:
