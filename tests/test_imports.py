@@ -43,12 +43,16 @@ def module_name(path: Path) -> str:
 def imports_of(path: Path) -> set[str]:
     found = set()
     tree = ast.parse(path.read_text(), filename=str(path))
+    # the package a relative import starts from: the module's own, or itself for a package's __init__
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found |= {f"{node.module}.{alias.name}" for alias in node.names}  # `from moelab.x import module`
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(part for part in (base, node.module) if part)
+            found.add(module)
+            found |= {f"{module}.{alias.name}" for alias in node.names}  # `from moelab.x import module`
     return {name for name in found if name.startswith("moelab.")}
 
 
@@ -102,13 +106,18 @@ def test_the_checks_see_a_wrong_import(tmp_path, monkeypatch):
     (fake / "config").mkdir()
     (fake / "models" / "bad.py").write_text("from moelab.config import grid\n")
     (fake / "config" / "grid.py").write_text("import moelab.models.bad\n")
+    (fake / "models" / "relative.py").write_text("from ..config import grid\n")
+    (fake / "models" / "__init__.py").write_text("from .relative import grid\n")
     monkeypatch.setattr(__import__(__name__), "SRC", fake)
     modules = all_modules()
     assert modules["moelab.models.bad"] == {"moelab.config", "moelab.config.grid"} - {"moelab.config"}
+    assert modules["moelab.models.relative"] == {"moelab.config.grid"}
+    assert modules["moelab.models"] == {"moelab.models.relative"}
     try:
         test_imports_only_go_down_the_flow()
     except AssertionError as error:
         assert "moelab.models.bad imports moelab.config.grid" in str(error)
+        assert "moelab.models.relative imports moelab.config.grid" in str(error)
     else:
         raise AssertionError("a models -> config import went unnoticed")
     try:
