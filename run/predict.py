@@ -1,6 +1,6 @@
 """Predictions of trained variants for a file of inputs, as a CSV:
 
-    python run/predict.py INPUT --experiment experiments/<name> [--job KEY --variant NAME] --out predictions.csv
+    python run/predict.py INPUT --experiment experiments/<name> [--job KEY --variant NAME] [--out FILE]
 """
 
 import sys

@@ -102,9 +102,11 @@ def image_to_raw(data: bytes, fmt: RawFormat, dataset: str, name: str = "image",
     return (fmt.low + np.clip(unit, 0.0, 1.0) * (fmt.high - fmt.low)).astype(np.float64)
 
 
-def read_input_file(path: Path, fmt: RawFormat, dataset: str, invert: str = "auto") -> tuple[np.ndarray, list[str]]:
+def read_input_file(path: Path, fmt: RawFormat, dataset: str, invert: str = "auto",
+                    unreadable: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
     """The `predict` command's INPUT: a CSV (one flat input per row; a header row is skipped), an NPY
-    array, one picture, or a folder of pictures. Returns ([N, *fmt.shape], a name per input)."""
+    array, one picture, or a folder of pictures. Returns ([N, *fmt.shape], a name per input). Given
+    `unreadable`, a folder's pictures that cannot be read are told there and left out."""
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -115,8 +117,18 @@ def read_input_file(path: Path, fmt: RawFormat, dataset: str, invert: str = "aut
             raise BadInput(f"{path}: not pictures ({', '.join(IMAGE_SUFFIXES)}): {', '.join(others[:5])}")
         if len(files) > MAX_INPUTS:
             raise TooLarge(f"{path}: {len(files)} pictures; at most {MAX_INPUTS} per command")
-        raws = [image_to_raw(p.read_bytes(), fmt, dataset, p.name, invert) for p in files]
-        return batch(np.stack(raws), fmt, dataset), [p.name for p in files]
+        raws, names = [], []
+        for picture in files:
+            try:
+                raws.append(image_to_raw(picture.read_bytes(), fmt, dataset, picture.name, invert))
+                names.append(picture.name)
+            except BadInput as error:
+                if unreadable is None or not fmt.is_image:
+                    raise
+                unreadable.append(str(error))
+        if not raws:
+            raise BadInput(f"{path}: none of its pictures can be read: {'; '.join(unreadable)}")
+        return batch(np.stack(raws), fmt, dataset), names
     if not path.is_file():
         raise BadInput(f"{path}: no such file or folder")
     suffix = path.suffix.lower()

@@ -1,12 +1,13 @@
 """`predict`: ask trained variants about a file of inputs and write their answers as a CSV.
 
-    python run/predict.py INPUT --experiment experiments/<name> [--job KEY --variant NAME] --out predictions.csv
+    python run/predict.py INPUT --experiment experiments/<name> [--job KEY --variant NAME] [--out FILE]
 
 INPUT is a CSV (one input per row, flat, raw scale; a header row is skipped), an NPY array
 ([N, ...] or one input), a picture, or a folder of pictures. Without --job/--variant every variant
 answers through its best run by validation metric. One row per input and answering run: the
 prediction, the class probabilities (or regression outputs), and for MoE models the experts the
-input went to, best first, with their gate weights.
+input went to, best first, with their gate weights. A folder's pictures that cannot be read are
+named and left out. The CSV goes next to INPUT (predictions.csv) unless --out says where.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import csv
 import sys
 from pathlib import Path
 
+from moelab.results.io import atomic_write
 from moelab.serve.inputs import INVERT_CHOICES, read_input_file
 
 
@@ -27,7 +29,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--experiment", type=Path, required=True, help="the experiment folder, experiments/<name>")
     parser.add_argument("--job", help="the job key (default: every variant's best run)")
     parser.add_argument("--variant", help="the variant name (default: every variant)")
-    parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write (default predictions.csv)")
+    parser.add_argument("--out", type=Path, help="CSV to write (default: predictions.csv next to INPUT)")
     parser.add_argument("--invert", choices=INVERT_CHOICES, default="auto",
                         help="pictures: dark ink on light paper is inverted (auto: when the border is light)")
     return parser.parse_args(argv)
@@ -44,18 +46,25 @@ def main(argv: list[str] | None = None) -> int:
         predictor = Predictor(catalog)
         runs = predictor.select(args.experiment.name, args.job, args.variant)
         fmt, dataset = predictor.input_format(runs)
-        raw, names = read_input_file(args.input, fmt, dataset, args.invert)
+        unreadable: list[str] = []
+        raw, names = read_input_file(args.input, fmt, dataset, args.invert, unreadable)
+        for problem in unreadable:
+            print(f"predict: left out: {problem}", file=sys.stderr)
         answers = predictor.answer(runs, raw, names)
     except (ServeError, ValueError) as error:
         print(f"predict: {getattr(error, 'message', error)}", file=sys.stderr)
         return 2
     rows = csv_rows(answers)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
+    out = args.out or args.input.parent / "predictions.csv"
+
+    def write(f) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    print(f"{len(raw)} input(s) x {len(answers)} run(s) -> {args.out}")
+
+    atomic_write(out, write)
+    print(f"{len(raw)} input(s) x {len(answers)} run(s) -> {out}"
+          + (f"; {len(unreadable)} picture(s) left out" if unreadable else ""))
     for answer in answers:
         print(f"  {answer['variant']:<16} job {answer['job']}  ({answer['selected']})")
     return 0
