@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from conftest import TINY, launch, wait_until
 from moelab.config import load_experiment
 from moelab.launch.slurm import queue
 from moelab.launch.slurm.backend import SlurmBackend, SlurmFiles
-from moelab.results.status import job_state, merge_states, read_status
+from moelab.results.io import read_jsonl
+from moelab.results.status import JobState, job_state, merge_states, read_status
 from moelab.results.tree import ExperimentTree
 from test_launch import results_of
 
@@ -112,17 +114,30 @@ def test_a_packed_grid_runs_as_few_tasks_and_equals_run_here(write_experiment, t
     assert "0 to submit" in again.stdout and "nothing to submit" in again.stdout
 
 
-def test_force_retrains_every_job_on_the_cluster_too(write_experiment, tmp_path, profile):
-    experiment = write_experiment({**TINY, "train": {**TINY["train"], "epochs": 2}})
+def test_force_retrains_every_job_once_with_two_tasks_pulling(write_experiment, tmp_path, profile):
+    """--force over finished jobs, packed as 2 tasks that pull the same plan, one after the other: each
+    job trained once (one 'done' line in the tasks' logs: the second task finds the first one's work
+    done, not finished jobs to force again), from zero."""
+    epochs = 2
+    experiment = write_experiment({**TINY, "train": {**TINY["train"], "epochs": epochs},
+                                   "slurm": {"jobs_per_task": 2, "array_parallelism": 1}})
     submit(tmp_path, experiment, profile)
     wait_until(lambda: all_final(experiment, tmp_path / "out"), 300, "the grid")
     tree = tmp_path / "out" / "tiny"
     before = {p: p.stat().st_mtime_ns for p in tree.glob("jobs/*/*/results.json")}
     forced = submit(tmp_path, experiment, profile, "--force")
-    assert "4 to submit" in forced.stdout
+    assert "4 to submit" in forced.stdout and "as 2 task(s)" in forced.stdout, forced.stdout
     wait_until(lambda: all(p.is_file() and p.stat().st_mtime_ns != t for p, t in before.items()), 300, "the forced jobs")
     wait_until(lambda: all_final(experiment, tmp_path / "out"), 60, "the forced jobs to end")
+    [array] = read_jsonl(SlurmFiles(ExperimentTree(tree)).submissions)[-1]["arrays"]
+    ended = lambda: (records := queue.query([array], whole_arrays=True)) and all(
+        queue.STATES.get(r.state) not in (JobState.QUEUED, JobState.RUNNING) for r in records.values())
+    wait_until(ended, 120, "the forced array's tasks to end")
+    logs = "".join(p.read_text() for p in SlurmFiles(ExperimentTree(tree)).folder.glob(f"{array}_*_0_log.out"))
+    keys = [job.key for job in load_experiment(experiment).jobs()]
+    assert {key: len(re.findall(rf"\] {key} done ", logs)) for key in keys} == {key: 1 for key in keys}, logs
     assert all(json.loads(p.read_text())["attempts"] == 1 for p in tree.glob("jobs/*/status.json"))  # fresh status
+    assert all(len(p.read_text().splitlines()) == epochs for p in tree.glob("jobs/*/*/metrics.jsonl"))
 
 
 def test_a_grid_larger_than_max_submit_jobs_goes_as_fewer_fuller_tasks(write_experiment, tmp_path, profile):
