@@ -212,7 +212,7 @@ def test_a_packed_task_signalled_before_its_time_limit_is_requeued_and_resumes_i
 
 def test_cancelled_job_shows_cancelled_and_rerun_failed_completes_it(write_experiment, tmp_path, profile):
     slow = {**TINY, "data": {"name": "digits"}, "grid": {"seed": [0, 1]},
-            "train": {**TINY["train"], "epochs": 60, "batch_size": 16, "early_stopping": {"patience": 100}}}
+            "train": {**TINY["train"], "epochs": 30, "batch_size": 16, "early_stopping": {"patience": 100}}}
     experiment = write_experiment(slow)
     submit(tmp_path, experiment, profile)
     tree = ExperimentTree(tmp_path / "out" / "tiny")
