@@ -105,3 +105,20 @@ def test_a_job_cancelled_while_queued_is_submitted_again_by_a_plain_resubmit(wri
         wait_until(lambda: states(experiment, tmp_path / "out")[key] == "queued", 60, "SLURM to list the new submission")
     finally:
         subprocess.run(["scancel", *files.submitted_ids()[key]])
+
+
+def test_a_submission_refused_part_way_cancels_the_arrays_already_queued(write_experiment, tmp_path, profile,
+                                                                        fake_slurm):
+    """4 tasks in arrays of 2: the first array is queued, the second refused; the first is cancelled
+    (its tasks would pull a plan that is rolled back) and nothing is left behind."""
+    cancelled = tmp_path / "scancel.args"
+    counter = tmp_path / "sbatch.calls"
+    quiet_cluster(fake_slurm, f'echo x >> "{counter}"; [ "$(wc -l < "{counter}")" -eq 1 ] && '
+                              f'{{ echo "Submitted batch job 41"; exit 0; }}; {SBATCH_REFUSES}')
+    fake_slurm(scancel=f'echo "$@" >> "{cancelled}"')
+    experiment = write_experiment()
+    done = launch(tmp_path, "submit", str(experiment), "slurm.jobs_per_task=1", "slurm.max_array_size=2",
+                  "--profile", str(profile), "--experiments-dir", "out")
+    assert done.returncode == 2 and "Invalid account" in done.stderr, done.stdout + done.stderr
+    assert cancelled.read_text().split() == ["41"]
+    assert not (tmp_path / "out").exists()
