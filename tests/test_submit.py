@@ -122,3 +122,14 @@ def test_a_submission_refused_part_way_cancels_the_arrays_already_queued(write_e
     assert done.returncode == 2 and "Invalid account" in done.stderr, done.stdout + done.stderr
     assert cancelled.read_text().split() == ["41"]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_value_of_the_site_profile_names_the_profile(write_experiment, tmp_path, fake_slurm):
+    quiet_cluster(fake_slurm, "exit 1")
+    profile = tmp_path / "site.yaml"
+    profile.write_text("partition: gpu\n")
+    experiment = write_experiment()
+    done = launch(tmp_path, "submit", str(experiment), "--profile", str(profile), "--experiments-dir", "out")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"slurm.partition (in {profile}): 'gpu' is not a partition" in done.stderr and "debug" in done.stderr
+    assert not (tmp_path / "out").exists()

@@ -15,6 +15,7 @@ slurm/submissions.jsonl, which `status` reads to ask SLURM about the jobs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import re
@@ -35,7 +36,7 @@ from moelab.launch.plan import LaunchPlan
 from moelab.launch.slurm import queue
 from moelab.launch.slurm.cluster import resource_issues
 from moelab.launch.slurm.job import PackedTask
-from moelab.launch.slurm.resources import load_resources, sbatch_parameters
+from moelab.launch.slurm.resources import load_resources, profile_path, sbatch_parameters
 from moelab.results.io import append_jsonl, read_jsonl
 from moelab.results.status import FAILURES, JobState, read_status, now
 from moelab.results.tree import ExperimentTree
@@ -115,7 +116,13 @@ class SlurmBackend(Backend):
                 print(f"note: {error}; partition, GPUs, account and QOS are not checked against the cluster")
             return
         if issues:
-            raise ConfigError(self.experiment.source, issues)
+            # a value the experiment file does not set came from the site profile: say so
+            profile = profile_path(self.options.profile)
+            issues = [issue if issue.path.split(".")[1] in self.experiment.doc["slurm"] or profile is None
+                      else dataclasses.replace(issue, origin=str(profile)) for issue in issues]
+            overridden = {word.partition("=")[0]: word for word in self.options.argv
+                          if word.startswith("slurm.") and "=" in word}
+            raise ConfigError(self.experiment.source, issues, overridden)
 
     def preflight(self, tree: ExperimentTree) -> str | None:
         if not self.options.dry_run and shutil.which("sbatch") is None:
