@@ -173,7 +173,7 @@ def test_a_packed_task_signalled_before_its_time_limit_is_requeued_and_resumes_i
     """The signal SLURM sends before a time limit (or on preemption), sent as soon as a job has a
     checkpoint: the task is requeued and finishes both its jobs, the interrupted one resumed from its
     checkpoint (its first epochs are not trained again), with the numbers of an uninterrupted run."""
-    epochs = 40
+    epochs = 30
     two_jobs = {**TINY, "name": "long", "variants": [TINY["variants"][2]], "grid": {"seed": [0, 1]},
                 "train": {**TINY["train"], "epochs": epochs, "batch_size": 16}, "slurm": {"jobs_per_task": 2}}
     experiment = write_experiment(two_jobs)
