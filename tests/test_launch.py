@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from conftest import TINY, launch
 from moelab.config import load_experiment
@@ -26,6 +27,7 @@ def results_of(experiment_dir) -> dict:
     return found
 
 
+@pytest.mark.slow
 def test_run_here_writes_the_tree_and_the_tables(write_experiment, tmp_path):
     experiment = write_experiment()
     done = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out")
@@ -72,6 +74,7 @@ def test_run_here_writes_the_tree_and_the_tables(write_experiment, tmp_path):
     assert all(read_json(job / "status.json")["attempts"] == 1 for job in jobs)  # fresh status
 
 
+@pytest.mark.slow
 def test_failed_jobs_are_reported_skipped_and_rerun_on_request(write_experiment, tmp_path):
     experiment = write_experiment({**TINY, "train": {**TINY["train"], "epochs": 1}, "grid": {"seed": [0, 1]}})
     key = load_experiment(experiment).jobs()[0].key
@@ -122,6 +125,7 @@ def running_variant_with_epochs(root) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_promptly_leaves_no_torn_file_and_the_next_launch_resumes(write_experiment, tmp_path):
     slow = {**TINY, "data": {"name": "digits", "max_train_samples": 100},
             "train": {**TINY["train"], "epochs": 200, "early_stopping": {"patience": 200}}, "grid": {"seed": [0]}}
@@ -187,6 +191,7 @@ def running_job(root):
     return None
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_job_is_taken_over_and_the_job_completes_once(write_experiment, tmp_path):
     experiment = slow_experiment(write_experiment, 150, [0, 1])
     process = start_launch(experiment, tmp_path)
@@ -208,6 +213,7 @@ def test_a_worker_killed_mid_job_is_taken_over_and_the_job_completes_once(write_
         assert [r["epoch"] for r in read_jsonl(root / "jobs" / killed["key"] / name / "metrics.jsonl")] == list(range(150))
 
 
+@pytest.mark.slow
 def test_sigterm_and_sighup_stop_a_launch_like_ctrl_c(write_experiment, tmp_path):
     experiment = slow_experiment(write_experiment, 200, [0])
     root = tmp_path / "out" / "tiny"
@@ -238,6 +244,7 @@ def pids_in_group(group: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_workers_stop_when_their_launcher_is_killed(write_experiment, tmp_path):
     experiment = slow_experiment(write_experiment, 200, [0])
     root = tmp_path / "out" / "tiny"
@@ -256,6 +263,7 @@ def test_workers_stop_when_their_launcher_is_killed(write_experiment, tmp_path):
     assert resumed.returncode == 0 and "1 to run" in resumed.stdout, resumed.stdout
 
 
+@pytest.mark.slow
 def test_two_launches_at_once_train_every_job_once_and_both_succeed(write_experiment, tmp_path):
     experiment = slow_experiment(write_experiment, 30, [0, 1, 2, 3])
     first = start_launch(experiment, tmp_path, "--workers", "1")

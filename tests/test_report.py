@@ -340,6 +340,7 @@ def test_matched_comparisons_are_paired_within_the_job_and_join_the_holm_family(
 
 
 
+@pytest.mark.slow
 def test_matched_baselines_through_the_launcher(write_experiment, tmp_path):
     doc = {**TINY, "train": {**TINY["train"], "epochs": 2}, "variants": [TINY["variants"][0], TINY["variants"][2]],
            "grid": {"seed": [0, 1]}, "baseline": {"variant": "mlp", "match": ["active", "total"]}}

@@ -232,6 +232,7 @@ def test_a_study_of_another_search_in_the_folder_stops_the_launch(write_experime
 # -- studies run here --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_random_search_gives_the_same_trials_with_the_same_seed_and_a_relaunch_continues_it(write_experiment, tmp_path):
     experiment = write_experiment(study_doc())
     first = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out", "--no-report", timeout=900)
@@ -261,6 +262,7 @@ def test_random_search_gives_the_same_trials_with_the_same_seed_and_a_relaunch_c
     assert done.returncode == 0 and "nothing to run" in done.stdout
 
 
+@pytest.mark.slow
 def test_tpe_interrupted_by_ctrl_c_and_relaunched_ends_with_exactly_n_trials_none_trained_twice(write_experiment, tmp_path):
     doc = study_doc(sampler="tpe", n_trials=12, parallel=2)
     doc["grid"] = {"seed": [0, 1]}  # a trial is two jobs: its objective is their mean
@@ -317,6 +319,7 @@ def test_tpe_interrupted_by_ctrl_c_and_relaunched_ends_with_exactly_n_trials_non
     assert len(rows) == len(trials) and {r["state"] for r in rows} == {"complete", "lost"}
 
 
+@pytest.mark.slow
 def test_hopeless_learning_rates_are_pruned_early(write_experiment, tmp_path):
     doc = study_doc(n_trials=8, parallel=1, seed=3, space={"train.lr": {"loguniform": [1.0e-7, 3.0e-2]}},
                     pruner={"name": "median", "warmup_epochs": 1, "startup_trials": 2})
@@ -347,6 +350,7 @@ def test_hopeless_learning_rates_are_pruned_early(write_experiment, tmp_path):
     assert status.returncode == 0 and status.stdout.count(" pruned ") == len(pruned), status.stdout
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_trial_fails_the_trial_which_is_retried_and_the_study_completes(write_experiment, tmp_path):
     doc = study_doc(n_trials=4, parallel=2)
     doc["data"]["max_train_samples"] = 100

@@ -322,6 +322,7 @@ def small_experiment(epochs: int, **variant) -> dict:
     return {**TINY, "train": {**TINY["train"], "epochs": epochs}, "variants": [TINY["variants"][0], moe], "grid": {}}
 
 
+@pytest.mark.slow
 def test_relaunching_with_more_epochs_trains_only_the_new_ones(write_experiment, tmp_path):
     experiment = write_experiment(small_experiment(3))
     assert launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out", "--no-report").returncode == 0
@@ -348,6 +349,7 @@ def test_relaunching_with_more_epochs_trains_only_the_new_ones(write_experiment,
     assert extended.variant("mlp").metrics_file.read_text().splitlines()[:3] != short.variant("mlp").metrics_file.read_text().splitlines()
 
 
+@pytest.mark.slow
 def test_init_from_a_finished_variant_through_the_launcher(write_experiment, tmp_path):
     assert launch(tmp_path, "run_here", str(write_experiment(small_experiment(2))), "--experiments-dir", "out",
                   "--no-report").returncode == 0
