@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
-from filelock import FileLock
 
 from moelab.config import Experiment, Job
 from moelab.config.grid import key_without_epochs
-from moelab.results.io import append_jsonl, atomic_write, read_json, write_json, write_json_if_changed, write_text
+from moelab.results.io import atomic_write, read_json, write_json, write_json_if_changed, write_text
+from moelab.results.records import LaunchRecord, append_launch
 from moelab.results.status import FAILURES, JobState, host, job_state, merge_states, now, read_status
 from moelab.results.tree import ExperimentTree, JobTree
 
@@ -151,16 +151,11 @@ def write_plan(plan: LaunchPlan, mode: str, argv: list[str]) -> None:
         if diff:
             write_text(provenance / "git.diff", diff + "\n")
         write_text(provenance / "pip-freeze.txt", pip_freeze())
-    record = {
-        "time": time, "mode": mode, "experiment_file": str(plan.experiment.source), "argv": argv,
-        **git, "provenance": str(provenance) if runs else None, "host": host(), "python": sys.executable,
-        "jobs_total": len(plan.jobs), "jobs_run": len(plan.to_run), "jobs_skipped": {str(s): n for s, n in skipped.items()},
-        "force": plan.fresh, "launch_id": plan.launch_id,
-    }
-    if plan.search:
-        record["trials_to_start"] = plan.search.trials_to_start
-    with FileLock(tree.launches_lock):
-        append_jsonl(tree.launches_file, record)
+    append_launch(tree, LaunchRecord(
+        time=time, mode=mode, experiment_file=str(plan.experiment.source), argv=argv, **git,
+        provenance=str(provenance) if runs else None, host=host(), python=sys.executable, jobs_total=len(plan.jobs),
+        jobs_run=len(plan.to_run), jobs_skipped={str(s): n for s, n in skipped.items()}, force=plan.fresh,
+        launch_id=plan.launch_id, trials_to_start=plan.search.trials_to_start if plan.search else None))
 
 
 @dataclass

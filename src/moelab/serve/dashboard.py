@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from moelab.data import get_dataset_spec
 from moelab.launch.backends import BACKENDS, backend_class
 from moelab.launch.base import QueueView
+from moelab.results.errors import DamagedRecord
+from moelab.results.records import last_launch
 from moelab.results.status import FAILURES, JobState, job_state, merge_states, read_status
 from moelab.results.tree import ExperimentTree, JobTree
 from moelab.serve.catalog import Catalog, JobSpec, inside
@@ -198,13 +200,13 @@ class Dashboard:
 
     def _last_launch(self, tree: ExperimentTree) -> dict | None:
         try:
-            rows, _ = self.catalog.reads.jsonl(tree.launches_file)
-        except (OSError, UnicodeDecodeError):
+            last = last_launch(tree)
+        except (OSError, UnicodeDecodeError, DamagedRecord):
             return None
-        if not rows:
+        if last is None:
             return None
-        last = rows[-1]
-        return {k: last.get(k) for k in ("time", "mode", "host", "commit", "dirty") if k in last}
+        return {"time": last.time, "mode": last.mode, "host": last.host, "git_commit": last.git_commit,
+                "git_dirty": last.git_dirty}
 
     def _queues_of(self, tree: ExperimentTree) -> Queues:
         if not self.ask_queues:

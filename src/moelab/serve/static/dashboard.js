@@ -43,7 +43,10 @@ function experimentShell(name) {
 
 function renderHead(e) {
   const states = Object.entries(e.states).map(([s, n]) => `<span class="chip">${stateBadge(s)} ${n}</span>`).join(" ");
-  const launch = e.last_launch ? `last launch ${esc(e.last_launch.time || "")} (${esc(e.last_launch.mode || "")})` : "";
+  const last = e.last_launch;
+  const commit = last && last.git_commit
+    ? ` at ${esc(last.git_commit.slice(0, 12))}${last.git_dirty ? " (with uncommitted changes)" : ""}` : "";
+  const launch = last ? `last launch ${esc(last.time || "")} (${esc(last.mode || "")})${commit}` : "";
   const links = [e.report ? `<a href="${esc(e.report)}" target="_blank">report</a>` : `<span class="muted">no report yet</span>`,
                  e.runs_done ? `<a href="/predict?experiment=${encodeURIComponent(e.name)}">predict</a>` : ""].filter(Boolean).join(" · ");
   return `<h2>${esc(e.name)}</h2> <span class="chip">${esc(e.datasets.join(", ") || "?")}</span>
