@@ -52,3 +52,38 @@ def test_a_launch_record_without_its_time_is_damaged_and_named(tmp_path):
 def test_a_launch_record_round_trips_and_ignores_keys_of_later_versions():
     record = LaunchRecord(time="t", mode="submit", experiment_file="e.yaml", git_commit="abc", git_dirty=False)
     assert LaunchRecord.from_dict({**record.to_dict(), "added_later": 1}) == record
+
+
+def test_status_dashboard_and_loader_show_the_same_state_words(tmp_path, capsys):
+    """One job not started, one whose variant status.json says done without its results.json: every
+    reader says NOT_STARTED and DAMAGED, words of JobState."""
+    from moelab.launch.status import print_status
+    from moelab.results.io import write_json
+    from moelab.results.load import collect
+    from moelab.results.status import JobState
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "grid": {"seed": [0, 1]}, "variants": TINY["variants"][:1]}))
+    experiment = load_experiment(path)
+    tree = ExperimentTree(tmp_path / "experiments" / "tiny")
+    untouched, damaged = experiment.jobs()
+    for job in (untouched, damaged):
+        write_json(tree.job(job.key).config_file, experiment.job_spec(job))
+    write_json(tree.job(damaged.key).status_file, {"state": "failed", "variants": {"mlp": {"state": "done"}}})
+
+    print_status(experiment, tmp_path / "experiments")
+    lines = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines() if line[:12] in
+             (untouched.key, damaged.key)}
+    assert lines == {untouched.key: "NOT_STARTED", damaged.key: "FAILED"}
+
+    dashboard = Dashboard(Catalog(root=tmp_path / "experiments"), ask_queues=False)
+    jobs = {job["key"]: job for job in dashboard.jobs("tiny", curves=False)["jobs"]}
+    assert jobs[untouched.key]["shown"] == "NOT_STARTED" and jobs[untouched.key]["variants"][0]["shown"] == "NOT_STARTED"
+    assert jobs[damaged.key]["variants"][0]["state"] == JobState.DAMAGED
+    assert dashboard.experiment_summary(tree)["shown_states"] == {"pending": "NOT_STARTED", "failed": "FAILED"}
+
+    with pytest.warns(UserWarning):
+        runs = collect(tree.path).runs.set_index("job")
+    assert runs.loc[untouched.key, "state"] == JobState.PENDING and runs.loc[damaged.key, "state"] == JobState.DAMAGED
+    every_word = {str(state) for state in JobState}
+    assert set(runs["state"]) <= every_word and {j["state"] for j in jobs.values()} <= every_word
