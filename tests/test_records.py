@@ -87,3 +87,71 @@ def test_status_dashboard_and_loader_show_the_same_state_words(tmp_path, capsys)
     assert runs.loc[untouched.key, "state"] == JobState.PENDING and runs.loc[damaged.key, "state"] == JobState.DAMAGED
     every_word = {str(state) for state in JobState}
     assert set(runs["state"]) <= every_word and {j["state"] for j in jobs.values()} <= every_word
+
+
+def _trained(root, doc: dict) -> tuple[ExperimentTree, list]:
+    """Every job of `doc` trained in root/<name>."""
+    from moelab.results.io import write_json
+    from moelab.train.job import run_job
+
+    path = root / f"{doc['name']}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    experiment = load_experiment(path)
+    tree = ExperimentTree(root / doc["name"])
+    for job in experiment.jobs():
+        write_json(tree.job(job.key).config_file, experiment.job_spec(job))
+        assert run_job(tree.job(job.key).path).state == "done"
+    return tree, experiment.jobs()
+
+
+def _served_test_accuracy(tree: ExperimentTree, job, variant: str) -> tuple[float, float, int]:
+    """(served accuracy on the raw test split, the accuracy training measured, test samples)."""
+    import torch
+    from fastapi.testclient import TestClient
+
+    from moelab.data import DataSettings, load_dataset
+    from moelab.data.preprocessing import input_preprocessing
+    from moelab.results.io import read_json
+    from moelab.serve.app import create_app
+    from test_serve import raw_rows
+
+    settings = DataSettings(**job.config["data"])
+    data = load_dataset(settings, job.config["seed"])
+    raw = raw_rows(data.x_test, input_preprocessing(settings, job.config["seed"]))
+    app = TestClient(create_app(Catalog(root=tree.path.parent), ask_queues=False))
+    answer = app.post("/api/predict", json={"experiment": tree.name, "job": job.key, "variant": variant,
+                                            "inputs": raw.reshape(-1, 8, 8).tolist()})
+    assert answer.status_code == 200, answer.text
+    predicted = torch.tensor([p["predicted"] for p in answer.json()["runs"][0]["predictions"]])
+    tested = read_json(tree.job(job.key).variant(variant).results_file)["test_acc"]
+    return (predicted == data.y_test).float().mean().item(), tested, len(raw)
+
+
+def test_an_init_from_run_is_served_as_it_was_tested(tmp_path):
+    small = {**TINY, "train": {**TINY["train"], "epochs": 2}, "variants": TINY["variants"][:1], "grid": {}}
+    source, (source_job,) = _trained(tmp_path, {**small, "name": "source"})
+    started = {**small, "name": "started",
+               "variants": [{**TINY["variants"][0], "init_from": str(source.job(source_job.key).variant("mlp").path)}]}
+    tree, (job,) = _trained(tmp_path, started)
+    served, tested, samples = _served_test_accuracy(tree, job, "mlp")
+    assert abs(served - tested) <= 1 / samples + 1e-9  # the raw inputs round once more than the split
+
+
+def test_a_last_checkpoint_run_with_an_annealed_gate_is_served_as_it_was_tested(tmp_path):
+    """Only the first epoch counts as an improvement (min_delta 1), so the best epoch is 0 and the last 5:
+    a gate annealed from temperature 20 to 0.05 is far apart at the two."""
+    from moelab.results.io import read_json
+    from moelab.serve.predictor import Predictor
+
+    doc = {**TINY, "name": "annealed", "grid": {},
+           "train": {**TINY["train"], "epochs": 6, "checkpoint": "last", "early_stopping": {"patience": 10, "min_delta": 1.0}},
+           "variants": [{"name": "moe", "model": "moe", "hidden": 16, "num_experts": 4, "anneal_temperature": True,
+                         "temperature_start": 20.0, "temperature_end": 0.05}]}
+    tree, (job,) = _trained(tmp_path, doc)
+    results = read_json(tree.job(job.key).variant("moe").results_file)
+    assert results["best_epoch"] == 0 and results["tested"]["epoch"] == 5 and results["tested"]["checkpoint"] == "last"
+    served, tested, samples = _served_test_accuracy(tree, job, "moe")
+    assert abs(served - tested) <= 1 / samples + 1e-9
+    # the best run by validation is judged by the weights that answer, not by the best epoch's score
+    run, = Predictor(Catalog(root=tmp_path)).select("annealed", variant="moe")
+    assert run.tested.val == results["tested"]["val"] != results["best_val_acc"]

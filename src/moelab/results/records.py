@@ -1,6 +1,7 @@
 """Typed records of the experiments tree, each with its one writer and its readers, like `JobStatus`.
 
     LaunchRecord    one line of launches.jsonl: who launched what, from which commit, how many jobs
+    TestedWeights   results.json's "tested": which epoch's weights and gate state the test results are of
 """
 
 from __future__ import annotations
@@ -64,3 +65,45 @@ def read_launches(tree: ExperimentTree) -> list[LaunchRecord]:
 def last_launch(tree: ExperimentTree) -> LaunchRecord | None:
     launches = read_launches(tree)
     return launches[-1] if launches else None
+
+
+@dataclass(frozen=True)
+class TestedWeights:
+    """The weights a variant was tested with, and so the ones it answers with when served: the epoch
+    they are of, the share of training the gate was set to at that epoch (an annealed temperature
+    depends on it), and their validation metric (what picks a variant's best run)."""
+
+    checkpoint: str  # train.checkpoint: best or last
+    epoch: int
+    progress: float  # the argument of the model's set_progress
+    val: float | None
+
+    @classmethod
+    def at(cls, checkpoint: str, epoch: int, epochs: int, val: float | None) -> "TestedWeights":
+        """The trainer sets the gate to `epoch / epochs` at the start of each epoch."""
+        return cls(checkpoint, epoch, epoch / max(epochs, 1), val)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def of_results(cls, results: dict, train: dict, path=None) -> "TestedWeights":
+        """From a results.json (`train`: the job's train section); one written before it recorded
+        them tested the best epoch's weights, or the last epoch's with `checkpoint: last`."""
+        tested = results.get("tested")
+        try:
+            if tested is not None:
+                return cls(str(tested["checkpoint"]), int(tested["epoch"]), float(tested["progress"]),
+                           _number(tested.get("val")))
+            checkpoint, epochs = train.get("checkpoint", "best"), int(train.get("epochs", 1))
+            if checkpoint == "best":
+                return cls.at("best", int(results["best_epoch"]), epochs,
+                              _number(results.get(f"best_val_{results.get('metric')}")))
+            return cls.at("last", int(results["epochs_trained"]) - 1, epochs, None)
+        except (KeyError, TypeError, ValueError) as error:
+            raise DamagedRecord(path or "results.json", f"which weights were tested is unreadable ({type(error).__name__}: "
+                                f"{error})", "train the variant again (launch with --force)") from None
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
