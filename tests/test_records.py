@@ -155,3 +155,19 @@ def test_a_last_checkpoint_run_with_an_annealed_gate_is_served_as_it_was_tested(
     # the best run by validation is judged by the weights that answer, not by the best epoch's score
     run, = Predictor(Catalog(root=tmp_path)).select("annealed", variant="moe")
     assert run.tested.val == results["tested"]["val"] != results["best_val_acc"]
+
+
+@pytest.mark.parametrize("text, problem", [("{not json", "unreadable (JSONDecodeError)"),
+                                           ('{"experiment": "e"}', "lacks what a job needs"),
+                                           ('{"config": {"seed": 0, "data": {}, "variants": [{"name": "x"}]}}',
+                                            "without a name or a model")])
+def test_a_damaged_job_spec_names_its_file_and_what_is_wrong(tmp_path, text, problem):
+    from moelab.results.records import read_job_spec
+    from moelab.results.tree import JobTree
+
+    job = JobTree(tmp_path / "jobs" / "0123456789ab")
+    job.path.mkdir(parents=True)
+    job.config_file.write_text(text)
+    with pytest.raises(DamagedRecord) as caught:
+        read_job_spec(job)
+    assert caught.value.path == job.config_file and problem in caught.value.problem and "--force" in caught.value.remedy

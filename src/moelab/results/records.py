@@ -1,18 +1,73 @@
 """Typed records of the experiments tree, each with its one writer and its readers, like `JobStatus`.
 
+    JobSpec         a job's config.json: what it computes (hashed into its key) and where it stands in the grid
     LaunchRecord    one line of launches.jsonl: who launched what, from which commit, how many jobs
     TestedWeights   results.json's "tested": which epoch's weights and gate state the test results are of
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable
 
 from filelock import FileLock
 
 from moelab.results.errors import DamagedRecord
-from moelab.results.io import append_jsonl, read_jsonl
-from moelab.results.tree import ExperimentTree
+from moelab.results.io import append_jsonl, read_json, read_jsonl
+from moelab.results.tree import ExperimentTree, JobTree
+
+
+@dataclass
+class JobSpec:
+    """A job's config.json, checked enough to build paths and models from it. config/ writes it
+    (Experiment.job_spec); everything else reads it here."""
+
+    key: str
+    experiment: str
+    grid_values: dict
+    seed: int
+    data: dict
+    train: dict
+    variants: list[dict]  # each with a "name" and a "model"
+    matched: dict = field(default_factory=dict)  # MoE variant -> {"active"/"total": its matched dense variant}
+    config: dict = field(default_factory=dict)  # the whole resolved configuration, as hashed into the key
+
+    @property
+    def variant_names(self) -> list[str]:
+        return [v["name"] for v in self.variants]
+
+    def variant(self, name: str) -> dict | None:
+        return next((v for v in self.variants if v["name"] == name), None)
+
+    @classmethod
+    def from_dict(cls, doc: Any, key: str, path=None) -> "JobSpec":
+        where = path or "config.json"
+        try:
+            config = doc["config"]
+            variants = [dict(v) for v in config["variants"]]
+            spec = cls(key, str(doc.get("experiment", "")), dict(doc.get("grid_values") or {}), int(config["seed"]),
+                       dict(config["data"]), dict(config.get("train") or {}), variants, dict(doc.get("matched") or {}),
+                       config)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise DamagedRecord(where, f"lacks what a job needs ({type(error).__name__}: {error})", _RELAUNCH) from None
+        if any(not isinstance(v.get("name"), str) or not isinstance(v.get("model"), str) for v in variants):
+            raise DamagedRecord(where, "names a variant without a name or a model", _RELAUNCH)
+        return spec
+
+
+_RELAUNCH = "launch the experiment again with --force to write it afresh (that job is trained again)"
+
+
+def read_job_spec(job: JobTree, read: Callable[[Any], Any] = read_json) -> JobSpec:
+    """`read` parses the file (the dashboard passes its cache)."""
+    try:
+        doc = read(job.config_file)
+    except FileNotFoundError:
+        raise DamagedRecord(job.config_file, "missing", _RELAUNCH) from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DamagedRecord(job.config_file, f"unreadable ({type(error).__name__})", _RELAUNCH) from None
+    return JobSpec.from_dict(doc, job.key, job.config_file)
 
 
 @dataclass(frozen=True)

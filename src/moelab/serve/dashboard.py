@@ -17,11 +17,11 @@ from moelab.data import get_dataset_spec
 from moelab.launch.backends import BACKENDS, backend_class
 from moelab.launch.base import QueueView
 from moelab.results.errors import DamagedRecord
-from moelab.results.records import last_launch
 from moelab.results.states import VariantView, view_job
 from moelab.results.status import FAILURES, JobState
 from moelab.results.tree import ExperimentTree, JobTree
-from moelab.serve.catalog import Catalog, JobSpec, inside
+from moelab.results.records import JobSpec, last_launch
+from moelab.serve.catalog import Catalog, inside
 from moelab.train.tasks import TASKS
 
 QUEUE_TTL_S = 10.0  # ask a cluster queue at most this often per experiment (sacct is not free)
@@ -83,9 +83,9 @@ class Dashboard:
         problems: list[str] = []
         try:
             spec: JobSpec | None = reads.job_spec(job)
-        except ValueError as error:
+        except DamagedRecord as error:
             spec = None
-            problems.append(str(error))
+            problems.append(f"{error.path.name}: {error.problem}")
         queued = queues.view.states.get(job.key)
         current = view_job(job, spec.variant_names if spec else [], queued, read=reads.json)
         problems += current.problems

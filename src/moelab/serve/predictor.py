@@ -22,9 +22,9 @@ from moelab.data import CLASSIFICATION, DataSettings
 from moelab.data.preprocessing import InputPreprocessing, PreprocessingMismatch, RawFormat, input_preprocessing
 from moelab.models import build_model, model_params
 from moelab.results.errors import DamagedRecord
-from moelab.results.records import TestedWeights
 from moelab.results.tree import ExperimentTree
-from moelab.serve.catalog import Catalog, JobSpec
+from moelab.results.records import JobSpec, TestedWeights
+from moelab.serve.catalog import Catalog
 from moelab.serve.errors import BadInput, NotFound, NotServable
 from moelab.train.evaluate import predict
 
@@ -75,7 +75,7 @@ class Predictor:
         for job in self.catalog.jobs(tree):
             try:
                 spec = self.catalog.reads.job_spec(job)
-            except ValueError:
+            except DamagedRecord:
                 continue  # a damaged job cannot answer; the dashboard lists why
             for variant in spec.variants:
                 run = self._run(tree, spec, variant["name"])
@@ -107,8 +107,8 @@ class Predictor:
             job_tree = self.catalog.job(tree, job)
             try:
                 spec = self.catalog.reads.job_spec(job_tree)
-            except ValueError as error:
-                raise NotServable(f"job {job} of {tree.name} cannot answer: {error}") from None
+            except DamagedRecord as error:
+                raise NotServable(f"job {job} of {tree.name} cannot answer: {error.path.name}: {error.problem}") from None
             names = [variant] if variant is not None else spec.variant_names
             if variant is not None and spec.variant(variant) is None:
                 raise NotFound(f"job {job} of {tree.name} has no variant {variant!r}; it has: "
