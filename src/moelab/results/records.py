@@ -32,6 +32,7 @@ class JobSpec:
     variants: list[dict]  # each with a "name" and a "model"
     matched: dict = field(default_factory=dict)  # MoE variant -> {"active"/"total": its matched dense variant}
     config: dict = field(default_factory=dict)  # the whole resolved configuration, as hashed into the key
+    continued_from: dict | None = None  # {"job", "epochs"}: the shorter finished job its variants start from
 
     @property
     def variant_names(self) -> list[str]:
@@ -48,7 +49,7 @@ class JobSpec:
             variants = [dict(v) for v in config["variants"]]
             spec = cls(key, str(doc.get("experiment", "")), dict(doc.get("grid_values") or {}), int(config["seed"]),
                        dict(config["data"]), dict(config.get("train") or {}), variants, dict(doc.get("matched") or {}),
-                       config)
+                       config, doc.get("continued_from"))
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise DamagedRecord(where, f"lacks what a job needs ({type(error).__name__}: {error})", _RELAUNCH) from None
         if any(not isinstance(v.get("name"), str) or not isinstance(v.get("model"), str) for v in variants):
