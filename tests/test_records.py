@@ -171,3 +171,23 @@ def test_a_damaged_job_spec_names_its_file_and_what_is_wrong(tmp_path, text, pro
     with pytest.raises(DamagedRecord) as caught:
         read_job_spec(job)
     assert caught.value.path == job.config_file and problem in caught.value.problem and "--force" in caught.value.remedy
+
+
+def test_variant_results_are_read_once_and_a_damaged_file_is_named(tmp_path):
+    from moelab.results.records import TestedWeights, read_variant_results
+    from moelab.results.tree import VariantTree
+
+    variant = VariantTree(tmp_path / "moe")
+    variant.results_file.parent.mkdir(parents=True)
+    variant.results_file.write_text('{"metric": "acc", "best_val_acc": 0.9, "best_epoch": 3, "epochs_trained": 9, '
+                                    '"confusion": [[1]], "test_acc": 0.8}')
+    results = read_variant_results(variant)
+    assert results.best_val == 0.9 and results.scalars() == {"metric": "acc", "best_val_acc": 0.9, "best_epoch": 3,
+                                                             "epochs_trained": 9, "test_acc": 0.8}
+    # written before `tested` was: the job's train.checkpoint says which epoch was tested
+    assert results.tested({"epochs": 10}) == TestedWeights("best", 3, 0.3, 0.9)
+    assert results.tested({"epochs": 10, "checkpoint": "last"}) == TestedWeights("last", 8, 0.8, None)
+    variant.results_file.write_text('{"metric": "acc", "best_val')
+    with pytest.raises(DamagedRecord) as caught:
+        read_variant_results(variant)
+    assert caught.value.path == variant.results_file and "unreadable" in caught.value.problem

@@ -151,7 +151,7 @@ def _collect_job(tree: ExperimentTree, job: JobTree, rows: list, curve_rows: lis
                **{f"params.{k}": v for k, v in variant.items() if k not in ("name", "model")},
                # the dense variants of this job built to this MoE variant's active / total size (baseline.match)
                **{f"matched_{kind}": dense for kind, dense in spec.matched.get(name, {}).items()},
-               **{k: v for k, v in (shown.results or {}).items() if not isinstance(v, (dict, list))},
+               **(shown.results.scalars() if shown.results else {}),
                "state": str(shown.state), "error": shown.error}
         out = job.variant(name)
         rows.append(row)

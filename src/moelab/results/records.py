@@ -2,6 +2,7 @@
 
     JobSpec         a job's config.json: what it computes (hashed into its key) and where it stands in the grid
     LaunchRecord    one line of launches.jsonl: who launched what, from which commit, how many jobs
+    VariantResults  a variant's results.json, written last by the trainer (the variant's completion marker)
     TestedWeights   results.json's "tested": which epoch's weights and gate state the test results are of
 """
 
@@ -15,7 +16,7 @@ from filelock import FileLock
 
 from moelab.results.errors import DamagedRecord
 from moelab.results.io import append_jsonl, read_json, read_jsonl
-from moelab.results.tree import ExperimentTree, JobTree
+from moelab.results.tree import ExperimentTree, JobTree, VariantTree
 
 
 @dataclass
@@ -158,8 +159,50 @@ class TestedWeights:
             return cls.at("last", int(results["epochs_trained"]) - 1, epochs, None)
         except (KeyError, TypeError, ValueError) as error:
             raise DamagedRecord(path or "results.json", f"which weights were tested is unreadable ({type(error).__name__}: "
-                                f"{error})", "train the variant again (launch with --force)") from None
+                                f"{error})", _RETRAIN) from None
 
 
 def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class VariantResults:
+    """results.json: test metrics, parameter counts, the best epoch, which weights were tested, and
+    the summaries of the expert analysis."""
+
+    values: dict  # every key as the trainer wrote it
+    path: str = ""
+
+    @property
+    def metric(self) -> str | None:
+        return self.values.get("metric")
+
+    @property
+    def best_val(self) -> float | None:
+        return _number(self.values.get(f"best_val_{self.metric}"))
+
+    def scalars(self) -> dict:
+        """The values a table holds (not the lists and mappings)."""
+        return {k: v for k, v in self.values.items() if not isinstance(v, (dict, list))}
+
+    def tested(self, train: dict) -> TestedWeights:
+        """`train`: the job's train section (for a results.json written before `tested` was)."""
+        return TestedWeights.of_results(self.values, train, self.path)
+
+
+def read_variant_results(variant: VariantTree, read: Callable[[Any], Any] = read_json) -> VariantResults:
+    """`read` parses the file (the dashboard passes its cache). Raises FileNotFoundError while the
+    variant is unfinished, DamagedRecord when the file cannot be read."""
+    try:
+        values = read(variant.results_file)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, UnicodeDecodeError) as error:  # json's decode error is a ValueError
+        raise DamagedRecord(variant.results_file, f"unreadable ({type(error).__name__})", _RETRAIN) from None
+    if not isinstance(values, dict):
+        raise DamagedRecord(variant.results_file, "unreadable (not a mapping)", _RETRAIN)
+    return VariantResults(values, str(variant.results_file))
+
+
+_RETRAIN = "delete it to train the variant again at the next launch"

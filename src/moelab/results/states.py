@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from moelab.results.errors import DamagedRecord
 from moelab.results.io import read_json
+from moelab.results.records import VariantResults, read_variant_results
 from moelab.results.status import JobState, JobStatus, job_state, merge_states, read_status
 from moelab.results.tree import JobTree
 
@@ -18,7 +20,7 @@ from moelab.results.tree import JobTree
 class VariantView:
     name: str
     state: JobState
-    results: dict | None  # its results.json, when done
+    results: VariantResults | None  # its results.json, when done
     error: str | None
     traceback: str | None
 
@@ -53,14 +55,12 @@ def view_job(job: JobTree, names: list[str], queue_state: JobState | None = None
         out, results = job.variant(name), None
         if out.is_done():
             try:
-                results = read(out.results_file)
-                if not isinstance(results, dict):
-                    raise ValueError("not a mapping")
+                results = read_variant_results(out, read)
                 state = JobState.DONE
-            except (OSError, ValueError, UnicodeDecodeError) as error:  # json's decode error is a ValueError
-                results = None
-                problems.append(f"{name}/results.json: unreadable ({type(error).__name__}); variant counted as "
-                                "unfinished")
+            except FileNotFoundError:
+                pass  # removed since it was seen (a relaunch with --force): unfinished
+            except DamagedRecord as error:
+                problems.append(f"{name}/results.json: {error.problem}; variant counted as unfinished")
                 state = JobState.DAMAGED
         elif state is JobState.DONE:
             problems.append(f"{name}/results.json: missing although status.json says done; variant counted as unfinished")

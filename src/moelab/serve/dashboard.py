@@ -118,7 +118,7 @@ class Dashboard:
                       problems: list[str]) -> dict:
         name = variant["name"]
         out = job.variant(name)
-        results = shown.results or {}
+        results = shown.results.values if shown.results else {}
         view = {"name": name, "model": variant["model"], "state": str(shown.state), "shown": shown.state.shown,
                 "done": shown.state is JobState.DONE, "error": shown.error,
                 "traceback": shown.traceback[-TRACEBACK_CHARS:] if shown.traceback else None,

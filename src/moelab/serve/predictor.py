@@ -23,7 +23,7 @@ from moelab.data.preprocessing import InputPreprocessing, PreprocessingMismatch,
 from moelab.models import build_model, model_params
 from moelab.results.errors import DamagedRecord
 from moelab.results.tree import ExperimentTree
-from moelab.results.records import JobSpec, TestedWeights
+from moelab.results.records import JobSpec, TestedWeights, read_variant_results
 from moelab.serve.catalog import Catalog
 from moelab.serve.errors import BadInput, NotFound, NotServable
 from moelab.train.evaluate import predict
@@ -88,16 +88,13 @@ class Predictor:
         if not out.best_weights.is_file():
             return None
         try:
-            results = self.catalog.reads.json(out.results_file)
-            metric = results.get("metric")
-            best_val = results.get(f"best_val_{metric}")
-            tested = TestedWeights.of_results(results, spec.train, out.results_file)
-        except (OSError, ValueError, AttributeError, TypeError, DamagedRecord):
-            return None  # unfinished (no results.json yet) or damaged
+            results = read_variant_results(out, read=self.catalog.reads.json)
+            tested = results.tested(spec.train)
+        except (FileNotFoundError, DamagedRecord):
+            return None  # unfinished (no results.json yet) or damaged: the dashboard lists why
         variant = spec.variant(name)
         return Run(tree.name, spec.key, name, variant["model"], model_params(variant), spec.grid_values, spec.seed,
-                   spec.data, metric, float(best_val) if isinstance(best_val, (int, float)) else None, tested,
-                   out.best_weights)
+                   spec.data, results.metric, results.best_val, tested, out.best_weights)
 
     def select(self, experiment: str, job: str | None = None, variant: str | None = None) -> list[Run]:
         """The runs that answer: the one asked for, every finished variant of a job, or the best run of
