@@ -55,7 +55,7 @@ def test_corrupt_and_partial_files_are_reported_not_raised(finished_job, tmp_pat
     assert "moe/results.json: unreadable" in text and "mlp/metrics.jsonl: skipped unreadable line(s) [3]" in text
     assert "status.json: unreadable" in text and "brokenjob000/config.json: unreadable" in text
     states = dict(zip(found.runs["variant"], found.runs["state"]))
-    assert states["moe"] == "corrupt" and states["mlp"] == JobState.DONE
+    assert states["moe"] == JobState.DAMAGED and states["mlp"] == JobState.DONE
     assert len(found.curves[found.curves["variant"] == "mlp"]) == 2  # the torn line is skipped
 
 

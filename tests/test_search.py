@@ -422,3 +422,66 @@ def test_the_same_study_on_the_cluster_with_three_tasks(write_experiment, tmp_pa
     assert [t["params"] for t in trials] == [t["params"] for t in trials_of(tmp_path / "here" / "tuned")]
     again = launch(tmp_path, "submit", str(experiment), "--profile", str(profile), "--experiments-dir", "out")
     assert again.returncode == 0 and "nothing to submit" in again.stdout
+
+
+class _TrialAtItsPoint:
+    """What search_worker._run_job asks of a trial: its job specs, and no epochs to replay or prune on."""
+
+    def __init__(self, experiment):
+        self.point = experiment
+
+    def replay(self, index: int) -> bool:
+        return False
+
+    def prune_hook(self, index: int):
+        return None
+
+
+def test_a_job_is_finished_by_its_own_variants_a_matched_baseline_included(tmp_path):
+    """A job of a search point whose experiment variants are done but whose matched dense baseline
+    was interrupted mid-training is trained on, not reused as finished."""
+    import yaml
+
+    from moelab.launch.search_worker import _run_job
+    from moelab.results.io import write_json
+    from moelab.results.status import JobState, read_status
+    from moelab.train.job import run_job
+
+    doc = {**TINY, "grid": {}, "train": {**TINY["train"], "epochs": 2}, "variants": TINY["variants"][:2],
+           "baseline": {"variant": "mlp", "match": ["active"]}}
+    path = tmp_path / "matched.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    experiment = load_experiment(path)
+    job = experiment.jobs()[0]
+    matched = [v["name"] for v in job.config["variants"] if v["name"] not in ("mlp", "moe")]
+    assert len(matched) == 1
+    job_tree = ExperimentTree(tmp_path / "out" / "matched").job(job.key)
+    write_json(job_tree.config_file, experiment.job_spec(job))
+    assert run_job(job_tree.path).state == "done"
+    # the baseline's training cut short: no results.json, status.json says running with nobody holding it
+    job_tree.variant(matched[0]).results_file.unlink()
+    status = read_status(job_tree)
+    status.state = JobState.RUNNING
+    status.write(job_tree)
+
+    state, _ = _run_job(_TrialAtItsPoint(experiment), 0, job, ExperimentTree(tmp_path / "out" / "matched"),
+                        report=lambda event: None, stop_requested=lambda: False, runtime_info={})
+    assert state is JobState.DONE
+    assert job_tree.variant(matched[0]).is_done()
+
+
+def test_a_damaged_journal_ends_a_search_worker_with_one_message(write_experiment, tmp_path, capsys):
+    from moelab.launch.plan import PlanFile
+    from moelab.launch.search_worker import run_trials
+    from test_study_journal import started_study
+
+    session, path = started_study(write_experiment, tmp_path)
+    journal = session.files.journal
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:2] + [b"not a record\n"] + lines[2:]))
+    events = []
+    plan = PlanFile("launch", False, [], {"doc": session.experiment.doc, "source": str(path)})
+    run_trials(session.tree, plan, events.append, stop_requested=lambda: False, runtime_info={}, wait_for_others=False)
+    assert len(events) == 1 and events[0][0] == "note"
+    assert events[0][1].startswith(f"error: {journal}: line 3 is not a study record") and "move it aside" in events[0][1]
+    assert "Traceback" not in capsys.readouterr().err

@@ -241,8 +241,8 @@ def test_partial_and_damaged_files_never_break_a_page(experiments, tmp_path):
     assert listing.status_code == 200
     problems = "\n".join(listing.json()["experiments"][0]["problems"])
     assert "mlp/metrics.jsonl: skipped unreadable line(s) [4]" in problems
-    assert "config.json is unreadable" in problems and "status.json is unreadable" in problems
-    assert "moe_topk/results.json is unreadable" in problems
+    assert "config.json: unreadable" in problems and "status.json: unreadable" in problems
+    assert "moe_topk/results.json: unreadable" in problems
     jobs = {j["key"]: j for j in app.get("/api/experiments/tiny/jobs").json()["jobs"]}
     mlp = next(v for v in jobs[first.key]["variants"] if v["name"] == "mlp")
     assert mlp["curve"]["train_loss"][-1] is None and mlp["curve"]["val_metric"][-1] is None  # NaN as null

@@ -48,6 +48,9 @@ class Field:
     pattern: re.Pattern | None = None
     help: str = ""
     extra_check: Callable[[Any], str | None] | None = None
+    # the version that added the field, when jobs were keyed before it existed: at its default the
+    # field is left out of a job's config, and so of its key (`keyed`)
+    since: str | None = None
 
     def describe(self) -> str:
         if self.choices is not None:
@@ -137,10 +140,25 @@ def _defaults(schema: Section) -> dict:
 
 
 def param(default, help: str = "", **checks) -> dataclasses.Field:
-    """A dataclass field with what the schema checks (min, max, choices, nullable, kind, ...)."""
+    """A dataclass field with what the schema checks (min, max, choices, nullable, kind, since, ...)."""
     if dataclasses.is_dataclass(default) or isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help, **checks})
     return dataclasses.field(default=default, metadata={"help": help, **checks})
+
+
+def keyed(schema: Section, values: dict) -> dict:
+    """Checked `values` of `schema` as a job's config keeps them: without the fields added later
+    (`since`) that are at their default, in nested sections too. So a finished tree keeps its keys, and
+    is not retrained, when a later version adds a setting or a model parameter; keys `schema` does not
+    know (a variant's name, model, init_from) are kept."""
+    kept = {}
+    for key, value in values.items():
+        spec = schema.get(key)
+        if isinstance(spec, dict) and isinstance(value, dict):
+            kept[key] = keyed(spec, value)
+        elif not (isinstance(spec, Field) and spec.since is not None and value == spec.default):
+            kept[key] = value
+    return kept
 
 
 def section_from_dataclass(cls: type) -> Section:

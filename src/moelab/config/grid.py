@@ -30,8 +30,7 @@ from moelab.config.model_size import model_size_problem
 from moelab.config.sections import DATA, TOP, TRAIN
 from moelab.data import DataSettings, dataset_keys, dataset_names, get_dataset_spec
 from moelab.models import get_model_spec, model_params
-from moelab.schema import Field, Issue, did_you_mean
-from moelab.train.settings import keyed
+from moelab.schema import Field, Issue, did_you_mean, keyed
 
 KEY_LENGTH = 12
 
@@ -152,9 +151,10 @@ def expand(doc: dict) -> list[Job]:
         for (axis, _), value in zip(axes, combo):
             _apply(config, axis, value)
             grid_values[axis] = value
-        config["data"] = dataset_keys(config["data"])
-        config["train"] = keyed(config["train"])
+        config["data"] = keyed(DATA, dataset_keys(config["data"]))
+        config["train"] = keyed(TRAIN, config["train"])
         matched = add_matched_variants(config, doc.get("baseline"))
+        config["variants"] = [keyed(get_model_spec(v["model"]).schema, v) for v in config["variants"]]
         jobs.append(Job(job_key(config), config, grid_values, matched))
     return jobs
 

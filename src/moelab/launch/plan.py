@@ -6,7 +6,6 @@ config.json, and one line in launches.jsonl.
 
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
 import subprocess
@@ -17,11 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
-from filelock import FileLock
 
 from moelab.config import Experiment, Job
 from moelab.config.grid import key_without_epochs
-from moelab.results.io import append_jsonl, atomic_write, read_json, write_json, write_json_if_changed, write_text
+from moelab.results.io import atomic_write, read_json, write_json, write_json_if_changed, write_text
+from moelab.results.errors import DamagedRecord
+from moelab.results.records import JobSpec, LaunchRecord, append_launch, read_job_spec
 from moelab.results.status import FAILURES, JobState, host, job_state, merge_states, now, read_status
 from moelab.results.tree import ExperimentTree, JobTree
 
@@ -98,17 +98,17 @@ def continuations(tree: ExperimentTree, jobs: list[Job], states: dict[str, JobSt
     found = {}
     for job in jobs:
         earlier = _read_spec(tree.job(job.key))
-        if earlier is not None and "continued_from" in earlier:
-            found[job.key] = earlier["continued_from"]
+        if earlier is not None and earlier.continued_from is not None:
+            found[job.key] = earlier.continued_from
     starting = [job for job in jobs if job.key not in found and states[job.key] is JobState.PENDING]
     if not starting:
         return found
     finished: dict[str, list[tuple[int, str]]] = {}
     for other in tree.jobs():
         spec = _read_spec(other)
-        if spec is None or job_state(other, [v["name"] for v in spec["config"]["variants"]]) is not JobState.DONE:
+        if spec is None or job_state(other, spec.variant_names) is not JobState.DONE:
             continue
-        finished.setdefault(key_without_epochs(spec["config"]), []).append((spec["config"]["train"]["epochs"], other.key))
+        finished.setdefault(key_without_epochs(spec.config), []).append((spec.train["epochs"], other.key))
     for job in starting:
         shorter = [c for c in finished.get(key_without_epochs(job.config), []) if c[0] < job.config["train"]["epochs"]]
         if shorter:
@@ -117,12 +117,12 @@ def continuations(tree: ExperimentTree, jobs: list[Job], states: dict[str, JobSt
     return found
 
 
-def _read_spec(job: JobTree) -> dict | None:
+def _read_spec(job: JobTree) -> JobSpec | None:
+    """None for a job whose config.json is absent or damaged: it neither continues nor is continued from."""
     try:
-        spec = read_json(job.config_file)
-    except (OSError, json.JSONDecodeError):
+        return read_job_spec(job)
+    except DamagedRecord:
         return None
-    return spec if isinstance(spec, dict) and "config" in spec else None
 
 
 def write_plan(plan: LaunchPlan, mode: str, argv: list[str]) -> None:
@@ -151,16 +151,11 @@ def write_plan(plan: LaunchPlan, mode: str, argv: list[str]) -> None:
         if diff:
             write_text(provenance / "git.diff", diff + "\n")
         write_text(provenance / "pip-freeze.txt", pip_freeze())
-    record = {
-        "time": time, "mode": mode, "experiment_file": str(plan.experiment.source), "argv": argv,
-        **git, "provenance": str(provenance) if runs else None, "host": host(), "python": sys.executable,
-        "jobs_total": len(plan.jobs), "jobs_run": len(plan.to_run), "jobs_skipped": {str(s): n for s, n in skipped.items()},
-        "force": plan.fresh, "launch_id": plan.launch_id,
-    }
-    if plan.search:
-        record["trials_to_start"] = plan.search.trials_to_start
-    with FileLock(tree.launches_lock):
-        append_jsonl(tree.launches_file, record)
+    append_launch(tree, LaunchRecord(
+        time=time, mode=mode, experiment_file=str(plan.experiment.source), argv=argv, **git,
+        provenance=str(provenance) if runs else None, host=host(), python=sys.executable, jobs_total=len(plan.jobs),
+        jobs_run=len(plan.to_run), jobs_skipped={str(s): n for s, n in skipped.items()}, force=plan.fresh,
+        launch_id=plan.launch_id, trials_to_start=plan.search.trials_to_start if plan.search else None))
 
 
 @dataclass

@@ -23,6 +23,7 @@ from typing import Callable
 from moelab.config import Experiment, Job
 from moelab.launch.plan import PlanFile
 from moelab.results.claims import try_claim
+from moelab.results.errors import DamagedRecord
 from moelab.results.io import write_json_if_changed
 from moelab.results.status import FAILURES, JobState, job_state, read_status
 from moelab.results.tree import ExperimentTree
@@ -35,9 +36,21 @@ def run_trials(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], N
                stop_requested: Callable[[], bool], runtime_info: dict, wait_for_others: bool) -> None:
     """Run trials until the study has n_trials finished or running. `wait_for_others`: then stay
     while other workers' trials run (one of them may be lost and come back for a retry)."""
-    from moelab.search import StudySession, write_study_files
+    from moelab.search import StudySession
 
     session = StudySession(tree, Experiment(Path(plan.search["source"]), plan.search["doc"]))
+    try:
+        _ask_and_run(session, tree, report, stop_requested, runtime_info, wait_for_others)
+    except DamagedRecord as error:
+        # the study cannot go on from a damaged journal: the worker ends with the one line that says what to
+        # do (exit 0: the launcher must not start another worker on it)
+        report(("note", f"error: {error}"))
+
+
+def _ask_and_run(session, tree: ExperimentTree, report, stop_requested, runtime_info: dict,
+                 wait_for_others: bool) -> None:
+    from moelab.search import write_study_files
+
     while not stop_requested():
         run = session.next_trial()
         if run is None:
@@ -47,7 +60,7 @@ def run_trials(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], N
             return
         try:
             summary = _run_trial(run, tree, report, stop_requested, runtime_info)
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, DamagedRecord):
             raise  # the trial is left running: lost once this worker is gone, retried by the next ask
         except Exception as error:  # a bug must fail its trial, not kill workers one after another
             traceback.print_exc()
@@ -67,10 +80,9 @@ def run_trials(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], N
 def _run_trial(run, tree: ExperimentTree, report, stop_requested, runtime_info: dict) -> str | None:
     """Run (or reuse) the trial's jobs and tell the study how the trial ended; a line on it, or None
     when it was interrupted."""
-    names = [v["name"] for v in run.point.experiment.doc["variants"]]
     reused = 0
     for index, job in enumerate(run.point.jobs):
-        state, error = _run_job(run, index, job, tree, names, report, stop_requested, runtime_info)
+        state, error = _run_job(run, index, job, tree, report, stop_requested, runtime_info)
         if state is None:
             return None
         if state == "reused":
@@ -89,7 +101,7 @@ def _run_trial(run, tree: ExperimentTree, report, stop_requested, runtime_info: 
     return f"complete, {objective['metric']} of {objective['variant']} = {value:.4f} ({jobs})"
 
 
-def _run_job(run, index: int, job: Job, tree: ExperimentTree, names: list[str], report, stop_requested,
+def _run_job(run, index: int, job: Job, tree: ExperimentTree, report, stop_requested,
              runtime_info: dict) -> tuple[JobState | str | None, str]:
     """Train job `index` of the trial, or reuse it. Returns its state ("reused" for a finished job
     of an earlier trial, None when interrupted) and its error line."""
@@ -97,6 +109,7 @@ def _run_job(run, index: int, job: Job, tree: ExperimentTree, names: list[str], 
     from moelab.train.trainer import StopRequested
 
     job_tree = tree.job(job.key)
+    names = [v["name"] for v in job.config["variants"]]  # the job's own: baseline.match adds dense ones
     write_json_if_changed(job_tree.config_file, run.point.job_spec(job))
     while True:
         state = job_state(job_tree, names)

@@ -13,7 +13,8 @@ from moelab.config import Experiment
 from moelab.launch.backends import BACKENDS, backend_class
 from moelab.launch.base import QueueView, rerun_failed_command
 from moelab.results.io import read_jsonl
-from moelab.results.status import FAILURES, job_state, merge_states, read_status
+from moelab.results.states import view_job
+from moelab.results.status import FAILURES
 from moelab.results.tree import ExperimentTree
 
 
@@ -32,15 +33,14 @@ def print_status(experiment: Experiment, experiments_dir: Path) -> int:
     failures = []
     for job in experiment.jobs():
         job_tree = tree.job(job.key)
-        names = [v["name"] for v in job.config["variants"]]  # with the dense ones baseline.match adds
-        state = merge_states(job_state(job_tree, names), view.states.get(job.key))
-        status = read_status(job_tree)
-        done = sum(job_tree.variant(n).is_done() for n in names)
+        # the job's own variants: with the dense ones baseline.match adds
+        current = view_job(job_tree, [v["name"] for v in job.config["variants"]], view.states.get(job.key))
+        state, status = current.state, current.status
         node = (status.host if status else None) or view.nodes.get(job.key, "")
         elapsed = (status.elapsed_s if status else None) or view.elapsed_s.get(job.key)
         totals[state.shown] += 1
         point = " ".join(f"{k}={v}" for k, v in job.grid_values.items())
-        print(f"{job.key:<13} {state.shown:<14} {done:>4}/{len(names):<3} {status.restarts if status else 0:>8}  "
+        print(f"{job.key:<13} {state.shown:<14} {current.variants_done:>4}/{len(current.variants):<3} {status.restarts if status else 0:>8}  "
               f"{node[:12]:<12} {_duration(elapsed):>8}  {point}")
         if state in FAILURES:
             error = (status.first_error() if status else None) or view.notes.get(job.key) or "no error recorded"

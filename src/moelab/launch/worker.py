@@ -22,7 +22,7 @@ from typing import Callable
 
 from moelab.launch.plan import PlanFile
 from moelab.results.claims import try_claim
-from moelab.results.io import read_json
+from moelab.results.records import read_job_spec
 from moelab.results.status import JobState, job_state, read_status
 from moelab.results.tree import ExperimentTree, JobTree
 from moelab.train.process import prepare_process
@@ -48,7 +48,7 @@ def pull_jobs(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], No
                 return
             job = tree.job(key)
             if key not in names:
-                names[key] = [v["name"] for v in read_json(job.config_file)["config"]["variants"]]
+                names[key] = read_job_spec(job).variant_names
             verdict = _verdict(job, names[key], planned)
             if verdict == "settled":
                 report(("settled", key, str(job_state(job, names[key]))))

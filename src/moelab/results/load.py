@@ -10,7 +10,6 @@ what could not be read is listed in `Collection.problems` (and warned about), ne
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import warnings
@@ -20,8 +19,11 @@ from typing import Iterable
 
 import pandas as pd
 
-from moelab.results.io import atomic_write, read_json, read_jsonl
-from moelab.results.status import JobState, JobStatus, job_state, read_status
+from moelab.results.errors import DamagedRecord
+from moelab.results.io import atomic_write, read_jsonl
+from moelab.results.records import read_job_spec
+from moelab.results.states import view_job
+from moelab.results.status import JobState, JobStatus
 from moelab.results.tree import ExperimentTree, JobTree
 
 
@@ -129,56 +131,39 @@ def _read_job(tree: ExperimentTree, job: JobTree, with_curves: bool) -> _JobReco
 def _collect_job(tree: ExperimentTree, job: JobTree, rows: list, curve_rows: list | None, problems: list,
                  axes: list) -> str | None:
     try:
-        spec = read_json(job.config_file)
-        config = spec["config"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
-        problems.append(f"{job.config_file}: unreadable ({type(error).__name__}: {error}); job skipped")
+        spec = read_job_spec(job)
+    except DamagedRecord as error:
+        problems.append(f"{error.path}: {error.problem}; job skipped")
         return None
-    for axis in spec.get("grid_values", {}):
+    for axis in spec.grid_values:
         if axis not in axes:
             axes.append(axis)
-    names = [v["name"] for v in config["variants"]]
-    state = job_state(job, names)
-    status = read_status(job)
-    if job.status_file.exists() and status is None:
-        problems.append(f"{job.status_file}: unreadable; job state taken from the results on disk")
-    status = status or JobStatus(job.key)
-    base = {"experiment": spec.get("experiment", tree.path.name), "job": job.key, "job_state": str(state),
-            "seed": config["seed"], **spec.get("grid_values", {}),
-            **_flatten(config["data"], "data."), **_flatten(config["train"], "train."),
+    view = view_job(job, spec.variant_names)
+    problems += [f"{job.path}/{problem}" for problem in view.problems]
+    status = view.status or JobStatus(job.key)
+    base = {"experiment": spec.experiment or tree.path.name, "job": job.key, "job_state": str(view.disk),
+            "seed": spec.seed, **spec.grid_values, **_flatten(spec.data, "data."), **_flatten(spec.train, "train."),
             "host": status.host, "attempts": status.attempts}
-    for variant in config["variants"]:
+    for variant in spec.variants:
         name = variant["name"]
-        record = status.variants.get(name)
+        shown = view.variants[name]
         row = {**base, "variant": name, "model": variant["model"], "path": str(job.variant(name).path),
                **{f"params.{k}": v for k, v in variant.items() if k not in ("name", "model")},
                # the dense variants of this job built to this MoE variant's active / total size (baseline.match)
-               **{f"matched_{kind}": dense for kind, dense in spec.get("matched", {}).get(name, {}).items()},
-               "state": str(record.state) if record else str(JobState.PENDING), "error": record.error if record else None}
+               **{f"matched_{kind}": dense for kind, dense in spec.matched.get(name, {}).items()},
+               **(shown.results.scalars() if shown.results else {}),
+               "state": str(shown.state), "error": shown.error}
         out = job.variant(name)
-        if out.is_done():
-            try:
-                results = read_json(out.results_file)
-                row.update({k: v for k, v in results.items() if not isinstance(v, (dict, list))})
-                row["state"] = str(JobState.DONE)
-            except (OSError, json.JSONDecodeError) as error:
-                problems.append(f"{out.results_file}: unreadable ({type(error).__name__}); variant counted as unfinished")
-                row["state"] = "corrupt"
-        elif row["state"] == JobState.DONE:
-            row["state"] = "missing"
-            problems.append(f"{out.results_file}: missing although status.json says done; variant counted as unfinished")
-        if row["state"] != JobState.DONE and state is JobState.INTERRUPTED:
-            row["state"] = str(JobState.INTERRUPTED)
         rows.append(row)
         if curve_rows is not None and out.metrics_file.is_file():
             bad: list[int] = []
             for line in read_jsonl(out.metrics_file, on_bad_line=lambda number, _: bad.append(number)):
                 curve_rows.append({"experiment": base["experiment"], "job": job.key, "variant": name,
-                                   "seed": config["seed"], **spec.get("grid_values", {}),
+                                   "seed": spec.seed, **spec.grid_values,
                                    **{k: v for k, v in line.items() if not isinstance(v, list)}})
             if bad:
                 problems.append(f"{out.metrics_file}: skipped unreadable line(s) {bad}")
-    return state
+    return view.disk
 
 
 def _flatten(section: dict, prefix: str) -> dict:

@@ -29,6 +29,7 @@ class JobState(str, Enum):
     NODE_FAIL = "node_fail"
     PRUNED = "pruned"  # a search stopped it early: its trial did not promise to beat the others
     DONE = "done"  # every variant wrote its results.json
+    DAMAGED = "damaged"  # a variant's results.json is unreadable, or missing although status.json says done
 
     def __str__(self) -> str:
         return self.value

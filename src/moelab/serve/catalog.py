@@ -10,15 +10,15 @@ missing results.json is reported as a problem of that job, never raised to the p
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from moelab.results.errors import DamagedRecord
 from moelab.results.io import read_json, read_jsonl
+from moelab.results.records import JobSpec, read_job_spec
 from moelab.results.tree import ExperimentTree, JobTree
 from moelab.schema import PATH_SAFE
 from moelab.serve.errors import NotFound
@@ -114,26 +114,6 @@ class Catalog:
         return path
 
 
-@dataclass
-class JobSpec:
-    """A job's config.json, checked enough to build paths and models from it."""
-
-    key: str
-    experiment: str
-    grid_values: dict
-    seed: int
-    data: dict
-    train: dict
-    variants: list[dict]  # each with a safe "name" and a "model"
-
-    @property
-    def variant_names(self) -> list[str]:
-        return [v["name"] for v in self.variants]
-
-    def variant(self, name: str) -> dict | None:
-        return next((v for v in self.variants if v["name"] == name), None)
-
-
 class CachedReads:
     """Parsed files, reread only when their size or modification time changed (every page refresh
     reads every job: a finished job costs one stat per file)."""
@@ -175,21 +155,10 @@ class CachedReads:
         return self._cached(path, parse)
 
     def job_spec(self, job: JobTree) -> JobSpec:
-        """Raises ValueError naming what is wrong with config.json."""
-        try:
-            doc = self.json(job.config_file)
-        except FileNotFoundError:
-            raise ValueError("config.json is missing") from None
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"config.json is unreadable ({type(error).__name__})") from None
-        try:
-            config = doc["config"]
-            variants = [dict(v) for v in config["variants"]]
-            spec = JobSpec(job.key, str(doc.get("experiment", "")), dict(doc.get("grid_values") or {}),
-                           int(config["seed"]), dict(config["data"]), dict(config.get("train") or {}), variants)
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"config.json lacks what a job needs ({type(error).__name__}: {error})") from None
-        bad = [v.get("name") for v in variants if not is_safe_name(v.get("name")) or not isinstance(v.get("model"), str)]
+        """Raises DamagedRecord naming what is wrong with config.json."""
+        spec = read_job_spec(job, read=self.json)
+        bad = [name for name in spec.variant_names if not is_safe_name(name)]
         if bad:
-            raise ValueError(f"config.json names variants that are not safe names: {bad}")
+            raise DamagedRecord(job.config_file, f"names variants that are not safe names: {bad}",
+                                "correct the variant names (letters, digits, '.', '_' and '-')")
         return spec

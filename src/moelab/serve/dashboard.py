@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 from moelab.data import get_dataset_spec
 from moelab.launch.backends import BACKENDS, backend_class
 from moelab.launch.base import QueueView
-from moelab.results.status import FAILURES, JobState, job_state, merge_states, read_status
+from moelab.results.errors import DamagedRecord
+from moelab.results.states import VariantView, view_job
+from moelab.results.status import FAILURES, JobState
 from moelab.results.tree import ExperimentTree, JobTree
-from moelab.serve.catalog import Catalog, JobSpec, inside
+from moelab.results.records import JobSpec, last_launch
+from moelab.serve.catalog import Catalog, inside
 from moelab.train.tasks import TASKS
 
 QUEUE_TTL_S = 10.0  # ask a cluster queue at most this often per experiment (sacct is not free)
@@ -57,6 +60,7 @@ class Dashboard:
         problems = [f"job {job['key']}: {p}" for job in jobs for p in job["problems"]]
         return {
             "name": tree.name, "jobs": len(jobs), "states": dict(sorted(states.items())),
+            "shown_states": {state: JobState(state).shown for state in states},
             "running": states.get(str(JobState.RUNNING), 0),
             "failed": sum(n for s, n in states.items() if s in FAILURES),
             "runs_done": sum(job["variants_done"] for job in jobs),
@@ -79,16 +83,13 @@ class Dashboard:
         problems: list[str] = []
         try:
             spec: JobSpec | None = reads.job_spec(job)
-        except ValueError as error:
+        except DamagedRecord as error:
             spec = None
-            problems.append(str(error))
-        names = spec.variant_names if spec else []
-        disk = job_state(job, names)
+            problems.append(f"{error.path.name}: {error.problem}")
         queued = queues.view.states.get(job.key)
-        state = merge_states(disk, queued)
-        status = read_status(job)
-        if status is None and job.status_file.exists():
-            problems.append("status.json is unreadable (being written, or damaged); state taken from the results files")
+        current = view_job(job, spec.variant_names if spec else [], queued, read=reads.json)
+        problems += current.problems
+        state, disk, status = current.state, current.disk, current.status
         view = {
             "key": job.key, "grid_values": spec.grid_values if spec else {}, "seed": spec.seed if spec else None,
             "dataset": spec.data.get("name") if spec else None,
@@ -107,36 +108,22 @@ class Dashboard:
         if status and status.traceback:
             view["traceback"] = status.traceback[-TRACEBACK_CHARS:]
         metric = _primary_metric(spec)
-        variants = [self._variant_view(job, spec, variant, status, disk, metric, curves, problems)
+        variants = [self._variant_view(job, variant, current.variants[variant["name"]], metric, curves, problems)
                     for variant in (spec.variants if spec else [])]
         view.update(variants=variants, variants_done=sum(v["done"] for v in variants), variants_total=len(variants),
                     metric=metric, problems=problems)
         return view
 
-    def _variant_view(self, job: JobTree, spec: JobSpec, variant: dict, status, disk: JobState, metric: str | None,
-                      curves: bool, problems: list[str]) -> dict:
+    def _variant_view(self, job: JobTree, variant: dict, shown: VariantView, metric: str | None, curves: bool,
+                      problems: list[str]) -> dict:
         name = variant["name"]
         out = job.variant(name)
-        record = status.variants.get(name) if status else None
-        state = str(record.state) if record else str(JobState.PENDING)
-        view = {"name": name, "model": variant["model"], "state": state, "done": False,
-                "error": record.error if record else None,
-                "traceback": record.traceback[-TRACEBACK_CHARS:] if record and record.traceback else None,
-                "epochs": 0, "best_val": None, "test": None, "last": None}
-        if out.results_file.exists():
-            try:
-                results = self.catalog.reads.json(out.results_file)
-                view.update(state=str(JobState.DONE), done=True, test=_number(results.get(f"test_{metric}")),
-                            best_val=_number(results.get(f"best_val_{metric}")),
-                            best_epoch=results.get("best_epoch"))
-            except (OSError, ValueError, AttributeError) as error:
-                problems.append(f"{name}/results.json is unreadable ({type(error).__name__}); variant counted as unfinished")
-                view["state"] = "corrupt"
-        elif state == JobState.DONE:
-            problems.append(f"{name}/results.json is missing although status.json says done")
-            view["state"] = "missing"
-        if not view["done"] and disk is JobState.INTERRUPTED and state == JobState.RUNNING:
-            view["state"] = str(JobState.INTERRUPTED)  # the process that was training it is gone
+        results = shown.results.values if shown.results else {}
+        view = {"name": name, "model": variant["model"], "state": str(shown.state), "shown": shown.state.shown,
+                "done": shown.state is JobState.DONE, "error": shown.error,
+                "traceback": shown.traceback[-TRACEBACK_CHARS:] if shown.traceback else None,
+                "epochs": 0, "best_val": _number(results.get(f"best_val_{metric}")),
+                "test": _number(results.get(f"test_{metric}")), "best_epoch": results.get("best_epoch"), "last": None}
         rows = self._metrics(out, name, problems)
         if rows:
             last = rows[-1]
@@ -198,13 +185,13 @@ class Dashboard:
 
     def _last_launch(self, tree: ExperimentTree) -> dict | None:
         try:
-            rows, _ = self.catalog.reads.jsonl(tree.launches_file)
-        except (OSError, UnicodeDecodeError):
+            last = last_launch(tree)
+        except (OSError, UnicodeDecodeError, DamagedRecord):
             return None
-        if not rows:
+        if last is None:
             return None
-        last = rows[-1]
-        return {k: last.get(k) for k in ("time", "mode", "host", "commit", "dirty") if k in last}
+        return {"time": last.time, "mode": last.mode, "host": last.host, "git_commit": last.git_commit,
+                "git_dirty": last.git_dirty}
 
     def _queues_of(self, tree: ExperimentTree) -> Queues:
         if not self.ask_queues:

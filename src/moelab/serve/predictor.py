@@ -20,9 +20,11 @@ import torch
 
 from moelab.data import CLASSIFICATION, DataSettings
 from moelab.data.preprocessing import InputPreprocessing, PreprocessingMismatch, RawFormat, input_preprocessing
-from moelab.models import build_model
+from moelab.models import build_model, model_params
+from moelab.results.errors import DamagedRecord
 from moelab.results.tree import ExperimentTree
-from moelab.serve.catalog import Catalog, JobSpec
+from moelab.results.records import JobSpec, TestedWeights, read_variant_results
+from moelab.serve.catalog import Catalog
 from moelab.serve.errors import BadInput, NotFound, NotServable
 from moelab.train.evaluate import predict
 
@@ -45,17 +47,17 @@ class Run:
     grid_values: dict
     seed: int
     data: dict
-    epochs: int
     metric: str | None
     best_val: float | None
-    best_epoch: int
+    tested: TestedWeights  # the weights best.pt holds (those tested), and the gate state they were tested with
     weights: Path
     selected: str = ""  # why this run answers
 
     def describe(self) -> dict:
         return {"experiment": self.experiment, "job": self.job, "variant": self.variant, "model": self.model,
                 "grid_values": self.grid_values, "seed": self.seed, "dataset": self.data.get("name"),
-                "metric": self.metric, "best_val": _finite(self.best_val), "best_epoch": self.best_epoch,
+                "metric": self.metric, "best_val": _finite(self.best_val), "tested_val": _finite(self.tested.val),
+                "tested_epoch": self.tested.epoch,
                 "num_experts": self.params.get("num_experts"), "selected": self.selected}
 
 
@@ -73,7 +75,7 @@ class Predictor:
         for job in self.catalog.jobs(tree):
             try:
                 spec = self.catalog.reads.job_spec(job)
-            except ValueError:
+            except DamagedRecord:
                 continue  # a damaged job cannot answer; the dashboard lists why
             for variant in spec.variants:
                 run = self._run(tree, spec, variant["name"])
@@ -86,17 +88,13 @@ class Predictor:
         if not out.best_weights.is_file():
             return None
         try:
-            results = self.catalog.reads.json(out.results_file)
-            metric = results.get("metric")
-            best_val = results.get(f"best_val_{metric}")
-            best_epoch = int(results.get("best_epoch", 0))
-        except (OSError, ValueError, AttributeError, TypeError):
-            return None  # unfinished (no results.json yet) or damaged
+            results = read_variant_results(out, read=self.catalog.reads.json)
+            tested = results.tested(spec.train)
+        except (FileNotFoundError, DamagedRecord):
+            return None  # unfinished (no results.json yet) or damaged: the dashboard lists why
         variant = spec.variant(name)
-        return Run(tree.name, spec.key, name, variant["model"],
-                   {k: v for k, v in variant.items() if k not in ("name", "model")}, spec.grid_values, spec.seed,
-                   spec.data, int(spec.train.get("epochs", 1)), metric,
-                   float(best_val) if isinstance(best_val, (int, float)) else None, best_epoch, out.best_weights)
+        return Run(tree.name, spec.key, name, variant["model"], model_params(variant), spec.grid_values, spec.seed,
+                   spec.data, results.metric, results.best_val, tested, out.best_weights)
 
     def select(self, experiment: str, job: str | None = None, variant: str | None = None) -> list[Run]:
         """The runs that answer: the one asked for, every finished variant of a job, or the best run of
@@ -106,8 +104,8 @@ class Predictor:
             job_tree = self.catalog.job(tree, job)
             try:
                 spec = self.catalog.reads.job_spec(job_tree)
-            except ValueError as error:
-                raise NotServable(f"job {job} of {tree.name} cannot answer: {error}") from None
+            except DamagedRecord as error:
+                raise NotServable(f"job {job} of {tree.name} cannot answer: {error.path.name}: {error.problem}") from None
             names = [variant] if variant is not None else spec.variant_names
             if variant is not None and spec.variant(variant) is None:
                 raise NotFound(f"job {job} of {tree.name} has no variant {variant!r}; it has: "
@@ -171,7 +169,7 @@ class Predictor:
                 raise NotServable(f"run {run.job}/{run.variant}: the model cannot be loaded "
                                   f"({type(error).__name__}: {str(error)[:200]})") from None
             model.eval()
-            model.set_progress(run.best_epoch / max(run.epochs, 1))  # the gate as it was at the best epoch
+            model.set_progress(run.tested.progress)  # the gate as it was tested
             self._models[key] = model
             while len(self._models) > self.max_models:
                 self._models.popitem(last=False)
@@ -220,7 +218,8 @@ class Predictor:
 
 
 def _rank(run: Run) -> float:
-    return run.best_val if run.best_val is not None and math.isfinite(run.best_val) else -math.inf
+    """The validation metric of the weights that answer (not the best epoch's, with checkpoint: last)."""
+    return run.tested.val if run.tested.val is not None and math.isfinite(run.tested.val) else -math.inf
 
 
 def _finite(value):

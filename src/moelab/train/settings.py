@@ -40,18 +40,9 @@ class TrainSettings:
     device: str = param("auto", extra_check=check_device)
     save_weights: bool = param(True, "keep best.pt; the resume checkpoint last.pt is always kept")
     checkpoint: str = param("best", "weights tested: best (the epoch with the best validation metric) or last "
-                            "(after the last epoch trained)", choices=("best", "last"))
+                            "(after the last epoch trained)", since="0.1.0", choices=("best", "last"))
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainSettings":
         return from_section(cls, data)
 
-
-# settings added after job keys were first written to trees: a job's config, and so its key, holds
-# them only when they differ from these defaults, so that a finished tree keeps its keys
-LATE_DEFAULTS = {"checkpoint": "best"}
-
-
-def keyed(train: dict) -> dict:
-    """The train section as a job's config keeps it."""
-    return {k: v for k, v in train.items() if not (k in LATE_DEFAULTS and v == LATE_DEFAULTS[k])}

@@ -22,6 +22,7 @@ from moelab.data.task_data import TaskData
 from moelab.models import build_model, model_params
 from moelab.models.base import count_parameters
 from moelab.results.io import append_jsonl, atomic_write, file_sha256, write_json, write_jsonl
+from moelab.results.records import TestedWeights
 from moelab.results.tree import JobTree, VariantTree
 from moelab.train.analysis import write_expert_analysis
 from moelab.train.evaluate import evaluate, predict, test_results
@@ -161,10 +162,11 @@ def finish(variant: dict, fitted: Fit, data: TaskData, settings: TrainSettings, 
     model, history, stopper = fitted.model, fitted.history, fitted.stopper
     if settings.checkpoint == "best":
         model.load_state_dict(torch.load(out.best_weights, map_location=device, weights_only=True))
-        model.set_progress(stopper.best_epoch / settings.epochs)  # the gate as it was at the best epoch
+        tested = TestedWeights.at("best", stopper.best_epoch, settings.epochs, stopper.best)
     else:  # the weights after the last epoch are the ones tested, and the ones best.pt keeps
-        model.set_progress((len(history) - 1) / settings.epochs)
+        tested = TestedWeights.at("last", len(history) - 1, settings.epochs, history[-1][f"val_{task.primary}"])
         save_atomic(out.best_weights, model.state_dict())
+    model.set_progress(tested.progress)  # the gate as it was at the tested epoch; serving sets it the same way
     results = test_results(model, data, settings)
     if data.render_inputs is not None:
         save_rendering(model, data, settings, out)
@@ -173,7 +175,7 @@ def finish(variant: dict, fitted: Fit, data: TaskData, settings: TrainSettings, 
         "variant": variant["name"], "model": variant["model"], "params": model_params(variant), "task": data.task,
         "metric": task.primary, "num_parameters": count_parameters(model),
         "epochs_trained": len(history), "best_epoch": stopper.best_epoch, "stopped_early": stopper.should_stop,
-        f"best_val_{task.primary}": stopper.best, **results,
+        f"best_val_{task.primary}": stopper.best, "tested": tested.to_dict(), **results,
         "train_seconds": sum(r["seconds"] for r in history), "device": str(device),
         **({"provenance": fitted.provenance} if fitted.provenance else {}),
     }

@@ -34,8 +34,9 @@ function duration(seconds) {
   return `${Math.floor(s / 3600)}:${String(Math.floor(s % 3600 / 60)).padStart(2, "0")}:${String(s % 60).padStart(2, "0")}`;
 }
 
-function stateBadge(state) {
-  return `<span class="state ${esc(state)}">${esc(String(state).toUpperCase())}</span>`;
+// `shown`: the word `status` prints for the state (the server's JobState.shown), e.g. NOT_STARTED
+function stateBadge(state, shown) {
+  return `<span class="state ${esc(state)}">${esc(shown)}</span>`;
 }
 
 // A small inline SVG of a variant's curves: the validation metric and the training loss, each

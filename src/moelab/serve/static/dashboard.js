@@ -42,8 +42,11 @@ function experimentShell(name) {
 }
 
 function renderHead(e) {
-  const states = Object.entries(e.states).map(([s, n]) => `<span class="chip">${stateBadge(s)} ${n}</span>`).join(" ");
-  const launch = e.last_launch ? `last launch ${esc(e.last_launch.time || "")} (${esc(e.last_launch.mode || "")})` : "";
+  const states = Object.entries(e.states).map(([s, n]) => `<span class="chip">${stateBadge(s, e.shown_states[s])} ${n}</span>`).join(" ");
+  const last = e.last_launch;
+  const commit = last && last.git_commit
+    ? ` at ${esc(last.git_commit.slice(0, 12))}${last.git_dirty ? " (with uncommitted changes)" : ""}` : "";
+  const launch = last ? `last launch ${esc(last.time || "")} (${esc(last.mode || "")})${commit}` : "";
   const links = [e.report ? `<a href="${esc(e.report)}" target="_blank">report</a>` : `<span class="muted">no report yet</span>`,
                  e.runs_done ? `<a href="/predict?experiment=${encodeURIComponent(e.name)}">predict</a>` : ""].filter(Boolean).join(" · ");
   return `<h2>${esc(e.name)}</h2> <span class="chip">${esc(e.datasets.join(", ") || "?")}</span>
@@ -70,7 +73,7 @@ function renderJobs(data) {
     const problems = job.problems.length ? `<div class="problems">${job.problems.map(p => `<div class="muted">${esc(p)}</div>`).join("")}</div>` : "";
     return `<tr class="job" data-job="${esc(job.key)}">
         <td><code>${esc(job.key)}</code></td><td>${grid}</td>
-        <td class="job-state" data-state="${esc(job.state)}">${stateBadge(job.state)}</td>
+        <td class="job-state" data-state="${esc(job.state)}">${stateBadge(job.state, job.shown)}</td>
         <td class="num">${job.variants_done}/${job.variants_total}</td><td class="num">${job.restarts}</td>
         <td>${esc(job.node || "")}</td><td class="num">${duration(job.elapsed_s)}</td>
         <td>${error}${note}${details}${problems}</td></tr>
@@ -87,7 +90,7 @@ function renderVariant(job, v) {
   const numbers = [v.epochs ? `${v.epochs} ep` : "", v.best_val !== null ? `best val ${esc(metric)} ${fmt(v.best_val)}` : "",
                    v.test !== null ? `test ${fmt(v.test)}` : ""].filter(Boolean).join(" · ");
   return `<div class="variant ${esc(v.state)}" data-variant="${esc(v.name)}">
-      <div class="head"><b>${esc(v.name)}</b> <span class="muted">${esc(v.model)}</span> ${stateBadge(v.state)}</div>
+      <div class="head"><b>${esc(v.name)}</b> <span class="muted">${esc(v.model)}</span> ${stateBadge(v.state, v.shown)}</div>
       <div class="muted">${numbers || "no epochs yet"}</div>
       ${curveSvg(v.curve)}
       ${v.error ? `<div class="error">${esc(v.error)}</div>` : ""}
