@@ -19,6 +19,7 @@ from moelab.report import write_report
 from moelab.report.cli import main
 from moelab.report.data import report_data_from_runs
 from moelab.report.html import headline
+from moelab.report.stats import sign_flip_p_value
 from moelab.report import html
 from moelab.report.tables import (BETTER, NOT_DISTINGUISHABLE, WORSE, add_baseline_differences, ci95, collapse_warning,
                                   comparisons_note, holm, small_sample_warning, summarise, to_markdown, verdict)
@@ -35,7 +36,7 @@ def test_report_on_a_partial_tree_lists_what_is_missing(finished_job, tmp_path, 
     assert set(summary["variant"]) == {"mlp", "moe_hard"}
     markdown = (tmp_path / "experiment" / "summary" / "summary.md").read_text()
     assert f"job {job.key} variant moe_topk" in markdown and f"job {job.key} variant moe:" in markdown
-    assert "Only one seed per comparison with mlp: there is no interval and no test" in markdown
+    assert "1 of 1 comparison(s) with mlp cannot support a verdict (1 with fewer than 3 paired seeds)" in markdown
     assert "2 of 4 runs finished" in capsys.readouterr().out
 
 
@@ -167,7 +168,7 @@ def test_differences_are_paired_within_the_job_and_a_missing_baseline_drops_its_
     assert table.loc["moe", "test_acc_mean"] == pytest.approx(np.mean(BASELINE_ACC) + 0.03)
 
 
-def test_interval_and_p_value_are_student_t_on_the_paired_differences():
+def test_interval_is_student_t_and_p_value_is_the_sign_flip_test_on_the_paired_differences():
     diffs = [0.02, 0.04, 0.03, 0.05, 0.01]
     runs, _ = add_baseline_differences(hand_made_runs({"moe": diffs}), "acc")
     moe = summarise(runs, ["seed"]).set_index("variant").loc["moe"]
@@ -175,8 +176,7 @@ def test_interval_and_p_value_are_student_t_on_the_paired_differences():
     assert moe["diff_test_acc_std"] == pytest.approx(sd)
     low, high = stats.t.interval(0.95, len(diffs) - 1, loc=np.mean(diffs), scale=sd / math.sqrt(len(diffs)))
     assert moe["diff_test_acc_ci95"] == pytest.approx((high - low) / 2)
-    acc = runs.pivot(index="seed", columns="variant", values="test_acc")
-    assert moe["diff_test_acc_p"] == pytest.approx(stats.ttest_rel(acc["moe"], acc["mlp"]).pvalue, rel=1e-9)
+    assert moe["diff_test_acc_p"] == pytest.approx(2 / 2 ** 5)  # five differences of one sign: the two extremes of 32
 
 
 def test_ci95_is_the_t_half_width_and_undefined_below_two_values():
@@ -193,18 +193,27 @@ def test_holm_multiplies_the_i_th_smallest_by_k_minus_i_plus_1_and_keeps_the_ord
 
 
 def test_verdict_words():
-    assert verdict(0.03, 0.01) == BETTER == "better"
-    assert verdict(-0.03, 0.01) == WORSE == "worse"
-    assert verdict(0.03, 0.05) == BETTER  # Holm rejects at adjusted p <= alpha
-    assert verdict(0.03, 0.06) == verdict(0.03, float("nan")) == NOT_DISTINGUISHABLE == "not distinguishable"
+    assert verdict(0.03, 0.01, 8, 0.01) == BETTER == "better"
+    assert verdict(-0.03, 0.01, 8, 0.01) == WORSE == "worse"
+    assert verdict(0.03, 0.05, 8, 0.01) == BETTER  # Holm rejects at adjusted p <= alpha
+    assert verdict(0.03, 0.06, 8, 0.01) == verdict(0.03, float("nan"), 8, 0.01) == NOT_DISTINGUISHABLE
+    assert NOT_DISTINGUISHABLE == "not distinguishable"
+    # degenerate comparisons get no verdict whatever their p-value
+    assert verdict(0.03, 0.0, 2, 0.01) == verdict(0.03, 0.0, 8, 0.0) == NOT_DISTINGUISHABLE
+
+
+EIGHT_SEEDS = (0.80, 0.82, 0.78, 0.81, 0.79, 0.80, 0.83, 0.77)
 
 
 def test_holm_makes_two_nominally_significant_variants_not_distinguishable(tmp_path):
-    differences = {"strong": [0.10, 0.11, 0.09, 0.10, 0.12], "weaker": [-0.10, -0.11, -0.09, -0.12, -0.10],
-                   "weak_a": [0.02, 0.035, 0.0, 0.015, 0.03], "weak_b": [0.01, 0.04, 0.0, 0.02, 0.03]}
-    data = report_of(hand_made_runs(differences), tmp_path)
+    differences = {"strong": [0.10, 0.11, 0.09, 0.10, 0.12, 0.11, 0.10, 0.09],
+                   "weaker": [-0.10, -0.11, -0.09, -0.12, -0.10, -0.11, -0.09, -0.10],
+                   "weak_a": [0.02, 0.035, 0.01, 0.015, 0.03, 0.02, 0.025, -0.015],  # p = 8/256
+                   "weak_b": [0.02, 0.035, 0.01, 0.015, 0.03, 0.02, 0.025, -0.02]}  # p = 12/256
+    data = report_of(hand_made_runs(differences, EIGHT_SEEDS), tmp_path)
     table = data.table.set_index("variant")
-    raw = {name: stats.ttest_1samp(diff, 0).pvalue for name, diff in differences.items()}
+    raw = {name: sign_flip_p_value(diff) for name, diff in differences.items()}
+    assert raw["strong"] == raw["weaker"] == pytest.approx(2 / 256)  # every seed of one sign
     assert 0.025 < raw["weak_a"] < raw["weak_b"] < 0.05  # each alone would be called better
     assert table.loc[list(raw), "diff_test_acc_p"].tolist() == pytest.approx(list(raw.values()), rel=1e-6)
     # Holm over k = 4: weak_a is 3rd smallest (x 2), weak_b 4th (x 1, raised to weak_a's)
@@ -216,7 +225,33 @@ def test_holm_makes_two_nominally_significant_variants_not_distinguishable(tmp_p
     box = headline(data)
     assert "<b>strong</b> has the best test acc" in box and ": <b>better</b>" in box
     assert "Holm-adjusted over 4 comparison(s) at family-wise 5 %" in box
-    assert small_sample_warning(data.table, "acc", "mlp") is None  # 5 seeds
+    assert small_sample_warning(data.table, "acc", "mlp") is None  # 8 seeds, all with spread
+
+
+def test_two_seeds_with_identical_differences_never_give_a_verdict(tmp_path):
+    """Accuracy on 270 test images moves in steps of 1/270: two seeds often give the same difference."""
+    step = 1 / 270
+    for differences in ([step, step], [-step, -step], [3 * step, 3 * step, 3 * step, 3 * step, 3 * step]):
+        data = report_of(hand_made_runs({"moe": differences}, BASELINE_ACC[:len(differences)]), tmp_path)
+        moe = data.table.set_index("variant").loc["moe"]
+        assert moe["diff_test_acc_std"] == 0 and moe["diff_test_acc_verdict"] == NOT_DISTINGUISHABLE
+        warning = small_sample_warning(data.table, "acc", "mlp")
+        reason = "fewer than 3 paired seeds" if len(differences) < 3 else "every seed gives the same difference"
+        page = html.render(data, [], {})
+        assert reason in warning and reason in page[:page.index("<h2>")]  # on the first screen
+        verdicts = re.findall(r"<b>(better|worse)</b>", page)
+        assert not verdicts and "better" not in data.readable.to_string() and "worse" not in data.readable.to_string()
+
+
+def test_a_real_difference_over_ten_seeds_is_still_declared(tmp_path):
+    noise = [0.004, -0.003, 0.002, 0.0, -0.004, 0.003, -0.002, 0.001, 0.0, -0.001]
+    baseline = [0.80 + n for n in noise]
+    up = report_of(hand_made_runs({"moe": [0.03 + n / 2 for n in noise]}, baseline), tmp_path)
+    down = report_of(hand_made_runs({"moe": [-0.03 + n / 2 for n in noise]}, baseline), tmp_path)
+    assert up.table.set_index("variant").loc["moe", "diff_test_acc_p"] == pytest.approx(2 / 1024)
+    assert up.table.set_index("variant").loc["moe", "diff_test_acc_verdict"] == BETTER
+    assert down.table.set_index("variant").loc["moe", "diff_test_acc_verdict"] == WORSE
+    assert ": <b>better</b> (sign-flip test over seeds" in headline(up)
 
 
 def test_the_holm_family_spans_every_variant_at_every_grid_point(tmp_path):
@@ -229,30 +264,31 @@ def test_the_holm_family_spans_every_variant_at_every_grid_point(tmp_path):
     assert "(num_experts=4)" in headline(data)  # the best row, with its grid point
 
 
-def test_too_few_seeds_warns_and_the_two_seed_rule_is_exact(tmp_path):
+def test_too_few_seeds_warns_and_gets_no_verdict(tmp_path):
     one_seed = report_of(hand_made_runs({"moe": [0.1]}, baseline_acc=(0.8,)), tmp_path)
-    assert "no interval and no test" in small_sample_warning(one_seed.table, "acc", "mlp")
+    assert "1 of 1 comparison(s) with mlp cannot support a verdict (1 with fewer than 3 paired seeds)" in (
+        small_sample_warning(one_seed.table, "acc", "mlp"))
     assert one_seed.table.set_index("variant").loc["moe", "diff_test_acc_verdict"] == NOT_DISTINGUISHABLE
-    assert "no test with fewer than two paired seeds" in headline(one_seed)
+    assert "no verdict: fewer than 3 paired seeds" in headline(one_seed)
 
-    # with two seeds and k = 1, d1 and d2 must differ by at most 2 / t(0.975, 1) of their mean: 15.7 %
-    limit = 2 * 0.1 / stats.t.ppf(0.975, 1)
-    just_inside = report_of(hand_made_runs({"moe": [0.1 - 0.49 * limit, 0.1 + 0.49 * limit]}, (0.5, 0.6)), tmp_path)
-    just_outside = report_of(hand_made_runs({"moe": [0.1 - 0.51 * limit, 0.1 + 0.51 * limit]}, (0.5, 0.6)), tmp_path)
-    assert just_inside.table.set_index("variant").loc["moe", "diff_test_acc_verdict"] == BETTER
-    assert just_outside.table.set_index("variant").loc["moe", "diff_test_acc_verdict"] == NOT_DISTINGUISHABLE
-    warning = small_sample_warning(just_inside.table, "acc", "mlp")
-    assert "1 of 1 comparison(s) with mlp rest on fewer than 3 paired seeds" in warning and "15.7 %" in warning
+    # two seeds, however consistent, get no verdict (the exact test cannot go below p = 1/2 with them)
+    two_seeds = report_of(hand_made_runs({"moe": [0.1, 0.11], "moe_b": [0.2, 0.2]}, (0.5, 0.6)), tmp_path)
+    table = two_seeds.table.set_index("variant")
+    assert table.loc["moe", "diff_test_acc_p"] == pytest.approx(0.5)
+    assert (table.loc[["moe", "moe_b"], "diff_test_acc_verdict"] == NOT_DISTINGUISHABLE).all()
+    assert "2 of 2 comparison(s) with mlp cannot support a verdict (2 with fewer than 3 paired seeds)" in (
+        small_sample_warning(two_seeds.table, "acc", "mlp"))
 
     three_seeds = report_of(hand_made_runs({"moe": [0.1, 0.2, 0.3]}, (0.5, 0.6, 0.7)), tmp_path)
     assert small_sample_warning(three_seeds.table, "acc", "mlp") is None
 
 
 def test_the_report_states_holm_and_shows_adjusted_p_values(finished_job, tmp_path):  # noqa: F811
-    """A tree of three seeds made by copying the finished job and setting known test accuracies."""
-    accuracy = {"mlp": [0.80, 0.82, 0.78], "moe": [0.90, 0.93, 0.87], "moe_topk": [0.79, 0.81, 0.78],
-                "moe_hard": [0.60, 0.63, 0.57]}
-    for seed in range(3):
+    """A tree of seven seeds made by copying the finished job and setting known test accuracies (seven:
+    the fewest with which the exact test can pass Holm's first level 0.05/3)."""
+    accuracy = {"mlp": [0.80, 0.82, 0.78, 0.81, 0.79, 0.80, 0.83], "moe": [0.90, 0.93, 0.87, 0.91, 0.88, 0.92, 0.90],
+                "moe_topk": [0.79, 0.81, 0.78, 0.82, 0.80, 0.79, 0.83], "moe_hard": [0.60, 0.63, 0.57, 0.62, 0.61, 0.58, 0.60]}
+    for seed in range(7):
         job = JobTree(copy_job(finished_job, tmp_path).path.rename(tmp_path / "experiment" / "jobs" / f"seed{seed}"))
         spec = json.loads(job.config_file.read_text())
         spec["config"]["seed"] = seed
@@ -263,16 +299,19 @@ def test_the_report_states_holm_and_shows_adjusted_p_values(finished_job, tmp_pa
     write_report([tmp_path / "experiment"])
     tree = ExperimentTree(tmp_path / "experiment")
     summary = pd.read_csv(tree.summary.summary_csv).set_index("variant")
-    raw = {v: stats.ttest_rel(accuracy[v], accuracy["mlp"]).pvalue for v in ("moe", "moe_topk", "moe_hard")}
+    raw = {v: sign_flip_p_value(np.subtract(accuracy[v], accuracy["mlp"])) for v in ("moe", "moe_topk", "moe_hard")}
+    assert raw["moe"] == raw["moe_hard"] == pytest.approx(2 / 128)
     assert summary.loc[list(raw), "diff_test_acc_p"].tolist() == pytest.approx(list(raw.values()), rel=1e-6)
     assert summary.loc[list(raw), "diff_test_acc_p_holm"].tolist() == pytest.approx(list(holm(list(raw.values()))))
     assert summary["diff_test_acc_verdict"].to_dict() == {"mlp": "baseline", "moe": "better", "moe_topk": "not distinguishable",
                                                           "moe_hard": "worse"}
     markdown = tree.summary.markdown.read_text()
-    assert "Holm's method over all k = 3 comparison(s)" in markdown and "5 % (family-wise)" in markdown
-    assert "| p (Holm) | verdict |" in markdown and "Too few seeds" not in markdown
+    for note in ("exact sign-flip permutation test over seeds", "Family: all k = 3 comparison(s)",
+                 "adjustment: Holm's method", "5 % (family-wise)"):
+        assert note in markdown
+    assert "| p (Holm) | verdict |" in markdown and "No verdict for some comparisons" not in markdown
     page = tree.report_file.read_text()
-    assert "Holm&#x27;s method over all k = 3" in page and "<b>better</b> (paired t-test, Holm-adjusted over 3" in page
+    assert "adjustment: Holm&#x27;s method" in page and "<b>better</b> (sign-flip test over seeds, Holm-adjusted over 3" in page
     assert "p (Holm)" in tree.summary.latex.read_text()
 
 
@@ -333,7 +372,7 @@ def test_matched_comparisons_are_paired_within_the_job_and_join_the_holm_family(
     assert table.loc["mlp_total_moe", "diff_active_test_acc_verdict"] == ""  # dense rows have no matched comparison
     (soft,) = [entry for entry in data.matched if entry["variant"] == "moe_soft"]
     assert [(m["variant"], m["kind"]) for m in soft["matches"]] == [("mlp_active_moe", "active and total")]
-    assert "Holm's method over all k = 7 comparison(s)" in comparisons_note(data.table, "acc", "mlp")
+    assert "Family: all k = 7 comparison(s)" in comparisons_note(data.table, "acc", "mlp")
     named = report_data_from_runs(ExperimentTree(tmp_path / "e"), runs, pd.DataFrame(), ["seed"], [],
                                   experiment_yaml="baseline: {variant: mlp_total_moe, match: [active, total]}\n")
     assert named.baseline == "mlp_total_moe"

@@ -62,7 +62,7 @@ def _write_csv_and_latex(data: ReportData) -> None:
     atomic_write(summary.summary_csv, lambda f: data.table.to_csv(f, index=False))
     caption = f"{data.name}: test {data.metric}, mean ± std over seeds"
     if data.baseline:
-        caption += (f"; difference to {data.baseline} paired over seeds; verdicts by paired t-test, Holm-adjusted over "
+        caption += (f"; difference to {data.baseline} paired over seeds; verdicts by an exact sign-flip test over seeds, Holm-adjusted over "
                     "all comparisons (family-wise 5 %)")
     write_text(summary.latex, to_latex(data.readable, caption))
 
@@ -75,7 +75,7 @@ def _markdown(data: ReportData, not_drawn: dict[str, str]) -> str:
              + f". Every column, with std and 95 % intervals, is in {data.tree.summary.summary_csv.name}.\n\n"]
     too_few_seeds = small_sample_warning(data.table, data.metric, data.baseline)
     if too_few_seeds:
-        parts.append(f"**Too few seeds to compare.** {too_few_seeds}\n\n")
+        parts.append(f"**No verdict for some comparisons.** {too_few_seeds}\n\n")
     collapsed = collapse_warning(data.runs, data.group_keys)
     if collapsed:
         parts.append(f"**Expert collapse.** {collapsed}\n\n")

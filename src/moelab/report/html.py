@@ -19,6 +19,7 @@ import pandas as pd
 from moelab.report.data import ReportData
 from moelab.report.plots import Plot
 from moelab.report.study import best_trials_data, study_section
+from moelab.report.stats import degenerate_reason
 from moelab.report.tables import (FAMILY_WISE_ALPHA, MATCHED_INTRO, axis_label, collapse_warning, comparisons_note,
                                   describe_match, family_size, finished, small_sample_warning)
 
@@ -58,7 +59,7 @@ def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> st
         parts.append("<div class='box ok'>Every run of the grid finished.</div>")
     too_few_seeds = small_sample_warning(data.table, data.metric, data.baseline)
     if too_few_seeds:
-        parts.append(f"<div class='box warn'><b>Too few seeds to compare.</b> {_e(too_few_seeds)}</div>")
+        parts.append(f"<div class='box warn'><b>No verdict for some comparisons.</b> {_e(too_few_seeds)}</div>")
     collapsed = collapse_warning(runs, data.group_keys)
     if collapsed:
         parts.append(f"<div class='box warn'><b>Expert collapse.</b> {_e(collapsed)}</div>")
@@ -113,19 +114,21 @@ def headline(data: ReportData) -> str:
     best = table.sort_values(column, ascending=False).iloc[0]
     point = ", ".join(f"{axis_label(k)}={best[k]}" for k in data.group_keys if k != "variant")
     text = (f"<b>{_e(best['variant'])}</b>{' (' + _e(point) + ')' if point else ''} has the best test {_e(metric)}: "
-            f"<b>{best[column]:.4f}</b> ± {_nan0(best.get(f'test_{metric}_std')):.4f} over {int(best['n'])} run(s)")
+            f"<b>{best[column]:.4f}</b> ± {_nan0(best.get(f'test_{metric}_std')):.4f} over {int(best['n'])} seed(s)")
     diff = best.get(f"diff_test_{metric}_mean")
     if baseline and diff is not None and diff == diff and best["variant"] != baseline:
         half = best.get(f"diff_test_{metric}_ci95")
         interval = f" (95 % CI [{diff - half:+.4f}, {diff + half:+.4f}])" if half == half else ""
         adjusted = best.get(f"diff_test_{metric}_p_holm")
-        test = (f"paired t-test, Holm-adjusted over {family_size(table, metric)} comparison(s) at family-wise "
-                f"{FAMILY_WISE_ALPHA * 100:g} %: p = {adjusted:.2g}" if adjusted == adjusted
-                else "no test with fewer than two paired seeds")
+        test = (f"sign-flip test over seeds, Holm-adjusted over {family_size(table, metric)} comparison(s) at "
+                f"family-wise {FAMILY_WISE_ALPHA * 100:g} %: p = {adjusted:.2g}" if adjusted == adjusted else "no test")
+        degenerate = degenerate_reason(int(best[f"diff_test_{metric}_n"]), best[f"diff_test_{metric}_std"])
+        if degenerate:
+            test += f"; no verdict: {degenerate}"
         text += (f"; <b>{diff:+.4f}</b> vs {_e(baseline)} in the same jobs{interval}: "
                  f"<b>{_e(best[f'diff_test_{metric}_verdict'])}</b> ({test}).")
     elif baseline and best["variant"] == baseline:
-        text += ": the dense baseline wins."
+        text += ": the dense baseline has the highest mean (whether another variant is worse: its verdict below)."
     else:
         text += "."
     done = finished(data.runs)

@@ -1,0 +1,52 @@
+"""The paired test behind the report's verdicts (moelab.report.stats), on hand-computed cases, and
+the rule that a degenerate comparison (too few seeds, or differences without spread) gets no verdict."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from moelab.report.stats import MIN_PAIRED_SEEDS, degenerate_reason, sign_flip_p_value, smallest_p_value
+
+
+def test_three_differences_of_one_sign_reach_only_the_two_extreme_assignments():
+    # sums of the 8 sign assignments of (0.1, 0.2, 0.3): +-0.6, +-0.4, +-0.2, +-0.0; only +-0.6 reach 0.6
+    assert sign_flip_p_value([0.1, 0.2, 0.3]) == pytest.approx(2 / 8)
+
+
+def test_mixed_signs_count_every_assignment_at_least_as_extreme():
+    # (0.1, -0.1, 0.2) sums to 0.2; the 8 assignments give 0.2, -0.2, 0.4, 0, 0, -0.4, 0.2, -0.2: six reach 0.2
+    assert sign_flip_p_value([0.1, -0.1, 0.2]) == pytest.approx(6 / 8)
+
+
+def test_tied_differences_give_half_not_zero():
+    # two seeds that moved by the same step: sums 0.2, 0, 0, -0.2; a t-test would divide by zero spread
+    assert sign_flip_p_value([1 / 270, 1 / 270]) == pytest.approx(2 / 4)
+    # ties in floating point (0.1 + 0.2 != 0.3) still count as reaching the observed sum
+    assert sign_flip_p_value([0.1, 0.2, -0.3, 0.3]) == pytest.approx(sign_flip_p_value([1, 2, -3, 3]))
+
+
+def test_all_zero_differences_give_one_and_no_differences_give_nan():
+    assert sign_flip_p_value([0.0, 0.0, 0.0]) == 1.0
+    assert math.isnan(sign_flip_p_value([])) and math.isnan(sign_flip_p_value([float("nan")]))
+    assert sign_flip_p_value([0.1, float("nan"), 0.2, 0.3]) == pytest.approx(2 / 8)  # a missing pair is left out
+
+
+def test_the_smallest_p_value_is_two_over_two_to_the_n():
+    assert sign_flip_p_value([0.01 * (i + 1) for i in range(10)]) == pytest.approx(2 / 1024) == smallest_p_value(10)
+    assert smallest_p_value(1) == 1.0 and smallest_p_value(5) == pytest.approx(0.0625)
+
+
+def test_many_seeds_are_sampled_deterministically_and_never_give_zero():
+    differences = [0.01 * ((-1) ** i) + 0.004 for i in range(20)]
+    p = sign_flip_p_value(differences, seed=3)
+    assert p == sign_flip_p_value(differences, seed=3) and 0 < p < 1
+    assert sign_flip_p_value([0.01] * 20) > 0  # no assignment beats the observed one, yet the estimate is not 0
+
+
+def test_degenerate_comparisons_are_named():
+    assert degenerate_reason(MIN_PAIRED_SEEDS - 1, 0.02) == f"fewer than {MIN_PAIRED_SEEDS} paired seeds"
+    assert degenerate_reason(5, 0.0) == "every seed gives the same difference (no spread)"
+    assert degenerate_reason(5, float("nan")) is not None
+    assert degenerate_reason(MIN_PAIRED_SEEDS, 0.02) is None
