@@ -401,3 +401,21 @@ def test_matched_baselines_through_the_launcher(write_experiment, tmp_path):
     job.status_file.write_text(json.dumps({**json.loads(job.status_file.read_text()), "state": "interrupted"}))
     again = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out", "--no-report")
     assert again.returncode == 0 and "2 job(s) x 4 variant(s), 1 to run" in again.stdout, again.stdout
+
+
+def test_a_search_headline_names_the_trial_selected_on_validation_not_the_best_test_score(tmp_path):
+    from moelab.report.study import StudyData
+    # trial 0 (num_experts=2) has the higher test accuracy; trial 1 (num_experts=4) won on validation
+    runs = pd.concat([hand_made_runs({"moe": [0.10] * 5}, grid_point=2), hand_made_runs({"moe": [0.02] * 5}, grid_point=4)])
+    trials = pd.DataFrame({"number": [0, 1], "state": ["complete", "complete"], "value": [0.90, 0.95],
+                           "jobs": [" ".join(f"seed{s}-2" for s in range(5)), " ".join(f"seed{s}-4" for s in range(5))]})
+    summary = {"objective": {"metric": "val_acc", "variant": "moe", "direction": "maximize"},
+               "best": {"number": 1, "value": 0.95, "params": {"variants.*.num_experts": 4}, "jobs": ["seed0-4"]},
+               "n_trials": 2, "finished": 2, "sampler": "tpe", "pruner": "none", "space": {"variants.*.num_experts": {}}}
+    data = report_data_from_runs(ExperimentTree(tmp_path / "e"), runs, pd.DataFrame(), ["seed", "variants.*.num_experts"],
+                                 [], study=StudyData(trials, summary, None))
+    box = headline(data)
+    assert "<b>moe</b> (num_experts=4) in trial 1, selected on validation (val_acc of moe), has test acc" in box
+    assert f"<b>{np.mean(BASELINE_ACC) + 0.02:.4f}</b>" in box and "best test" not in box
+    page = html.render(data, [], {})
+    assert "Selected on validation: trial 1" in page and "best test" not in page

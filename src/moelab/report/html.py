@@ -63,8 +63,7 @@ def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> st
     collapsed = collapse_warning(runs, data.group_keys)
     if collapsed:
         parts.append(f"<div class='box warn'><b>Expert collapse.</b> {_e(collapsed)}</div>")
-    # a search: the best trial (chosen on validation) against its baseline, never the best test score of all trials
-    parts.append(headline(data if data.study is None else best_trials_data(data, 1) or data))
+    parts.append(headline(data))
     matched = data.matched
     if matched:
         items = "".join(f"<li>{_e(describe_match(entry))}</li>" for entry in matched[:MAX_MATCHED_LINES])
@@ -105,15 +104,29 @@ def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> st
 
 
 def headline(data: ReportData) -> str:
-    """The first-screen box: the best variant and grid point, its difference to the baseline with the
-    verdict, and what its experts did."""
+    """The first-screen box: the best variant and grid point (for a search: the objective's variant
+    in the trial selected on validation, never the best test score of all trials), its difference to
+    the baseline with the verdict, and what its experts did."""
     table, metric, baseline = data.table, data.metric, data.baseline
     column = f"test_{metric}_mean"
     if table.empty or column not in table:
         return "<div class='box headline'>No finished runs yet: nothing to compare.</div>"
-    best = table.sort_values(column, ascending=False).iloc[0]
+    if data.study is None:
+        scope = data
+        best = table.sort_values(column, ascending=False).iloc[0]
+        lead = f"has the best test {_e(metric)}"
+    else:
+        scope = best_trials_data(data, 1)
+        if scope is None or scope.table.empty:
+            return "<div class='box headline'>No trial has completed yet: none selected.</div>"
+        objective = data.study.objective
+        rows = scope.table[scope.table["variant"] == objective["variant"]]
+        best = (rows if not rows.empty else scope.table).iloc[0]
+        selected = data.study.summary.get("best") or {}
+        lead = (f"in trial {_e(selected.get('number', '?'))}, selected on validation ({_e(objective['metric'])} of "
+                f"{_e(objective['variant'])}), has test {_e(metric)}")
     point = ", ".join(f"{axis_label(k)}={best[k]}" for k in data.group_keys if k != "variant")
-    text = (f"<b>{_e(best['variant'])}</b>{' (' + _e(point) + ')' if point else ''} has the best test {_e(metric)}: "
+    text = (f"<b>{_e(best['variant'])}</b>{' (' + _e(point) + ')' if point else ''} {lead}: "
             f"<b>{best[column]:.4f}</b> ± {_nan0(best.get(f'test_{metric}_std')):.4f} over {int(best['n'])} seed(s)")
     diff = best.get(f"diff_test_{metric}_mean")
     if baseline and diff is not None and diff == diff and best["variant"] != baseline:
@@ -131,7 +144,7 @@ def headline(data: ReportData) -> str:
         text += ": the dense baseline has the highest mean (whether another variant is worse: its verdict below)."
     else:
         text += "."
-    done = finished(data.runs)
+    done = finished(scope.runs)
     rows = done[done["variant"] == best["variant"]]
     if "load_entropy" in rows and rows["load_entropy"].notna().any():
         collapsed = rows["num_collapsed_experts"].mean() if "num_collapsed_experts" in rows else 0.0
