@@ -54,6 +54,19 @@ def test_report_with_nothing_finished_skips_plots_with_a_reason(tmp_path, capsys
 def test_create_plots_rejects_a_folder_that_is_not_an_experiment(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     assert "no jobs/ inside" in capsys.readouterr().err
+    assert main([str(tmp_path / "typo")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_create_plots_over_experiments_star_skips_what_is_not_an_experiment(finished_job, tmp_path, capsys):  # noqa: F811
+    job = copy_job(finished_job, tmp_path)
+    experiment = job.path.parent.parent
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "x.yaml").write_text("name: x\n")
+    assert main([str(tmp_path / "configs"), str(experiment)]) == 0
+    assert f"skipped {tmp_path / 'configs'}: not an experiment folder" in capsys.readouterr().out
+    assert ExperimentTree(experiment).report_file.is_file()
+    assert not (tmp_path / "configs" / "report").exists() and not (tmp_path / "configs" / "summary").exists()
 
 
 def test_markdown_table_escapes_and_formats():
