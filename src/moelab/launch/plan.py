@@ -156,6 +156,7 @@ def write_plan(plan: LaunchPlan, mode: str, argv: list[str]) -> None:
         **git, "provenance": str(provenance) if runs else None, "host": host(), "python": sys.executable,
         "jobs_total": len(plan.jobs), "jobs_run": len(plan.to_run), "jobs_skipped": {str(s): n for s, n in skipped.items()},
         "force": plan.fresh, "launch_id": plan.launch_id,
+        "job_keys": [job.key for job in plan.jobs],  # the report covers these jobs' configuration by default
     }
     if plan.search:
         record["trials_to_start"] = plan.search.trials_to_start

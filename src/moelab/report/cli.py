@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from moelab.report import write_report
+from moelab.report.data import UnknownConfiguration
 from moelab.results.tree import ExperimentTree
 
 
@@ -18,7 +19,13 @@ def main(argv: list[str] | None = None, prepare: Callable[[Path], None] | None =
     parser.add_argument("experiments", nargs="*", type=Path,
                         help="experiment folders (default: every folder under experiments/ that has jobs); "
                              "other folders among them, such as experiments/configs, are skipped with a note")
+    parser.add_argument("--configuration", metavar="ID",
+                        help="report on this configuration of the folder instead of the last launch's (the ids and "
+                             "what differs are on the report's first screen)")
     args = parser.parse_args(argv)
+    if args.configuration and len(args.experiments) != 1:
+        print("--configuration: name exactly one experiment folder (an id belongs to one folder)", file=sys.stderr)
+        return 2
     paths = args.experiments or sorted(p for p in Path("experiments").glob("*") if _is_experiment(p))
     if not paths:
         print("no experiment folders found under experiments/; run an experiment first", file=sys.stderr)
@@ -39,7 +46,11 @@ def main(argv: list[str] | None = None, prepare: Callable[[Path], None] | None =
         print(f"skipped {other}: not an experiment folder (no jobs/ inside)")
     for path in paths if prepare else ():
         prepare(path)
-    write_report(paths)
+    try:
+        write_report(paths, args.configuration)
+    except UnknownConfiguration as error:
+        print(f"--configuration: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

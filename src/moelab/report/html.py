@@ -21,7 +21,7 @@ from moelab.report.plots import Plot
 from moelab.report.study import best_trials_data, study_section
 from moelab.report.stats import degenerate_reason
 from moelab.report.tables import (FAMILY_WISE_ALPHA, MATCHED_INTRO, axis_label, collapse_warning, comparisons_note,
-                                  describe_match, family_size, finished, small_sample_warning)
+                                  configurations_note, describe_match, family_size, finished, small_sample_warning)
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:1rem 2rem;color:#222}
@@ -64,6 +64,15 @@ def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> st
     if collapsed:
         parts.append(f"<div class='box warn'><b>Expert collapse.</b> {_e(collapsed)}</div>")
     parts.append(headline(data))
+    if data.configurations:
+        others = "".join(f"<li><b>{_e(row.configuration)}</b>: {_e(row.differs)} ({row.runs} run(s), {row.seeds} seed(s))</li>"
+                         for row in data.other_configurations.itertuples())
+        parts.append(f"<div class='box{' warn' if others else ''}'>"
+                     f"{_e(configurations_note(data.configurations, data.other_configurations))}"
+                     + (f"<ul>{others}</ul>" if others else "") + "</div>")
+    note = comparisons_note(data.table, data.metric, data.baseline)
+    if note:  # on the first screen: how the verdicts above were reached
+        parts.append(f"<p class='sub'>{_e(note)}</p>")
     matched = data.matched
     if matched:
         items = "".join(f"<li>{_e(describe_match(entry))}</li>" for entry in matched[:MAX_MATCHED_LINES])
@@ -74,9 +83,6 @@ def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> st
     parts.append("<h2>Summary</h2><p>Grouped by variant and grid values, seeds pooled: mean ± std; "
                  f"'vs baseline' is the difference to <b>{_e(data.baseline or 'the dense baseline')}</b> in the same job, "
                  "paired over seeds, with its 95 % confidence interval.</p>")
-    note = comparisons_note(data.table, data.metric, data.baseline)
-    if note:
-        parts.append(f"<p>{_e(note)}</p>")
     parts.append(f"<div class='wide'>{data.readable.to_html(index=False, border=0, na_rep='')}</div>"
                  if not data.readable.empty else "<p>No finished runs yet.</p>")
     experts = _experts_table(done)

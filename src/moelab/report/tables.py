@@ -12,6 +12,7 @@ import pandas as pd
 from scipy import stats
 
 from moelab.report.stats import METHOD, MIN_PAIRED_SEEDS, degenerate_reason, sign_flip_p_value, smallest_p_value
+from moelab.results.configurations import COLUMN
 from moelab.results.status import JobState
 
 DENSE_MODELS = ("mlp", "cnn")
@@ -33,7 +34,19 @@ def axis_label(axis: str) -> str:
 
 
 def group_columns(runs: pd.DataFrame, grid_axes: list[str]) -> list[str]:
-    return ["variant"] + [a for a in grid_axes if a != "seed" and a in runs.columns]
+    """Variant, the configuration when the runs hold several (results/configurations.py: runs of
+    different configurations are never pooled), and the grid values other than the seed."""
+    several = COLUMN in runs.columns and runs[COLUMN].nunique() > 1
+    return ["variant"] + ([COLUMN] if several else []) + [a for a in grid_axes if a != "seed" and a in runs.columns]
+
+
+def configurations_note(covered: list[str], others: pd.DataFrame) -> str:
+    """Which configuration a report covers and how many others its folder holds (listed after it)."""
+    text = (f"Configuration {', '.join(covered)} only (by default the last launch's; `create-plots <folder> "
+            "--configuration ID` reports on another): runs of other settings are never pooled, and n counts seeds.")
+    if not others.empty:
+        text += f" {len(others)} other configuration(s) in this folder, not in this report:"
+    return text
 
 
 def finished(runs: pd.DataFrame) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from moelab.results import configurations
 from moelab.results.io import atomic_write, read_json, read_jsonl
 from moelab.results.status import JobState, JobStatus, job_state, read_status
 from moelab.results.tree import ExperimentTree, JobTree
@@ -70,7 +71,8 @@ def collect(paths: str | Path | Iterable[str | Path], curves: bool = True, cache
         changed = False
         for job in tree.jobs():
             record = cached.get(job.key)
-            if record is None or record.signature != _signature(job, record) or (curves and record.curve_rows is None):
+            if (record is None or record.signature != _signature(job, record) or (curves and record.curve_rows is None)
+                    or any(configurations.COLUMN not in row for row in record.rows)):  # cached before the column existed
                 record = _read_job(tree, job, curves)
                 changed = True
             if record.cacheable:
@@ -144,7 +146,8 @@ def _collect_job(tree: ExperimentTree, job: JobTree, rows: list, curve_rows: lis
         problems.append(f"{job.status_file}: unreadable; job state taken from the results on disk")
     status = status or JobStatus(job.key)
     base = {"experiment": spec.get("experiment", tree.path.name), "job": job.key, "job_state": str(state),
-            "seed": config["seed"], **spec.get("grid_values", {}),
+            "seed": config["seed"], configurations.COLUMN: configurations.configuration_id(spec),
+            **spec.get("grid_values", {}),
             **_flatten(config["data"], "data."), **_flatten(config["train"], "train."),
             "host": status.host, "attempts": status.attempts}
     for variant in config["variants"]:
