@@ -50,3 +50,19 @@ def test_degenerate_comparisons_are_named():
     assert degenerate_reason(5, 0.0) == "every seed gives the same difference (no spread)"
     assert degenerate_reason(5, float("nan")) is not None
     assert degenerate_reason(MIN_PAIRED_SEEDS, 0.02) is None
+
+
+def test_every_variant_writes_its_per_sample_test_predictions(finished_job):
+    """The paired test over test examples needs each sample's share of the metric, dense baselines included."""
+    import pandas as pd
+
+    from moelab.results.io import read_json
+
+    for variant in ("mlp", "moe_topk"):
+        samples = pd.read_csv(finished_job.variant(variant).analysis.test_routing)
+        results = read_json(finished_job.variant(variant).results_file)
+        assert samples["sample"].tolist() == list(range(len(samples))) and set(samples["correct"]) <= {0, 1}
+        assert samples["correct"].mean() == pytest.approx(results["test_acc"])
+        assert (samples["correct"] == (samples["label"] == samples["prediction"])).all()
+    assert "expert_1" in pd.read_csv(finished_job.variant("moe_topk").analysis.test_routing)
+    assert "expert_1" not in pd.read_csv(finished_job.variant("mlp").analysis.test_routing)
