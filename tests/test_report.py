@@ -298,7 +298,8 @@ def test_too_few_seeds_warns_and_gets_no_verdict(tmp_path):
 
 def test_the_report_states_holm_and_shows_adjusted_p_values(finished_job, tmp_path):  # noqa: F811
     """A tree of seven seeds made by copying the finished job and setting known test accuracies (seven:
-    the fewest with which the exact test can pass Holm's first level 0.05/3)."""
+    the fewest with which the exact test can pass Holm's first level 0.05/3). The per-sample scores
+    are removed, as older runs lack them: the report falls back to the sign-flip test over seeds."""
     accuracy = {"mlp": [0.80, 0.82, 0.78, 0.81, 0.79, 0.80, 0.83], "moe": [0.90, 0.93, 0.87, 0.91, 0.88, 0.92, 0.90],
                 "moe_topk": [0.79, 0.81, 0.78, 0.82, 0.80, 0.79, 0.83], "moe_hard": [0.60, 0.63, 0.57, 0.62, 0.61, 0.58, 0.60]}
     for seed in range(7):
@@ -307,6 +308,7 @@ def test_the_report_states_holm_and_shows_adjusted_p_values(finished_job, tmp_pa
         spec["config"]["seed"] = seed
         job.config_file.write_text(json.dumps(spec))
         for variant, values in accuracy.items():
+            job.variant(variant).analysis.test_routing.unlink()
             results = json.loads(job.variant(variant).results_file.read_text())
             job.variant(variant).results_file.write_text(json.dumps({**results, "test_acc": values[seed]}))
     write_report([tmp_path / "experiment"])
@@ -432,3 +434,28 @@ def test_a_search_headline_names_the_trial_selected_on_validation_not_the_best_t
     assert f"<b>{np.mean(BASELINE_ACC) + 0.02:.4f}</b>" in box and "best test" not in box
     page = html.render(data, [], {})
     assert "Selected on validation: trial 1" in page and "best test" not in page
+
+
+def test_with_per_sample_scores_the_report_tests_over_seeds_and_examples_and_says_so(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(4):
+        baseline = (rng.random(270) < 0.8).astype(float)
+        wrong, right = np.flatnonzero(baseline == 0), np.flatnonzero(baseline == 1)
+        strong, noise = baseline.copy(), baseline.copy()
+        strong[wrong[:25 + seed]] = 1  # 25-28 images won, 2 lost: a real difference
+        strong[right[:2]] = 0
+        noise[wrong[:3]] = 1  # 3 won, 2 lost: one image net in every seed
+        noise[right[:2]] = 0
+        job = {"job": f"seed{seed}", "seed": seed, "state": "done", "metric": "acc"}
+        rows += [{**job, "variant": name, "model": model, "test_acc": scores.mean(), "test_samples": scores}
+                 for name, model, scores in (("mlp", "mlp", baseline), ("strong", "moe", strong), ("noise", "moe", noise))]
+    data = report_of(pd.DataFrame(rows), tmp_path)
+    table = data.table.set_index("variant")
+    assert (table.loc[["strong", "noise"], "diff_test_acc_method"] == "bootstrap").all()
+    assert table.loc["strong", "diff_test_acc_verdict"] == BETTER
+    assert table.loc["noise", "diff_test_acc_verdict"] == NOT_DISTINGUISHABLE  # identical 1/270 steps: no spread either
+    assert table.loc["noise", "diff_test_acc_p"] > 0.3  # and five flips per seed are no evidence
+    note = comparisons_note(data.table, "acc", "mlp")
+    assert "paired bootstrap over seeds and test examples" in note and "sign-flip" not in note
+    assert ": <b>better</b> (paired bootstrap over seeds and test examples, Holm-adjusted over 2" in headline(data)

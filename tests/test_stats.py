@@ -7,7 +7,10 @@ import math
 
 import pytest
 
-from moelab.report.stats import MIN_PAIRED_SEEDS, degenerate_reason, sign_flip_p_value, smallest_p_value
+import numpy as np
+
+from moelab.report.stats import (BOOTSTRAP_RESAMPLES, MIN_PAIRED_SEEDS, degenerate_reason, paired_bootstrap_p_value,
+                                 sign_flip_p_value, smallest_p_value)
 
 
 def test_three_differences_of_one_sign_reach_only_the_two_extreme_assignments():
@@ -66,3 +69,21 @@ def test_every_variant_writes_its_per_sample_test_predictions(finished_job):
         assert (samples["correct"] == (samples["label"] == samples["prediction"])).all()
     assert "expert_1" in pd.read_csv(finished_job.variant("moe_topk").analysis.test_routing)
     assert "expert_1" not in pd.read_csv(finished_job.variant("mlp").analysis.test_routing)
+
+
+def test_the_bootstrap_of_identical_predictions_gives_one_and_of_a_sweep_its_smallest_p():
+    assert paired_bootstrap_p_value([np.zeros(270)] * 3) == 1.0  # every resample is exactly 0: both sides count
+    # every example of every seed better: every resample is +1, only the observed value counts below zero
+    assert paired_bootstrap_p_value([np.ones(100)] * 3) == pytest.approx(2 / (BOOTSTRAP_RESAMPLES + 1))
+    assert math.isnan(paired_bootstrap_p_value([]))
+
+
+def test_the_bootstrap_counts_the_test_sets_noise_that_a_test_over_seeds_cannot_see():
+    """Each of 6 seeds: the variant wins 3 test images and loses 2 of 270, one image net. Over seeds the
+    differences all equal 1/270 (degenerate); over examples, five flips are no evidence."""
+    per_seed = [np.array([1.0] * 3 + [-1.0] * 2 + [0.0] * 265)] * 6
+    p = paired_bootstrap_p_value(per_seed, seed=1)
+    assert p == paired_bootstrap_p_value(per_seed, seed=1) and p > 0.3  # deterministic given the seed
+    # a consistent gain of 30 images out of 270 in every seed is found
+    strong = [np.array([1.0] * 35 + [-1.0] * 5 + [0.0] * 230)] * 6
+    assert paired_bootstrap_p_value(strong) < 0.001

@@ -13,10 +13,11 @@ import pandas as pd
 import yaml
 
 from moelab.report.study import StudyData, read_study
-from moelab.report.tables import (add_baseline_differences, compact, compare_to_baseline, group_columns,
+from moelab.report.tables import (SAMPLES, add_baseline_differences, compact, compare_to_baseline, group_columns,
                                   matched_comparisons, summarise)
 from moelab.results import ExperimentTree, collect
 from moelab.results.configurations import COLUMN, describe_configurations, last_launch_configurations
+from moelab.results.samples import read_sample_scores
 from moelab.results.io import read_jsonl
 from moelab.results.status import JobState
 
@@ -73,6 +74,9 @@ def read_report_data(path: Path, curves: bool = True, cache: bool = True, config
     experiment_yaml = tree.experiment_file.read_text() if tree.experiment_file.is_file() else ""
     launches = read_jsonl(tree.launches_file) if tree.launches_file.is_file() else []
     runs, run_curves = found.runs, found.curves
+    if not runs.empty:  # per-sample test scores of finished runs, for the paired test over test examples
+        runs = runs.assign(**{SAMPLES: [read_sample_scores(path) if state == JobState.DONE else None
+                                        for path, state in zip(runs["path"], runs["state"])]})
     if configuration is not None and (runs.empty or configuration not in set(runs[COLUMN])):
         known = ", ".join(dict.fromkeys(runs[COLUMN])) if not runs.empty else "none"
         raise UnknownConfiguration(f"{tree.path}: no configuration {configuration!r} (found: {known}); "

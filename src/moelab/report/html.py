@@ -139,7 +139,9 @@ def headline(data: ReportData) -> str:
         half = best.get(f"diff_test_{metric}_ci95")
         interval = f" (95 % CI [{diff - half:+.4f}, {diff + half:+.4f}])" if half == half else ""
         adjusted = best.get(f"diff_test_{metric}_p_holm")
-        test = (f"sign-flip test over seeds, Holm-adjusted over {family_size(table, metric)} comparison(s) at "
+        method = {"bootstrap": "paired bootstrap over seeds and test examples", "sign-flip": "sign-flip test over seeds"}.get(
+            best.get(f"diff_test_{metric}_method"), "paired test")
+        test = (f"{method}, Holm-adjusted over {family_size(table, metric)} comparison(s) at "
                 f"family-wise {FAMILY_WISE_ALPHA * 100:g} %: p = {adjusted:.2g}" if adjusted == adjusted else "no test")
         degenerate = degenerate_reason(int(best[f"diff_test_{metric}_n"]), best[f"diff_test_{metric}_std"])
         if degenerate:

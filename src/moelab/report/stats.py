@@ -1,7 +1,10 @@
-"""The paired test behind every "better" / "worse" of a report, and the rule for when there is none.
+"""The paired tests behind every "better" / "worse" of a report, and the rule for when there is none.
 
 A comparison is a list of per-seed differences (a variant minus its reference in the same job, so
-the same seed and grid values). The test is an exact sign-flip permutation test over seeds: under
+the same seed and grid values). When every run of the comparison wrote its per-sample test scores,
+the test is a paired bootstrap over seeds and test examples (paired_bootstrap_p_value): it adds the
+test set's sampling noise (270 test images move accuracy in steps of 1/270) to the seed-to-seed
+noise. Otherwise the test is an exact sign-flip permutation test over seeds: under
 "no difference" each per-seed difference is as likely to have either sign, so the p-value is the
 share of the 2^n sign assignments whose sum is at least as far from zero as the observed one. It
 makes no normality assumption, is exact for few seeds, and cannot be fooled by tied differences:
@@ -22,7 +25,10 @@ import numpy as np
 MIN_PAIRED_SEEDS = 3  # the fewest paired seeds a verdict may rest on
 EXACT_UP_TO = 16  # seeds up to which all 2^n sign assignments are enumerated (65,536 sums)
 RANDOM_SIGN_FLIPS = 100_000  # sign assignments drawn beyond that (deterministic: a fixed generator seed)
+BOOTSTRAP_RESAMPLES = 5_000  # resamples of the paired bootstrap (deterministic: a fixed generator seed)
 METHOD = "exact sign-flip permutation test over seeds (two-sided)"
+BOOTSTRAP_METHOD = (f"paired bootstrap over seeds and test examples ({BOOTSTRAP_RESAMPLES} resamples of the seeds, "
+                    "then of each drawn seed's test examples; two-sided)")
 # sums this close count as equal: differences of accuracies are sums of multiples of 1/n_test in floating point
 _TOLERANCE = 1e-9
 
@@ -42,6 +48,26 @@ def sign_flip_p_value(differences: Sequence[float], seed: int = 0) -> float:
     signs = np.random.default_rng(seed).choice((1.0, -1.0), size=(RANDOM_SIGN_FLIPS, len(d)))
     extreme = int(np.sum(np.abs(signs @ d) >= observed - _TOLERANCE))
     return (extreme + 1) / (RANDOM_SIGN_FLIPS + 1)
+
+
+def paired_bootstrap_p_value(per_seed: Sequence[np.ndarray], seed: int = 0) -> float:
+    """Two-sided p-value of a zero mean difference from per-seed vectors of per-example differences
+    (a variant's per-sample test score minus its reference's, same job and test set). Each resample
+    draws seeds with replacement, and for each drawn seed the mean of its examples drawn with
+    replacement; the statistic is the mean over the drawn seeds. p = twice the smaller share of
+    resamples on either side of zero (each share counts the observed value too, so p is never 0),
+    capped at 1. NaN without seeds."""
+    per_seed = [np.asarray(d, dtype=float) for d in per_seed]
+    if not per_seed:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    # each seed's example-resampled means, one per resample
+    means = np.stack([d[rng.integers(len(d), size=(BOOTSTRAP_RESAMPLES, len(d)))].mean(axis=1) for d in per_seed])
+    drawn = rng.integers(len(per_seed), size=(BOOTSTRAP_RESAMPLES, len(per_seed)))
+    statistic = means[drawn, np.arange(BOOTSTRAP_RESAMPLES)[:, None]].mean(axis=1)
+    below = int(np.sum(statistic <= _TOLERANCE)) + 1
+    above = int(np.sum(statistic >= -_TOLERANCE)) + 1
+    return float(min(1.0, 2 * min(below, above) / (BOOTSTRAP_RESAMPLES + 1)))
 
 
 def degenerate_reason(n: int, std: float) -> str | None:

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from moelab.report.stats import METHOD, MIN_PAIRED_SEEDS, degenerate_reason, sign_flip_p_value, smallest_p_value
+from moelab.report.stats import (BOOTSTRAP_METHOD, METHOD, MIN_PAIRED_SEEDS, degenerate_reason, paired_bootstrap_p_value,
+                                  sign_flip_p_value, smallest_p_value)
 from moelab.results.configurations import COLUMN
 from moelab.results.status import JobState
 
@@ -20,6 +21,9 @@ MATCH_KINDS = ("active", "total")  # the sizes baseline.match builds dense model
 FAMILY_WISE_ALPHA = 0.05  # the chance of any false "better" or "worse" among all comparisons of one report
 BETTER, NOT_DISTINGUISHABLE, WORSE = "better", "not distinguishable", "worse"
 # final numbers worth averaging, when present; test_<metric>@<routing> columns are added as found
+SAMPLES = "test_samples"  # runs column: per-sample test scores (results/samples.py), when read
+# the suffix of a difference column's per-sample companion (the per-example differences of each pair)
+SAMPLES_SUFFIX = "_samples"
 SUMMARY_COLUMNS = ("test_acc", "test_macro_f1", "test_macro_precision", "test_macro_recall", "test_auc_macro", "test_psnr",
                    "test_mse", "test_rmse", "test_mae", "test_r2", "test_loss", "num_parameters", "active_parameters",
                    "dead_expert_fraction", "effective_experts", "routing_flip_rate", "latency_ms", "epochs_trained",
@@ -80,25 +84,43 @@ def add_baseline_differences(runs: pd.DataFrame, metric: str, named: str | None 
                 dense = dense.where(dense != runs[f"matched_{MATCH_KINDS[0]}"])
             reference = [score.get((job, name), float("nan")) for job, name in zip(runs["job"], dense)]
             runs[f"diff_{kind}_{column}"] = runs[column] - reference
+            _add_sample_differences(runs, f"diff_{kind}_{column}", dense)
     dense = done[done["model"].isin(DENSE_MODELS) & ~done["variant"].isin(matched)]
     baseline = named or (dense["variant"].iloc[0] if not dense.empty else None)
     if baseline is not None:
         reference = done[done["variant"] == baseline].set_index("job")[column]
         runs[f"diff_{column}"] = runs[column] - runs["job"].map(reference)
+        _add_sample_differences(runs, f"diff_{column}", pd.Series(baseline, index=runs.index))
     return runs, baseline
+
+
+def _add_sample_differences(runs: pd.DataFrame, difference: str, reference: pd.Series) -> None:
+    """<difference>_samples: each run's per-sample test scores minus those of its reference variant in
+    the same job (None where either is missing, or the test sets differ in size)."""
+    if SAMPLES not in runs:
+        return
+    scores = dict(zip(zip(runs["job"], runs["variant"]), runs[SAMPLES]))
+    pairs = []
+    for job, own, other, paired in zip(runs["job"], runs[SAMPLES], reference, runs[difference]):
+        theirs = scores.get((job, other))
+        usable = paired == paired and own is not None and theirs is not None and len(own) == len(theirs)
+        pairs.append(own - theirs if usable else None)
+    runs[difference + SAMPLES_SUFFIX] = pairs
 
 
 def summarise(runs: pd.DataFrame, grid_axes: list[str]) -> pd.DataFrame:
     """One row per variant x grid point (seeds pooled): <metric>_mean, _std, _ci95 (half-width,
     Student's t) and n; diff_* columns are paired differences to the dense baseline, with _n (the
-    number of paired seeds) and _p (stats.sign_flip_p_value of the per-seed differences)."""
+    number of paired seeds), _p and _method: stats.paired_bootstrap_p_value over seeds and test examples
+    when every pair has per-sample scores (a <diff>_samples column), else stats.sign_flip_p_value of
+    the per-seed differences."""
     done = finished(runs)
     if done.empty:
         return pd.DataFrame()
     values = [c for c in SUMMARY_COLUMNS if c in done and done[c].notna().any()]
     values += sorted(c for c in done.columns if c.startswith("test_") and "@" in c and "seconds" not in c)
     values += sorted((c for c in done.columns if c.startswith("test_auc_class_")), key=lambda c: int(c.rsplit("_", 1)[1]))
-    values += [c for c in done.columns if c.startswith("diff_")]
+    values += [c for c in done.columns if c.startswith("diff_") and not c.endswith(SAMPLES_SUFFIX)]
     keys = group_columns(done, grid_axes)
     # grid values may be lists or None; group on their text so every value forms a group
     keyed = done.assign(**{k: done[k].map(_group_text) for k in keys})
@@ -112,8 +134,21 @@ def summarise(runs: pd.DataFrame, grid_axes: list[str]) -> pd.DataFrame:
         out[f"{metric}_ci95"] = pd.Series([ci95(s, c) for s, c in zip(std, n)], index=table.index)
         if metric.startswith("diff_"):
             out[f"{metric}_n"] = n
-            out[f"{metric}_p"] = grouped[metric].agg(sign_flip_p_value)
+            tests = [_paired_test(group, metric) for _, group in grouped]
+            out[f"{metric}_p"] = pd.Series([p for p, _ in tests], index=table.index)
+            out[f"{metric}_method"] = pd.Series([method for _, method in tests], index=table.index)
     return pd.DataFrame(out, index=table.index).reset_index()
+
+
+def _paired_test(group: pd.DataFrame, difference: str) -> tuple[float, str]:
+    """The p-value of one comparison and its method ("bootstrap" or "sign-flip"; "" without pairs)."""
+    paired = group[group[difference].notna()]
+    if paired.empty:
+        return float("nan"), ""
+    samples = paired[difference + SAMPLES_SUFFIX] if difference + SAMPLES_SUFFIX in paired else None
+    if samples is not None and all(s is not None for s in samples):
+        return paired_bootstrap_p_value(list(samples)), "bootstrap"
+    return sign_flip_p_value(paired[difference]), "sign-flip"
 
 
 def ci95(std: float, n: int) -> float:
@@ -240,13 +275,24 @@ def comparisons_note(table: pd.DataFrame, metric: str, baseline: str | None) -> 
                        "parameters (baseline.match) in the same jobs")
     if k == 0:
         return "Verdicts: no comparison has paired seeds yet, so there is no test and every variant is 'not distinguishable'."
-    return (f"Verdicts: test {metric} of {'; and '.join(against)}, by an {METHOD} of the per-seed differences. "
+    return (f"Verdicts: test {metric} of {'; and '.join(against)}, by {_methods(table, metric)}. "
             f"Family: all k = {k} comparison(s) of this table; adjustment: Holm's method, so that the chance of any "
             f"false verdict stays at {FAMILY_WISE_ALPHA * 100:g} % (family-wise). A variant is 'better' or 'worse' when "
             f"its adjusted p <= {FAMILY_WISE_ALPHA:g} and the comparison rests on at least {MIN_PAIRED_SEEDS} paired "
-            "seeds whose differences are not all equal; otherwise 'not distinguishable'. With n seeds the smallest "
-            f"possible p is 2/2^n ({smallest_p_value(5):.3g} at 5, {smallest_p_value(6):.3g} at 6). The 95 % "
-            "intervals are per comparison, not adjusted.")
+            "seeds whose differences are not all equal; otherwise 'not distinguishable'. The 95 % intervals are per "
+            "comparison, over seeds, not adjusted.")
+
+
+def _methods(table: pd.DataFrame, metric: str) -> str:
+    """The tests used for a table's comparisons, in words."""
+    used = pd.concat([table[f"{c}_method"] for c in comparison_columns(metric) if f"{c}_method" in table])
+    counts = used[used != ""].value_counts()
+    words = {"bootstrap": f"a {BOOTSTRAP_METHOD} of the per-sample test scores",
+             "sign-flip": f"an {METHOD} of the per-seed differences (runs without per-sample scores; with n seeds "
+                          f"its smallest p is 2/2^n: {smallest_p_value(5):.3g} at 5, {smallest_p_value(6):.3g} at 6)"}
+    if len(counts) == 1:
+        return words[counts.index[0]]
+    return "; ".join(f"{words[method]} for {count} comparison(s)" for method, count in counts.items())
 
 
 def small_sample_warning(table: pd.DataFrame, metric: str, baseline: str | None) -> str | None:
