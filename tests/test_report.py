@@ -356,6 +356,8 @@ def test_router_health_roc_and_auc_reach_the_tables_and_the_report(finished_job,
         assert summary.loc[["moe", "moe_topk", "moe_hard"], f"{column}_mean"].notna().all(), column
         assert math.isnan(summary.loc["mlp", f"{column}_mean"])
     assert summary["test_auc_macro_mean"].between(0.5, 1).all() and "test_auc_class_9_mean" in summary
+    runs = pd.read_csv(tree.summary.runs_csv)  # one number per cell: per-sample scores stay in analysis/
+    assert not [c for c in runs.columns if "samples" in c] and "diff_test_acc_method" in summary
     assert tree.summary.plot("router_health").is_file() and tree.summary.plot("roc").is_file()
     page = tree.report_file.read_text()
     assert "effective experts" in page and "routing flips (last epoch)" in page and "test_auc_macro" in page

@@ -13,7 +13,7 @@ from pathlib import Path
 from moelab.report import html
 from moelab.report.data import ReportData, read_report_data
 from moelab.report.plots import draw_plots
-from moelab.report.tables import (MATCHED_INTRO, collapse_warning, comparisons_note, configurations_note, describe_match,
+from moelab.report.tables import (MATCHED_INTRO, SAMPLES, SAMPLES_SUFFIX, collapse_warning, comparisons_note, configurations_note, describe_match,
                                   small_sample_warning, to_latex, to_markdown)
 from moelab.results.io import atomic_write, write_text
 from moelab.results.status import JobState
@@ -62,12 +62,14 @@ def _write_one(path: Path, configuration: str | None) -> Path:
 
 def _write_csv_and_latex(data: ReportData) -> None:
     summary = data.tree.summary
-    atomic_write(summary.runs_csv, lambda f: data.runs.drop(columns=["path"], errors="ignore").to_csv(f, index=False))
+    # per-sample scores stay in the variants' analysis folders: one number per cell here
+    arrays = [c for c in data.runs.columns if c == SAMPLES or c.endswith(SAMPLES_SUFFIX)]
+    atomic_write(summary.runs_csv, lambda f: data.runs.drop(columns=["path", *arrays], errors="ignore").to_csv(f, index=False))
     atomic_write(summary.summary_csv, lambda f: data.table.to_csv(f, index=False))
     caption = f"{data.name}: test {data.metric}, mean ± std over seeds"
     if data.baseline:
-        caption += (f"; difference to {data.baseline} paired over seeds; verdicts by an exact sign-flip test over seeds, Holm-adjusted over "
-                    "all comparisons (family-wise 5 %)")
+        caption += (f"; difference to {data.baseline} paired over seeds; verdicts by a paired test (its method is in "
+                    f"{summary.markdown.name}), Holm-adjusted over all comparisons (family-wise 5 %)")
     write_text(summary.latex, to_latex(data.readable, caption))
 
 
