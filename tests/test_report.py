@@ -461,3 +461,13 @@ def test_with_per_sample_scores_the_report_tests_over_seeds_and_examples_and_say
     note = comparisons_note(data.table, "acc", "mlp")
     assert "paired bootstrap over seeds and test examples" in note and "sign-flip" not in note
     assert ": <b>better</b> (paired bootstrap over seeds and test examples, Holm-adjusted over 2" in headline(data)
+
+
+def test_per_sample_scores_that_disagree_with_the_metric_on_the_direction_give_no_verdict(tmp_path):
+    rows = []
+    for seed in range(6):
+        job = {"job": f"seed{seed}", "seed": seed, "state": "done", "metric": "psnr"}
+        rows += [{**job, "variant": "mlp", "model": "mlp", "test_psnr": 20.0, "test_samples": -np.full(50, 0.1)},
+                 {**job, "variant": "moe", "model": "moe", "test_psnr": 21.0 + seed / 10, "test_samples": -np.full(50, 0.2)}]
+    moe = report_of(pd.DataFrame(rows), tmp_path).table.set_index("variant").loc["moe"]
+    assert moe["diff_test_psnr_p"] == 1.0 and moe["diff_test_psnr_verdict"] == NOT_DISTINGUISHABLE

@@ -147,6 +147,10 @@ def _paired_test(group: pd.DataFrame, difference: str) -> tuple[float, str]:
         return float("nan"), ""
     samples = paired[difference + SAMPLES_SUFFIX] if difference + SAMPLES_SUFFIX in paired else None
     if samples is not None and all(s is not None for s in samples):
+        # regression scores are squared errors while the metric may be PSNR: when the two disagree on
+        # the direction, the test says nothing about the metric's difference
+        if np.sign(np.mean([s.mean() for s in samples])) != np.sign(paired[difference].mean()):
+            return 1.0, "bootstrap"
         return paired_bootstrap_p_value(list(samples)), "bootstrap"
     return sign_flip_p_value(paired[difference]), "sign-flip"
 
