@@ -19,6 +19,7 @@ from moelab.report import write_report
 from moelab.report.cli import main
 from moelab.report.data import report_data_from_runs
 from moelab.report.html import headline
+from moelab.report.stats import sign_flip_p_value
 from moelab.report import html
 from moelab.report.tables import (BETTER, NOT_DISTINGUISHABLE, WORSE, add_baseline_differences, ci95, collapse_warning,
                                   comparisons_note, holm, small_sample_warning, summarise, to_markdown, verdict)
@@ -35,7 +36,7 @@ def test_report_on_a_partial_tree_lists_what_is_missing(finished_job, tmp_path, 
     assert set(summary["variant"]) == {"mlp", "moe_hard"}
     markdown = (tmp_path / "experiment" / "summary" / "summary.md").read_text()
     assert f"job {job.key} variant moe_topk" in markdown and f"job {job.key} variant moe:" in markdown
-    assert "Only one seed per comparison with mlp: there is no interval and no test" in markdown
+    assert "1 of 1 comparison(s) with mlp cannot support a verdict (1 with fewer than 3 paired seeds)" in markdown
     assert "2 of 4 runs finished" in capsys.readouterr().out
 
 
@@ -53,6 +54,19 @@ def test_report_with_nothing_finished_skips_plots_with_a_reason(tmp_path, capsys
 def test_create_plots_rejects_a_folder_that_is_not_an_experiment(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     assert "no jobs/ inside" in capsys.readouterr().err
+    assert main([str(tmp_path / "typo")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_create_plots_over_experiments_star_skips_what_is_not_an_experiment(finished_job, tmp_path, capsys):  # noqa: F811
+    job = copy_job(finished_job, tmp_path)
+    experiment = job.path.parent.parent
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "x.yaml").write_text("name: x\n")
+    assert main([str(tmp_path / "configs"), str(experiment)]) == 0
+    assert f"skipped {tmp_path / 'configs'}: not an experiment folder" in capsys.readouterr().out
+    assert ExperimentTree(experiment).report_file.is_file()
+    assert not (tmp_path / "configs" / "report").exists() and not (tmp_path / "configs" / "summary").exists()
 
 
 def test_markdown_table_escapes_and_formats():
@@ -95,7 +109,8 @@ def test_the_html_report_loads_in_chromium_without_errors(finished_job, tmp_path
     assert errors == []
     assert len(images) >= 5 and all(ok for _, ok in images), images
     assert "unfinished, failed or unreadable" in first_screen and "has the best test acc" in first_screen
-    assert "Too few seeds to compare" in first_screen  # one job: a single seed per comparison
+    assert "No verdict for some comparisons" in first_screen  # one job: a single seed per comparison
+    assert "by a paired bootstrap over seeds and test examples" in first_screen  # the method, up front
     assert screenshot.stat().st_size > 50_000
 
 
@@ -167,7 +182,7 @@ def test_differences_are_paired_within_the_job_and_a_missing_baseline_drops_its_
     assert table.loc["moe", "test_acc_mean"] == pytest.approx(np.mean(BASELINE_ACC) + 0.03)
 
 
-def test_interval_and_p_value_are_student_t_on_the_paired_differences():
+def test_interval_is_student_t_and_p_value_is_the_sign_flip_test_on_the_paired_differences():
     diffs = [0.02, 0.04, 0.03, 0.05, 0.01]
     runs, _ = add_baseline_differences(hand_made_runs({"moe": diffs}), "acc")
     moe = summarise(runs, ["seed"]).set_index("variant").loc["moe"]
@@ -175,8 +190,7 @@ def test_interval_and_p_value_are_student_t_on_the_paired_differences():
     assert moe["diff_test_acc_std"] == pytest.approx(sd)
     low, high = stats.t.interval(0.95, len(diffs) - 1, loc=np.mean(diffs), scale=sd / math.sqrt(len(diffs)))
     assert moe["diff_test_acc_ci95"] == pytest.approx((high - low) / 2)
-    acc = runs.pivot(index="seed", columns="variant", values="test_acc")
-    assert moe["diff_test_acc_p"] == pytest.approx(stats.ttest_rel(acc["moe"], acc["mlp"]).pvalue, rel=1e-9)
+    assert moe["diff_test_acc_p"] == pytest.approx(2 / 2 ** 5)  # five differences of one sign: the two extremes of 32
 
 
 def test_ci95_is_the_t_half_width_and_undefined_below_two_values():
@@ -193,18 +207,27 @@ def test_holm_multiplies_the_i_th_smallest_by_k_minus_i_plus_1_and_keeps_the_ord
 
 
 def test_verdict_words():
-    assert verdict(0.03, 0.01) == BETTER == "better"
-    assert verdict(-0.03, 0.01) == WORSE == "worse"
-    assert verdict(0.03, 0.05) == BETTER  # Holm rejects at adjusted p <= alpha
-    assert verdict(0.03, 0.06) == verdict(0.03, float("nan")) == NOT_DISTINGUISHABLE == "not distinguishable"
+    assert verdict(0.03, 0.01, 8, 0.01) == BETTER == "better"
+    assert verdict(-0.03, 0.01, 8, 0.01) == WORSE == "worse"
+    assert verdict(0.03, 0.05, 8, 0.01) == BETTER  # Holm rejects at adjusted p <= alpha
+    assert verdict(0.03, 0.06, 8, 0.01) == verdict(0.03, float("nan"), 8, 0.01) == NOT_DISTINGUISHABLE
+    assert NOT_DISTINGUISHABLE == "not distinguishable"
+    # degenerate comparisons get no verdict whatever their p-value
+    assert verdict(0.03, 0.0, 2, 0.01) == verdict(0.03, 0.0, 8, 0.0) == NOT_DISTINGUISHABLE
+
+
+EIGHT_SEEDS = (0.80, 0.82, 0.78, 0.81, 0.79, 0.80, 0.83, 0.77)
 
 
 def test_holm_makes_two_nominally_significant_variants_not_distinguishable(tmp_path):
-    differences = {"strong": [0.10, 0.11, 0.09, 0.10, 0.12], "weaker": [-0.10, -0.11, -0.09, -0.12, -0.10],
-                   "weak_a": [0.02, 0.035, 0.0, 0.015, 0.03], "weak_b": [0.01, 0.04, 0.0, 0.02, 0.03]}
-    data = report_of(hand_made_runs(differences), tmp_path)
+    differences = {"strong": [0.10, 0.11, 0.09, 0.10, 0.12, 0.11, 0.10, 0.09],
+                   "weaker": [-0.10, -0.11, -0.09, -0.12, -0.10, -0.11, -0.09, -0.10],
+                   "weak_a": [0.02, 0.035, 0.01, 0.015, 0.03, 0.02, 0.025, -0.015],  # p = 8/256
+                   "weak_b": [0.02, 0.035, 0.01, 0.015, 0.03, 0.02, 0.025, -0.02]}  # p = 12/256
+    data = report_of(hand_made_runs(differences, EIGHT_SEEDS), tmp_path)
     table = data.table.set_index("variant")
-    raw = {name: stats.ttest_1samp(diff, 0).pvalue for name, diff in differences.items()}
+    raw = {name: sign_flip_p_value(diff) for name, diff in differences.items()}
+    assert raw["strong"] == raw["weaker"] == pytest.approx(2 / 256)  # every seed of one sign
     assert 0.025 < raw["weak_a"] < raw["weak_b"] < 0.05  # each alone would be called better
     assert table.loc[list(raw), "diff_test_acc_p"].tolist() == pytest.approx(list(raw.values()), rel=1e-6)
     # Holm over k = 4: weak_a is 3rd smallest (x 2), weak_b 4th (x 1, raised to weak_a's)
@@ -216,7 +239,33 @@ def test_holm_makes_two_nominally_significant_variants_not_distinguishable(tmp_p
     box = headline(data)
     assert "<b>strong</b> has the best test acc" in box and ": <b>better</b>" in box
     assert "Holm-adjusted over 4 comparison(s) at family-wise 5 %" in box
-    assert small_sample_warning(data.table, "acc", "mlp") is None  # 5 seeds
+    assert small_sample_warning(data.table, "acc", "mlp") is None  # 8 seeds, all with spread
+
+
+def test_two_seeds_with_identical_differences_never_give_a_verdict(tmp_path):
+    """Accuracy on 270 test images moves in steps of 1/270: two seeds often give the same difference."""
+    step = 1 / 270
+    for differences in ([step, step], [-step, -step], [3 * step, 3 * step, 3 * step, 3 * step, 3 * step]):
+        data = report_of(hand_made_runs({"moe": differences}, BASELINE_ACC[:len(differences)]), tmp_path)
+        moe = data.table.set_index("variant").loc["moe"]
+        assert moe["diff_test_acc_std"] == 0 and moe["diff_test_acc_verdict"] == NOT_DISTINGUISHABLE
+        warning = small_sample_warning(data.table, "acc", "mlp")
+        reason = "fewer than 3 paired seeds" if len(differences) < 3 else "every seed gives the same difference"
+        page = html.render(data, [], {})
+        assert reason in warning and reason in page[:page.index("<h2>")]  # on the first screen
+        verdicts = re.findall(r"<b>(better|worse)</b>", page)
+        assert not verdicts and "better" not in data.readable.to_string() and "worse" not in data.readable.to_string()
+
+
+def test_a_real_difference_over_ten_seeds_is_still_declared(tmp_path):
+    noise = [0.004, -0.003, 0.002, 0.0, -0.004, 0.003, -0.002, 0.001, 0.0, -0.001]
+    baseline = [0.80 + n for n in noise]
+    up = report_of(hand_made_runs({"moe": [0.03 + n / 2 for n in noise]}, baseline), tmp_path)
+    down = report_of(hand_made_runs({"moe": [-0.03 + n / 2 for n in noise]}, baseline), tmp_path)
+    assert up.table.set_index("variant").loc["moe", "diff_test_acc_p"] == pytest.approx(2 / 1024)
+    assert up.table.set_index("variant").loc["moe", "diff_test_acc_verdict"] == BETTER
+    assert down.table.set_index("variant").loc["moe", "diff_test_acc_verdict"] == WORSE
+    assert ": <b>better</b> (sign-flip test over seeds" in headline(up)
 
 
 def test_the_holm_family_spans_every_variant_at_every_grid_point(tmp_path):
@@ -229,50 +278,56 @@ def test_the_holm_family_spans_every_variant_at_every_grid_point(tmp_path):
     assert "(num_experts=4)" in headline(data)  # the best row, with its grid point
 
 
-def test_too_few_seeds_warns_and_the_two_seed_rule_is_exact(tmp_path):
+def test_too_few_seeds_warns_and_gets_no_verdict(tmp_path):
     one_seed = report_of(hand_made_runs({"moe": [0.1]}, baseline_acc=(0.8,)), tmp_path)
-    assert "no interval and no test" in small_sample_warning(one_seed.table, "acc", "mlp")
+    assert "1 of 1 comparison(s) with mlp cannot support a verdict (1 with fewer than 3 paired seeds)" in (
+        small_sample_warning(one_seed.table, "acc", "mlp"))
     assert one_seed.table.set_index("variant").loc["moe", "diff_test_acc_verdict"] == NOT_DISTINGUISHABLE
-    assert "no test with fewer than two paired seeds" in headline(one_seed)
+    assert "no verdict: fewer than 3 paired seeds" in headline(one_seed)
 
-    # with two seeds and k = 1, d1 and d2 must differ by at most 2 / t(0.975, 1) of their mean: 15.7 %
-    limit = 2 * 0.1 / stats.t.ppf(0.975, 1)
-    just_inside = report_of(hand_made_runs({"moe": [0.1 - 0.49 * limit, 0.1 + 0.49 * limit]}, (0.5, 0.6)), tmp_path)
-    just_outside = report_of(hand_made_runs({"moe": [0.1 - 0.51 * limit, 0.1 + 0.51 * limit]}, (0.5, 0.6)), tmp_path)
-    assert just_inside.table.set_index("variant").loc["moe", "diff_test_acc_verdict"] == BETTER
-    assert just_outside.table.set_index("variant").loc["moe", "diff_test_acc_verdict"] == NOT_DISTINGUISHABLE
-    warning = small_sample_warning(just_inside.table, "acc", "mlp")
-    assert "1 of 1 comparison(s) with mlp rest on fewer than 3 paired seeds" in warning and "15.7 %" in warning
+    # two seeds, however consistent, get no verdict (the exact test cannot go below p = 1/2 with them)
+    two_seeds = report_of(hand_made_runs({"moe": [0.1, 0.11], "moe_b": [0.2, 0.2]}, (0.5, 0.6)), tmp_path)
+    table = two_seeds.table.set_index("variant")
+    assert table.loc["moe", "diff_test_acc_p"] == pytest.approx(0.5)
+    assert (table.loc[["moe", "moe_b"], "diff_test_acc_verdict"] == NOT_DISTINGUISHABLE).all()
+    assert "2 of 2 comparison(s) with mlp cannot support a verdict (2 with fewer than 3 paired seeds)" in (
+        small_sample_warning(two_seeds.table, "acc", "mlp"))
 
     three_seeds = report_of(hand_made_runs({"moe": [0.1, 0.2, 0.3]}, (0.5, 0.6, 0.7)), tmp_path)
     assert small_sample_warning(three_seeds.table, "acc", "mlp") is None
 
 
 def test_the_report_states_holm_and_shows_adjusted_p_values(finished_job, tmp_path):  # noqa: F811
-    """A tree of three seeds made by copying the finished job and setting known test accuracies."""
-    accuracy = {"mlp": [0.80, 0.82, 0.78], "moe": [0.90, 0.93, 0.87], "moe_topk": [0.79, 0.81, 0.78],
-                "moe_hard": [0.60, 0.63, 0.57]}
-    for seed in range(3):
+    """A tree of seven seeds made by copying the finished job and setting known test accuracies (seven:
+    the fewest with which the exact test can pass Holm's first level 0.05/3). The per-sample scores
+    are removed, as older runs lack them: the report falls back to the sign-flip test over seeds."""
+    accuracy = {"mlp": [0.80, 0.82, 0.78, 0.81, 0.79, 0.80, 0.83], "moe": [0.90, 0.93, 0.87, 0.91, 0.88, 0.92, 0.90],
+                "moe_topk": [0.79, 0.81, 0.78, 0.82, 0.80, 0.79, 0.83], "moe_hard": [0.60, 0.63, 0.57, 0.62, 0.61, 0.58, 0.60]}
+    for seed in range(7):
         job = JobTree(copy_job(finished_job, tmp_path).path.rename(tmp_path / "experiment" / "jobs" / f"seed{seed}"))
         spec = json.loads(job.config_file.read_text())
         spec["config"]["seed"] = seed
         job.config_file.write_text(json.dumps(spec))
         for variant, values in accuracy.items():
+            job.variant(variant).analysis.test_routing.unlink()
             results = json.loads(job.variant(variant).results_file.read_text())
             job.variant(variant).results_file.write_text(json.dumps({**results, "test_acc": values[seed]}))
     write_report([tmp_path / "experiment"])
     tree = ExperimentTree(tmp_path / "experiment")
     summary = pd.read_csv(tree.summary.summary_csv).set_index("variant")
-    raw = {v: stats.ttest_rel(accuracy[v], accuracy["mlp"]).pvalue for v in ("moe", "moe_topk", "moe_hard")}
+    raw = {v: sign_flip_p_value(np.subtract(accuracy[v], accuracy["mlp"])) for v in ("moe", "moe_topk", "moe_hard")}
+    assert raw["moe"] == raw["moe_hard"] == pytest.approx(2 / 128)
     assert summary.loc[list(raw), "diff_test_acc_p"].tolist() == pytest.approx(list(raw.values()), rel=1e-6)
     assert summary.loc[list(raw), "diff_test_acc_p_holm"].tolist() == pytest.approx(list(holm(list(raw.values()))))
     assert summary["diff_test_acc_verdict"].to_dict() == {"mlp": "baseline", "moe": "better", "moe_topk": "not distinguishable",
                                                           "moe_hard": "worse"}
     markdown = tree.summary.markdown.read_text()
-    assert "Holm's method over all k = 3 comparison(s)" in markdown and "5 % (family-wise)" in markdown
-    assert "| p (Holm) | verdict |" in markdown and "Too few seeds" not in markdown
+    for note in ("exact sign-flip permutation test over seeds", "Family: all k = 3 comparison(s)",
+                 "adjustment: Holm's method", "5 % (family-wise)"):
+        assert note in markdown
+    assert "| p (Holm) | verdict |" in markdown and "No verdict for some comparisons" not in markdown
     page = tree.report_file.read_text()
-    assert "Holm&#x27;s method over all k = 3" in page and "<b>better</b> (paired t-test, Holm-adjusted over 3" in page
+    assert "adjustment: Holm&#x27;s method" in page and "<b>better</b> (sign-flip test over seeds, Holm-adjusted over 3" in page
     assert "p (Holm)" in tree.summary.latex.read_text()
 
 
@@ -302,6 +357,8 @@ def test_router_health_roc_and_auc_reach_the_tables_and_the_report(finished_job,
         assert summary.loc[["moe", "moe_topk", "moe_hard"], f"{column}_mean"].notna().all(), column
         assert math.isnan(summary.loc["mlp", f"{column}_mean"])
     assert summary["test_auc_macro_mean"].between(0.5, 1).all() and "test_auc_class_9_mean" in summary
+    runs = pd.read_csv(tree.summary.runs_csv)  # one number per cell: per-sample scores stay in analysis/
+    assert not [c for c in runs.columns if "samples" in c] and "diff_test_acc_method" in summary
     assert tree.summary.plot("router_health").is_file() and tree.summary.plot("roc").is_file()
     page = tree.report_file.read_text()
     assert "effective experts" in page and "routing flips (last epoch)" in page and "test_auc_macro" in page
@@ -333,7 +390,7 @@ def test_matched_comparisons_are_paired_within_the_job_and_join_the_holm_family(
     assert table.loc["mlp_total_moe", "diff_active_test_acc_verdict"] == ""  # dense rows have no matched comparison
     (soft,) = [entry for entry in data.matched if entry["variant"] == "moe_soft"]
     assert [(m["variant"], m["kind"]) for m in soft["matches"]] == [("mlp_active_moe", "active and total")]
-    assert "Holm's method over all k = 7 comparison(s)" in comparisons_note(data.table, "acc", "mlp")
+    assert "Family: all k = 7 comparison(s)" in comparisons_note(data.table, "acc", "mlp")
     named = report_data_from_runs(ExperimentTree(tmp_path / "e"), runs, pd.DataFrame(), ["seed"], [],
                                   experiment_yaml="baseline: {variant: mlp_total_moe, match: [active, total]}\n")
     assert named.baseline == "mlp_total_moe"
@@ -363,3 +420,56 @@ def test_matched_baselines_through_the_launcher(write_experiment, tmp_path):
     job.status_file.write_text(json.dumps({**json.loads(job.status_file.read_text()), "state": "interrupted"}))
     again = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out", "--no-report")
     assert again.returncode == 0 and "2 job(s) x 4 variant(s), 1 to run" in again.stdout, again.stdout
+
+
+def test_a_search_headline_names_the_trial_selected_on_validation_not_the_best_test_score(tmp_path):
+    from moelab.report.study import StudyData
+    # trial 0 (num_experts=2) has the higher test accuracy; trial 1 (num_experts=4) won on validation
+    runs = pd.concat([hand_made_runs({"moe": [0.10] * 5}, grid_point=2), hand_made_runs({"moe": [0.02] * 5}, grid_point=4)])
+    trials = pd.DataFrame({"number": [0, 1], "state": ["complete", "complete"], "value": [0.90, 0.95],
+                           "jobs": [" ".join(f"seed{s}-2" for s in range(5)), " ".join(f"seed{s}-4" for s in range(5))]})
+    summary = {"objective": {"metric": "val_acc", "variant": "moe", "direction": "maximize"},
+               "best": {"number": 1, "value": 0.95, "params": {"variants.*.num_experts": 4}, "jobs": ["seed0-4"]},
+               "n_trials": 2, "finished": 2, "sampler": "tpe", "pruner": "none", "space": {"variants.*.num_experts": {}}}
+    data = report_data_from_runs(ExperimentTree(tmp_path / "e"), runs, pd.DataFrame(), ["seed", "variants.*.num_experts"],
+                                 [], study=StudyData(trials, summary, None))
+    box = headline(data)
+    assert "<b>moe</b> (num_experts=4) in trial 1, selected on validation (val_acc of moe), has test acc" in box
+    assert f"<b>{np.mean(BASELINE_ACC) + 0.02:.4f}</b>" in box and "best test" not in box
+    page = html.render(data, [], {})
+    assert "Selected on validation: trial 1" in page and "best test" not in page
+
+
+def test_with_per_sample_scores_the_report_tests_over_seeds_and_examples_and_says_so(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(4):
+        baseline = (rng.random(270) < 0.8).astype(float)
+        wrong, right = np.flatnonzero(baseline == 0), np.flatnonzero(baseline == 1)
+        strong, noise = baseline.copy(), baseline.copy()
+        strong[wrong[:25 + seed]] = 1  # 25-28 images won, 2 lost: a real difference
+        strong[right[:2]] = 0
+        noise[wrong[:3]] = 1  # 3 won, 2 lost: one image net in every seed
+        noise[right[:2]] = 0
+        job = {"job": f"seed{seed}", "seed": seed, "state": "done", "metric": "acc"}
+        rows += [{**job, "variant": name, "model": model, "test_acc": scores.mean(), "test_samples": scores}
+                 for name, model, scores in (("mlp", "mlp", baseline), ("strong", "moe", strong), ("noise", "moe", noise))]
+    data = report_of(pd.DataFrame(rows), tmp_path)
+    table = data.table.set_index("variant")
+    assert (table.loc[["strong", "noise"], "diff_test_acc_method"] == "bootstrap").all()
+    assert table.loc["strong", "diff_test_acc_verdict"] == BETTER
+    assert table.loc["noise", "diff_test_acc_verdict"] == NOT_DISTINGUISHABLE  # identical 1/270 steps: no spread either
+    assert table.loc["noise", "diff_test_acc_p"] > 0.3  # and five flips per seed are no evidence
+    note = comparisons_note(data.table, "acc", "mlp")
+    assert "paired bootstrap over seeds and test examples" in note and "sign-flip" not in note
+    assert ": <b>better</b> (paired bootstrap over seeds and test examples, Holm-adjusted over 2" in headline(data)
+
+
+def test_per_sample_scores_that_disagree_with_the_metric_on_the_direction_give_no_verdict(tmp_path):
+    rows = []
+    for seed in range(6):
+        job = {"job": f"seed{seed}", "seed": seed, "state": "done", "metric": "psnr"}
+        rows += [{**job, "variant": "mlp", "model": "mlp", "test_psnr": 20.0, "test_samples": -np.full(50, 0.1)},
+                 {**job, "variant": "moe", "model": "moe", "test_psnr": 21.0 + seed / 10, "test_samples": -np.full(50, 0.2)}]
+    moe = report_of(pd.DataFrame(rows), tmp_path).table.set_index("variant").loc["moe"]
+    assert moe["diff_test_psnr_p"] == 1.0 and moe["diff_test_psnr_verdict"] == NOT_DISTINGUISHABLE

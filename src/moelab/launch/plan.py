@@ -155,7 +155,8 @@ def write_plan(plan: LaunchPlan, mode: str, argv: list[str]) -> None:
         time=time, mode=mode, experiment_file=str(plan.experiment.source), argv=argv, **git,
         provenance=str(provenance) if runs else None, host=host(), python=sys.executable, jobs_total=len(plan.jobs),
         jobs_run=len(plan.to_run), jobs_skipped={str(s): n for s, n in skipped.items()}, force=plan.fresh,
-        launch_id=plan.launch_id, trials_to_start=plan.search.trials_to_start if plan.search else None))
+        launch_id=plan.launch_id, job_keys=[job.key for job in plan.jobs],
+        trials_to_start=plan.search.trials_to_start if plan.search else None))
 
 
 @dataclass

@@ -12,7 +12,8 @@ from pathlib import Path
 from moelab.config import Experiment
 from moelab.launch.backends import BACKENDS, backend_class
 from moelab.launch.base import QueueView, rerun_failed_command
-from moelab.results.io import read_jsonl
+from moelab.results.errors import DamagedRecord
+from moelab.results.records import last_launch
 from moelab.results.states import view_job
 from moelab.results.status import FAILURES
 from moelab.results.tree import ExperimentTree
@@ -62,10 +63,13 @@ def print_status(experiment: Experiment, experiments_dir: Path) -> int:
 def rerun_hint(experiment: Experiment, tree: ExperimentTree) -> str:
     """The last launch's own command (run_here or submit, its file, overrides and options) with
     --rerun-failed."""
-    launches = read_jsonl(tree.launches_file) if tree.launches_file.is_file() else []
-    last = launches[-1] if launches else {}
-    return rerun_failed_command(last.get("argv") or [], last.get("mode", "submit"),
-                                last.get("experiment_file", experiment.source))
+    try:
+        last = last_launch(tree)
+    except DamagedRecord:  # a damaged record costs the hint its options, not the status
+        last = None
+    if last is None:
+        return rerun_failed_command([], "submit", experiment.source)
+    return rerun_failed_command(last.argv, last.mode, last.experiment_file or experiment.source)
 
 
 def _duration(seconds) -> str:

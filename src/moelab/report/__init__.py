@@ -13,16 +13,17 @@ from pathlib import Path
 from moelab.report import html
 from moelab.report.data import ReportData, read_report_data
 from moelab.report.plots import draw_plots
-from moelab.report.tables import (MATCHED_INTRO, collapse_warning, comparisons_note, describe_match, small_sample_warning,
-                                  to_latex, to_markdown)
+from moelab.report.tables import (MATCHED_INTRO, SAMPLES, SAMPLES_SUFFIX, collapse_warning, comparisons_note, configurations_note, describe_match,
+                                  small_sample_warning, to_latex, to_markdown)
 from moelab.results.io import atomic_write, write_text
 from moelab.results.status import JobState
 
 
-def write_report(experiment_dirs: list[Path]) -> list[Path]:
-    """Write the summary folder and the HTML report of each experiment folder; print where they are
-    and what is missing. Returns the summary folders."""
-    return [_write_one(Path(path)) for path in experiment_dirs]
+def write_report(experiment_dirs: list[Path], configuration: str | None = None) -> list[Path]:
+    """Write the summary folder and the HTML report of each experiment folder, on the configuration
+    of its last launch or the one whose id is `configuration` (results/configurations.py); print where
+    they are and what is missing. Returns the summary folders."""
+    return [_write_one(Path(path), configuration) for path in experiment_dirs]
 
 
 def write_tables(path: Path, cache: bool = True) -> ReportData:
@@ -33,8 +34,8 @@ def write_tables(path: Path, cache: bool = True) -> ReportData:
     return data
 
 
-def _write_one(path: Path) -> Path:
-    data = read_report_data(path)
+def _write_one(path: Path, configuration: str | None) -> Path:
+    data = read_report_data(path, configuration=configuration)
     summary = data.tree.summary
     _write_csv_and_latex(data)
     drawn, not_drawn = draw_plots(data)
@@ -43,7 +44,10 @@ def _write_one(path: Path) -> Path:
 
     runs = data.runs
     finished_count = int((runs["state"] == JobState.DONE).sum()) if not runs.empty else 0
-    print(f"{path}: {finished_count} of {len(runs)} runs finished")
+    print(f"{path}: {finished_count} of {len(runs)} runs finished (configuration {', '.join(data.configurations) or '-'})")
+    if not data.other_configurations.empty:
+        print(f"  {len(data.other_configurations)} other configuration(s) in the folder, not in this report: "
+              f"{', '.join(data.other_configurations['configuration'])} (--configuration ID reports on one)")
     print(f"  report: {data.tree.report_file}")
     print(f"  tables: {summary.summary_csv}, {summary.markdown}, {summary.latex}, {summary.runs_csv}")
     if drawn:
@@ -58,12 +62,14 @@ def _write_one(path: Path) -> Path:
 
 def _write_csv_and_latex(data: ReportData) -> None:
     summary = data.tree.summary
-    atomic_write(summary.runs_csv, lambda f: data.runs.drop(columns=["path"], errors="ignore").to_csv(f, index=False))
+    # per-sample scores stay in the variants' analysis folders: one number per cell here
+    arrays = [c for c in data.runs.columns if c == SAMPLES or c.endswith(SAMPLES_SUFFIX)]
+    atomic_write(summary.runs_csv, lambda f: data.runs.drop(columns=["path", *arrays], errors="ignore").to_csv(f, index=False))
     atomic_write(summary.summary_csv, lambda f: data.table.to_csv(f, index=False))
     caption = f"{data.name}: test {data.metric}, mean ± std over seeds"
     if data.baseline:
-        caption += (f"; difference to {data.baseline} paired over seeds; verdicts by paired t-test, Holm-adjusted over "
-                    "all comparisons (family-wise 5 %)")
+        caption += (f"; difference to {data.baseline} paired over seeds; verdicts by a paired test (its method is in "
+                    f"{summary.markdown.name}), Holm-adjusted over all comparisons (family-wise 5 %)")
     write_text(summary.latex, to_latex(data.readable, caption))
 
 
@@ -73,9 +79,14 @@ def _markdown(data: ReportData, not_drawn: dict[str, str]) -> str:
              + (f"; 'vs baseline' is the difference to {data.baseline} in the same job, paired over seeds, with its "
                 "95 % confidence interval" if data.baseline else "")
              + f". Every column, with std and 95 % intervals, is in {data.tree.summary.summary_csv.name}.\n\n"]
+    if data.configurations:
+        parts.append(f"{configurations_note(data.configurations, data.other_configurations)}\n\n")
+        parts += [f"- {row.configuration}: {row.differs} ({row.runs} run(s), {row.seeds} seed(s))\n"
+                  for row in data.other_configurations.itertuples()]
+        parts.append("\n" if not data.other_configurations.empty else "")
     too_few_seeds = small_sample_warning(data.table, data.metric, data.baseline)
     if too_few_seeds:
-        parts.append(f"**Too few seeds to compare.** {too_few_seeds}\n\n")
+        parts.append(f"**No verdict for some comparisons.** {too_few_seeds}\n\n")
     collapsed = collapse_warning(data.runs, data.group_keys)
     if collapsed:
         parts.append(f"**Expert collapse.** {collapsed}\n\n")

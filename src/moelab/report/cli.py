@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Callable
 
 from moelab.report import write_report
+from moelab.report.data import UnknownConfiguration
+from moelab.results.tree import ExperimentTree
 
 
 def main(argv: list[str] | None = None, prepare: Callable[[Path], None] | None = None) -> int:
@@ -15,20 +17,45 @@ def main(argv: list[str] | None = None, prepare: Callable[[Path], None] | None =
     files, which this package cannot write: it sits below the search)."""
     parser = argparse.ArgumentParser(prog="create-plots.py", description=__doc__)
     parser.add_argument("experiments", nargs="*", type=Path,
-                        help="experiment folders (default: every folder under experiments/ that has jobs)")
+                        help="experiment folders (default: every folder under experiments/ that has jobs); "
+                             "other folders among them, such as experiments/configs, are skipped with a note")
+    parser.add_argument("--configuration", metavar="ID",
+                        help="report on this configuration of the folder instead of the last launch's (the ids and "
+                             "what differs are on the report's first screen)")
     args = parser.parse_args(argv)
-    paths = args.experiments or sorted(p for p in Path("experiments").glob("*") if (p / "jobs").is_dir())
+    if args.configuration and len(args.experiments) != 1:
+        print("--configuration: name exactly one experiment folder (an id belongs to one folder)", file=sys.stderr)
+        return 2
+    paths = args.experiments or sorted(p for p in Path("experiments").glob("*") if _is_experiment(p))
     if not paths:
         print("no experiment folders found under experiments/; run an experiment first", file=sys.stderr)
         return 1
-    missing = [p for p in paths if not (p / "jobs").is_dir()]
-    if missing:
-        print(f"not an experiment folder (no jobs/ inside): {', '.join(map(str, missing))}", file=sys.stderr)
+    absent = [p for p in paths if not p.exists()]
+    if absent:
+        print(f"no such folder: {', '.join(map(str, absent))}; check the path", file=sys.stderr)
         return 2
+    # `create-plots experiments/*` also names experiments/configs and the like: skip those, unless
+    # nothing else is left (then the user named the wrong folder)
+    others = [p for p in paths if not _is_experiment(p)]
+    paths = [p for p in paths if _is_experiment(p)]
+    if not paths:
+        print(f"not an experiment folder (no jobs/ inside): {', '.join(map(str, others))}; "
+              "name a folder experiments/<name> that a launch wrote", file=sys.stderr)
+        return 2
+    for other in others:
+        print(f"skipped {other}: not an experiment folder (no jobs/ inside)")
     for path in paths if prepare else ():
         prepare(path)
-    write_report(paths)
+    try:
+        write_report(paths, args.configuration)
+    except UnknownConfiguration as error:
+        print(f"--configuration: {error}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _is_experiment(path: Path) -> bool:
+    return ExperimentTree(path).jobs_dir.is_dir()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ missing. Tables, plots and the HTML page are all written from one ReportData."""
 from __future__ import annotations
 
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +13,13 @@ import pandas as pd
 import yaml
 
 from moelab.report.study import StudyData, read_study
-from moelab.report.tables import (add_baseline_differences, compact, compare_to_baseline, group_columns,
+from moelab.report.tables import (SAMPLES, add_baseline_differences, compact, compare_to_baseline, group_columns,
                                   matched_comparisons, summarise)
 from moelab.results import ExperimentTree, collect
-from moelab.results.io import read_jsonl
+from moelab.results.configurations import COLUMN, describe_configurations, last_launch_configurations
+from moelab.results.samples import read_sample_scores
+from moelab.results.errors import DamagedRecord
+from moelab.results.records import last_launch
 from moelab.results.status import JobState
 
 
@@ -33,6 +37,9 @@ class ReportData:
     experiment_yaml: str = ""  # the resolved experiment as last launched
     last_launch: dict | None = None  # provenance of the last launch
     study: StudyData | None = None  # a search's trials, best trial and importances (report/study.py)
+    configurations: list[str] = dataclasses.field(default_factory=list)  # the configuration(s) reported on
+    # the other configurations in the folder: id, what differs, runs, seeds (results.configurations)
+    other_configurations: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
     @property
     def name(self) -> str:
@@ -54,16 +61,40 @@ class ReportData:
         return matched_comparisons(self.runs, self.table, self.metric, self.group_keys)
 
 
-def read_report_data(path: Path, curves: bool = True, cache: bool = True) -> ReportData:
-    """One collect of the experiment folder (curves=False: final results only, enough for the tables)."""
+class UnknownConfiguration(ValueError):
+    """A configuration id asked for that no job of the folder has."""
+
+
+def read_report_data(path: Path, curves: bool = True, cache: bool = True, configuration: str | None = None) -> ReportData:
+    """One collect of the experiment folder (curves=False: final results only, enough for the tables),
+    restricted to one configuration: the last launch's, or the one whose id is `configuration`."""
     tree = ExperimentTree(Path(path))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # what could not be read comes back in `problems` and becomes a note
         found = collect(tree.path, curves=curves, cache=cache)
     experiment_yaml = tree.experiment_file.read_text() if tree.experiment_file.is_file() else ""
-    launches = read_jsonl(tree.launches_file) if tree.launches_file.is_file() else []
-    return report_data_from_runs(tree, found.runs, found.curves, found.grid_axes, found.problems, experiment_yaml,
-                                 launches[-1] if launches else None, read_study(tree))
+    try:
+        launch = last_launch(tree)
+    except DamagedRecord as error:
+        launch = None
+        found.problems.append(f"{error.path}: {error.problem}; {error.remedy}")
+    runs, run_curves = found.runs, found.curves
+    if not runs.empty:  # per-sample test scores of finished runs, for the paired test over test examples
+        runs = runs.assign(**{SAMPLES: [read_sample_scores(path) if state == JobState.DONE else None
+                                        for path, state in zip(runs["path"], runs["state"])]})
+    if configuration is not None and (runs.empty or configuration not in set(runs[COLUMN])):
+        known = ", ".join(dict.fromkeys(runs[COLUMN])) if not runs.empty else "none"
+        raise UnknownConfiguration(f"{tree.path}: no configuration {configuration!r} (found: {known}); "
+                                   "the ids are listed on the report's first screen")
+    covered = [configuration] if configuration is not None else last_launch_configurations(tree, runs)
+    others = describe_configurations(runs, covered, found.grid_axes)
+    if covered:
+        runs = runs[runs[COLUMN].isin(covered)]
+        if not run_curves.empty:
+            run_curves = run_curves[run_curves["job"].isin(set(runs["job"]))]
+    data = report_data_from_runs(tree, runs, run_curves, found.grid_axes, found.problems, experiment_yaml,
+                                 launch.to_dict() if launch else None, read_study(tree))
+    return dataclasses.replace(data, configurations=covered, other_configurations=others)
 
 
 def report_data_from_runs(tree: ExperimentTree, runs: pd.DataFrame, curves: pd.DataFrame, grid_axes: list[str],

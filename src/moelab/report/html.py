@@ -19,8 +19,9 @@ import pandas as pd
 from moelab.report.data import ReportData
 from moelab.report.plots import Plot
 from moelab.report.study import best_trials_data, study_section
+from moelab.report.stats import degenerate_reason
 from moelab.report.tables import (FAMILY_WISE_ALPHA, MATCHED_INTRO, axis_label, collapse_warning, comparisons_note,
-                                  describe_match, family_size, finished, small_sample_warning)
+                                  configurations_note, describe_match, family_size, finished, small_sample_warning)
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:1rem 2rem;color:#222}
@@ -58,12 +59,20 @@ def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> st
         parts.append("<div class='box ok'>Every run of the grid finished.</div>")
     too_few_seeds = small_sample_warning(data.table, data.metric, data.baseline)
     if too_few_seeds:
-        parts.append(f"<div class='box warn'><b>Too few seeds to compare.</b> {_e(too_few_seeds)}</div>")
+        parts.append(f"<div class='box warn'><b>No verdict for some comparisons.</b> {_e(too_few_seeds)}</div>")
     collapsed = collapse_warning(runs, data.group_keys)
     if collapsed:
         parts.append(f"<div class='box warn'><b>Expert collapse.</b> {_e(collapsed)}</div>")
-    # a search: the best trial (chosen on validation) against its baseline, never the best test score of all trials
-    parts.append(headline(data if data.study is None else best_trials_data(data, 1) or data))
+    parts.append(headline(data))
+    if data.configurations:
+        others = "".join(f"<li><b>{_e(row.configuration)}</b>: {_e(row.differs)} ({row.runs} run(s), {row.seeds} seed(s))</li>"
+                         for row in data.other_configurations.itertuples())
+        parts.append(f"<div class='box{' warn' if others else ''}'>"
+                     f"{_e(configurations_note(data.configurations, data.other_configurations))}"
+                     + (f"<ul>{others}</ul>" if others else "") + "</div>")
+    note = comparisons_note(data.table, data.metric, data.baseline)
+    if note:  # on the first screen: how the verdicts above were reached
+        parts.append(f"<p class='sub'>{_e(note)}</p>")
     matched = data.matched
     if matched:
         items = "".join(f"<li>{_e(describe_match(entry))}</li>" for entry in matched[:MAX_MATCHED_LINES])
@@ -74,9 +83,6 @@ def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> st
     parts.append("<h2>Summary</h2><p>Grouped by variant and grid values, seeds pooled: mean ± std; "
                  f"'vs baseline' is the difference to <b>{_e(data.baseline or 'the dense baseline')}</b> in the same job, "
                  "paired over seeds, with its 95 % confidence interval.</p>")
-    note = comparisons_note(data.table, data.metric, data.baseline)
-    if note:
-        parts.append(f"<p>{_e(note)}</p>")
     parts.append(f"<div class='wide'>{data.readable.to_html(index=False, border=0, na_rep='')}</div>"
                  if not data.readable.empty else "<p>No finished runs yet.</p>")
     experts = _experts_table(done)
@@ -104,31 +110,49 @@ def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> st
 
 
 def headline(data: ReportData) -> str:
-    """The first-screen box: the best variant and grid point, its difference to the baseline with the
-    verdict, and what its experts did."""
+    """The first-screen box: the best variant and grid point (for a search: the objective's variant
+    in the trial selected on validation, never the best test score of all trials), its difference to
+    the baseline with the verdict, and what its experts did."""
     table, metric, baseline = data.table, data.metric, data.baseline
     column = f"test_{metric}_mean"
     if table.empty or column not in table:
         return "<div class='box headline'>No finished runs yet: nothing to compare.</div>"
-    best = table.sort_values(column, ascending=False).iloc[0]
+    if data.study is None:
+        scope = data
+        best = table.sort_values(column, ascending=False).iloc[0]
+        lead = f"has the best test {_e(metric)}"
+    else:
+        scope = best_trials_data(data, 1)
+        if scope is None or scope.table.empty:
+            return "<div class='box headline'>No trial has completed yet: none selected.</div>"
+        objective = data.study.objective
+        rows = scope.table[scope.table["variant"] == objective["variant"]]
+        best = (rows if not rows.empty else scope.table).iloc[0]
+        selected = data.study.summary.get("best") or {}
+        lead = (f"in trial {_e(selected.get('number', '?'))}, selected on validation ({_e(objective['metric'])} of "
+                f"{_e(objective['variant'])}), has test {_e(metric)}")
     point = ", ".join(f"{axis_label(k)}={best[k]}" for k in data.group_keys if k != "variant")
-    text = (f"<b>{_e(best['variant'])}</b>{' (' + _e(point) + ')' if point else ''} has the best test {_e(metric)}: "
-            f"<b>{best[column]:.4f}</b> ± {_nan0(best.get(f'test_{metric}_std')):.4f} over {int(best['n'])} run(s)")
+    text = (f"<b>{_e(best['variant'])}</b>{' (' + _e(point) + ')' if point else ''} {lead}: "
+            f"<b>{best[column]:.4f}</b> ± {_nan0(best.get(f'test_{metric}_std')):.4f} over {int(best['n'])} seed(s)")
     diff = best.get(f"diff_test_{metric}_mean")
     if baseline and diff is not None and diff == diff and best["variant"] != baseline:
         half = best.get(f"diff_test_{metric}_ci95")
         interval = f" (95 % CI [{diff - half:+.4f}, {diff + half:+.4f}])" if half == half else ""
         adjusted = best.get(f"diff_test_{metric}_p_holm")
-        test = (f"paired t-test, Holm-adjusted over {family_size(table, metric)} comparison(s) at family-wise "
-                f"{FAMILY_WISE_ALPHA * 100:g} %: p = {adjusted:.2g}" if adjusted == adjusted
-                else "no test with fewer than two paired seeds")
+        method = {"bootstrap": "paired bootstrap over seeds and test examples", "sign-flip": "sign-flip test over seeds"}.get(
+            best.get(f"diff_test_{metric}_method"), "paired test")
+        test = (f"{method}, Holm-adjusted over {family_size(table, metric)} comparison(s) at "
+                f"family-wise {FAMILY_WISE_ALPHA * 100:g} %: p = {adjusted:.2g}" if adjusted == adjusted else "no test")
+        degenerate = degenerate_reason(int(best[f"diff_test_{metric}_n"]), best[f"diff_test_{metric}_std"])
+        if degenerate:
+            test += f"; no verdict: {degenerate}"
         text += (f"; <b>{diff:+.4f}</b> vs {_e(baseline)} in the same jobs{interval}: "
                  f"<b>{_e(best[f'diff_test_{metric}_verdict'])}</b> ({test}).")
     elif baseline and best["variant"] == baseline:
-        text += ": the dense baseline wins."
+        text += ": the dense baseline has the highest mean (whether another variant is worse: its verdict below)."
     else:
         text += "."
-    done = finished(data.runs)
+    done = finished(scope.runs)
     rows = done[done["variant"] == best["variant"]]
     if "load_entropy" in rows and rows["load_entropy"].notna().any():
         collapsed = rows["num_collapsed_experts"].mean() if "num_collapsed_experts" in rows else 0.0

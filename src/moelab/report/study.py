@@ -174,7 +174,7 @@ def study_section(data: "ReportData", href: Callable[[Path], str]) -> str:
     best = summary.get("best")
     if best:
         point = ", ".join(f"{_e(k)} = {_e(_short(v))}" for k, v in best["params"].items())
-        text += (f"Best: trial {best['number']}, {_e(objective['metric'])} of {_e(objective['variant'])} "
+        text += (f"Selected on validation: trial {best['number']}, {_e(objective['metric'])} of {_e(objective['variant'])} "
                  f"<b>{best['value']:.4f}</b> ({objective['direction']}, mean over {len(best['jobs'])} job(s)) at {point}.")
         if study.best_experiment is not None:
             text += f" Ready to run: <a href='{_e(href(study.best_experiment))}'>{_e(study.best_experiment.name)}</a>."

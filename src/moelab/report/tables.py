@@ -1,6 +1,6 @@
 """Summary tables: runs grouped by variant and grid values (seed excluded): mean, std, n, 95 %
 confidence interval, and each variant's difference to the dense baseline of the same job, paired
-over seeds, with a paired t-test and Holm's adjustment over all comparisons to the baseline."""
+over seeds, with an exact sign-flip test (report/stats.py) and Holm's adjustment over all comparisons."""
 
 from __future__ import annotations
 
@@ -11,15 +11,19 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from moelab.report.stats import (BOOTSTRAP_METHOD, METHOD, MIN_PAIRED_SEEDS, degenerate_reason, paired_bootstrap_p_value,
+                                  sign_flip_p_value, smallest_p_value)
+from moelab.results.configurations import COLUMN
 from moelab.results.status import JobState
 
 DENSE_MODELS = ("mlp", "cnn")
 MATCH_KINDS = ("active", "total")  # the sizes baseline.match builds dense models to
 FAMILY_WISE_ALPHA = 0.05  # the chance of any false "better" or "worse" among all comparisons of one report
-# the fewest paired seeds for which a comparison is informative (reasoning in small_sample_warning)
-MIN_PAIRED_SEEDS = 3
 BETTER, NOT_DISTINGUISHABLE, WORSE = "better", "not distinguishable", "worse"
 # final numbers worth averaging, when present; test_<metric>@<routing> columns are added as found
+SAMPLES = "test_samples"  # runs column: per-sample test scores (results/samples.py), when read
+# the suffix of a difference column's per-sample companion (the per-example differences of each pair)
+SAMPLES_SUFFIX = "_samples"
 SUMMARY_COLUMNS = ("test_acc", "test_macro_f1", "test_macro_precision", "test_macro_recall", "test_auc_macro", "test_psnr",
                    "test_mse", "test_rmse", "test_mae", "test_r2", "test_loss", "num_parameters", "active_parameters",
                    "dead_expert_fraction", "effective_experts", "routing_flip_rate", "latency_ms", "epochs_trained",
@@ -34,7 +38,19 @@ def axis_label(axis: str) -> str:
 
 
 def group_columns(runs: pd.DataFrame, grid_axes: list[str]) -> list[str]:
-    return ["variant"] + [a for a in grid_axes if a != "seed" and a in runs.columns]
+    """Variant, the configuration when the runs hold several (results/configurations.py: runs of
+    different configurations are never pooled), and the grid values other than the seed."""
+    several = COLUMN in runs.columns and runs[COLUMN].nunique() > 1
+    return ["variant"] + ([COLUMN] if several else []) + [a for a in grid_axes if a != "seed" and a in runs.columns]
+
+
+def configurations_note(covered: list[str], others: pd.DataFrame) -> str:
+    """Which configuration a report covers and how many others its folder holds (listed after it)."""
+    text = (f"Configuration {', '.join(covered)} only (by default the last launch's; `create-plots <folder> "
+            "--configuration ID` reports on another): runs of other settings are never pooled, and n counts seeds.")
+    if not others.empty:
+        text += f" {len(others)} other configuration(s) in this folder, not in this report:"
+    return text
 
 
 def finished(runs: pd.DataFrame) -> pd.DataFrame:
@@ -68,25 +84,43 @@ def add_baseline_differences(runs: pd.DataFrame, metric: str, named: str | None 
                 dense = dense.where(dense != runs[f"matched_{MATCH_KINDS[0]}"])
             reference = [score.get((job, name), float("nan")) for job, name in zip(runs["job"], dense)]
             runs[f"diff_{kind}_{column}"] = runs[column] - reference
+            _add_sample_differences(runs, f"diff_{kind}_{column}", dense)
     dense = done[done["model"].isin(DENSE_MODELS) & ~done["variant"].isin(matched)]
     baseline = named or (dense["variant"].iloc[0] if not dense.empty else None)
     if baseline is not None:
         reference = done[done["variant"] == baseline].set_index("job")[column]
         runs[f"diff_{column}"] = runs[column] - runs["job"].map(reference)
+        _add_sample_differences(runs, f"diff_{column}", pd.Series(baseline, index=runs.index))
     return runs, baseline
+
+
+def _add_sample_differences(runs: pd.DataFrame, difference: str, reference: pd.Series) -> None:
+    """<difference>_samples: each run's per-sample test scores minus those of its reference variant in
+    the same job (None where either is missing, or the test sets differ in size)."""
+    if SAMPLES not in runs:
+        return
+    scores = dict(zip(zip(runs["job"], runs["variant"]), runs[SAMPLES]))
+    pairs = []
+    for job, own, other, paired in zip(runs["job"], runs[SAMPLES], reference, runs[difference]):
+        theirs = scores.get((job, other))
+        usable = paired == paired and own is not None and theirs is not None and len(own) == len(theirs)
+        pairs.append(own - theirs if usable else None)
+    runs[difference + SAMPLES_SUFFIX] = pairs
 
 
 def summarise(runs: pd.DataFrame, grid_axes: list[str]) -> pd.DataFrame:
     """One row per variant x grid point (seeds pooled): <metric>_mean, _std, _ci95 (half-width,
     Student's t) and n; diff_* columns are paired differences to the dense baseline, with _n (the
-    number of paired seeds) and _p (two-sided paired t-test of a zero mean difference)."""
+    number of paired seeds), _p and _method: stats.paired_bootstrap_p_value over seeds and test examples
+    when every pair has per-sample scores (a <diff>_samples column), else stats.sign_flip_p_value of
+    the per-seed differences."""
     done = finished(runs)
     if done.empty:
         return pd.DataFrame()
     values = [c for c in SUMMARY_COLUMNS if c in done and done[c].notna().any()]
     values += sorted(c for c in done.columns if c.startswith("test_") and "@" in c and "seconds" not in c)
     values += sorted((c for c in done.columns if c.startswith("test_auc_class_")), key=lambda c: int(c.rsplit("_", 1)[1]))
-    values += [c for c in done.columns if c.startswith("diff_")]
+    values += [c for c in done.columns if c.startswith("diff_") and not c.endswith(SAMPLES_SUFFIX)]
     keys = group_columns(done, grid_axes)
     # grid values may be lists or None; group on their text so every value forms a group
     keyed = done.assign(**{k: done[k].map(_group_text) for k in keys})
@@ -100,8 +134,25 @@ def summarise(runs: pd.DataFrame, grid_axes: list[str]) -> pd.DataFrame:
         out[f"{metric}_ci95"] = pd.Series([ci95(s, c) for s, c in zip(std, n)], index=table.index)
         if metric.startswith("diff_"):
             out[f"{metric}_n"] = n
-            out[f"{metric}_p"] = pd.Series([paired_p_value(m, s, c) for m, s, c in zip(mean, std, n)], index=table.index)
+            tests = [_paired_test(group, metric) for _, group in grouped]
+            out[f"{metric}_p"] = pd.Series([p for p, _ in tests], index=table.index)
+            out[f"{metric}_method"] = pd.Series([method for _, method in tests], index=table.index)
     return pd.DataFrame(out, index=table.index).reset_index()
+
+
+def _paired_test(group: pd.DataFrame, difference: str) -> tuple[float, str]:
+    """The p-value of one comparison and its method ("bootstrap" or "sign-flip"; "" without pairs)."""
+    paired = group[group[difference].notna()]
+    if paired.empty:
+        return float("nan"), ""
+    samples = paired[difference + SAMPLES_SUFFIX] if difference + SAMPLES_SUFFIX in paired else None
+    if samples is not None and all(s is not None for s in samples):
+        # regression scores are squared errors while the metric may be PSNR: when the two disagree on
+        # the direction, the test says nothing about the metric's difference
+        if np.sign(np.mean([s.mean() for s in samples])) != np.sign(paired[difference].mean()):
+            return 1.0, "bootstrap"
+        return paired_bootstrap_p_value(list(samples)), "bootstrap"
+    return sign_flip_p_value(paired[difference]), "sign-flip"
 
 
 def ci95(std: float, n: int) -> float:
@@ -109,18 +160,6 @@ def ci95(std: float, n: int) -> float:
     if n < 2 or std != std:
         return float("nan")
     return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
-
-
-def paired_p_value(mean: float, std: float, n: int) -> float:
-    """Two-sided p-value of the paired t-test, from the mean, std and count of the per-seed differences
-    (the same as scipy.stats.ttest_rel on the pairs). NaN below 2 pairs, and when every difference is
-    exactly zero (the baseline compared with itself); identical non-zero differences give 0."""
-    if n < 2 or std != std or mean != mean:
-        return float("nan")
-    if std == 0:
-        return float("nan") if mean == 0 else 0.0
-    t = mean / (std / math.sqrt(n))
-    return float(2 * stats.t.sf(abs(t), n - 1))
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
@@ -137,10 +176,13 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return adjusted
 
 
-def verdict(mean_difference: float, adjusted_p: float, alpha: float = FAMILY_WISE_ALPHA) -> str:
-    """better / worse when the difference to the baseline is significant at the adjusted level, else
-    not distinguishable (also when there is no test). Every primary metric is higher-is-better."""
+def verdict(mean_difference: float, adjusted_p: float, n: int, std: float, alpha: float = FAMILY_WISE_ALPHA) -> str:
+    """better / worse when the difference to the baseline is significant at the adjusted level and the
+    comparison is not degenerate (stats.degenerate_reason: n paired seeds, std of their differences),
+    else not distinguishable (also when there is no test). Every primary metric is higher-is-better."""
     if adjusted_p != adjusted_p or adjusted_p > alpha or mean_difference != mean_difference:
+        return NOT_DISTINGUISHABLE
+    if degenerate_reason(n, std) is not None:
         return NOT_DISTINGUISHABLE
     return BETTER if mean_difference > 0 else WORSE
 
@@ -160,8 +202,8 @@ def compare_to_baseline(table: pd.DataFrame, metric: str, baseline: str | None) 
     adjusted = holm(np.concatenate([table[f"{c}_p"].where(compared[c]).to_numpy() for c in columns]))
     for i, c in enumerate(columns):
         table[f"{c}_p_holm"] = adjusted[i * len(table):(i + 1) * len(table)]
-        table[f"{c}_verdict"] = [verdict(m, q) if hit else "baseline" if c == main else "" for m, q, hit in
-                                 zip(table[f"{c}_mean"], table[f"{c}_p_holm"], compared[c])]
+        table[f"{c}_verdict"] = [verdict(m, q, n, s) if hit else "baseline" if c == main else "" for m, q, n, s, hit in
+                                 zip(table[f"{c}_mean"], table[f"{c}_p_holm"], table[f"{c}_n"], table[f"{c}_std"], compared[c])]
     return table
 
 
@@ -225,54 +267,53 @@ def _at_point(frame: pd.DataFrame, row: pd.Series, keys: list[str]) -> pd.Series
 
 
 def comparisons_note(table: pd.DataFrame, metric: str, baseline: str | None) -> str | None:
-    """How the verdicts are reached, for the markdown summary and the HTML page."""
+    """How the verdicts are reached (the method, the family, the adjustment and the degenerate-case
+    rule), for the first screen of the markdown summary and the HTML page."""
     if not any(f"{c}_verdict" in table for c in comparison_columns(metric)):
         return None
     k = family_size(table, metric)
-    against = [f"for each other variant at each grid point, a two-sided paired t-test of its test {metric} against "
-               f"{baseline} in the same jobs (same seed and grid values)"] if f"diff_test_{metric}_verdict" in table else []
+    against = [f"each other variant at each grid point against {baseline} in the same jobs (same seed and grid values)"
+               ] if f"diff_test_{metric}_verdict" in table else []
     if any(f"diff_{kind}_test_{metric}_verdict" in table for kind in MATCH_KINDS):
-        against.append(f"for each MoE variant at each grid point, a two-sided paired t-test of its test {metric} "
-                       "against its dense models of equal active and of equal total parameters (baseline.match) in the "
-                       "same jobs")
+        against.append("each MoE variant at each grid point against its dense models of equal active and of equal total "
+                       "parameters (baseline.match) in the same jobs")
     if k == 0:
-        return ("Verdicts: no comparison has two or more paired seeds yet, so there is no test and every variant is "
-                "'not distinguishable'.")
-    return (f"Verdicts: {'; and '.join(against)}. The p-values are adjusted with Holm's "
-            f"method over all k = {k} comparison(s) of this table, so that the chance of any false verdict stays at "
-            f"{FAMILY_WISE_ALPHA * 100:g} % (family-wise); a variant is 'better' or 'worse' when its adjusted p <= "
-            f"{FAMILY_WISE_ALPHA:g}, otherwise 'not distinguishable'. The 95 % intervals are per comparison, not adjusted.")
+        return "Verdicts: no comparison has paired seeds yet, so there is no test and every variant is 'not distinguishable'."
+    return (f"Verdicts: test {metric} of {'; and '.join(against)}, by {_methods(table, metric)}. "
+            f"Family: all k = {k} comparison(s) of this table; adjustment: Holm's method, so that the chance of any "
+            f"false verdict stays at {FAMILY_WISE_ALPHA * 100:g} % (family-wise). A variant is 'better' or 'worse' when "
+            f"its adjusted p <= {FAMILY_WISE_ALPHA:g} and the comparison rests on at least {MIN_PAIRED_SEEDS} paired "
+            "seeds whose differences are not all equal; otherwise 'not distinguishable'. The 95 % intervals are per "
+            "comparison, over seeds, not adjusted.")
+
+
+def _methods(table: pd.DataFrame, metric: str) -> str:
+    """The tests used for a table's comparisons, in words."""
+    used = pd.concat([table[f"{c}_method"] for c in comparison_columns(metric) if f"{c}_method" in table])
+    counts = used[used != ""].value_counts()
+    words = {"bootstrap": f"a {BOOTSTRAP_METHOD} of the per-sample test scores",
+             "sign-flip": f"an {METHOD} of the per-seed differences (runs without per-sample scores; with n seeds "
+                          f"its smallest p is 2/2^n: {smallest_p_value(5):.3g} at 5, {smallest_p_value(6):.3g} at 6)"}
+    if len(counts) == 1:
+        return words[counts.index[0]]
+    return "; ".join(f"{words[method]} for {count} comparison(s)" for method, count in counts.items())
 
 
 def small_sample_warning(table: pd.DataFrame, metric: str, baseline: str | None) -> str | None:
-    """A warning when comparisons rest on fewer than MIN_PAIRED_SEEDS paired seeds, else None.
-
-    The rule: a difference is declared when |mean| > t(1 - a/2, n - 1) * sd / sqrt(n), with a as low
-    as alpha/k at Holm's first step. With n = 1 there is no sd: no interval and no test at all. With
-    n = 2 (one degree of freedom) the two per-seed differences d1, d2 give t = (d1 + d2) / |d1 - d2|,
-    so a difference is declared only when d1 and d2 differ by at most 2/t(1 - a/2, 1) of their mean:
-    15.7 % at a = 5 %, 2.6 % at 5 %/6; training noise across seeds is rarely that small, so the
-    comparison is uninformative in practice. From n = 3 the interval is finite and moderate
-    (+-2.5 sd of the differences at 5 %), hence the limit of 3."""
+    """A warning naming the comparisons that cannot get a verdict (stats.degenerate_reason: too few
+    paired seeds, or differences without spread), else None."""
     diff = f"diff_test_{metric}"
     if baseline is None or table.empty or f"{diff}_n" not in table:
         return None
     compared = table[(table["variant"] != baseline) & table[f"{diff}_mean"].notna()]
-    few = compared[compared[f"{diff}_n"] < MIN_PAIRED_SEEDS]
-    if few.empty:
+    reasons = [degenerate_reason(n, s) for n, s in zip(compared[f"{diff}_n"], compared[f"{diff}_std"])]
+    found = [r for r in reasons if r is not None]
+    if not found:
         return None
-    if (compared[f"{diff}_n"] < 2).all():
-        return (f"Only one seed per comparison with {baseline}: there is no interval and no test, so no variant "
-                f"can be called better or worse. Run at least {MIN_PAIRED_SEEDS} seeds.")
-    k = max(family_size(table, metric), 1)
-    spread = f"at most {200 / stats.t.ppf(1 - FAMILY_WISE_ALPHA / 2, 1):.1f} % of their mean"
-    if k > 1:
-        spread += (f" at level {FAMILY_WISE_ALPHA:g}, and at most {200 / stats.t.ppf(1 - FAMILY_WISE_ALPHA / (2 * k), 1):.1f} % "
-                   f"at Holm's first level {FAMILY_WISE_ALPHA:g}/{k}")
-    return (f"{len(few)} of {len(compared)} comparison(s) with {baseline} rest on fewer than {MIN_PAIRED_SEEDS} "
-            f"paired seeds. With one seed there is no interval and no test; with two, a difference is declared only "
-            f"when the two per-seed differences differ by {spread}, which seed-to-seed noise rarely allows. "
-            f"Run at least {MIN_PAIRED_SEEDS} seeds.")
+    counts = "; ".join(f"{found.count(r)} with {r}" for r in dict.fromkeys(found))
+    return (f"{len(found)} of {len(compared)} comparison(s) with {baseline} cannot support a verdict ({counts}), so "
+            f"they read 'not distinguishable' whatever their p-value. Run at least {MIN_PAIRED_SEEDS} seeds; identical "
+            "per-seed differences usually mean the test set is too small to tell the runs apart.")
 
 
 def collapse_warning(runs: pd.DataFrame, keys: list[str]) -> str | None:

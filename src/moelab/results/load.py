@@ -19,6 +19,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from moelab.results import configurations
 from moelab.results.errors import DamagedRecord
 from moelab.results.io import atomic_write, read_jsonl
 from moelab.results.records import read_job_spec
@@ -72,7 +73,8 @@ def collect(paths: str | Path | Iterable[str | Path], curves: bool = True, cache
         changed = False
         for job in tree.jobs():
             record = cached.get(job.key)
-            if record is None or record.signature != _signature(job, record) or (curves and record.curve_rows is None):
+            if (record is None or record.signature != _signature(job, record) or (curves and record.curve_rows is None)
+                    or any(configurations.COLUMN not in row for row in record.rows)):  # cached before the column existed
                 record = _read_job(tree, job, curves)
                 changed = True
             if record.cacheable:
@@ -142,7 +144,8 @@ def _collect_job(tree: ExperimentTree, job: JobTree, rows: list, curve_rows: lis
     problems += [f"{job.path}/{problem}" for problem in view.problems]
     status = view.status or JobStatus(job.key)
     base = {"experiment": spec.experiment or tree.path.name, "job": job.key, "job_state": str(view.disk),
-            "seed": spec.seed, **spec.grid_values, **_flatten(spec.data, "data."), **_flatten(spec.train, "train."),
+            "seed": spec.seed, configurations.COLUMN: configurations.configuration_id(spec),
+            **spec.grid_values, **_flatten(spec.data, "data."), **_flatten(spec.train, "train."),
             "host": status.host, "attempts": status.attempts}
     for variant in spec.variants:
         name = variant["name"]

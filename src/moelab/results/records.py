@@ -88,6 +88,7 @@ class LaunchRecord:
     jobs_skipped: dict[str, int] = field(default_factory=dict)  # state -> jobs not run in that state
     force: bool = False
     launch_id: str = ""
+    job_keys: list[str] = field(default_factory=list)  # the launch's jobs: the report covers their configuration
     trials_to_start: int | None = None  # a search launch
 
     def to_dict(self) -> dict:

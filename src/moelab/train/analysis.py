@@ -3,7 +3,9 @@
     utilisation.csv            per epoch and expert: share of training samples (first choice), mean
                                gate probability, load CV, normalised entropy, collapsed (< 1 % of samples)
     gates_per_batch.csv        per epoch, batch and expert: share of the batch's samples
-    test_routing.csv           per test sample: label, prediction, chosen experts and their weights
+    test_routing.csv           per test sample: label, prediction, its share of the test metric
+                               (correct: 1/0, or squared_error for regression: the report's paired
+                               test resamples them), and for MoE models the chosen experts and weights
     class_expert.csv           test samples of each class (rows) sent to each expert (columns)
     expert_class_accuracy.csv  each expert's own accuracy on each class (classification)
     inference.json             per routing: latency at batch 1, throughput at batch 1024, active
@@ -12,8 +14,8 @@
     roc.csv                    one-vs-rest ROC curve points of every class from the test probabilities
                                (classification); the per-class and macro AUCs go into results.json
 
-Models without experts get inference.json and confusion.csv only. The headline numbers also go into
-results.json.
+Models without experts get inference.json, test_routing.csv (without experts), confusion.csv and
+roc.csv. The headline numbers also go into results.json.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from moelab.data import CLASSIFICATION
 from moelab.data.task_data import TaskData
 from moelab.results.io import write_text
 from moelab.results.tree import AnalysisFiles
-from moelab.train.evaluate import evaluate, predict
+from moelab.train.evaluate import Predictions, evaluate, predict
 from moelab.train.settings import TrainSettings
 from moelab.train.tasks import TASKS
 
@@ -53,13 +55,15 @@ def write_expert_analysis(model, data: TaskData, history: list[dict], settings: 
     if data.task == CLASSIFICATION:
         _write_confusion(model, data, settings, files)
         results.update(_write_roc(model, data, settings, files))
+    predictions = predict(model, data.x_test, data.task, settings.eval_batch_size)
+    _write_test_predictions(predictions, data, files)
     with torch.no_grad():
         probe = model(data.x_test[:2])
     if probe.gate_probs is None:
         return results
     num_experts = probe.gate_probs.shape[1]
     _write_utilisation(history, num_experts, files)
-    results.update(_write_test_routing(model, data, settings, num_experts, files))
+    results.update(_routing_analysis(model, predictions, data, settings, num_experts, files))
     final = history[-1] if history else {}
     results.update({k: final[f"train_{k}"] for k in ("load_cv", "load_entropy", "collapsed_experts", "dead_expert_fraction",
                                                      "effective_experts") if f"train_{k}" in final})
@@ -110,24 +114,36 @@ def _write_utilisation(history: list[dict], num_experts: int, files: AnalysisFil
     _write_csv(files.gates_per_batch, ["epoch", "batch", "expert", "share"], rows)
 
 
-@torch.no_grad()
-def _write_test_routing(model, data: TaskData, settings: TrainSettings, num_experts: int, files: AnalysisFiles) -> dict:
-    predictions = predict(model, data.x_test, data.task, settings.eval_batch_size)
-    index, weights = predictions.experts, predictions.expert_weights
-    first = index[:, 0]
+def _write_test_predictions(predictions: Predictions, data: TaskData, files: AnalysisFiles) -> None:
+    """One row per test sample, for every variant: the report pairs two variants of a job sample by
+    sample (same test set), so its test accounts for the test set's sampling noise."""
     classification = data.task == CLASSIFICATION
     labels = data.y_test.cpu()
     outputs = predictions.outputs
-    k = index.shape[1]
-    header = ["sample", "label", "prediction"] + [f"expert_{i + 1}" for i in range(k)] + [f"weight_{i + 1}" for i in range(k)]
+    if classification:
+        share = ["correct", (predictions.predicted == labels).int().tolist()]
+    else:
+        share = ["squared_error", (outputs - labels.reshape(outputs.shape)).pow(2).mean(dim=1).tolist()]
+    index, weights = predictions.experts, predictions.expert_weights
+    k = index.shape[1] if index is not None else 0
+    header = ["sample", "label", "prediction", share[0]] + [f"expert_{i + 1}" for i in range(k)] + [
+        f"weight_{i + 1}" for i in range(k)]
     rows = [[i, labels[i].tolist() if not classification else int(labels[i]),
-             int(predictions.predicted[i]) if classification else outputs[i].tolist(),
-             *index[i].tolist(), *[round(w, 6) for w in weights[i].tolist()]] for i in range(len(labels))]
+             int(predictions.predicted[i]) if classification else outputs[i].tolist(), share[1][i],
+             *(index[i].tolist() if k else []), *([round(w, 6) for w in weights[i].tolist()] if k else [])]
+            for i in range(len(labels))]
     _write_csv(files.test_routing, header, rows)
+
+
+@torch.no_grad()
+def _routing_analysis(model, predictions: Predictions, data: TaskData, settings: TrainSettings, num_experts: int,
+                      files: AnalysisFiles) -> dict:
+    first = predictions.experts[:, 0]
+    labels = data.y_test.cpu()
     results = {"test_expert_share": torch.bincount(first, minlength=num_experts).div(len(first)).tolist()}
-    if not classification:
+    if data.task != CLASSIFICATION:
         return results
-    classes = outputs.shape[1]
+    classes = predictions.outputs.shape[1]
     matrix = torch.zeros(classes, num_experts, dtype=torch.long)
     matrix.index_put_((labels, first), torch.ones(len(labels), dtype=torch.long), accumulate=True)
     _write_csv(files.class_expert, ["class"] + [f"expert_{e}" for e in range(num_experts)],
