@@ -49,7 +49,7 @@ def pull_jobs(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], No
             job = tree.job(key)
             if key not in names:
                 names[key] = [v["name"] for v in read_json(job.config_file)["config"]["variants"]]
-            verdict = _verdict(job, names[key], planned)
+            verdict = _verdict(job, names[key], planned, plan.launch_id)
             if verdict == "settled":
                 report(("settled", key, str(job_state(job, names[key]))))
                 del remaining[key]
@@ -62,17 +62,20 @@ def pull_jobs(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], No
                 held_elsewhere = True
                 continue
             try:
-                verdict = _verdict(job, names[key], planned, claimed=True)  # again: someone may have just finished it
+                # again: someone may have just finished it
+                verdict = _verdict(job, names[key], planned, plan.launch_id, claimed=True)
                 if verdict == "settled":
                     report(("settled", key, str(job_state(job, names[key]))))
                     del remaining[key]
                     continue
                 status = read_status(job)
-                fresh = plan.fresh and (status.attempts if status else 0) == planned
+                # a forced job is discarded once per launch: an attempt of this launch (interrupted,
+                # then taken over or requeued) resumes
+                fresh = plan.fresh and (status is None or status.launch_id != plan.launch_id)
                 report(("started", key))
                 try:
-                    outcome = run_job(job.path, fresh=fresh, stop_requested=stop_requested, runtime_info=runtime_info,
-                                      claim=claim)
+                    outcome = run_job(job.path, fresh=fresh, stop_requested=stop_requested,
+                                      runtime_info={**runtime_info, "launch_id": plan.launch_id}, claim=claim)
                 except Exception as error:  # run_job records variant errors itself; this is the rest
                     outcome = JobOutcome(key, JobState.FAILED, errors={"job": f"{type(error).__name__}: {error}"})
                     traceback.print_exc()
@@ -86,16 +89,18 @@ def pull_jobs(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], No
             time.sleep(POLL_S)
 
 
-def _verdict(job: JobTree, names: list[str], planned: int, claimed: bool = False) -> str:
+def _verdict(job: JobTree, names: list[str], planned: int, launch_id: str, claimed: bool = False) -> str:
     """run: this launch's to run; held: a live process holds it; settled: finished by someone since
     the plan was made. A finished job is in a plan only to be rerun (--force, --rerun-failed), and is
-    this launch's to rerun while its attempts still equal the planned ones. `claimed`: this process
-    holds the job's claim (a claimed job reads as running)."""
+    this launch's to rerun until an attempt of this launch, or any attempt since the plan was made,
+    finished it (a forced attempt starts its count afresh, so the count alone cannot tell).
+    `claimed`: this process holds the job's claim (a claimed job reads as running)."""
     state = job_state(job, names)
     if state is JobState.RUNNING and not claimed:
         return "held"
     status = read_status(job)
-    if state in (JobState.DONE, JobState.FAILED) and (status.attempts if status else 0) > planned:
+    if state in (JobState.DONE, JobState.FAILED) and status is not None and (
+            status.launch_id == launch_id or status.attempts > planned):
         return "settled"
     return "run"
 

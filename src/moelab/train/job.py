@@ -86,7 +86,7 @@ def _run_claimed(job: JobTree, fresh: bool, stop_requested, runtime_info: dict, 
         job.status_file.unlink(missing_ok=True)
     previous = read_status(job) or JobStatus(job.key)
     status = JobStatus(job.key, JobState.RUNNING, attempts=previous.attempts + 1, host=host(), pid=os.getpid(),
-                       started_at=now(), slurm=runtime_info.get("slurm"),
+                       started_at=now(), slurm=runtime_info.get("slurm"), launch_id=runtime_info.get("launch_id"),
                        variants={n: previous.variants.get(n, VariantStatus()) for n in names})
     started = time.perf_counter()
     outcome = JobOutcome(job.key, JobState.RUNNING, status_file=str(job.status_file))
