@@ -30,7 +30,8 @@ from moelab.train.tasks import TASKS, batch_stats, finish_metrics
 
 
 class StopRequested(Exception):
-    """Raised between epochs when the caller asked to stop; the checkpoint is already on disk."""
+    """Raised between two batches or two epochs when the caller asked to stop: nothing of the epoch in
+    progress is written, and the checkpoint of the last finished one is already on disk."""
 
 
 class TrainingDiverged(Exception):
@@ -131,7 +132,7 @@ def fit(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: 
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         model.set_progress(epoch / settings.epochs)
-        train = train_one_epoch(model, data, optimizer, shuffle, settings)
+        train = train_one_epoch(model, data, optimizer, shuffle, settings, stop_requested)
         val = evaluate(model, data.x_val, data.y_val, data.task, settings.eval_batch_size)
         scheduler.step()
         row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
@@ -207,7 +208,8 @@ def first_experts_of_test_set(model, data: TaskData, settings: TrainSettings) ->
     return None if experts is None else experts[:, 0]
 
 
-def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSettings) -> dict:
+def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSettings,
+                    stop_requested: Callable[[], bool] = lambda: False) -> dict:
     task_name = data.task
     task = TASKS[task_name]
     model.train()
@@ -217,6 +219,8 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSe
     loss_sum = torch.zeros((), device=x.device)
     batch_loads = []  # per batch: share of the batch's samples whose first expert is each expert
     for start in range(0, len(x), settings.batch_size):
+        if stop_requested():  # the epoch is redone from the checkpoint on resume, with the same shuffle
+            raise StopRequested("stopped during an epoch on request; resumes from the checkpoint")
         index = order[start : start + settings.batch_size]
         out = model(x[index], y[index])
         task_loss = task.loss(out.y, y[index])
