@@ -116,6 +116,7 @@ def fit(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: 
             raise FileNotFoundError(f"this job continues {shorter.path}, which has no checkpoint "
                                     f"{shorter.last_checkpoint.name} any more; launch with --force to train from zero")
         start_epoch, history, test_experts = load_checkpoint(shorter, model, optimizer, scheduler, shuffle, stopper, device)
+        carry_best_weights(shorter, out, model, stopper, start_epoch, settings)
         # the epochs to come follow this job's learning-rate schedule, for its own number of epochs; the
         # optimizer holds the rate the shorter job's schedule set
         for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
@@ -306,6 +307,20 @@ def make_scheduler(optimizer, settings: TrainSettings) -> torch.optim.lr_schedul
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def carry_best_weights(shorter: VariantTree, out: VariantTree, model, stopper: EarlyStopping, start_epoch: int,
+                       settings: TrainSettings) -> None:
+    """A continuation starts with the best weights (and score, in `stopper`) of the job it continues:
+    an epoch of its own replaces them only when it is better."""
+    if shorter.best_weights.is_file():
+        save_atomic(out.best_weights, torch.load(shorter.best_weights, map_location="cpu", weights_only=True))
+    elif stopper.best_epoch == start_epoch - 1:  # the best weights are the checkpoint's
+        save_atomic(out.best_weights, model.state_dict())
+    elif settings.checkpoint == "best":
+        raise FileNotFoundError(f"this job continues {shorter.path}, whose best weights (epoch {stopper.best_epoch}) "
+                                f"were not kept ({shorter.best_weights.name} is missing: save_weights: false?); "
+                                f"launch with --force to train from zero")
 
 
 def save_atomic(path, obj) -> None:
