@@ -10,6 +10,7 @@ The same checkpoint lets a job with more epochs continue a finished shorter one 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from moelab.data.task_data import TaskData
 from moelab.models import build_model, model_params
 from moelab.models.base import count_parameters
 from moelab.results.io import append_jsonl, atomic_write, file_sha256, write_json, write_jsonl
-from moelab.results.tree import JobTree, VariantTree
+from moelab.results.tree import JobTree, VariantTree, set_aside
 from moelab.train.analysis import write_expert_analysis
 from moelab.train.evaluate import evaluate, predict, test_results
 from moelab.train.settings import TrainSettings
@@ -107,7 +108,7 @@ def fit(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: 
     history: list[dict] = []
     start_epoch = 0
     test_experts = None  # each test sample's first expert after the previous epoch (MoE models)
-    if out.last_checkpoint.is_file():
+    if out.last_checkpoint.exists() and not _damaged(out, settings, device):
         start_epoch, history, test_experts = load_checkpoint(out, model, optimizer, scheduler, shuffle, stopper, device)
         write_jsonl(out.metrics_file, [metrics_line(r) for r in history])  # drop lines written after the checkpoint
     elif continued_from is not None:
@@ -321,6 +322,29 @@ def carry_best_weights(shorter: VariantTree, out: VariantTree, model, stopper: E
         raise FileNotFoundError(f"this job continues {shorter.path}, whose best weights (epoch {stopper.best_epoch}) "
                                 f"were not kept ({shorter.best_weights.name} is missing: save_weights: false?); "
                                 f"launch with --force to train from zero")
+
+
+def _damaged(out: VariantTree, settings: TrainSettings, device: torch.device) -> bool:
+    """Whether the variant's checkpoints to resume from cannot be loaded (empty, truncated, garbage);
+    then they are set aside with a warning and the variant trains from zero."""
+    needed = [out.last_checkpoint] + ([out.best_weights] if settings.checkpoint == "best" else [])
+    problems = {}
+    for path in needed:
+        try:
+            state = torch.load(path, map_location=device, weights_only=path == out.best_weights)
+            if not isinstance(state, dict) or (path == out.last_checkpoint and "next_epoch" not in state):
+                raise ValueError("not a checkpoint of this program")
+        except Exception as error:  # torch.load raises many kinds: EOFError, UnpicklingError, RuntimeError...
+            problems[path] = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    if not problems:
+        return False
+    for path in needed:
+        if path.exists():
+            aside = set_aside(path)
+            why = f"cannot be loaded ({problems[path]})" if path in problems else "goes with it"
+            print(f"warning: {path} {why}; set aside as {aside.name}, training {out.name} again from zero",
+                  file=sys.stderr, flush=True)
+    return True
 
 
 def save_atomic(path, obj) -> None:
