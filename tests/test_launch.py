@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -101,6 +102,26 @@ def test_failed_jobs_are_reported_skipped_and_rerun_on_request(write_experiment,
     assert "1 to run" in rerun.stdout
     status = read_json(blocked / "status.json")
     assert status["state"] == "done" and status["attempts"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [2, 3])
+def test_force_trains_each_job_once_whatever_the_number_of_workers(write_experiment, tmp_path, workers):
+    epochs = 2
+    experiment = write_experiment({**TINY, "variants": TINY["variants"][:2], "train": {**TINY["train"], "epochs": epochs}})
+    first = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out", "--no-report")
+    assert first.returncode == 0, first.stdout + first.stderr
+    forced = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out", "--no-report", "--force",
+                    "--workers", str(workers))
+    assert forced.returncode == 0 and "4 to run" in forced.stdout, forced.stdout + forced.stderr
+    keys = [job.key for job in load_experiment(experiment).jobs()]
+    # one line per training: a job trained twice is printed twice
+    assert {key: len(re.findall(rf"\] {key} done ", forced.stdout)) for key in keys} == {key: 1 for key in keys}, forced.stdout
+    root = tmp_path / "out" / "tiny"
+    statuses = [read_json(root / "jobs" / key / "status.json") for key in keys]
+    assert all(s["state"] == "done" and s["attempts"] == 1 for s in statuses)  # fresh status
+    assert len({s["launch_id"] for s in statuses}) == 1
+    assert all(len(read_jsonl(p)) == epochs for p in root.glob("jobs/*/*/metrics.jsonl"))
 
 
 def wait_for(predicate, timeout=120.0):

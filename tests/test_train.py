@@ -296,6 +296,25 @@ def test_a_longer_job_continues_a_shorter_one_exactly_when_the_schedule_does_not
     assert lines[:3] == read_jsonl(tmp_path / "jobs" / "short" / "moe_topk" / "metrics.jsonl")  # taken over, timings too
 
 
+@pytest.mark.parametrize("checkpoint", ["best", "last"])
+def test_a_continuation_keeps_the_best_weights_of_the_job_it_continues(tmp_path, digits, checkpoint):
+    """The best epoch came before the continuation (min_delta 1.0: no later epoch beats epoch 0): the
+    continued job tests the same weights as one trained from zero for all its epochs."""
+    early_best = {**TRAIN_SECTION, "schedule": "constant", "warmup_epochs": 0, "checkpoint": checkpoint,
+                  "early_stopping": {"patience": 100, "min_delta": 1.0}}
+    short, longer = (TrainSettings.from_dict({**early_best, "epochs": n}) for n in (3, 5))
+    train_variant(TOPK, digits, short, 0, VariantTree(tmp_path / "jobs" / "short" / "moe_topk"), torch.device("cpu"))
+    scratch = train_variant(TOPK, digits, longer, 0, VariantTree(tmp_path / "scratch"), torch.device("cpu"))
+    continued = train_variant(TOPK, digits, longer, 0, VariantTree(tmp_path / "jobs" / "long" / "moe_topk"),
+                              torch.device("cpu"), continued_from={"job": "short", "epochs": 3})
+    continued.pop("provenance")
+    assert continued["best_epoch"] == 0 and continued["epochs_trained"] == 5
+    assert strip_timing(continued) == strip_timing(scratch)
+    weights = [torch.load(tmp_path / folder / "weights" / "best.pt", weights_only=True)
+               for folder in ("scratch", "jobs/long/moe_topk")]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
 def test_a_continued_job_recomputes_the_cosine_schedule_for_its_own_epochs(tmp_path, digits):
     train_variant(TOPK, digits, TrainSettings.from_dict({**TRAIN_SECTION, "epochs": 3}), 0,
                   VariantTree(tmp_path / "jobs" / "short" / "moe_topk"), torch.device("cpu"))

@@ -1,6 +1,7 @@
 """A pool of worker processes pulling one launch's plan: what run_here runs, and what each SLURM
 array task runs on its node. It starts the workers, prints one line per job they finish, restarts a
-worker that died (its job is taken over from its stale claim), and stops them all on Ctrl-C.
+worker that died (its job is taken over from its stale claim), and stops them all when a stop is
+requested (train/stop.py: Ctrl-C, SIGTERM, SIGHUP) or on KeyboardInterrupt where no handler is installed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from moelab.launch.plan import PlanFile
 from moelab.launch.worker import worker_main
 from moelab.results.status import JobState, JobStatus, read_status
 from moelab.results.tree import ExperimentTree
+from moelab.train.stop import GRACE_S, STOP_SIGNALS, stop_requested
 
 # a job whose worker died this many times (out of memory, most likely) is recorded as failed
 MAX_WORKER_DEATHS_PER_JOB = 2
@@ -80,6 +82,10 @@ class WorkerPool:
         self.bar, self.total = bar, total
         try:
             while self.workers:
+                if stop_requested():
+                    self.result.interrupted = True
+                    self.stop()
+                    break
                 try:
                     worker_id, *event = self.events.get(timeout=0.5)
                 except queue.Empty:
@@ -95,27 +101,41 @@ class WorkerPool:
         return self.result
 
     def stop(self, drain: bool = True) -> None:
-        """Interrupt every worker (each records its job as interrupted) and wait for them. From a
-        signal handler, `drain=False`: the interrupted code may hold the event queue's lock."""
+        """Ask every worker to stop (each records its job as interrupted at its next safe point) and
+        wait for them. From a signal handler, `drain=False`: the interrupted code may hold the event
+        queue's lock."""
         self.stopping = True
         # Ctrl-C in a terminal reaches the workers too; a signal sent to the launcher alone is passed on
         workers = list(self.workers.values())
         for worker in workers:
             if worker.process.is_alive():
                 os.kill(worker.process.pid, signal.SIGINT)
-        deadline = time.monotonic() + 30
+        # a worker exits by itself GRACE_S after the request; this is for one that hangs harder
+        deadline = time.monotonic() + GRACE_S + 10
         for worker in workers:
             worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
-            if worker.process.is_alive():
-                worker.process.kill()  # it ignores further signals once interrupted
+        self.kill_workers()
         if drain:
             self._drain()
+
+    def kill_workers(self) -> None:
+        """End every worker at once (a second Ctrl-C): what they wrote is whole, their jobs resume
+        from their last checkpoints."""
+        for worker in self.workers.values():
+            if worker.process.is_alive():
+                worker.process.kill()
 
     def _start(self, slot: Slot) -> None:
         process = self.context.Process(target=worker_main, daemon=True, args=(
             self.next_id, slot.gpu, slot.threads, str(self.tree.path), self.plan_path, self.events, self.runtime_info,
-            self.wait_for_others))
-        process.start()
+            self.wait_for_others, os.getpid()))
+        # the worker inherits the blocked signals: one sent while it starts up (before its handlers
+        # are installed) waits for them instead of killing it or raising a KeyboardInterrupt there
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.workers[self.next_id] = _Worker(process, slot)
         self.next_id += 1
 

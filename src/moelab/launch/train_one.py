@@ -14,6 +14,7 @@ from moelab.results.io import write_json_if_changed
 from moelab.results.status import JobState
 from moelab.results.tree import ExperimentTree, JobTree
 from moelab.train.process import prepare_process
+from moelab.train.stop import INTERRUPTED_EXIT_CODE, stop_on_signals, stop_requested
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,11 +40,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
 
+    stop_on_signals()  # Ctrl-C, SIGTERM (scancel, a time limit), SIGHUP: stop at the next safe point
     prepare_process()
     from moelab.train.job import run_job  # imports torch: after prepare_process
+    from moelab.train.trainer import StopRequested
 
     runtime = {"slurm": slurm_info()} if os.environ.get("SLURM_JOB_ID") else {}
-    outcome = run_job(job_dir, fresh=args.force, runtime_info=runtime)
+    try:
+        outcome = run_job(job_dir, fresh=args.force, stop_requested=stop_requested, runtime_info=runtime)
+    except StopRequested:
+        print(f"{JobTree(job_dir).key}: interrupted; run the same command again to resume from the checkpoints")
+        return INTERRUPTED_EXIT_CODE
     print(f"{outcome.key}: {outcome.state} in {outcome.seconds:.1f}s")
     for name, error in outcome.errors.items():
         print(f"  {name}: {error}")

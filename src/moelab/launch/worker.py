@@ -26,6 +26,7 @@ from moelab.results.records import read_job_spec
 from moelab.results.status import JobState, job_state, read_status
 from moelab.results.tree import ExperimentTree, JobTree
 from moelab.train.process import prepare_process
+from moelab.train.stop import STOP_SIGNALS, request_stop, stop_on_signals, stop_requested
 
 # how often a worker with nothing to claim looks again at jobs held by others
 POLL_S = 1.0
@@ -38,6 +39,7 @@ def pull_jobs(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], No
     `wait_for_others`: stay while other processes hold jobs (a local launch waits for them; a SLURM
     task leaves them to their holders and frees its allocation)."""
     from moelab.train.job import JobOutcome, run_job  # imports torch: after prepare_process
+    from moelab.train.trainer import StopRequested
 
     remaining = {key: attempts for key, attempts in plan.jobs}
     names: dict[str, list[str]] = {}
@@ -49,7 +51,7 @@ def pull_jobs(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], No
             job = tree.job(key)
             if key not in names:
                 names[key] = read_job_spec(job).variant_names
-            verdict = _verdict(job, names[key], planned)
+            verdict = _verdict(job, names[key], planned, plan.launch_id)
             if verdict == "settled":
                 report(("settled", key, str(job_state(job, names[key]))))
                 del remaining[key]
@@ -62,17 +64,22 @@ def pull_jobs(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], No
                 held_elsewhere = True
                 continue
             try:
-                verdict = _verdict(job, names[key], planned, claimed=True)  # again: someone may have just finished it
+                # again: someone may have just finished it
+                verdict = _verdict(job, names[key], planned, plan.launch_id, claimed=True)
                 if verdict == "settled":
                     report(("settled", key, str(job_state(job, names[key]))))
                     del remaining[key]
                     continue
                 status = read_status(job)
-                fresh = plan.fresh and (status.attempts if status else 0) == planned
+                # a forced job is discarded once per launch: an attempt of this launch (interrupted,
+                # then taken over or requeued) resumes
+                fresh = plan.fresh and (status is None or status.launch_id != plan.launch_id)
                 report(("started", key))
                 try:
-                    outcome = run_job(job.path, fresh=fresh, stop_requested=stop_requested, runtime_info=runtime_info,
-                                      claim=claim)
+                    outcome = run_job(job.path, fresh=fresh, stop_requested=stop_requested,
+                                      runtime_info={**runtime_info, "launch_id": plan.launch_id}, claim=claim)
+                except StopRequested:  # asked to stop, or the claim was lost to a worker that took the job over
+                    outcome = JobOutcome(key, JobState.INTERRUPTED)
                 except Exception as error:  # run_job records variant errors itself; this is the rest
                     outcome = JobOutcome(key, JobState.FAILED, errors={"job": f"{type(error).__name__}: {error}"})
                     traceback.print_exc()
@@ -86,62 +93,55 @@ def pull_jobs(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], No
             time.sleep(POLL_S)
 
 
-def _verdict(job: JobTree, names: list[str], planned: int, claimed: bool = False) -> str:
+def _verdict(job: JobTree, names: list[str], planned: int, launch_id: str, claimed: bool = False) -> str:
     """run: this launch's to run; held: a live process holds it; settled: finished by someone since
     the plan was made. A finished job is in a plan only to be rerun (--force, --rerun-failed), and is
-    this launch's to rerun while its attempts still equal the planned ones. `claimed`: this process
-    holds the job's claim (a claimed job reads as running)."""
+    this launch's to rerun until an attempt of this launch, or any attempt since the plan was made,
+    finished it (a forced attempt starts its count afresh, so the count alone cannot tell).
+    `claimed`: this process holds the job's claim (a claimed job reads as running)."""
     state = job_state(job, names)
     if state is JobState.RUNNING and not claimed:
         return "held"
     status = read_status(job)
-    if state in (JobState.DONE, JobState.FAILED) and (status.attempts if status else 0) > planned:
+    if state in (JobState.DONE, JobState.FAILED) and status is not None and (
+            status.launch_id == launch_id or status.attempts > planned):
         return "settled"
     return "run"
 
 
 def worker_main(worker_id: int, gpu: int | None, threads: int, experiment_dir: str, plan_path: str, events,
-                runtime_info: dict, wait_for_others: bool) -> None:
-    """A worker process: set up threads and GPU, then pull jobs, reporting to the launcher's queue."""
-    # Ctrl-C reaches a worker twice (from the terminal, then passed on by the launcher), and SIGTERM
-    # ends a job like Ctrl-C: the first one interrupts, later ones must not cut short the writing of
-    # status.json that the interruption triggers
-    signal.signal(signal.SIGINT, _interrupt_once)
-    signal.signal(signal.SIGTERM, _interrupt_once)
+                runtime_info: dict, wait_for_others: bool, launcher_pid: int) -> None:
+    """A worker process: set up threads and GPU, then pull jobs, reporting to the launcher's queue.
+    It starts with the stop signals blocked (see WorkerPool._start): one sent while it starts up
+    waits until its handlers are in place."""
+    # Ctrl-C, SIGTERM and SIGHUP stop the job at its next safe point (train/stop.py); Ctrl-C reaches
+    # a worker twice (from the terminal, then passed on by the launcher): the second changes nothing
+    stop_on_signals()
     # SLURM signals every process of a task before its time limit; the task's main process stops
-    # the workers itself (a worker killed by the default action would leave nothing torn, but lose
-    # the epoch in progress)
+    # the workers itself
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-    _stop_when_orphaned()
-    try:
-        prepare_process(threads, gpu)
-        plan = PlanFile.read(Path(plan_path))
-        tree, report = ExperimentTree(Path(experiment_dir)), lambda event: events.put((worker_id, *event))
-        pull_jobs(tree, plan, report, stop_requested=lambda: False, runtime_info=runtime_info,
-                  wait_for_others=wait_for_others)
-        if plan.search is not None:  # no planned job left: ask the study for trials until it has enough
-            from moelab.launch.search_worker import run_trials
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    _stop_when_orphaned(launcher_pid)
+    prepare_process(threads, gpu)
+    plan = PlanFile.read(Path(plan_path))
+    tree, report = ExperimentTree(Path(experiment_dir)), lambda event: events.put((worker_id, *event))
+    pull_jobs(tree, plan, report, stop_requested=stop_requested, runtime_info=runtime_info,
+              wait_for_others=wait_for_others)
+    if plan.search is not None and not stop_requested():  # no planned job left: ask the study for trials
+        from moelab.launch.search_worker import run_trials
 
-            run_trials(tree, plan, report, stop_requested=lambda: False, runtime_info=runtime_info,
-                       wait_for_others=wait_for_others)
-    except KeyboardInterrupt:
-        pass
+        run_trials(tree, plan, report, stop_requested=stop_requested, runtime_info=runtime_info,
+                   wait_for_others=wait_for_others)
 
 
-def _interrupt_once(signum, frame) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
-def _stop_when_orphaned() -> None:
+def _stop_when_orphaned(launcher_pid: int) -> None:
     """A launcher killed without a chance to clean up (SIGKILL, the OOM killer, a closed SSH session)
-    leaves its workers to the init process: they notice within a second and stop like on Ctrl-C."""
-    parent = os.getppid()
+    leaves its workers to the init process: they notice within a second, also one still starting
+    up (its launcher may be gone before this runs), and stop like on Ctrl-C."""
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == launcher_pid:
             time.sleep(0.5)
-        os.kill(os.getpid(), signal.SIGINT)
+        request_stop()
 
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()

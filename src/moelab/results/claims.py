@@ -5,15 +5,18 @@ and on NFSv3 and later: of two nodes creating it at once, exactly one succeeds).
 the job (host, pid) and is kept alive by a heartbeat: its holder touches it every HEARTBEAT_S. A
 claim is stale when its holder is gone: at once when the holder ran on this host and its pid is dead,
 otherwise when its last heartbeat is older than the timeout (which assumes the nodes' clocks agree to
-well within the timeout, as NTP keeps them). A stale claim is taken over under a takeover lock (an
-atomic mkdir), so two takers never both win.
+well within the timeout, as NTP keeps them). A claim file that cannot be read is stale once it is
+older than the timeout. A stale claim is taken over under a takeover lock (an atomic mkdir), so two
+takers never both win.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -41,6 +44,7 @@ class Holder:
     host: str
     pid: int
     heartbeat_age_s: float
+    problem: str | None = None  # why the claim file could not be read: its holder is unknown
 
     def is_alive(self) -> bool:
         if self.host == socket.gethostname():
@@ -49,17 +53,24 @@ class Holder:
 
 
 def holder(job: Claimable) -> Holder | None:
-    """Who holds the job's claim, or None. A claim file caught half-written counts as fresh."""
+    """Who holds the job's claim, or None. A claim file that cannot be read (caught half-written, or
+    damaged: empty, truncated, garbage, a folder) names no holder: it is alive until its file is
+    older than the heartbeat timeout, like a holder whose heartbeat stopped."""
     try:
-        stat = os.stat(job.claim_file)
-        with open(job.claim_file) as f:
-            data = json.load(f)
+        age = max(0.0, time.time() - os.stat(job.claim_file).st_mtime)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
-        return Holder("", "", 0, 0.0)
-    return Holder(data.get("owner", ""), data.get("host", ""), int(data.get("pid", 0)),
-                  max(0.0, time.time() - stat.st_mtime))
+    try:
+        with open(job.claim_file) as f:
+            data = json.load(f)
+        owner, host, pid = data["owner"], data["host"], data["pid"]
+        if not (isinstance(owner, str) and isinstance(host, str) and type(pid) is int):
+            raise ValueError("owner, host or pid of the wrong type")
+    except FileNotFoundError:  # released meanwhile
+        return None
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        return Holder("", "", 0, age, problem=f"{type(error).__name__}: {error}")
+    return Holder(owner, host, pid, age)
 
 
 def is_claimed(job: Claimable) -> bool:
@@ -114,7 +125,11 @@ def try_claim(job: Claimable) -> Claim | None:
     found = holder(job)
     if found is not None and found.is_alive():
         return None
-    return _take_over(job, owner)
+    claim = _take_over(job, owner)
+    if claim is not None and found is not None and found.problem:
+        print(f"warning: {job.claim_file} could not be read ({found.problem}); taken over as stale", file=sys.stderr,
+              flush=True)
+    return claim
 
 
 def _create(job: Claimable, owner: str) -> bool:
@@ -144,6 +159,8 @@ def _take_over(job: Claimable, owner: str) -> Claim | None:
         found = holder(job)  # again, under the lock: another taker may have won meanwhile
         if found is not None and found.is_alive():
             return None
+        if job.claim_file.is_dir() and not job.claim_file.is_symlink():  # damage: nothing a claim writes
+            shutil.rmtree(job.claim_file)
         job.claim_file.unlink(missing_ok=True)
         return Claim(job, owner) if _create(job, owner) else None
     finally:

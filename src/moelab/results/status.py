@@ -87,6 +87,7 @@ class JobStatus:
     error: str | None = None
     traceback: str | None = None
     slurm: dict | None = None  # job and array ids, node, restart count, when run by SLURM
+    launch_id: str | None = None  # the launch whose plan the last attempt came from (launches/<id>/)
     variants: dict[str, VariantStatus] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 

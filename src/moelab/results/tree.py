@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 # names a variant cannot take: they are files or folders of the job folder
@@ -293,3 +294,12 @@ class AnalysisFiles:
     def roc(self) -> Path:
         """One-vs-rest ROC curve points of every class (classification)."""
         return self.path / "roc.csv"
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged record (file or folder) to `<name>.damaged-<UTC stamp>` beside it, kept for
+    a look instead of deleted, so that what replaces it is written fresh; returns the new path."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    path.rename(aside)
+    return aside

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from moelab.report.plots import variant_curves
 from moelab.results.claims import Claim, try_claim
 from moelab.results.io import read_json
 from moelab.results.status import JobState, JobStatus, VariantStatus, host, now, read_status
-from moelab.results.tree import JobTree, VariantTree
+from moelab.results.tree import JobTree, VariantTree, set_aside
 from moelab.train.settings import TrainSettings
 from moelab.train.tasks import TASKS
 from moelab.train.trainer import StopRequested, provenance, resolve_device, train_variant
@@ -80,13 +81,17 @@ def _run_claimed(job: JobTree, fresh: bool, stop_requested, runtime_info: dict, 
     settings = TrainSettings.from_dict(config["train"])
     live_plot_every = spec.get("report", {}).get("live_plot_every", 0)
     names = [v["name"] for v in config["variants"]]
+    previous = read_status(job)
+    if previous is None and (job.status_file.exists() or job.status_file.is_symlink()):
+        _warn_set_aside(job.status_file, "cannot be read", "the job's attempts count again from 1")
     if fresh:
         for name in names:
             shutil.rmtree(job.variant(name).path, ignore_errors=True)
         job.status_file.unlink(missing_ok=True)
-    previous = read_status(job) or JobStatus(job.key)
+        previous = None
+    previous = previous or JobStatus(job.key)
     status = JobStatus(job.key, JobState.RUNNING, attempts=previous.attempts + 1, host=host(), pid=os.getpid(),
-                       started_at=now(), slurm=runtime_info.get("slurm"),
+                       started_at=now(), slurm=runtime_info.get("slurm"), launch_id=runtime_info.get("launch_id"),
                        variants={n: previous.variants.get(n, VariantStatus()) for n in names})
     started = time.perf_counter()
     outcome = JobOutcome(job.key, JobState.RUNNING, status_file=str(job.status_file))
@@ -109,10 +114,12 @@ def _run_claimed(job: JobTree, fresh: bool, stop_requested, runtime_info: dict, 
         for variant in config["variants"]:
             name = variant["name"]
             out = job.variant(name)
-            if out.is_done():
-                outcome.results[name] = read_json(out.results_file)
-                status.variants[name].state = JobState.DONE
-                continue
+            if out.results_file.exists():  # finished, unless the file is damaged
+                results = _read_results(out)
+                if results is not None:
+                    outcome.results[name] = results
+                    status.variants[name].state = JobState.DONE
+                    continue
             if data is None:  # loaded once per job, only when something is left to train
                 data = load_dataset(DataSettings(**config["data"]), config["seed"]).to(device)
             record = status.variants[name] = VariantStatus(JobState.RUNNING, started_at=now(),
@@ -148,6 +155,25 @@ def _run_claimed(job: JobTree, fresh: bool, stop_requested, runtime_info: dict, 
         outcome.errors["job"] = status.error
         return finish(JobState.FAILED)
     return finish(JobState.FAILED if outcome.errors else JobState.DONE)
+
+
+def _read_results(out: VariantTree) -> dict | None:
+    """A finished variant's results.json; None when it cannot be read (then it is set aside and the
+    variant trained again: from its last checkpoint, only its testing is redone)."""
+    try:
+        results = read_json(out.results_file)
+        if isinstance(results, dict):
+            return results
+        problem = "holds no JSON object"
+    except (OSError, ValueError) as error:
+        problem = f"cannot be read ({type(error).__name__})"
+    _warn_set_aside(out.results_file, problem, f"training {out.name} again")
+    return None
+
+
+def _warn_set_aside(path: Path, problem: str, consequence: str) -> None:
+    aside = set_aside(path)
+    print(f"warning: {path} {problem}; set aside as {aside.name}, {consequence}", file=sys.stderr, flush=True)
 
 
 def _pruning(on_epoch: Callable[[list[dict]], None], name: str, should_prune: Callable[[str, list[dict]], bool]):

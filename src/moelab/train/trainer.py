@@ -10,6 +10,7 @@ The same checkpoint lets a job with more epochs continue a finished shorter one 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from moelab.models import build_model, model_params
 from moelab.models.base import count_parameters
 from moelab.results.io import append_jsonl, atomic_write, file_sha256, write_json, write_jsonl
 from moelab.results.records import TestedWeights
-from moelab.results.tree import JobTree, VariantTree
+from moelab.results.tree import JobTree, VariantTree, set_aside
 from moelab.train.analysis import write_expert_analysis
 from moelab.train.evaluate import evaluate, predict, test_results
 from moelab.train.settings import TrainSettings
@@ -31,7 +32,8 @@ from moelab.train.tasks import TASKS, batch_stats, finish_metrics
 
 
 class StopRequested(Exception):
-    """Raised between epochs when the caller asked to stop; the checkpoint is already on disk."""
+    """Raised between two batches or two epochs when the caller asked to stop: nothing of the epoch in
+    progress is written, and the checkpoint of the last finished one is already on disk."""
 
 
 class TrainingDiverged(Exception):
@@ -107,7 +109,7 @@ def fit(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: 
     history: list[dict] = []
     start_epoch = 0
     test_experts = None  # each test sample's first expert after the previous epoch (MoE models)
-    if out.last_checkpoint.is_file():
+    if out.last_checkpoint.exists() and not _damaged(out, settings, device):
         start_epoch, history, test_experts = load_checkpoint(out, model, optimizer, scheduler, shuffle, stopper, device)
         write_jsonl(out.metrics_file, [metrics_line(r) for r in history])  # drop lines written after the checkpoint
     elif continued_from is not None:
@@ -116,6 +118,7 @@ def fit(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: 
             raise FileNotFoundError(f"this job continues {shorter.path}, which has no checkpoint "
                                     f"{shorter.last_checkpoint.name} any more; launch with --force to train from zero")
         start_epoch, history, test_experts = load_checkpoint(shorter, model, optimizer, scheduler, shuffle, stopper, device)
+        carry_best_weights(shorter, out, model, stopper, start_epoch, settings)
         # the epochs to come follow this job's learning-rate schedule, for its own number of epochs; the
         # optimizer holds the rate the shorter job's schedule set
         for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
@@ -132,7 +135,7 @@ def fit(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: 
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         model.set_progress(epoch / settings.epochs)
-        train = train_one_epoch(model, data, optimizer, shuffle, settings)
+        train = train_one_epoch(model, data, optimizer, shuffle, settings, stop_requested)
         val = evaluate(model, data.x_val, data.y_val, data.task, settings.eval_batch_size)
         scheduler.step()
         row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
@@ -209,7 +212,8 @@ def first_experts_of_test_set(model, data: TaskData, settings: TrainSettings) ->
     return None if experts is None else experts[:, 0]
 
 
-def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSettings) -> dict:
+def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSettings,
+                    stop_requested: Callable[[], bool] = lambda: False) -> dict:
     task_name = data.task
     task = TASKS[task_name]
     model.train()
@@ -219,6 +223,8 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSe
     loss_sum = torch.zeros((), device=x.device)
     batch_loads = []  # per batch: share of the batch's samples whose first expert is each expert
     for start in range(0, len(x), settings.batch_size):
+        if stop_requested():  # the epoch is redone from the checkpoint on resume, with the same shuffle
+            raise StopRequested("stopped during an epoch on request; resumes from the checkpoint")
         index = order[start : start + settings.batch_size]
         out = model(x[index], y[index])
         task_loss = task.loss(out.y, y[index])
@@ -304,6 +310,43 @@ def make_scheduler(optimizer, settings: TrainSettings) -> torch.optim.lr_schedul
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def carry_best_weights(shorter: VariantTree, out: VariantTree, model, stopper: EarlyStopping, start_epoch: int,
+                       settings: TrainSettings) -> None:
+    """A continuation starts with the best weights (and score, in `stopper`) of the job it continues:
+    an epoch of its own replaces them only when it is better."""
+    if shorter.best_weights.is_file():
+        save_atomic(out.best_weights, torch.load(shorter.best_weights, map_location="cpu", weights_only=True))
+    elif stopper.best_epoch == start_epoch - 1:  # the best weights are the checkpoint's
+        save_atomic(out.best_weights, model.state_dict())
+    elif settings.checkpoint == "best":
+        raise FileNotFoundError(f"this job continues {shorter.path}, whose best weights (epoch {stopper.best_epoch}) "
+                                f"were not kept ({shorter.best_weights.name} is missing: save_weights: false?); "
+                                f"launch with --force to train from zero")
+
+
+def _damaged(out: VariantTree, settings: TrainSettings, device: torch.device) -> bool:
+    """Whether the variant's checkpoints to resume from cannot be loaded (empty, truncated, garbage);
+    then they are set aside with a warning and the variant trains from zero."""
+    needed = [out.last_checkpoint] + ([out.best_weights] if settings.checkpoint == "best" else [])
+    problems = {}
+    for path in needed:
+        try:
+            state = torch.load(path, map_location=device, weights_only=path == out.best_weights)
+            if not isinstance(state, dict) or (path == out.last_checkpoint and "next_epoch" not in state):
+                raise ValueError("not a checkpoint of this program")
+        except Exception as error:  # torch.load raises many kinds: EOFError, UnpicklingError, RuntimeError...
+            problems[path] = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    if not problems:
+        return False
+    for path in needed:
+        if path.exists():
+            aside = set_aside(path)
+            why = f"cannot be loaded ({problems[path]})" if path in problems else "goes with it"
+            print(f"warning: {path} {why}; set aside as {aside.name}, training {out.name} again from zero",
+                  file=sys.stderr, flush=True)
+    return True
 
 
 def save_atomic(path, obj) -> None:

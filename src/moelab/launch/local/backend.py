@@ -5,8 +5,9 @@ single-thread worker per core available to this process (never more threads than
 thread pools collapse when they outnumber the cores), fewer with more threads each when the plan
 has fewer jobs than cores. `--workers N` (or `local.workers`) sets the count; the cores are shared
 out among them. A job that fails, or a worker that dies, is recorded and the rest go on; a job
-held by another launch is waited for. Ctrl-C, SIGTERM and SIGHUP stop the workers between two
-writes; the next launch resumes from the checkpoints.
+held by another launch is waited for. Ctrl-C, SIGTERM and SIGHUP (also in a launch started in the
+background, which inherits Ctrl-C ignored) stop the workers at their next safe point (train/stop.py),
+a second one at once; the next launch resumes from the checkpoints.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from moelab.launch.base import Backend
 from moelab.launch.plan import LaunchPlan
 from moelab.launch.pool import PoolResult, WorkerPool, worker_slots
 from moelab.results.status import JobState
+from moelab.train.stop import stop_on_signals
 
 
 class LocalBackend(Backend):
@@ -43,8 +45,12 @@ class LocalBackend(Backend):
         pool = WorkerPool(plan.tree, plan.tree.plan_file(plan.launch_id), slots,
                           describe=lambda key: " ".join(f"{k}={v}" for k, v in jobs[key].grid_values.items())
                           if key in jobs else "")
-        with _stop_on_hangup_and_term():
+        replaced = stop_on_signals(grace_s=None, on_repeat=pool.kill_workers)
+        try:
             result = pool.run()
+        finally:
+            for signum, handler in replaced.items():
+                signal.signal(signum, handler)
         return self._summarise(plan, result)
 
     def _summarise(self, plan: LaunchPlan, result: PoolResult) -> int:
@@ -98,19 +104,3 @@ def visible_gpus() -> list[int]:
     import torch  # only when there is something to run: a relaunch with nothing to do stays fast
 
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-
-
-class _stop_on_hangup_and_term:
-    """SIGTERM (kill, a job manager) and SIGHUP (a closed terminal) stop a launch like Ctrl-C:
-    workers interrupted, summary printed, exit code 130."""
-
-    def __enter__(self):
-        self.saved = {s: signal.signal(s, self._interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
-
-    def __exit__(self, *exc):
-        for signum, handler in self.saved.items():
-            signal.signal(signum, handler)
-
-    @staticmethod
-    def _interrupt(signum, frame):
-        raise KeyboardInterrupt

@@ -17,6 +17,7 @@ import submitit
 from moelab.launch.pool import WorkerPool, worker_slots
 from moelab.results.status import JobState
 from moelab.results.tree import ExperimentTree
+from moelab.train.stop import request_stop
 
 
 class JobFailed(RuntimeError):
@@ -44,6 +45,7 @@ class PackedTask(submitit.helpers.Checkpointable):
         return {"ran": sorted(result.outcomes), "settled_elsewhere": sorted(result.settled)}
 
     def checkpoint(self, *args) -> submitit.helpers.DelayedSubmission:
+        request_stop(grace_s=None)  # the stop every other signal requests (train/stop.py)
         if self.pool is not None:  # called from submitit's signal handler, in the middle of pool.run
             self.pool.stop(drain=False)  # interrupted jobs keep their last epoch's checkpoint
         # the requeued task pulls the same plan: whatever is unfinished, whoever held it
