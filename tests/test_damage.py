@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import make_job
+from conftest import TINY, launch, make_job
 from moelab.results.claims import is_claimed, try_claim
 from moelab.results.io import read_json, read_jsonl
 from moelab.results.status import JobState
@@ -100,3 +100,23 @@ def test_a_damaged_record_costs_only_what_it_must(tmp_path, capsys, reference, r
     assert job.variant("mlp").results_file.read_bytes() == mlp_results
     aside = list(path.parent.glob(f"{path.name}.damaged-*"))
     assert len(aside) == 1 and f"warning: {path}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_damaged_results_file_is_redone_by_the_next_launch_and_nothing_else(write_experiment, tmp_path):
+    experiment = write_experiment({**TINY, "variants": TINY["variants"][:2], "train": {**TINY["train"], "epochs": 1},
+                                   "grid": {"seed": [0, 1]}})
+    first = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out", "--no-report")
+    assert first.returncode == 0, first.stdout + first.stderr
+    damaged, kept = sorted((tmp_path / "out" / "tiny" / "jobs").iterdir())
+    before = {p: p.read_bytes() for p in kept.rglob("results.json")}
+    reference = (damaged / "moe" / "results.json").read_text()
+    (damaged / "moe" / "results.json").write_text('{"variant": "moe", "te')
+    again = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "out", "--no-report")
+    assert again.returncode == 0 and "1 to run" in again.stdout, again.stdout + again.stderr
+    assert "Traceback" not in again.stdout + again.stderr and f"jobs/{damaged.name}/moe/results.json cannot be read" in again.stderr
+    strip = lambda text: {k: v for k, v in json.loads(text).items() if not any(w in k for w in ("seconds", "latency", "throughput"))}
+    assert strip((damaged / "moe" / "results.json").read_text()) == strip(reference)
+    assert {p: p.read_bytes() for p in kept.rglob("results.json")} == before
+    status = launch(tmp_path, "status", str(tmp_path / "out" / "tiny"))
+    assert status.returncode == 0 and "Traceback" not in status.stdout + status.stderr

@@ -14,7 +14,7 @@ from enum import Enum
 
 from moelab.results.claims import is_claimed
 from moelab.results.io import read_json, write_json
-from moelab.results.tree import JobTree
+from moelab.results.tree import JobTree, VariantTree
 
 
 class JobState(str, Enum):
@@ -141,14 +141,24 @@ def read_status(job: JobTree) -> JobStatus | None:
 
 
 def job_state(job: JobTree, variant_names: list[str] | None = None) -> JobState:
-    if variant_names and all(job.variant(v).is_done() for v in variant_names):
+    if variant_names and all(_readable_results(job.variant(v)) for v in variant_names):
         return JobState.DONE
     status = read_status(job)
     if status is None:
         return JobState.RUNNING if is_claimed(job) else JobState.PENDING
     if status.state is JobState.RUNNING and not is_claimed(job):
         return JobState.INTERRUPTED  # the process that wrote "running" is gone
+    if status.state is JobState.DONE and variant_names:
+        return JobState.INTERRUPTED  # a variant's results.json was lost or damaged since: it is redone
     return status.state
+
+
+def _readable_results(variant: VariantTree) -> bool:
+    """A variant is done when its results.json holds a record; a damaged one is redone (train/job.py)."""
+    try:
+        return isinstance(read_json(variant.results_file), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def merge_states(disk: JobState, queue: JobState | None) -> JobState:
