@@ -49,6 +49,27 @@ def test_a_launch_record_without_its_time_is_damaged_and_named(tmp_path):
     assert caught.value.path == tree.launches_file and "time" in caught.value.problem
 
 
+def test_a_launch_record_that_is_not_a_file_stops_the_launch_before_it_writes(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "grid": {}}))
+    tree = ExperimentTree(tmp_path / "experiments" / "tiny")
+    tree.launches_file.mkdir(parents=True)
+    with pytest.raises(DamagedRecord) as caught:
+        make_plan(load_experiment(path), tmp_path / "experiments")
+    assert caught.value.path == tree.launches_file
+    assert sorted(p.name for p in tree.path.iterdir()) == ["launches.jsonl"]
+
+
+def test_garbage_bytes_in_a_json_lines_record_are_bad_lines_not_a_crash(tmp_path):
+    from moelab.results.io import read_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"epoch": 0}\n\x00\xffgarbage{[\n{"epoch": 1}\n')
+    bad = []
+    assert read_jsonl(path, on_bad_line=lambda number, line: bad.append(number)) == [{"epoch": 0}, {"epoch": 1}]
+    assert bad == [2]
+
+
 def test_a_launch_record_round_trips_and_ignores_keys_of_later_versions():
     record = LaunchRecord(time="t", mode="submit", experiment_file="e.yaml", git_commit="abc", git_dirty=False)
     assert LaunchRecord.from_dict({**record.to_dict(), "added_later": 1}) == record

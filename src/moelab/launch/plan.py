@@ -21,7 +21,7 @@ from moelab.config import Experiment, Job
 from moelab.config.grid import key_without_epochs
 from moelab.results.io import atomic_write, read_json, write_json, write_json_if_changed, write_text
 from moelab.results.errors import DamagedRecord
-from moelab.results.records import JobSpec, LaunchRecord, append_launch, read_job_spec
+from moelab.results.records import JobSpec, LaunchRecord, append_launch, check_launches_file, read_job_spec
 from moelab.results.status import FAILURES, JobState, host, job_state, merge_states, now, read_status
 from moelab.results.tree import ExperimentTree, JobTree
 
@@ -67,6 +67,7 @@ def make_plan(experiment: Experiment, experiments_dir: Path, force: bool = False
     running, or queued on the cluster (`queue_states`), are never started twice. A search plans no
     job: its workers ask the study for trials (launch/search_worker.py)."""
     tree = ExperimentTree(Path(experiments_dir) / experiment.name)
+    check_launches_file(tree)
     if "search" in experiment.doc:
         from moelab.search import StudySession  # optuna: only for a search
 

@@ -85,15 +85,15 @@ def read_jsonl(path: Path, on_bad_line: Callable[[int, str], None] | None = None
 
 
 def _iter_jsonl(path: Path, on_bad_line) -> Iterator[dict]:
-    with open(path) as f:
+    with open(path, "rb") as f:  # bytes: a line that is not UTF-8 (garbage) is one bad line, not a crash
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
+                yield json.loads(line.decode())
+            except ValueError:  # JSONDecodeError or UnicodeDecodeError
                 if on_bad_line is not None:
-                    on_bad_line(number, line)
+                    on_bad_line(number, line.decode(errors="replace"))
 
 
 def _json_default(value: Any) -> Any:

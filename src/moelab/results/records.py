@@ -113,8 +113,15 @@ def append_launch(tree: ExperimentTree, record: LaunchRecord) -> None:
         append_jsonl(tree.launches_file, record.to_dict())
 
 
+def check_launches_file(tree: ExperimentTree) -> None:
+    """A launch appends to launches.jsonl: something else in its place (a folder) stops it before it writes."""
+    if tree.launches_file.exists() and not tree.launches_file.is_file():
+        raise DamagedRecord(tree.launches_file, "is not a file", "move it aside: it only records past launches")
+
+
 def read_launches(tree: ExperimentTree) -> list[LaunchRecord]:
     """Every launch, oldest first; a line cut short (a launch killed while appending) is skipped."""
+    check_launches_file(tree)
     if not tree.launches_file.is_file():
         return []
     return [LaunchRecord.from_dict(row, tree.launches_file) for row in read_jsonl(tree.launches_file)]
