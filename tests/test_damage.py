@@ -120,3 +120,51 @@ def test_a_damaged_results_file_is_redone_by_the_next_launch_and_nothing_else(wr
     assert {p: p.read_bytes() for p in kept.rglob("results.json")} == before
     status = launch(tmp_path, "status", str(tmp_path / "out" / "tiny"))
     assert status.returncode == 0 and "Traceback" not in status.stdout + status.stderr
+
+
+@pytest.fixture(scope="module")
+def finished_tree(tmp_path_factory):
+    """Two finished jobs of one launch: the first one's records are damaged in turn."""
+    folder = tmp_path_factory.mktemp("finished")
+    experiment = folder / "tiny.yaml"
+    experiment.write_text(json.dumps({**TINY, "variants": TINY["variants"][:2], "train": {**TINY["train"], "epochs": 1},
+                                      "grid": {"seed": [0, 1]}}))
+    done = launch(folder, "run_here", str(experiment), "--experiments-dir", "out", "--no-report")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return folder / "out" / "tiny"
+
+
+def _runs_of(folder, job_key: str):
+    from moelab.results import collect
+
+    runs = collect(folder, curves=False, cache=False).runs
+    return runs[runs["job"] == job_key][["job", "variant", "state", "test_acc"]].reset_index(drop=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["empty", "half", "garbage", "folder"])
+@pytest.mark.parametrize("record", ["config.json", "status.json", "claim", "metrics.jsonl", "results.json", "last.pt",
+                                    "launches.jsonl", "plan.json"])
+def test_status_and_create_plots_read_any_damaged_record_without_a_traceback(finished_tree, tmp_path, capsys,
+                                                                             record, how):
+    """Every record of a job, and the launch's, replaced by an empty file, half of itself, garbage or a
+    folder: status and create-plots end with an exit code (no exception), and the other job's runs are
+    read as from the undamaged tree."""
+    from moelab.launch.cli import main as launch_main
+    from moelab.report.cli import main as report_main
+    from moelab.results.tree import ExperimentTree
+
+    tree = ExperimentTree(tmp_path / "tiny")
+    shutil.copytree(finished_tree, tree.path)
+    damaged, kept = sorted(job.key for job in tree.jobs())
+    job = tree.job(damaged)
+    path = {"config.json": job.config_file, "status.json": job.status_file, "claim": job.claim_file,
+            "metrics.jsonl": job.variant("moe").metrics_file, "results.json": job.variant("moe").results_file,
+            "last.pt": job.variant("moe").last_checkpoint, "launches.jsonl": tree.launches_file,
+            "plan.json": next(tree.path.glob("launches/*/plan.json"))}[record]
+    damage(path, how)
+
+    assert launch_main(["status", str(tree.path)]) in (0, 1)
+    assert report_main([str(tree.path)]) in (0, 1)
+    assert "Traceback" not in capsys.readouterr().err
+    assert _runs_of(tree.path, kept).equals(_runs_of(finished_tree, kept))
