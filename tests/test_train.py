@@ -18,6 +18,7 @@ from moelab.config import load_experiment
 from moelab.models import build_model, get_model_spec, model_params
 from moelab.data import DataSettings, load_dataset
 from moelab.results.io import read_json, read_jsonl, write_json
+from moelab.results.status import JobState
 from moelab.results.tree import JobTree, VariantTree
 from moelab.schema import check_section
 from moelab.train.job import run_job
@@ -110,7 +111,7 @@ def test_a_claimed_job_is_not_run_twice(tmp_path):
 
     job = make_job(tmp_path)
     with try_claim(job):
-        assert run_job(job.path).state == "busy"
+        assert run_job(job.path).state is JobState.RUNNING
     assert not job.status_file.exists()
 
 

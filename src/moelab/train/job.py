@@ -37,14 +37,12 @@ LIVE_PLOT_MIN_SECONDS = 5.0
 @dataclass
 class JobOutcome:
     key: str
-    state: JobState | str  # a JobState, or "busy" when another process holds the job
+    state: JobState  # RUNNING: another process holds the job, this call did not run it
     seconds: float = 0.0
     errors: dict[str, str] = field(default_factory=dict)  # variant (or "job") -> last error line
     results: dict[str, dict] = field(default_factory=dict)  # variant -> results.json content
     status_file: str = ""
 
-
-BUSY = "busy"
 
 
 class Pruned(Exception):
@@ -58,7 +56,7 @@ def run_job(job_dir: str | Path, fresh: bool = False, stop_requested: Callable[[
     """Train every unfinished variant of the job in `job_dir`. `fresh` discards earlier outputs first.
 
     The job must be claimed: by the caller (a worker that pulled it, `claim`), else here. A job
-    whose claim a live process holds is not run (`busy`). Training stops at the end of an epoch
+    whose claim a live process holds is not run (RUNNING). Training stops at the end of an epoch
     when `stop_requested()` says so or when the claim is lost to a worker that took the job over.
     `should_prune(variant, history)` is asked after every epoch: True stops the job there, PRUNED."""
     job = JobTree(Path(job_dir))
@@ -66,7 +64,7 @@ def run_job(job_dir: str | Path, fresh: bool = False, stop_requested: Callable[[
     if own_claim:
         claim = try_claim(job)
         if claim is None:
-            return JobOutcome(job.key, BUSY, errors={"job": "another process is running this job"})
+            return JobOutcome(job.key, JobState.RUNNING, errors={"job": "another process is running this job"})
     try:
         return _run_claimed(job, fresh, lambda: stop_requested() or claim.lost, runtime_info or {}, should_prune)
     finally:
