@@ -47,7 +47,7 @@ def configuration_values(spec: JobSpec) -> dict[str, Any]:
                     if key != "name":
                         values[f"variants.{variant['name']}.{key}"] = value
         elif isinstance(content, dict):
-            values.update(_flatten(content, f"{section}."))
+            values.update(flatten(content, f"{section}."))
         else:
             values[section] = content
     return {key: value for key, value in values.items() if not any(_on_axis(key, axis) for axis in grid_axes)}
@@ -112,11 +112,12 @@ def _on_axis(key: str, axis: str) -> bool:
     return key == axis
 
 
-def _flatten(section: dict, prefix: str) -> dict:
+def flatten(section: dict, prefix: str) -> dict:
+    """A nested section as dotted keys: {"a": {"b": 1}} -> {"<prefix>a.b": 1}."""
     flat = {}
     for key, value in section.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

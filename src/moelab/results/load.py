@@ -145,7 +145,7 @@ def _collect_job(tree: ExperimentTree, job: JobTree, rows: list, curve_rows: lis
     status = view.status or JobStatus(job.key)
     base = {"experiment": spec.experiment or tree.path.name, "job": job.key, "job_state": str(view.disk),
             "seed": spec.seed, configurations.COLUMN: configurations.configuration_id(spec),
-            **spec.grid_values, **_flatten(spec.data, "data."), **_flatten(spec.train, "train."),
+            **spec.grid_values, **configurations.flatten(spec.data, "data."), **configurations.flatten(spec.train, "train."),
             "host": status.host, "attempts": status.attempts}
     for variant in spec.variants:
         name = variant["name"]
@@ -167,13 +167,3 @@ def _collect_job(tree: ExperimentTree, job: JobTree, rows: list, curve_rows: lis
             if bad:
                 problems.append(f"{out.metrics_file}: skipped unreadable line(s) {bad}")
     return view.disk
-
-
-def _flatten(section: dict, prefix: str) -> dict:
-    flat = {}
-    for key, value in section.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
