@@ -37,6 +37,14 @@ class Model(nn.Module):
     def set_progress(self, fraction: float) -> None:
         """Called at the start of every epoch with the share of training done (for annealing)."""
 
+    def after_step(self) -> None:
+        """Called after every optimizer step (bias balancing moves its biases here, without gradients)."""
+
+    @property
+    def batch_dependent(self) -> bool:
+        """Whether a sample's prediction depends on the other samples of its batch (expert choice)."""
+        return False
+
     def active_parameters(self) -> int:
         """Parameters that take part in predicting one sample under the current routing."""
         return count_parameters(self)

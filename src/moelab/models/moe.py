@@ -15,6 +15,15 @@ deterministic on every device. With a capacity factor (Switch), an expert takes 
 ceil(capacity_factor * T * k / E) pairs, in token order; a dropped pair contributes zero, and the
 share of dropped pairs is reported.
 
+The router decides which experts see a token (`router`):
+    topk           each token picks its k best experts (token choice), optionally noisy, with a capacity
+    sinkhorn       top-k of a balanced assignment (Sinkhorn iterations) in training, greedy at inference
+    expert_choice  each expert picks its c best tokens: a token's output depends on its batch
+    hash           a fixed, seeded hash of the token's key (its input, or a token id): no router at all
+`balance: bias` (token choice) adds a per-expert bias to the scores used for choosing only, moved after
+each optimizer step toward equal load (`after_step`); `balance: none` turns the balance losses off.
+Shared experts run on every token and are added to the routed output.
+
 Routing and every auxiliary loss are computed in float32, whatever the input precision.
 """
 
@@ -27,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moelab.models.params import AUX_LOSSES
+from moelab.models.params import AUX_LOSSES, BALANCE_LOSSES, BALANCES, ROUTERS
 
 ROUTINGS = ("soft", "topk")
+SINKHORN_ITERATIONS = 8
 _GROUPED_MM_UNSUPPORTED: set[tuple[str, torch.dtype]] = set()
 
 
@@ -64,8 +74,15 @@ class MoE(nn.Module):
         dropout: float = 0.0,
         aux_weights: dict[str, float] | None = None,
         dispatch: str = "auto",
+        router: str = "topk",
+        balance: str = "aux_loss",
+        bias_rate: float = 1e-3,
+        shared_experts: int = 0,
+        hash_seed: int = 0,
     ):
         super().__init__()
+        if router not in ROUTERS or balance not in BALANCES:
+            raise ValueError(f"router must be one of {ROUTERS} and balance one of {BALANCES}, got {router!r}, {balance!r}")
         if not 1 <= k <= num_experts:
             raise ValueError(f"k must be between 1 and num_experts={num_experts}, got {k}")
         for routing in (train_routing, eval_routing):
@@ -81,7 +98,9 @@ class MoE(nn.Module):
         self.gate_noise, self.capacity_factor, self.dispatch = gate_noise, capacity_factor, dispatch
         self.temperature_start, self.temperature_end = temperature
         self.temperature = float(temperature[0])
-        self.aux_weights = {name: w for name, w in (aux_weights or {}).items() if w > 0}
+        self.router_kind, self.balance, self.bias_rate = router, balance, bias_rate
+        self.aux_weights = {name: w for name, w in (aux_weights or {}).items()
+                            if w > 0 and (balance == "aux_loss" or name not in BALANCE_LOSSES)}
         self.router = nn.Linear(d_in, num_experts)
         # softplus(x W_noise) is the learned per-expert noise scale of noisy top-k gating
         self.noise = nn.Linear(d_in, num_experts, bias=False) if noisy_gating else None
@@ -92,6 +111,14 @@ class MoE(nn.Module):
         self.norm = ExpertBatchNorm(num_experts, d_hidden) if batch_norm else None
         self.dropout = nn.Dropout(dropout)
         self.reset_parameters(balanced_init)
+        # created after every part today's models have, so that their initial weights are unchanged
+        self.shared = SharedExperts(shared_experts, d_in, d_hidden, d_out, batch_norm, dropout) if shared_experts else None
+        if router == "hash":  # no router: nothing to learn, nothing to balance
+            self.router = None
+        self.hash_seed = hash_seed
+        if balance == "bias":  # no gradient: moved by after_step
+            self.register_buffer("expert_bias", torch.zeros(num_experts))
+        self._step_load: torch.Tensor | None = None  # tokens per expert of the last training batch (bias)
 
     def reset_parameters(self, balanced_init: bool = False) -> None:
         # the same distribution nn.Linear uses, per expert
@@ -115,7 +142,17 @@ class MoE(nn.Module):
     def routing(self) -> str:
         return self.train_routing if self.training else self.eval_routing
 
-    def forward(self, x: torch.Tensor) -> MoEOutput:
+    def forward(self, x: torch.Tensor, route_key: torch.Tensor | None = None) -> MoEOutput:
+        """`route_key`: what the hash router hashes for each token (int64 token ids, or any tensor whose
+        rows are hashed by value); the layer's input by default."""
+        out = self._routed(x, route_key)
+        if self.shared is not None:
+            out.y = out.y + self.shared(x)
+        return out
+
+    def _routed(self, x: torch.Tensor, route_key: torch.Tensor | None) -> MoEOutput:
+        if self.router is None:
+            return self._hash_routed(x, x if route_key is None else route_key)
         logits = self.router(x).float() / self.temperature
         probs = logits.softmax(dim=-1)
         noisy_logits, noise_std = logits, None
@@ -131,19 +168,85 @@ class MoE(nn.Module):
             y = torch.einsum("te,teo->to", gates.to(x.dtype), outputs)
             aux = self._aux_losses(logits, gates, None, outputs=outputs)
             return MoEOutput(y, probs, logits, None, None, aux)
+        if self.router_kind == "expert_choice":
+            return self._expert_choice(x, logits, probs)
 
-        kk = min(self.k + 1, self.num_experts)
-        top_logits, top_index = noisy_logits.topk(kk, dim=-1)
-        expert_index = top_index[:, : self.k]
-        weights = top_logits[:, : self.k].softmax(dim=-1)
+        if self.router_kind == "sinkhorn":
+            # balanced top-k in training; its weights are the plain router probabilities, so the router
+            # learns through them (a softmax over one chosen expert would give it no gradient)
+            choice = sinkhorn(logits.detach()) if self.training else probs
+            expert_index = choice.topk(self.k, dim=-1).indices
+            weights = probs.gather(1, expert_index)
+            top_logits = None
+        else:
+            kk = min(self.k + 1, self.num_experts)
+            if self.balance == "bias":  # the bias decides the choice, the unbiased scores the weights
+                expert_index = (noisy_logits.softmax(dim=-1) + self.expert_bias).topk(self.k, dim=-1).indices
+                top_logits = noisy_logits.topk(kk, dim=-1).values
+                weights = noisy_logits.gather(1, expert_index).softmax(dim=-1)
+            else:
+                top_logits, top_index = noisy_logits.topk(kk, dim=-1)
+                expert_index = top_index[:, : self.k]
+                weights = top_logits[:, : self.k].softmax(dim=-1)
+        if self.training and self.balance == "bias":
+            self._step_load = torch.bincount(expert_index.reshape(-1), minlength=self.num_experts).float()
         y, dropped, slot_outputs = self._sparse(x, expert_index, weights.to(x.dtype))
-        load = self._shazeer_load(logits, noisy_logits, noise_std, top_logits, expert_index)
+        load = (torch.bincount(expert_index.reshape(-1), minlength=self.num_experts).float() if top_logits is None
+                else self._shazeer_load(logits, noisy_logits, noise_std, top_logits, expert_index))
         aux = self._aux_losses(logits, probs, expert_index, weights=weights, load=load, outputs=slot_outputs)
         return MoEOutput(y, probs, logits, expert_index, weights, aux, dropped)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Bias balancing (DeepSeek-V3): after each optimizer step, raise the bias of every expert that got
+        fewer tokens than the mean in the last batch by `bias_rate`, lower the others'."""
+        if self._step_load is not None:
+            self.expert_bias.add_(self.bias_rate * torch.sign(self._step_load.mean() - self._step_load))
+            self._step_load = None
+
+    @property
+    def batch_dependent(self) -> bool:
+        """Whether a token's output depends on the other tokens of its batch at inference."""
+        return self.router_kind == "expert_choice" and self.eval_routing == "topk"
+
+    def _hash_routed(self, x: torch.Tensor, key: torch.Tensor) -> MoEOutput:
+        expert_index = hash_experts(key, self.hash_seed, self.num_experts).unsqueeze(1)
+        weights = torch.ones(len(x), 1, device=x.device)
+        y, dropped, slot_outputs = self._sparse(x, expert_index, weights.to(x.dtype))
+        gates = F.one_hot(expert_index[:, 0], self.num_experts).float()
+        aux = self._aux_losses(gates.log().clamp_min(-30.0), gates, expert_index, weights=weights, outputs=slot_outputs)
+        return MoEOutput(y, gates, gates.log().clamp_min(-30.0), expert_index, weights, aux, dropped)
+
+    def _expert_choice(self, x: torch.Tensor, logits: torch.Tensor, probs: torch.Tensor) -> MoEOutput:
+        """Each expert takes its c tokens of highest probability, c = ceil(capacity_factor * T * k / E)
+        (Zhou et al. 2022); a token may be taken by several experts or by none (its routed output is 0)."""
+        tokens = len(x)
+        capacity = min(tokens, math.ceil((self.capacity_factor or 1.0) * tokens * self.k / self.num_experts))
+        gate, chosen = probs.t().topk(capacity, dim=1)  # [E, c]
+        rows = x[chosen.reshape(-1)]  # [E*c, d], grouped by expert
+        sizes = [capacity] * self.num_experts
+        h = torch.bmm(rows.view(self.num_experts, capacity, -1), self.w1) + self.b1.unsqueeze(1)
+        if self.norm is not None:
+            experts = torch.arange(self.num_experts, device=x.device).repeat_interleave(capacity)
+            h = self.norm.grouped(h.reshape(-1, h.shape[-1]), experts, sizes).view_as(h)
+        h = self.dropout(F.relu(h))
+        out = (torch.bmm(h, self.w2) + self.b2.unsqueeze(1)) * gate.unsqueeze(-1).to(x.dtype)
+        y = x.new_zeros(tokens, out.shape[-1]).index_add(0, chosen.reshape(-1), out.reshape(-1, out.shape[-1]))
+        # for the analysis, a token's expert is the one that gave it the largest weight (its best by
+        # probability when no expert took it)
+        assigned = torch.zeros_like(probs)
+        assigned[chosen.reshape(-1), torch.arange(self.num_experts, device=x.device).repeat_interleave(capacity)] = gate.reshape(-1)
+        taken = assigned.amax(dim=1) > 0
+        expert_index = torch.where(taken, assigned.argmax(dim=1), probs.argmax(dim=1)).unsqueeze(1)
+        weights = assigned.gather(1, expert_index)
+        aux = self._aux_losses(logits, probs, expert_index, weights=weights)
+        return MoEOutput(y, probs, logits, expert_index, weights, aux, 1.0 - taken.float().mean())
 
     def flops_per_token(self) -> int:
         """Expert FLOPs of one token under the current routing (the router is an nn.Linear, counted apart)."""
         used = self.num_experts if self.routing == "soft" else self.k
+        if self.shared is not None:
+            used += self.shared.w1.shape[0]
         d_in, hidden = self.w1.shape[1:]
         return 2 * used * (d_in * hidden + hidden * self.w2.shape[2])
 
@@ -248,6 +351,59 @@ class MoE(nn.Module):
                 value = kl_to_uniform(gates)
             losses[name] = weight * value
         return losses
+
+
+class SharedExperts(nn.Module):
+    """Always-on experts (DeepSeekMoE): every token goes through each of them; their outputs are summed."""
+
+    def __init__(self, count: int, d_in: int, d_hidden: int, d_out: int, batch_norm: bool, dropout: float):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.empty(count, d_in, d_hidden))
+        self.b1 = nn.Parameter(torch.empty(count, d_hidden))
+        self.w2 = nn.Parameter(torch.empty(count, d_hidden, d_out))
+        self.b2 = nn.Parameter(torch.empty(count, d_out))
+        self.norm = ExpertBatchNorm(count, d_hidden) if batch_norm else None
+        self.dropout = nn.Dropout(dropout)
+        for w, b in ((self.w1, self.b1), (self.w2, self.b2)):
+            bound = 1.0 / math.sqrt(w.shape[1])
+            nn.init.uniform_(w, -bound, bound)
+            nn.init.uniform_(b, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.einsum("td,edh->teh", x, self.w1) + self.b1
+        if self.norm is not None:
+            h = self.norm.all_experts(h)
+        h = self.dropout(F.relu(h))
+        return (torch.einsum("teh,eho->to", h, self.w2) + self.b2.sum(0)).to(x.dtype)
+
+
+@torch.no_grad()
+def sinkhorn(logits: torch.Tensor, iterations: int = SINKHORN_ITERATIONS) -> torch.Tensor:
+    """A balanced assignment [T, E] from router logits: exp(logits) scaled alternately so every token's
+    row sums to 1 and every expert's column to T/E (BASE layers' balanced assignment, relaxed)."""
+    scores = (logits - logits.amax()).exp().double() + 1e-30
+    tokens, experts = scores.shape
+    for _ in range(iterations):
+        scores = scores / scores.sum(dim=0, keepdim=True) * (tokens / experts)
+        scores = scores / scores.sum(dim=1, keepdim=True)
+    return scores.float()
+
+
+def hash_experts(key: torch.Tensor, seed: int, num_experts: int) -> torch.Tensor:
+    """A fixed expert per token from its key (Roller et al. 2021): int64 token ids [T], or rows of values
+    [T, d] rounded to 1/4096 and combined with odd multipliers fixed by the seed (int64 products wrap);
+    mixed like splitmix64, so similar keys land on unrelated experts and loads balance in expectation."""
+    if key.dtype == torch.int64 and key.dim() == 1:
+        q = key.unsqueeze(1)
+    else:
+        q = torch.round(key.reshape(len(key), -1).float() * 4096).long()
+    columns = torch.arange(1, q.shape[1] + 1, device=key.device)
+    multipliers = (columns * 0x9E3779B97F4A7C1 + seed * 0x2545F4914F6CDD1D) | 1
+    h = (q * multipliers).sum(dim=1)
+    h = h ^ (h >> 31)
+    h = h * 0x5DEECE66D
+    h = h ^ (h >> 29)
+    return h.remainder(num_experts)
 
 
 class ExpertBatchNorm(nn.Module):

@@ -5,6 +5,8 @@ straight to the prediction, mixed by the gate.
     moe_topk    noisy top-k gate (Shazeer et al. 2017) with its importance + load balancing loss
     moe_hard    trained with the soft gate, inferred with hard top-k routing (test reports both)
     moe_switch  top-1 with a capacity factor (Switch Transformer); pairs over capacity contribute zero
+    moe_routed  a chosen router (topk, expert_choice, hash, sinkhorn) and balancing (aux_loss, bias, none),
+                shared and fine-grained experts; moe_topk and moe_switch are today's presets of token choice
     moe_guided  the gate is trained toward the expert assigned to each sample's class, then routes alone
 
 Gating options for every model: a temperature annealed on a cosine schedule, gate noise during
@@ -22,8 +24,8 @@ import torch.nn.functional as F
 from moelab.models.backbone import CNNBackbone
 from moelab.models.base import Model, ModelOutput, count_parameters, image_shape
 from moelab.models.moe import MoE
-from moelab.models.params import (AUX_LOSSES, GatedParams, GuidedMoEParams, HardMoEParams, SoftMoEParams,
-                                  SwitchMoEParams, TopKMoEParams)
+from moelab.models.params import (AUX_LOSSES, GatedParams, GuidedMoEParams, HardMoEParams, RoutedMoEParams,
+                                  SoftMoEParams, SwitchMoEParams, TopKMoEParams)
 
 
 class MoEModel(Model):
@@ -52,6 +54,13 @@ class MoEModel(Model):
 
     def set_progress(self, fraction: float) -> None:
         self.moe.set_progress(fraction)
+
+    def after_step(self) -> None:
+        self.moe.after_step()
+
+    @property
+    def batch_dependent(self) -> bool:
+        return self.moe.batch_dependent
 
     def expert_outputs(self, x: torch.Tensor) -> torch.Tensor:
         return self.moe.expert_outputs(self.features(x))
@@ -105,6 +114,26 @@ class SwitchMoE(MoEModel):
     def __init__(self, d_in, d_out, p: SwitchMoEParams, input_shape=None):
         super().__init__(d_in, d_out, p, input_shape, "moe_switch", k=1, train_routing="topk", eval_routing="topk",
                          capacity_factor=p.capacity_factor)
+
+
+class RoutedMoE(MoEModel):
+    def __init__(self, d_in, d_out, p: RoutedMoEParams, input_shape=None):
+        m = p.granularity
+        super().__init__(d_in, d_out, RoutedMoEParams(**{**vars(p), "num_experts": p.num_experts * m, "hidden": p.hidden // m}),
+                         input_shape, "moe_routed", k=p.k * m, train_routing="topk", eval_routing="topk",
+                         noisy_gating=p.noisy_gating, capacity_factor=p.capacity_factor, router=p.router,
+                         balance=p.balance, bias_rate=p.bias_rate, shared_experts=p.shared_experts,
+                         hash_seed=p.hash_seed)
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
+        # the hash router hashes the sample itself, not features that change while a backbone trains
+        out = self.moe(self.features(x), route_key=x if self.moe.router is None else None)
+        metrics = {"dropped": out.dropped_fraction} if out.dropped_fraction is not None else {}
+        return ModelOutput(y=out.y, aux_losses=out.aux_losses, gate_probs=out.gate_probs, expert_index=out.expert_index,
+                           expert_weights=out.expert_weights, metrics=metrics)
+
+    def routing_modes(self) -> list[str]:
+        return []  # every router here is sparse at inference; the hash router has no gate to mix with
 
 
 class GuidedMoE(MoEModel):

@@ -13,6 +13,9 @@ from moelab.schema import param
 
 # the auxiliary losses every MoE model can weight (implemented in moe.py)
 AUX_LOSSES = ("switch_balance", "cv_balance", "z_loss", "diversity", "kl_uniform")
+BALANCE_LOSSES = ("switch_balance", "cv_balance", "kl_uniform")  # off unless balance: aux_loss
+ROUTERS = ("topk", "expert_choice", "hash", "sinkhorn")
+BALANCES = ("aux_loss", "bias", "none")
 # the feature vector of the CNN backbone of an MoE model (backbone.CNNBackbone's default)
 BACKBONE_FEATURES = 512
 
@@ -217,3 +220,65 @@ class GuidedMoEParams(GatedParams):
                 problems.append("expert_classes assigns a class to more than one expert")
         return problems
 
+
+
+@dataclass
+class RoutedMoEParams(GatedParams):
+    router: str = param("topk", "topk: each sample picks its k best experts; expert_choice: each expert picks its "
+                        "best samples; hash: a fixed hash of the input, no router; sinkhorn: balanced assignment "
+                        "in training, greedy at inference", choices=ROUTERS)
+    k: int = param(1, "experts per sample (expert_choice: on average)", min=1)
+    balance: str = param("aux_loss", "aux_loss: the balance losses weighted below; bias: a per-expert bias on the "
+                         "choice, moved toward equal load after each step (DeepSeek-V3); none: no balancing",
+                         choices=BALANCES)
+    bias_rate: float = param(1e-3, "balance: bias: how far each step moves a bias", min=0.0, exclusive_min=True)
+    switch_balance: float = param(0.01, "weight of the Switch balance loss (E/k) sum f_i P_i", min=0.0)
+    noisy_gating: bool = param(False, "topk: learned noise on the router logits during training (Shazeer)")
+    capacity_factor: float = param(None, "topk/sinkhorn: an expert takes at most capacity_factor * T * k / E samples "
+                                   "(null: no limit); expert_choice: each expert takes that many (null: 1.0)",
+                                   nullable=True, min=0.0, exclusive_min=True, kind=float)
+    shared_experts: int = param(0, "always-on experts added to the routed output (DeepSeekMoE)", min=0, max=64)
+    granularity: int = param(1, "split each expert into this many of 1/granularity the width, routing "
+                             "k * granularity of them (DeepSeekMoE's fine-grained experts)", min=1, max=64)
+    hash_seed: int = param(0, "hash: the seed of the fixed assignment", min=0)
+
+    def check(self) -> list[str]:
+        problems = super().check()
+        if self.hidden % self.granularity:
+            problems.append(f"granularity={self.granularity} must divide hidden={self.hidden} (each expert is split "
+                            f"into experts of hidden / granularity units)")
+        if self.router != "topk" and (self.noisy_gating or self.gate_noise):
+            problems.append(f"router={self.router} has no gate noise: noisy_gating and gate_noise belong to router=topk")
+        if self.router != "topk" and self.balance == "bias":
+            problems.append(f"balance=bias needs router=topk: {self.router} balances by construction or has no scores "
+                            f"to bias; use balance=aux_loss or none")
+        if self.router == "hash":
+            if self.k != 1:
+                problems.append(f"router=hash sends each sample to one expert: k must be 1, got {self.k}")
+            if self.balance != "none" or self.z_loss:
+                problems.append("router=hash has no router to balance or regularise: set balance: none (and z_loss: 0)")
+        return problems
+
+    def architecture(self) -> dict:
+        return {**super().architecture(), "router": self.router, "balance": self.balance,
+                "noisy_gating": self.noisy_gating, "shared_experts": self.shared_experts,
+                "granularity": self.granularity}
+
+    def experts_per_sample(self) -> int:
+        return self.k * self.granularity + self.shared_experts
+
+    def parameter_counts(self, d_in: int, d_out: int, input_shape: tuple[int, ...] | None = None) -> ParameterCounts:
+        """As for every gated model, with num_experts * granularity experts of hidden / granularity units
+        (the router grows with them, and each expert has its own output bias), shared experts of that same
+        size, and no router for hash."""
+        shared = 0
+        if self.backbone == "cnn":
+            shared += cnn_backbone_parameters(input_shape, self.backbone_width, BACKBONE_FEATURES)
+            d_in = BACKBONE_FEATURES
+        experts, width = self.num_experts * self.granularity, self.hidden // max(self.granularity, 1)
+        if self.router != "hash":
+            shared += linear_parameters(d_in, experts)
+        expert = linear_parameters(d_in, width) + linear_parameters(width, d_out) + (2 * width if self.batch_norm else 0)
+        noise = d_in * experts if self.noisy_gating else 0  # training only
+        return ParameterCounts(active=shared + self.experts_per_sample() * expert,
+                               total=shared + (experts + self.shared_experts) * expert + noise)

@@ -63,6 +63,9 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
               "trained with a soft gate, inferred with hard top-k routing"),
     ModelSpec("moe_switch", p.SwitchMoEParams, "moe_models:SwitchMoE",
               "top-1 with a capacity factor; tokens over capacity are dropped"),
+    ModelSpec("moe_routed", p.RoutedMoEParams, "moe_models:RoutedMoE",
+              "sparse MoE with a choice of router (topk, expert_choice, hash, sinkhorn), balancing (aux_loss, "
+              "bias, none), shared and fine-grained experts"),
     ModelSpec("moe_guided", p.GuidedMoEParams, "moe_models:GuidedMoE",
               "label-guided: the gate learns the expert assigned to each class"),
 )}

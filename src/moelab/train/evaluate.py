@@ -42,7 +42,21 @@ def test_results(model, data, settings: TrainSettings) -> dict:
             scores = evaluate(model, data.x_test, data.y_test, data.task, settings.eval_batch_size)
             results.update({f"test_{k}{suffix}": v for k, v in scores.items()})
             results[f"test_seconds{suffix}"] = time.perf_counter() - started
+    if model.batch_dependent:
+        results["test_batch_dependence"] = batch_dependence(model, data, settings)
     return results
+
+
+@torch.no_grad()
+def batch_dependence(model, data, settings: TrainSettings) -> float:
+    """The share of test predictions that change when the test set is batched differently (the batch
+    size halved, the order reversed): 0 for a model whose predictions depend on each sample alone."""
+    size = max(1, min(settings.eval_batch_size, len(data.x_test)) // 2)
+    as_tested = predict(model, data.x_test, data.task, settings.eval_batch_size).outputs
+    reversed_half = predict(model, data.x_test.flip(0), data.task, size).outputs.flip(0)
+    if data.task == CLASSIFICATION:
+        return float((as_tested.argmax(dim=1) != reversed_half.argmax(dim=1)).float().mean())
+    return float((~torch.isclose(as_tested, reversed_half, rtol=1e-4, atol=1e-6)).any(dim=1).float().mean())
 
 
 @dataclass

@@ -234,6 +234,7 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSe
         if settings.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
+        model.after_step()
         n = len(index)
         loss_sum += task_loss.detach() * n
         batch = batch_stats(task_name, out.y.detach(), y[index])
@@ -265,14 +266,16 @@ def routing_balance(load: list[float]) -> dict:
     """Balance of the first-choice load (each expert's share of the epoch's training samples): load CV,
     normalised entropy (1 = perfectly balanced), the collapsed experts (under 1 % of the samples), the
     share of experts that are dead (collapsed: the same 1 % rule, zero included), and the effective
-    number of experts exp(entropy) (E when balanced, 1 when one expert takes everything)."""
+    number of experts exp(entropy) (E when balanced, 1 when one expert takes everything), and MaxVio, the
+    most loaded expert's excess over the mean load (0 when balanced; DeepSeek-V3's measure)."""
     shares = torch.tensor(load, dtype=torch.float64)
     used = shares[shares > 0]
     entropy = float(-(used * used.log()).sum())
     collapsed = [e for e, s in enumerate(load) if s < 0.01]
     return {"load_cv": float(shares.std(unbiased=False) / shares.mean()) if shares.mean() > 0 else 0.0,
             "load_entropy": entropy / math.log(len(load)) if len(load) > 1 else 1.0, "collapsed_experts": collapsed,
-            "dead_expert_fraction": len(collapsed) / len(load), "effective_experts": math.exp(entropy)}
+            "dead_expert_fraction": len(collapsed) / len(load), "effective_experts": math.exp(entropy),
+            "max_vio": float(shares.max() / shares.mean() - 1) if shares.mean() > 0 else 0.0}
 
 
 @torch.no_grad()
