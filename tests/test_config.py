@@ -387,7 +387,7 @@ def test_every_dataset_says_the_image_shape_the_size_estimate_needs():
         assert get_dataset_spec(settings.name).input_shape == data.input_shape
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn", "moe", "moe_topk", "moe_hard", "moe_switch", "moe_guided"])
+@pytest.mark.parametrize("model", ["mlp", "cnn", "moe", "moe_topk", "moe_hard", "moe_switch", "moe_guided", "moe_routed"])
 def test_the_parameter_estimate_is_the_count_of_the_built_model(model):
     from moelab.models import build_model, get_model_spec
     from moelab.models.base import count_parameters

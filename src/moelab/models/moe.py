@@ -52,6 +52,7 @@ class MoEOutput:
     expert_weights: torch.Tensor | None  # [T, k] their mixing weights
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # weighted, by name
     dropped_fraction: torch.Tensor | None = None  # share of (token, slot) pairs over capacity
+    expert_load: torch.Tensor | None = None  # [E] (token, expert) pairs each expert processed (sparse routing)
 
 
 class MoE(nn.Module):
@@ -190,11 +191,11 @@ class MoE(nn.Module):
                 weights = top_logits[:, : self.k].softmax(dim=-1)
         if self.training and self.balance == "bias":
             self._step_load = torch.bincount(expert_index.reshape(-1), minlength=self.num_experts).float()
-        y, dropped, slot_outputs = self._sparse(x, expert_index, weights.to(x.dtype))
+        y, dropped, slot_outputs, processed = self._sparse(x, expert_index, weights.to(x.dtype))
         load = (torch.bincount(expert_index.reshape(-1), minlength=self.num_experts).float() if top_logits is None
                 else self._shazeer_load(logits, noisy_logits, noise_std, top_logits, expert_index))
         aux = self._aux_losses(logits, probs, expert_index, weights=weights, load=load, outputs=slot_outputs)
-        return MoEOutput(y, probs, logits, expert_index, weights, aux, dropped)
+        return MoEOutput(y, probs, logits, expert_index, weights, aux, dropped, processed)
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -212,10 +213,10 @@ class MoE(nn.Module):
     def _hash_routed(self, x: torch.Tensor, key: torch.Tensor) -> MoEOutput:
         expert_index = hash_experts(key, self.hash_seed, self.num_experts).unsqueeze(1)
         weights = torch.ones(len(x), 1, device=x.device)
-        y, dropped, slot_outputs = self._sparse(x, expert_index, weights.to(x.dtype))
+        y, dropped, slot_outputs, processed = self._sparse(x, expert_index, weights.to(x.dtype))
         gates = F.one_hot(expert_index[:, 0], self.num_experts).float()
         aux = self._aux_losses(gates.log().clamp_min(-30.0), gates, expert_index, weights=weights, outputs=slot_outputs)
-        return MoEOutput(y, gates, gates.log().clamp_min(-30.0), expert_index, weights, aux, dropped)
+        return MoEOutput(y, gates, gates.log().clamp_min(-30.0), expert_index, weights, aux, dropped, processed)
 
     def _expert_choice(self, x: torch.Tensor, logits: torch.Tensor, probs: torch.Tensor) -> MoEOutput:
         """Each expert takes its c tokens of highest probability, c = ceil(capacity_factor * T * k / E)
@@ -240,7 +241,8 @@ class MoE(nn.Module):
         expert_index = torch.where(taken, assigned.argmax(dim=1), probs.argmax(dim=1)).unsqueeze(1)
         weights = assigned.gather(1, expert_index)
         aux = self._aux_losses(logits, probs, expert_index, weights=weights)
-        return MoEOutput(y, probs, logits, expert_index, weights, aux, 1.0 - taken.float().mean())
+        processed = torch.full((self.num_experts,), capacity, device=x.device)
+        return MoEOutput(y, probs, logits, expert_index, weights, aux, 1.0 - taken.float().mean(), processed)
 
     def flops_per_token(self) -> int:
         """Expert FLOPs of one token under the current routing (the router is an nn.Linear, counted apart)."""
@@ -291,7 +293,7 @@ class MoE(nn.Module):
             grouped_out = grouped_out.new_zeros(len(order), grouped_out.shape[1]).index_put((keep.nonzero().flatten(),), grouped_out)
         slot_outputs = permute_rows(grouped_out, inverse, order).view(tokens, k, -1)  # back to (token, slot) order
         y = torch.bmm(weights.unsqueeze(1), slot_outputs).squeeze(1)  # weighted sum over the k slots
-        return y, dropped, slot_outputs
+        return y, dropped, slot_outputs, counts
 
     def _grouped_matmul(self, rows: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         """rows[i] @ weight[expert of row i], rows sorted by expert with `counts` rows each."""
