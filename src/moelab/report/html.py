@@ -89,9 +89,12 @@ def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> st
     if experts is not None:
         parts.append("<h2>What the experts did</h2><p>Final-epoch balance of the training routing (normalised entropy: "
                      "1 = every expert equally used; collapsed or dead = experts that are the first choice of under 1 % of "
-                     "the samples; effective experts = exp(entropy of the first-choice shares)), the share of test samples "
+                     "the samples; effective experts = exp(entropy of the first-choice shares); MaxVio = the most loaded "
+                     "expert's load over the mean, minus 1), the share of test samples "
                      "whose first expert changed in the last epoch (routing flips), and on the test set the share of "
-                     "samples sent to the expert that sees most of their class (routing purity).</p>")
+                     "samples sent to the expert that sees most of their class (routing purity). Under expert choice "
+                     "a sample's prediction depends on the other samples of its batch: the share of test predictions "
+                     "that change when the test set is batched differently is measured and shown.</p>")
         parts.append(experts.to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:.3f}"))
     parts.append("<h2>Plots</h2>")
     for plot in drawn:
@@ -172,6 +175,8 @@ def _experts_table(done: pd.DataFrame) -> pd.DataFrame | None:
         return None
     columns = {"load_entropy": "balance (entropy)", "load_cv": "load CV", "num_collapsed_experts": "collapsed experts",
                "dead_expert_fraction": "dead experts (share)", "effective_experts": "effective experts",
+               "max_vio": "MaxVio (max load / mean - 1)",
+               "test_batch_dependence": "predictions changed by another batching (expert choice)",
                "routing_flip_rate": "routing flips (last epoch)", "routing_purity": "routing purity",
                "test_guide_agreement": "guide agreement"}
     present = [c for c in columns if c in moe]

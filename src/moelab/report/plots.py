@@ -214,22 +214,23 @@ def utilisation_heatmaps(data: ReportData, path: Path) -> str | None:
 
 
 ROUTER_HEALTH = (("train_dead_expert_fraction", "dead experts (share)"), ("train_effective_experts", "effective experts"),
-                 ("test_routing_flip_rate", "test routing flips"))
+                 ("train_max_vio", "MaxVio"), ("test_routing_flip_rate", "test routing flips"))
 
 
 def router_health(data: ReportData, path: Path) -> str | None:
-    """Dead-expert share, effective number of experts and test routing flip rate per epoch, a line per
+    """Dead-expert share, effective number of experts, MaxVio and test routing flip rate per epoch, a line per
     MoE variant, one column per grid point."""
     curves = data.curves
     if curves.empty or "train_effective_experts" not in curves:
         return "no MoE variant has per-epoch routing yet"
     moe = curves[curves["train_effective_experts"].notna()]
     points = _points(moe, [a for a in data.grid_axes if a != "seed" and a in moe])
-    fig, axes = subplots(len(ROUTER_HEALTH), len(points), figsize=(max(7.0, 4.2 * len(points)), 8.0), squeeze=False,
+    health = [(column, label) for column, label in ROUTER_HEALTH if column in moe]  # trees before MaxVio lack it
+    fig, axes = subplots(len(health), len(points), figsize=(max(7.0, 4.2 * len(points)), 2.6 * len(health)), squeeze=False,
                          sharex=True)
     for col, (label, part) in enumerate(points):
         for variant, rows in part.groupby("variant", sort=False):
-            for row_index, (column, ylabel) in enumerate(ROUTER_HEALTH):
+            for row_index, (column, ylabel) in enumerate(health):
                 stats = rows.groupby("epoch")[column].agg(["mean", "std"]).dropna(subset=["mean"])
                 ax = axes[row_index][col]
                 line, = ax.plot(stats.index, stats["mean"], label=variant)

@@ -26,7 +26,7 @@ SAMPLES = "test_samples"  # runs column: per-sample test scores (results/samples
 SAMPLES_SUFFIX = "_samples"
 SUMMARY_COLUMNS = ("test_acc", "test_macro_f1", "test_macro_precision", "test_macro_recall", "test_auc_macro", "test_psnr",
                    "test_mse", "test_rmse", "test_mae", "test_r2", "test_loss", "num_parameters", "active_parameters",
-                   "dead_expert_fraction", "effective_experts", "routing_flip_rate", "latency_ms", "epochs_trained",
+                   "dead_expert_fraction", "effective_experts", "max_vio", "test_batch_dependence", "routing_flip_rate", "latency_ms", "epochs_trained",
                    "train_seconds")
 
 

@@ -66,7 +66,7 @@ def write_expert_analysis(model, data: TaskData, history: list[dict], settings: 
     results.update(_routing_analysis(model, predictions, data, settings, num_experts, files))
     final = history[-1] if history else {}
     results.update({k: final[f"train_{k}"] for k in ("load_cv", "load_entropy", "collapsed_experts", "dead_expert_fraction",
-                                                     "effective_experts") if f"train_{k}" in final})
+                                                     "effective_experts", "max_vio") if f"train_{k}" in final})
     results["num_collapsed_experts"] = len(results.get("collapsed_experts", []))
     if "test_routing_flip_rate" in final:  # absent after a single epoch
         results["routing_flip_rate"] = final["test_routing_flip_rate"]
