@@ -82,15 +82,16 @@ def test_early_stopping_counts_epochs_without_improvement():
 def test_a_failing_variant_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
     job = make_job(tmp_path)
     import moelab.train.job as job_module
+    import moelab.train.trainer as trainer_module
 
-    real = job_module.train_variant
+    real = trainer_module.finish
 
-    def flaky(variant, *args, **kwargs):
+    def flaky(variant, *args, **kwargs):  # moe fails; moe_hard, which shares its training, does not
         if variant["name"] == "moe":
             raise RuntimeError("expert exploded\nsecond line")
         return real(variant, *args, **kwargs)
 
-    monkeypatch.setattr(job_module, "train_variant", flaky)
+    monkeypatch.setattr(trainer_module, "finish", flaky)
     outcome = run_job(job.path)
     assert outcome.state == "failed" and outcome.errors == {"moe": "RuntimeError: expert exploded"}
     status = read_json(job.status_file)
@@ -99,9 +100,10 @@ def test_a_failing_variant_is_recorded_and_the_others_finish(tmp_path, monkeypat
     assert {n for n, v in status["variants"].items() if v["state"] == "done"} == {"mlp", "moe_topk", "moe_hard"}
     assert not job.variant("moe").results_file.exists()
     # a rerun trains only what is missing
-    monkeypatch.setattr(job_module, "train_variant", real)
-    trained = []
-    monkeypatch.setattr(job_module, "train_variant", lambda v, *a, **k: trained.append(v["name"]) or real(v, *a, **k))
+    monkeypatch.setattr(trainer_module, "finish", real)
+    trained, real_members = [], job_module.train_members
+    monkeypatch.setattr(job_module, "train_members",
+                        lambda members, *a, **k: trained.extend(m.variant["name"] for m in members) or real_members(members, *a, **k))
     assert run_job(job.path).state == "done" and trained == ["moe"]
     assert read_json(job.status_file)["attempts"] == 2
 

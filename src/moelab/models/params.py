@@ -7,7 +7,7 @@ or relaunching a finished one, never pays for importing torch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from moelab.schema import param
 
@@ -190,6 +190,10 @@ class HardMoEParams(GatedParams):
 
     def experts_per_sample(self) -> int:
         return self.k
+
+    def training_identity(self) -> dict:
+        # trained exactly as the soft MoE of the same parameters: k only decides how it infers
+        return {"model": "moe", **{name: value for name, value in asdict(self).items() if name != "k"}}
 
 
 @dataclass

@@ -8,7 +8,8 @@ A new model is a class in this package (see base.py), a params dataclass (params
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 
 from moelab.models import params as p
 from moelab.schema import Section, section_from_dataclass
@@ -41,6 +42,14 @@ class ModelSpec:
     def architecture(self, params: dict) -> dict:
         """What decides the weights' shapes and fixed values: runs that agree on it can share weights."""
         return self.params(**params).architecture()
+
+    def training_identity(self, variant: dict) -> str:
+        """What decides how a variant trains: variants of one job with the same identity train the same
+        network (the same weights after every step), whatever they do at inference."""
+        params = self.params(**model_params(variant))
+        own = getattr(params, "training_identity", None)
+        identity = own() if own else {"model": self.name, **asdict(params)}
+        return json.dumps({**identity, "init_from": variant.get("init_from")}, sort_keys=True, default=str)
 
     def parameter_counts(self, d_in: int, d_out: int, params: dict,
                          input_shape: tuple[int, ...] | None = None) -> p.ParameterCounts:

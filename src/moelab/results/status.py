@@ -67,6 +67,7 @@ class VariantStatus:
     error: str | None = None  # the last line of the exception
     traceback: str | None = None
     provenance: dict | None = None  # where its training starts when not at random: init_from, continued_from
+    trained_with: str | None = None  # the first variant of the group whose one training it shared, if any
 
 
 @dataclass

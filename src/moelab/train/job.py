@@ -1,6 +1,8 @@
 """Run one job: load its data once, train each of its variants, record states in status.json.
 
 Every way of executing calls `run_job(job_dir)`: local workers, SLURM tasks, `run/train_models.py`.
+Variants that train the same network (a soft MoE and the same MoE inferred hard, equal dense
+baselines) train it once; each keeps its own folder, states and results.
 A variant that raises is recorded as failed with its traceback and the job goes on with the next
 variant; a variant whose results.json exists is skipped, so a rerun only does what is missing.
 """
@@ -27,7 +29,8 @@ from moelab.results.status import JobState, JobStatus, VariantStatus, host, now,
 from moelab.results.tree import JobTree, VariantTree, set_aside
 from moelab.train.settings import TrainSettings
 from moelab.train.tasks import TASKS
-from moelab.train.trainer import StopRequested, provenance, resolve_device, train_variant
+from moelab.models import get_model_spec
+from moelab.train.trainer import Member, StopRequested, provenance, resolve_device, train_members
 
 # a plot takes about 0.1 s; when epochs take milliseconds nobody watches them and redrawing would
 # cost more than training, so live curves are redrawn at most this often
@@ -109,6 +112,7 @@ def _run_claimed(job: JobTree, fresh: bool, stop_requested, runtime_info: dict, 
         if device.type == "cuda":
             status.gpu = torch.cuda.get_device_name(device)
         data = None
+        left = []
         for variant in config["variants"]:
             name = variant["name"]
             out = job.variant(name)
@@ -118,33 +122,54 @@ def _run_claimed(job: JobTree, fresh: bool, stop_requested, runtime_info: dict, 
                     outcome.results[name] = results
                     status.variants[name].state = JobState.DONE
                     continue
+            left.append(variant)
+        for group in trainings(left):
             if data is None:  # loaded once per job, only when something is left to train
                 data = load_dataset(DataSettings(**config["data"]), config["seed"]).to(device)
-            record = status.variants[name] = VariantStatus(JobState.RUNNING, started_at=now(),
-                                                           provenance=provenance(variant, continued) or None)
+            members, started_at, curves = [], {}, {}
+            for variant in group:
+                name = variant["name"]
+                out = job.variant(name)
+                status.variants[name] = VariantStatus(JobState.RUNNING, started_at=now(),
+                                                      provenance=provenance(variant, continued) or None,
+                                                      trained_with=group[0]["name"] if len(group) > 1 else None)
+                started_at[name] = time.perf_counter()
+                curves[name] = LiveCurves(live_plot_every, TASKS[data.task].primary, out)
+                on_epoch = curves[name] if should_prune is None else _pruning(curves[name], name, should_prune)
+                members.append(Member(variant, out, on_epoch))
             status.write(job)
-            variant_started = time.perf_counter()
-            curves = LiveCurves(live_plot_every, TASKS[data.task].primary, out)
-            on_epoch = curves if should_prune is None else _pruning(curves, name, should_prune)
+
+            def finished(member: Member, results: dict | None, error: Exception | None) -> None:
+                name = member.variant["name"]
+                record = status.variants[name]
+                if error is None:
+                    curves[name].close()
+                    outcome.results[name], record.state = results, JobState.DONE
+                else:  # recorded; the job goes on with its other variants
+                    record.state, record.error = JobState.FAILED, _last_line(error)
+                    record.traceback = "".join(traceback.format_exception(error))
+                    outcome.errors[name] = record.error
+                record.finished_at, record.seconds = now(), round(time.perf_counter() - started_at[name], 3)
+                status.write(job)
+
             try:
-                outcome.results[name] = train_variant(variant, data, settings, config["seed"], out, device,
-                                                      stop_requested=stop_requested, on_epoch=on_epoch,
-                                                      continued_from=continued)
-                curves.close()
-                record.state = JobState.DONE
+                train_members(members, data, settings, config["seed"], device, stop_requested, continued, finished)
             except (KeyboardInterrupt, StopRequested, SystemExit):
-                record.state, record.seconds = JobState.INTERRUPTED, round(time.perf_counter() - variant_started, 3)
+                for member in members:
+                    record = status.variants[member.variant["name"]]
+                    if record.state == JobState.RUNNING:
+                        record.state = JobState.INTERRUPTED
+                        record.seconds = round(time.perf_counter() - started_at[member.variant["name"]], 3)
                 raise
-            except Pruned:  # this variant and the ones after it: a pruned job trains nothing more
-                for later in names[names.index(name):]:
-                    status.variants[later].state = JobState.PRUNED
-                record.finished_at, record.seconds = now(), round(time.perf_counter() - variant_started, 3)
+            except Pruned:  # every variant not finished yet: a pruned job trains nothing more
+                for variant in left:
+                    if status.variants[variant["name"]].state in (JobState.RUNNING, JobState.PENDING):
+                        status.variants[variant["name"]].state = JobState.PRUNED
+                for member in members:
+                    record = status.variants[member.variant["name"]]
+                    record.finished_at = now()
+                    record.seconds = round(time.perf_counter() - started_at[member.variant["name"]], 3)
                 return finish(JobState.PRUNED)
-            except Exception as error:  # recorded; the job goes on with its other variants
-                record.state, record.error, record.traceback = JobState.FAILED, _last_line(error), traceback.format_exc()
-                outcome.errors[name] = record.error
-            record.finished_at, record.seconds = now(), round(time.perf_counter() - variant_started, 3)
-            status.write(job)
     except (KeyboardInterrupt, StopRequested, SystemExit):  # SystemExit: submitit's exit before a requeue
         finish(JobState.INTERRUPTED)
         raise
@@ -153,6 +178,15 @@ def _run_claimed(job: JobTree, fresh: bool, stop_requested, runtime_info: dict, 
         outcome.errors["job"] = status.error
         return finish(JobState.FAILED)
     return finish(JobState.FAILED if outcome.errors else JobState.DONE)
+
+
+def trainings(variants: list[dict]) -> list[list[dict]]:
+    """The variants grouped by what they train (models.ModelSpec.training_identity), in the job's order:
+    each group trains one network."""
+    groups: dict[str, list[dict]] = {}
+    for variant in variants:
+        groups.setdefault(get_model_spec(variant["model"]).training_identity(variant), []).append(variant)
+    return list(groups.values())
 
 
 def _read_results(out: VariantTree) -> dict | None:

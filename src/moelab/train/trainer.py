@@ -1,7 +1,8 @@
 """Train one variant of a job: the epoch loop, early stopping, checkpoints, resume, test results.
 
 Read top to bottom: `train_variant` is the whole story, `fit` (the epoch loop) then `finish` (test,
-analysis, results.json); the helpers below them do one thing each.
+analysis, results.json); the helpers below them do one thing each. Variants whose training is identical
+train once (`train_members`): each is still validated, stopped, checkpointed and tested on its own.
 The full training state is checkpointed atomically after every epoch (weights/last.pt), so an
 interrupted variant resumes from its last finished epoch and ends exactly as an uninterrupted one.
 The same checkpoint lets a job with more epochs continue a finished shorter one (`continued_from`).
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -72,6 +73,22 @@ class Fit:
     provenance: dict
 
 
+@dataclass
+class Member:
+    """A variant that a training serves. Variants whose training is identical (models.ModelSpec.
+    training_identity: e.g. a soft MoE and the same MoE inferred hard) share one: each member still
+    validates under its own inference routing, stops early, checkpoints, and is tested on its own, in
+    its own folder, exactly as if it had trained alone."""
+
+    variant: dict
+    out: VariantTree
+    on_epoch: Callable[[list[dict]], None] = lambda history: None
+    model: nn.Module | None = None  # its own model, holding the trained weights after every epoch
+    stopper: EarlyStopping | None = None
+    history: list[dict] = field(default_factory=list)
+    test_experts: torch.Tensor | None = None  # each test sample's first expert after the previous epoch
+
+
 def train_variant(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: VariantTree,
                   device: torch.device, stop_requested: Callable[[], bool] = lambda: False,
                   on_epoch: Callable[[list[dict]], None] = lambda history: None,
@@ -79,8 +96,36 @@ def train_variant(variant: dict, data: TaskData, settings: TrainSettings, seed: 
     """Train one variant (resuming from its checkpoint), then test it and write results.json.
     `continued_from`: {"job": key, "epochs": n}, a finished job of the same experiment with fewer epochs
     whose last checkpoint of this variant it starts from."""
-    fitted = fit(variant, data, settings, seed, out, device, stop_requested, on_epoch, continued_from)
-    return finish(variant, fitted, data, settings, out, device)
+    outcome: dict = {}
+    train_members([Member(variant, out, on_epoch)], data, settings, seed, device, stop_requested, continued_from,
+                  on_finished=lambda member, results, error: outcome.update(results=results, error=error))
+    if outcome["error"] is not None:
+        raise outcome["error"]
+    return outcome["results"]
+
+
+def train_members(members: list[Member], data: TaskData, settings: TrainSettings, seed: int, device: torch.device,
+                  stop_requested: Callable[[], bool], continued_from: dict | None,
+                  on_finished: Callable[[Member, dict | None, Exception | None], None]) -> None:
+    """Train the members' one network, resuming where their checkpoints are; each member is tested and
+    written as soon as its own training ends, then `on_finished(member, results, None)`, or
+    `on_finished(member, None, error)` when it failed (a failure of the shared training fails every
+    member still training). Members whose checkpoints are at different epochs (a job stopped between
+    two members' writes) train one after the other instead: the same results, at the cost of time."""
+    starts = {_start_epoch(m.out, continued_from, settings, device) for m in members}
+    if len(members) > 1 and len(starts) > 1:
+        for member in members:
+            train_members([member], data, settings, seed, device, stop_requested, continued_from, on_finished)
+        return
+    fit(members, data, settings, seed, device, stop_requested, continued_from, on_finished)
+
+
+def _start_epoch(out: VariantTree, continued_from: dict | None, settings: TrainSettings, device: torch.device) -> int:
+    """The epoch a variant's training starts from: its checkpoint's, else 0 (a continuation: -1, the
+    shorter job's checkpoint)."""
+    if out.last_checkpoint.exists() and not _damaged(out, settings, device):
+        return torch.load(out.last_checkpoint, map_location="cpu", weights_only=False)["next_epoch"]
+    return -1 if continued_from is not None else 0
 
 
 def provenance(variant: dict, continued_from: dict | None) -> dict:
@@ -93,69 +138,125 @@ def provenance(variant: dict, continued_from: dict | None) -> dict:
     return found
 
 
-def fit(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: VariantTree, device: torch.device,
-        stop_requested: Callable[[], bool], on_epoch: Callable[[list[dict]], None],
-        continued_from: dict | None = None) -> Fit:
-    """The epoch loop: train, validate, checkpoint; `on_epoch(history)` after every epoch. Starts from the
-    variant's own checkpoint, else from the one of the job it continues, else from its init_from
-    weights, else at random."""
+def fit(members: list[Member], data: TaskData, settings: TrainSettings, seed: int, device: torch.device,
+        stop_requested: Callable[[], bool], continued_from: dict | None,
+        on_finished: Callable[[Member, dict | None, Exception | None], None]) -> None:
+    """The epoch loop: train, then for every member validate, checkpoint and `on_epoch(history)`. Starts
+    from the members' own checkpoints, else from the ones of the job they continue, else from their
+    init_from weights, else at random."""
     task = TASKS[data.task]
+    lead = members[0].variant
     torch.manual_seed(seed)  # every variant of a job starts from the same seed: paired comparisons
-    model = build_model(variant["model"], data.d_in, data.d_out, model_params(variant), data.input_shape).to(device)
+    model = build_model(lead["model"], data.d_in, data.d_out, model_params(lead), data.input_shape).to(device)
     optimizer = make_optimizer(model, settings)
     scheduler = make_scheduler(optimizer, settings)
     shuffle = torch.Generator().manual_seed(seed)
-    stopper = EarlyStopping(settings.early_stopping.patience, settings.early_stopping.min_delta)
-    history: list[dict] = []
+    # a member of a shared training validates and is tested on a model of its own class; building it
+    # must not draw from the training's random numbers
+    with torch.random.fork_rng(devices=_rng_devices(device)):
+        for member in members:
+            member.model = model if len(members) == 1 else build_model(
+                member.variant["model"], data.d_in, data.d_out, model_params(member.variant), data.input_shape).to(device)
+            member.stopper = EarlyStopping(settings.early_stopping.patience, settings.early_stopping.min_delta)
     start_epoch = 0
-    test_experts = None  # each test sample's first expert after the previous epoch (MoE models)
-    if out.last_checkpoint.exists() and not _damaged(out, settings, device):
-        start_epoch, history, test_experts = load_checkpoint(out, model, optimizer, scheduler, shuffle, stopper, device)
-        write_jsonl(out.metrics_file, [metrics_line(r) for r in history])  # drop lines written after the checkpoint
+    first = members[0].out
+    if first.last_checkpoint.exists():  # every member's checkpoint is at this epoch (train_members)
+        for member in members:
+            start_epoch, member.history, member.test_experts = load_checkpoint(
+                member.out, model, optimizer, scheduler, shuffle, member.stopper, device)
+            write_jsonl(member.out.metrics_file, [metrics_line(r) for r in member.history])  # drop lines after it
     elif continued_from is not None:
-        shorter = JobTree(out.path.parent).sibling(continued_from["job"]).variant(out.name)
-        if not shorter.last_checkpoint.is_file():
-            raise FileNotFoundError(f"this job continues {shorter.path}, which has no checkpoint "
-                                    f"{shorter.last_checkpoint.name} any more; launch with --force to train from zero")
-        start_epoch, history, test_experts = load_checkpoint(shorter, model, optimizer, scheduler, shuffle, stopper, device)
-        carry_best_weights(shorter, out, model, stopper, start_epoch, settings)
+        for member in members:
+            shorter = JobTree(member.out.path.parent).sibling(continued_from["job"]).variant(member.out.name)
+            if not shorter.last_checkpoint.is_file():
+                raise FileNotFoundError(f"this job continues {shorter.path}, which has no checkpoint "
+                                        f"{shorter.last_checkpoint.name} any more; launch with --force to train from zero")
+            start_epoch, member.history, member.test_experts = load_checkpoint(
+                shorter, model, optimizer, scheduler, shuffle, member.stopper, device)
+            carry_best_weights(shorter, member.out, model, member.stopper, start_epoch, settings)
+            write_jsonl(member.out.metrics_file, [metrics_line(r) for r in member.history])
         # the epochs to come follow this job's learning-rate schedule, for its own number of epochs; the
         # optimizer holds the rate the shorter job's schedule set
         for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
             group["lr"] = base * factor(start_epoch)
-        write_jsonl(out.metrics_file, [metrics_line(r) for r in history])
     else:
-        out.metrics_file.unlink(missing_ok=True)
-        if "init_from" in variant:
-            model.load_state_dict(load_weights(variant["init_from"], device))
+        for member in members:
+            member.out.metrics_file.unlink(missing_ok=True)
+        if "init_from" in lead:
+            model.load_state_dict(load_weights(lead["init_from"], device))
 
+    def done(member: Member, error: Exception | None = None) -> None:
+        training.remove(member)
+        if error is not None:
+            on_finished(member, None, error)
+            return
+        fitted = Fit(member.model, member.history, member.stopper, provenance(member.variant, continued_from))
+        try:
+            with torch.random.fork_rng(devices=_rng_devices(device)):  # the others go on training
+                results = finish(member.variant, fitted, data, settings, member.out, device)
+        except Exception as failure:  # recorded by the caller; the other members go on
+            on_finished(member, None, failure)
+            return
+        on_finished(member, results, None)
+
+    training = list(members)
     for epoch in range(start_epoch, settings.epochs):
-        if stopper.should_stop:
+        for member in [m for m in training if m.stopper.should_stop]:
+            done(member)
+        if not training:
             break
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         model.set_progress(epoch / settings.epochs)
-        train = train_one_epoch(model, data, optimizer, shuffle, settings, stop_requested)
-        val = evaluate(model, data.x_val, data.y_val, data.task, settings.eval_batch_size)
+        try:
+            train = train_one_epoch(model, data, optimizer, shuffle, settings, stop_requested)
+        except StopRequested:
+            raise
+        except Exception as error:  # the shared training failed: so did every member still training
+            for member in list(training):
+                done(member, error)
+            return
         scheduler.step()
-        row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
-               "lr": lr}
-        first_experts = first_experts_of_test_set(model, data, settings)
-        if first_experts is not None and test_experts is not None:
-            row["test_routing_flip_rate"] = int((first_experts != test_experts).sum()) / len(first_experts)
-        test_experts = first_experts
-        row["seconds"] = time.perf_counter() - started
-        history.append(row)
-        append_jsonl(out.metrics_file, metrics_line(row))
-        check_finite(row, epoch)
-        improved = stopper.update(val[task.primary], epoch)
-        if improved:
-            save_atomic(out.best_weights, model.state_dict())
-        save_checkpoint(out, epoch + 1, model, optimizer, scheduler, shuffle, stopper, history, test_experts)
-        on_epoch(history)
-        if stop_requested() and not stopper.should_stop and epoch + 1 < settings.epochs:
+        for member in list(training):
+            try:
+                history = member.history
+                history.append(validate(member, model, data, settings, epoch, train, lr, started))
+                append_jsonl(member.out.metrics_file, metrics_line(history[-1]))
+                check_finite(history[-1], epoch)
+                if member.stopper.update(history[-1][f"val_{task.primary}"], epoch):
+                    save_atomic(member.out.best_weights, model.state_dict())
+                save_checkpoint(member.out, epoch + 1, model, optimizer, scheduler, shuffle, member.stopper, history,
+                                member.test_experts)
+            except Exception as error:
+                done(member, error)
+                continue
+            member.on_epoch(history)
+        if stop_requested() and any(not m.stopper.should_stop for m in training) and epoch + 1 < settings.epochs:
             raise StopRequested(f"stopped after epoch {epoch} on request; resumes from the checkpoint")
-    return Fit(model, history, stopper, provenance(variant, continued_from))
+    for member in list(training):
+        done(member)
+
+
+def validate(member: Member, model: nn.Module, data: TaskData, settings: TrainSettings, epoch: int, train: dict,
+             lr: float, started: float) -> dict:
+    """A member's line of the epoch: the training's figures, its own validation and routing flips."""
+    view = member.model
+    if view is not model:
+        view.load_state_dict(model.state_dict())
+        view.set_progress(epoch / settings.epochs)
+    val = evaluate(view, data.x_val, data.y_val, data.task, settings.eval_batch_size)
+    row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
+           "lr": lr}
+    first_experts = first_experts_of_test_set(view, data, settings)
+    if first_experts is not None and member.test_experts is not None:
+        row["test_routing_flip_rate"] = int((first_experts != member.test_experts).sum()) / len(first_experts)
+    member.test_experts = first_experts
+    row["seconds"] = time.perf_counter() - started
+    return row
+
+
+def _rng_devices(device: torch.device) -> list:
+    return [device] if device.type == "cuda" else []
 
 
 def finish(variant: dict, fitted: Fit, data: TaskData, settings: TrainSettings, out: VariantTree,
