@@ -146,44 +146,49 @@ def fit(members: list[Member], data: TaskData, settings: TrainSettings, seed: in
     init_from weights, else at random."""
     task = TASKS[data.task]
     lead = members[0].variant
-    torch.manual_seed(seed)  # every variant of a job starts from the same seed: paired comparisons
-    model = build_model(lead["model"], data.d_in, data.d_out, model_params(lead), data.input_shape).to(device)
-    optimizer = make_optimizer(model, settings)
-    scheduler = make_scheduler(optimizer, settings)
-    shuffle = torch.Generator().manual_seed(seed)
-    # a member of a shared training validates and is tested on a model of its own class; building it
-    # must not draw from the training's random numbers
-    with torch.random.fork_rng(devices=_rng_devices(device)):
+    try:  # building the model and loading what it starts from: a failure here fails every member
+        torch.manual_seed(seed)  # every variant of a job starts from the same seed: paired comparisons
+        model = build_model(lead["model"], data.d_in, data.d_out, model_params(lead), data.input_shape).to(device)
+        optimizer = make_optimizer(model, settings)
+        scheduler = make_scheduler(optimizer, settings)
+        shuffle = torch.Generator().manual_seed(seed)
+        # a member of a shared training validates and is tested on a model of its own class; building it
+        # must not draw from the training's random numbers
+        with torch.random.fork_rng(devices=_rng_devices(device)):
+            for member in members:
+                member.model = model if len(members) == 1 else build_model(
+                    member.variant["model"], data.d_in, data.d_out, model_params(member.variant), data.input_shape).to(device)
+                member.stopper = EarlyStopping(settings.early_stopping.patience, settings.early_stopping.min_delta)
+        start_epoch = 0
+        first = members[0].out
+        if first.last_checkpoint.exists():  # every member's checkpoint is at this epoch (train_members)
+            for member in members:
+                start_epoch, member.history, member.test_experts = load_checkpoint(
+                    member.out, model, optimizer, scheduler, shuffle, member.stopper, device)
+                write_jsonl(member.out.metrics_file, [metrics_line(r) for r in member.history])  # drop lines after it
+        elif continued_from is not None:
+            for member in members:
+                shorter = JobTree(member.out.path.parent).sibling(continued_from["job"]).variant(member.out.name)
+                if not shorter.last_checkpoint.is_file():
+                    raise FileNotFoundError(f"this job continues {shorter.path}, which has no checkpoint "
+                                            f"{shorter.last_checkpoint.name} any more; launch with --force to train from zero")
+                start_epoch, member.history, member.test_experts = load_checkpoint(
+                    shorter, model, optimizer, scheduler, shuffle, member.stopper, device)
+                carry_best_weights(shorter, member.out, model, member.stopper, start_epoch, settings)
+                write_jsonl(member.out.metrics_file, [metrics_line(r) for r in member.history])
+            # the epochs to come follow this job's learning-rate schedule, for its own number of epochs; the
+            # optimizer holds the rate the shorter job's schedule set
+            for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base * factor(start_epoch)
+        else:
+            for member in members:
+                member.out.metrics_file.unlink(missing_ok=True)
+            if "init_from" in lead:
+                model.load_state_dict(load_weights(lead["init_from"], device))
+    except Exception as error:
         for member in members:
-            member.model = model if len(members) == 1 else build_model(
-                member.variant["model"], data.d_in, data.d_out, model_params(member.variant), data.input_shape).to(device)
-            member.stopper = EarlyStopping(settings.early_stopping.patience, settings.early_stopping.min_delta)
-    start_epoch = 0
-    first = members[0].out
-    if first.last_checkpoint.exists():  # every member's checkpoint is at this epoch (train_members)
-        for member in members:
-            start_epoch, member.history, member.test_experts = load_checkpoint(
-                member.out, model, optimizer, scheduler, shuffle, member.stopper, device)
-            write_jsonl(member.out.metrics_file, [metrics_line(r) for r in member.history])  # drop lines after it
-    elif continued_from is not None:
-        for member in members:
-            shorter = JobTree(member.out.path.parent).sibling(continued_from["job"]).variant(member.out.name)
-            if not shorter.last_checkpoint.is_file():
-                raise FileNotFoundError(f"this job continues {shorter.path}, which has no checkpoint "
-                                        f"{shorter.last_checkpoint.name} any more; launch with --force to train from zero")
-            start_epoch, member.history, member.test_experts = load_checkpoint(
-                shorter, model, optimizer, scheduler, shuffle, member.stopper, device)
-            carry_best_weights(shorter, member.out, model, member.stopper, start_epoch, settings)
-            write_jsonl(member.out.metrics_file, [metrics_line(r) for r in member.history])
-        # the epochs to come follow this job's learning-rate schedule, for its own number of epochs; the
-        # optimizer holds the rate the shorter job's schedule set
-        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-            group["lr"] = base * factor(start_epoch)
-    else:
-        for member in members:
-            member.out.metrics_file.unlink(missing_ok=True)
-        if "init_from" in lead:
-            model.load_state_dict(load_weights(lead["init_from"], device))
+            on_finished(member, None, error)
+        return
 
     def done(member: Member, error: Exception | None = None) -> None:
         training.remove(member)

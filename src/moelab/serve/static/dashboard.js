@@ -89,9 +89,16 @@ function renderVariant(job, v) {
   const metric = job.metric || "metric";
   const numbers = [v.epochs ? `${v.epochs} ep` : "", v.best_val !== null ? `best val ${esc(metric)} ${fmt(v.best_val)}` : "",
                    v.test !== null ? `test ${fmt(v.test)}` : ""].filter(Boolean).join(" · ");
+  const last = v.last || {};
+  // router health of the last epoch (MoE variants): the balance figures the report's expert table shows
+  const health = [["train_max_vio", "MaxVio"], ["train_effective_experts", "effective experts"],
+                  ["train_dead_expert_fraction", "dead"]]
+    .filter(([key]) => last[key] !== undefined && last[key] !== null)
+    .map(([key, label]) => `${label} ${fmt(last[key])}`).join(" · ");
   return `<div class="variant ${esc(v.state)}" data-variant="${esc(v.name)}">
       <div class="head"><b>${esc(v.name)}</b> <span class="muted">${esc(v.model)}</span> ${stateBadge(v.state, v.shown)}</div>
       <div class="muted">${numbers || "no epochs yet"}</div>
+      ${health ? `<div class="muted router-health">${esc(health)}</div>` : ""}
       ${curveSvg(v.curve)}
       ${v.error ? `<div class="error">${esc(v.error)}</div>` : ""}
     </div>`;
