@@ -5,17 +5,19 @@
 One table per scale: T=4096 tokens of width 256 (hidden 512 per expert, 8 experts, top-1) and digits
 scale (a batch of 64 samples of 64 pixels, hidden 32, 8 experts). The dense layer is a two-layer MLP
 whose hidden width gives the parameter count of one routed expert plus the router. Times are medians
-in milliseconds, from one run, so the ratios compare like with like.
+in milliseconds (on the CPU: one thread's compute time) over rounds that time every layer in turn, in
+one run, so the ratios compare like with like on a machine whose load changes.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import torch
 from torch import nn
 
-from moe_dispatch import median_ms
 from moelab.models.moe import MoE
 from moelab.models.params import MLPParams, RoutedMoEParams
 
@@ -29,6 +31,20 @@ ROUTERS = [
     ("granularity 4 (top-4 of 32)", {"granularity": 4}),
     ("granularity 4 + 1 shared", {"granularity": 4, "shared_experts": 1}),
 ]
+
+
+def step_ms(run, device: str) -> float:
+    """One step's time: on a GPU wall time between synchronisations; on the CPU the time this thread
+    spent computing (torch runs single-threaded here), which other processes on the machine do not inflate."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - started) * 1000
+    started = time.thread_time()
+    run()
+    return (time.thread_time() - started) * 1000
 
 
 def layer(d: int, hidden: int, experts: int, options: dict) -> MoE:
@@ -53,13 +69,20 @@ def table(tokens: int, d: int, hidden: int, experts: int, device: str, repeats: 
                 module.after_step()
         return run
 
-    dense_ms = median_ms(step(dense), repeats, device)
+    layers = [(f"dense MLP, hidden {width}", step(dense))]
+    layers += [(name, step(layer(d, hidden, experts, options).to(device).train())) for name, options in ROUTERS]
+    # rounds over every layer, so a machine busy for a while slows them all alike
+    times = {name: [] for name, _ in layers}
+    for _, run in layers:
+        run()  # warm up
+    for _ in range(repeats):
+        for name, run in layers:
+            times[name].append(step_ms(run, device))
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    dense_ms = medians[layers[0][0]]
     print(f"\nT={tokens}, d={d}, hidden={hidden}, E={experts}, top-1, device={device}, threads={torch.get_num_threads()}")
     print(f"{'layer':<32} {'train ms':>9} {'x dense':>8}")
-    print(f"{f'dense MLP, hidden {width}':<32} {dense_ms:>9.3f} {1.0:>8.2f}")
-    for name, options in ROUTERS:
-        moe = layer(d, hidden, experts, options).to(device).train()
-        ms = median_ms(step(moe), repeats, device)
+    for name, ms in medians.items():
         print(f"{name:<32} {ms:>9.3f} {ms / dense_ms:>8.2f}")
 
 
@@ -68,6 +91,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
+    if args.device == "cpu":
+        torch.set_num_threads(1)
     table(4096, 256, 512, 8, args.device, args.repeats)
     table(64, 64, 32, 8, args.device, args.repeats)
 

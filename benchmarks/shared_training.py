@@ -4,7 +4,7 @@
 
 Checks out REV (a commit before the change) into a temporary git worktree, runs run_here from scratch
 with its code and then with this checkout's, one after the other in temporary experiments folders, and
-prints both wall times, their ratio, and whether every variant's test results are equal.
+prints both wall and CPU times, their ratios, and whether every variant's test results are equal.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -22,12 +23,17 @@ REPO = Path(__file__).resolve().parents[1]
 CLOCK = ("seconds", "latency", "throughput", "device")
 
 
-def run_here(source: Path, experiment: str, overrides: list[str], folder: Path) -> float:
+def run_here(source: Path, experiment: str, overrides: list[str], folder: Path) -> tuple[float, float]:
+    """Wall seconds, and CPU seconds of the launcher and its workers (which other load on the machine
+    does not inflate)."""
     env = {**os.environ, "PYTHONPATH": str(source / "src")}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "moelab.launch", "run_here", experiment, *overrides,
                     "--experiments-dir", str(folder)], check=True, stdout=subprocess.DEVNULL, env=env, cwd=REPO)
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
 def test_results(folder: Path) -> dict:
@@ -56,8 +62,10 @@ def main() -> None:
             same = test_results(tmp / "runs_before") == test_results(tmp / "runs_after")
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(checkout)], check=True)
-    print(f"| code | wall s |\n|---|---|\n| before ({args.before[:10]}) | {before:.1f} |\n| after | {after:.1f} |")
-    print(f"\nafter / before: {after / before:.2f}x; every variant's test results equal: {same}")
+    print(f"| code | wall s | CPU s |\n|---|---|---|")
+    print(f"| before ({args.before[:10]}) | {before[0]:.1f} | {before[1]:.1f} |\n| after | {after[0]:.1f} | {after[1]:.1f} |")
+    print(f"\nafter / before: wall {after[0] / before[0]:.2f}x, CPU {after[1] / before[1]:.2f}x; "
+          f"every variant's test results equal: {same}")
 
 
 if __name__ == "__main__":
