@@ -569,3 +569,17 @@ def test_grid_points_beyond_four_wrap_into_rows_of_panels(tmp_path, monkeypatch)
     assert titles == [f"num_experts={p}" for p in (2, 3, 4, 6, 8)]
     columns = {round(ax.get_position().x0, 3) for ax in axes}
     assert len(columns) == plots.PANELS_PER_ROW
+
+
+def test_the_first_table_and_the_latex_table_are_short_and_the_long_one_keeps_every_column(tmp_path):
+    from moelab.report.tables import short_table, to_latex
+    data, names = zoo_report(tmp_path)
+    short = short_table(data.readable, "acc")
+    assert list(short.columns) == ["variant", "variants.*.num_experts", "n", "test_acc", "vs baseline (95% CI)", "p (Holm)",
+                                   "verdict", "num_parameters"]
+    assert {"train_seconds"} <= set(data.readable.columns) - set(short.columns)
+    latex = to_latex(short, "zoo")
+    assert "\\begin{tabular}{" + "l" * len(short.columns) + "}" in latex and "train\\_seconds" not in latex
+    page = html.render(data, [], {})
+    first, rest = page.split("id='all-columns'")
+    assert "train_seconds" not in first and "train_seconds" in rest and "<th>verdict</th>" in first
