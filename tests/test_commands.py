@@ -67,3 +67,83 @@ def test_no_progress_before_the_first_epoch_or_for_an_unreadable_job(tmp_path, m
     out = io.StringIO()
     ProgressLines(tree, out).update([job.key, "no-such-job"])
     assert out.getvalue() == ""
+
+
+# list and clean, on a hand-made tree: two failed jobs, two never run
+
+def hand_made_experiment(root):
+    import yaml
+    from moelab.config import load_experiment
+    from moelab.results.io import write_json
+    from conftest import TINY
+
+    source = root / "configs" / "tiny.yaml"
+    source.parent.mkdir(parents=True)
+    source.write_text(yaml.safe_dump({**TINY, "grid": {"seed": [0, 1, 2, 3]}}))
+    experiment = load_experiment(source)
+    tree = ExperimentTree(root / "experiments" / "tiny")
+    tree.path.mkdir(parents=True)
+    tree.experiment_file.write_text(source.read_text())
+    keys = [job.key for job in experiment.jobs()]
+    for job in experiment.jobs():
+        write_json(tree.job(job.key).config_file, experiment.job_spec(job))
+    for key in keys[:2]:
+        JobStatus(key, JobState.FAILED, variants={"moe": VariantStatus(JobState.FAILED, error="boom")}).write(tree.job(key))
+    return tree, keys
+
+
+def run_cli(*argv):
+    from moelab.launch.cli import main
+    return main(list(argv))
+
+
+def test_list_shows_each_experiment_with_the_counts_status_shows(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hand_made_experiment(tmp_path)
+    assert run_cli("status", "experiments/tiny") == 0
+    (status_totals,) = [line for line in capsys.readouterr().out.splitlines() if line.endswith("(4 jobs)")]
+    assert run_cli("list") == 0
+    assert capsys.readouterr().out.splitlines() == [f"tiny  {status_totals}"]
+    assert status_totals == "2 FAILED, 2 NOT_STARTED (4 jobs)"
+
+
+def test_clean_failed_removes_only_the_failed_jobs_and_never_configs(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tree, keys = hand_made_experiment(tmp_path)
+    assert run_cli("clean", "experiments/tiny", "--failed", "--yes") == 0
+    assert "deleted 2 failed job folder(s)" in capsys.readouterr().out
+    assert [tree.job(k).path.exists() for k in keys] == [False, False, True, True]
+    assert (tmp_path / "configs" / "tiny.yaml").is_file() and tree.experiment_file.is_file()
+    assert run_cli("clean", "experiments/tiny", "--all", "--yes") == 0
+    assert not tree.path.exists() and (tmp_path / "configs" / "tiny.yaml").is_file()
+
+
+def test_clean_asks_first_and_a_no_deletes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tree, keys = hand_made_experiment(tmp_path)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    assert run_cli("clean", "experiments/tiny", "--all") == 1
+    assert tree.job(keys[0]).path.exists() and "nothing was deleted" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["clean", "configs", "--all", "--yes"], "configs/ folder"),
+    (["clean", "experiments", "--all", "--yes"], "no experiment.yaml"),
+    (["clean", "experiments/nothing", "--failed", "--yes"], "is not a folder"),
+    (["clean", "experiments/tiny", "--all"], "pass --yes"),
+    (["list", "--experiments-dir", "nowhere"], "nowhere is not a folder"),
+])
+def test_bad_input_exits_2_naming_the_problem_and_deletes_nothing(argv, named, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tree, keys = hand_made_experiment(tmp_path)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert run_cli(*argv) == 2
+    assert named in capsys.readouterr().err
+    assert all(tree.job(k).path.exists() for k in keys) and (tmp_path / "configs" / "tiny.yaml").is_file()
+
+
+def test_clean_without_failed_or_all_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        run_cli("clean", str(tmp_path))
+    assert exited.value.code == 2 and "--failed" in capsys.readouterr().err
