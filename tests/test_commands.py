@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import re
+import select
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -52,7 +53,9 @@ def test_progress_on_a_terminal_is_a_bar_per_running_job(tmp_path, monkeypatch):
         assert lines.terminal
         lines.update([job.key])
         stream.flush()
-        shown = os.read(controller, 4096).decode()
+        shown = ""
+        while "ETA" not in shown and select.select([controller], [], [], 5)[0]:  # the bar may come in pieces
+            shown += os.read(controller, 4096).decode()
         lines.close()
     os.close(controller)
     assert "\r" in shown and f"{job.key} moe" in shown and "1/2" in shown and "val_acc=0.9100" in shown and "ETA" in shown
@@ -147,3 +150,38 @@ def test_clean_without_failed_or_all_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         run_cli("clean", str(tmp_path))
     assert exited.value.code == 2 and "--failed" in capsys.readouterr().err
+
+
+def test_cancel_names_a_local_launch_it_cannot_stop_and_rejects_a_folder_that_is_not_an_experiment(tmp_path, capsys,
+                                                                                                    monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tree, keys = hand_made_experiment(tmp_path)
+    JobStatus(keys[2], JobState.RUNNING, host="node7", pid=4242).write(tree.job(keys[2]))
+    assert run_cli("cancel", "experiments/tiny") == 0
+    assert f"cannot cancel job {keys[2]}: it runs in a local launch (host node7, worker pid 4242)" in capsys.readouterr().out
+    assert run_cli("cancel", "configs") == 2
+    assert "configs is not an experiment folder" in capsys.readouterr().err
+
+
+@pytest.mark.slurm
+def test_cancel_ends_the_arrays_on_the_cluster_and_status_shows_cancelled(write_experiment, tmp_path):
+    from test_slurm import cluster_answers, states, submit
+    problem = cluster_answers()
+    if problem:
+        pytest.skip(f"no SLURM cluster answers ({problem})")
+    from conftest import TINY, launch, wait_until
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("cpus_per_task: 1\nmem_gb: 1\ntimeout_min: 10\narray_parallelism: 2\n")
+    slow = {**TINY, "data": {"name": "digits"}, "grid": {"seed": [0, 1]},
+            "train": {**TINY["train"], "epochs": 30, "batch_size": 16, "early_stopping": {"patience": 100}}}
+    experiment = write_experiment(slow)
+    submit(tmp_path, experiment, profile)
+    out = tmp_path / "out"
+    wait_until(lambda: "running" in states(experiment, out).values(), 120, "a job to run")
+    cancelled = launch(tmp_path, "cancel", "out/tiny")
+    assert cancelled.returncode == 0 and "cancelled SLURM array(s)" in cancelled.stdout, cancelled.stdout + cancelled.stderr
+    wait_until(lambda: set(states(experiment, out).values()) == {"cancelled"}, 120, "sacct to say CANCELLED")
+    status = launch(tmp_path, "status", "out/tiny")
+    assert status.stdout.count("CANCELLED") >= 2
+    again = launch(tmp_path, "cancel", "out/tiny")
+    assert again.returncode == 0 and "no SLURM array of out/tiny is queued or running" in again.stdout

@@ -4,6 +4,7 @@
     submit     send the grid to SLURM as job arrays (returns right after submission)
     status     one line per job: state, variants done, restarts, node, elapsed
     list       the experiments under experiments/ with their state counts
+    cancel     experiments/<name>: scancel its SLURM arrays; names the local launches to stop by hand
     clean      experiments/<name> --failed | --all [--yes]: remove failed jobs, or the whole folder
 """
 
@@ -33,7 +34,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         epilog="example: launch_experiment.sh run_here experiments/configs/default.yaml train.lr=0.01 grid.seed=[0,1]\n"
                "the dashboard and predictions: launch_experiment.sh serve [experiments/<name> ...] [--port N] "
                "[--host H] (serve --help says more)\n"
-               "also: launch_experiment.sh list | clean experiments/<name> --failed|--all [--yes]",
+               "also: launch_experiment.sh list | cancel experiments/<name> | clean experiments/<name> --failed|--all [--yes]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("mode", choices=MODES, help="run_here: run on this machine; submit: send to SLURM; "

@@ -1,7 +1,9 @@
-"""`list` and `clean`: the experiments under experiments/ with their state counts, and removing
-failed jobs or a whole experiment folder (never experiments/configs/).
+"""`list`, `cancel` and `clean`: the experiments under experiments/ with their state counts, ending
+an experiment's SLURM arrays, and removing failed jobs or a whole experiment folder (never
+experiments/configs/).
 
     launch_experiment.sh list [--experiments-dir DIR]
+    launch_experiment.sh cancel experiments/<name>
     launch_experiment.sh clean experiments/<name> --failed | --all [--yes]
 """
 
@@ -14,12 +16,14 @@ from pathlib import Path
 
 from moelab.config import ConfigError, load_experiment
 from moelab.launch.backends import BACKENDS, backend_class
+from moelab.launch.slurm import queue
+from moelab.launch.slurm.backend import SlurmFiles
 from moelab.launch.status import job_views, queue_views, state_counts
 from moelab.results.errors import DamagedRecord
-from moelab.results.status import FAILURES, JobState
+from moelab.results.status import FAILURES, JobState, read_status
 from moelab.results.tree import ExperimentTree
 
-COMMANDS = ("list", "clean")
+COMMANDS = ("list", "cancel", "clean")
 CONFIGS = "configs"  # experiments/configs/ holds the experiment files people write: no command deletes in it
 
 
@@ -31,6 +35,8 @@ def main(argv: list[str]) -> int:
         args = parser.parse_args(argv[1:])
         return list_experiments(args.experiments_dir)
     parser.add_argument("experiment", type=Path, help="an experiment folder, experiments/<name>")
+    if argv[0] == "cancel":
+        return cancel(parser.parse_args(argv[1:]).experiment)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--failed", action="store_true", help="remove the failed jobs' folders (they run afresh next time)")
     which.add_argument("--all", action="store_true", help="remove the whole experiment folder")
@@ -62,6 +68,52 @@ def list_experiments(experiments_dir: Path) -> int:
         print(f"{folder.name:<{width}}  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
               + f" ({sum(counts.values())} jobs)")
     return 0
+
+
+def cancel(folder: Path) -> int:
+    """scancel the experiment's SLURM arrays still queued or running (as submit recorded them), and
+    name the local launches this cannot stop."""
+    tree = ExperimentTree(folder)
+    if not folder.is_dir() or not tree.experiment_file.is_file():
+        print(f"error: {folder} is not an experiment folder (cancel takes experiments/<name>, written by a launch)",
+              file=sys.stderr)
+        return 2
+    arrays = sorted({i for ids in SlurmFiles(tree).submitted_ids().values() for i in ids})
+    code = 0
+    if arrays:
+        try:
+            records = queue.query(arrays, whole_arrays=True)
+            active = sorted({i for i in arrays for task, record in records.items()
+                             if (task == i or task.split("_")[0] == i)
+                             and record.moelab_state in (JobState.QUEUED, JobState.RUNNING)})
+            if active:
+                queue.ask_slurm(["scancel", *active])  # an argument list: ids never pass through a shell
+                print(f"cancelled SLURM array(s) {', '.join(active)} of {folder}")
+            else:
+                print(f"no SLURM array of {folder} is queued or running (submitted: {', '.join(arrays)})")
+        except queue.QueueUnavailable as error:
+            print(f"error: cannot cancel the SLURM arrays {', '.join(arrays)} of {folder}: {error}", file=sys.stderr)
+            code = 1
+    local = _local_running(tree)
+    for key, where in local:
+        print(f"cannot cancel job {key}: it runs in a local launch ({where}); stop that launch with Ctrl-C in its "
+              f"terminal or kill -TERM its launcher process (every worker stops at a safe point)")
+    if not arrays and not local:
+        print(f"nothing to cancel: {folder} has no SLURM submission and no job running")
+    return code
+
+
+def _local_running(tree: ExperimentTree) -> list[tuple[str, str]]:
+    """(job key, host and worker pid) of each job a local worker is running."""
+    found = []
+    for job in tree.jobs():
+        try:
+            status = read_status(job)
+        except DamagedRecord:
+            continue
+        if status is not None and status.state == JobState.RUNNING and not status.slurm:
+            found.append((job.key, f"host {status.host}, worker pid {status.pid}"))
+    return found
 
 
 def clean(folder: Path, failed_only: bool, assume_yes: bool) -> int:
