@@ -583,3 +583,26 @@ def test_the_first_table_and_the_latex_table_are_short_and_the_long_one_keeps_ev
     page = html.render(data, [], {})
     first, rest = page.split("id='all-columns'")
     assert "train_seconds" not in first and "train_seconds" in rest and "<th>verdict</th>" in first
+
+
+def test_compare_pairs_runs_that_match_by_configuration_and_says_so(finished_job, tmp_path, capsys):  # noqa: F811
+    first, second = copy_job(finished_job, tmp_path / "a"), copy_job(finished_job, tmp_path / "b")
+    assert main([str(first.path.parents[1]), str(second.path.parents[1]), "--compare"]) == 0
+    out = capsys.readouterr().out
+    for variant in ("mlp", "moe", "moe_topk", "moe_hard"):
+        assert re.search(rf"\| {variant} \|.*\| \+0\.0000 \|.*paired over 1 seed\(s\); no verdict", out), out
+    assert "not distinguishable" in out and "better" in out.splitlines()[0]
+
+
+def test_the_unpaired_test_is_the_exact_permutation_test():
+    from moelab.report.compare import permutation_p_value
+    # 3 vs 3 fully separated: 2 of the C(6,3) = 20 relabellings are as extreme
+    assert permutation_p_value(np.array([0.0, 0.1, 0.2]), np.array([1.0, 1.1, 1.2])) == pytest.approx(2 / 20)
+    assert permutation_p_value(np.array([0.5, 0.5]), np.array([0.5, 0.5])) == 1.0
+
+
+@pytest.mark.parametrize("argv, named", [(["only_one"], "exactly two"), (["a", "b"], "not an experiment folder")])
+def test_compare_bad_input_exits_2(argv, named, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--compare"]) == 2
+    assert named in capsys.readouterr().err
