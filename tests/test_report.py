@@ -530,6 +530,10 @@ def test_with_the_zoos_eleven_variants_no_legend_covers_data_and_no_colour_repea
     assert list(entries) == names
     colours = [tuple(np.round(matplotlib.colors.to_rgba(_face(h)), 4)) for h in entries.values()]
     assert len(set(colours)) == len(names)
+    if draw == "learning_curves":  # 5 grid points wrap into rows of four panels, two axes each, none empty
+        assert len(data_axes) == 2 * 5
+        assert [ax.get_title() for ax in data_axes if ax.get_title()] == [f"num_experts={p}" for p in (2, 3, 4, 6, 8)]
+        assert len({round(ax.get_position().x0, 3) for ax in data_axes}) == plots.PANELS_PER_ROW
 
 
 def _face(handle):
@@ -552,23 +556,6 @@ def test_the_palette_never_repeats_a_colour_and_keeps_the_first_ten():
         colours = palette(count)
         assert len(colours) == count and len({tuple(np.round(c, 4)) for c in colours}) == count
     assert palette(20)[:10] == palette(10)[:10] or np.allclose(palette(20)[:10], palette(10), atol=0.02)
-
-
-def test_grid_points_beyond_four_wrap_into_rows_of_panels(tmp_path, monkeypatch):
-    from moelab.report import plots
-    data, _ = zoo_report(tmp_path)
-    data.tree.summary.path.mkdir(parents=True)
-    figures = []
-    saved = plots.save
-    # PNG only: the layout is the same, the SVG would only cost time
-    monkeypatch.setattr(plots, "save", lambda fig, path, **kw: (figures.append(fig), saved(fig, path, **{**kw, "formats": ("png",)})))
-    plots.learning_curves(data, data.tree.summary.plot("learning_curves"))
-    axes = [ax for ax in figures[0].axes if ax.axison]
-    assert len(axes) == 2 * 5  # two per grid point, none empty
-    titles = [ax.get_title() for ax in axes if ax.get_title()]
-    assert titles == [f"num_experts={p}" for p in (2, 3, 4, 6, 8)]
-    columns = {round(ax.get_position().x0, 3) for ax in axes}
-    assert len(columns) == plots.PANELS_PER_ROW
 
 
 def test_the_first_table_and_the_latex_table_are_short_and_the_long_one_keeps_every_column(tmp_path):

@@ -108,7 +108,7 @@ def learning_curves(data: ReportData, path: Path) -> str | None:
         return "no per-epoch metrics yet"
     axes_keys = [a for a in data.grid_axes if a != "seed" and a in curves]
     points = _points(curves, axes_keys)
-    colours = variant_colours(curves)
+    colours = variant_colours(data)
     panels = _wrapped(len(points), len(colours), rows_per_point=2, height=3.2)
     fig, axes = subplots(*panels.shape, figsize=panels.figsize, squeeze=False, sharex=True)
     for index, (label, part) in enumerate(points):
@@ -162,8 +162,8 @@ def test_metric_bars(data: ReportData, path: Path) -> str | None:
         return "no finished runs yet"
     axes_keys = [a for a in data.grid_axes if a != "seed" and a in done]
     points = _points(done, axes_keys)
-    colours = variant_colours(done)
-    variants = list(colours)
+    colours = variant_colours(data)
+    variants = list(dict.fromkeys(done["variant"]))
     width = 0.8 / len(variants)
     fig, ax = subplots(figsize=(max(6.0, 0.25 * len(points) * len(variants) + 4), 4.5))
     for i, variant in enumerate(variants):
@@ -196,7 +196,7 @@ def metric_vs_axis(data: ReportData, path: Path, axis: str) -> str | None:
     values = pd.to_numeric(done[axis], errors="coerce")
     if values.isna().any() or values.nunique() < 2:
         return f"{axis} is not a numeric axis with two or more values"
-    colours = variant_colours(done)
+    colours = variant_colours(data)
     fig, ax = subplots(figsize=(6, 4.5))
     for variant, rows in done.assign(_x=values).groupby("variant", sort=False):
         stats = rows.groupby("_x")[column].agg(["mean", "std"]).fillna(0.0)
@@ -243,7 +243,7 @@ def router_health(data: ReportData, path: Path) -> str | None:
         return "no MoE variant has per-epoch routing yet"
     moe = curves[curves["train_effective_experts"].notna()]
     points = _points(moe, [a for a in data.grid_axes if a != "seed" and a in moe])
-    colours = variant_colours(moe)
+    colours = variant_colours(data)
     panels = _wrapped(len(points), len(colours), rows_per_point=len(ROUTER_HEALTH), height=2.7)
     fig, axes = subplots(*panels.shape, figsize=panels.figsize, squeeze=False, sharex=True)
     for index, (label, part) in enumerate(points):
@@ -420,7 +420,7 @@ def params_vs_metric(data: ReportData, path: Path) -> str | None:
     done = finished(data.runs)
     if done.empty or column not in done or "num_parameters" not in done:
         return "no finished runs yet"
-    colours = variant_colours(done)
+    colours = variant_colours(data)
     fig, ax = subplots(figsize=(6, 4.5))
     for variant, rows in done.groupby("variant", sort=False):
         ax.scatter(rows["num_parameters"], rows[column], label=variant, alpha=0.7, color=colours[variant])
@@ -445,10 +445,10 @@ def palette(count: int) -> list[tuple[float, ...]]:
     return [colorsys.hls_to_rgb(i / half, 0.4 if n == 0 else 0.65, 0.75) for n in range(2) for i in range(half)][:count]
 
 
-def variant_colours(runs: pd.DataFrame) -> dict[str, tuple[float, ...]]:
-    """One colour per variant, in the order the runs name them: the same variant has the same colour
-    in every plot of a report."""
-    names = list(dict.fromkeys(runs["variant"]))
+def variant_colours(data: ReportData) -> dict[str, tuple[float, ...]]:
+    """One colour per variant, in the order the runs (then the curves) name them: the same variant has
+    the same colour in every plot of a report."""
+    names = list(dict.fromkeys([*(data.runs.get("variant", ())), *(data.curves.get("variant", ()))]))
     return dict(zip(names, palette(len(names))))
 
 
