@@ -1,4 +1,5 @@
 """Tables and plots for experiment folders: python run/create-plots.py [experiments/<name> ...]
+(python run/create-plots.py A B --compare: two experiments side by side)
 (a search's study files are refreshed first: trials, importances, best.yaml)"""
 
 import sys

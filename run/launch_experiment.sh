@@ -2,6 +2,9 @@
 # Run an experiment grid:  bash run/launch_experiment.sh run_here [EXPERIMENT_FILE] [key=value ...] [--workers N] [--force] [--rerun-failed]
 # On SLURM:  bash run/launch_experiment.sh submit [EXPERIMENT_FILE] [key=value ...] [--dry-run] [--rerun-failed] [--force]
 # Job states:  bash run/launch_experiment.sh status experiments/<name>   (--help: every option)
+# Experiments and their state counts:  bash run/launch_experiment.sh list
+# End its SLURM arrays:  bash run/launch_experiment.sh cancel experiments/<name>
+# Remove failed jobs or a whole experiment:  bash run/launch_experiment.sh clean experiments/<name> --failed|--all [--yes]
 # Dashboard and predictions:  bash run/launch_experiment.sh serve [experiments/<name> ...] [--port N] [--host H]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"

@@ -3,12 +3,14 @@ the verdicts (paired differences, intervals, Holm's adjustment, too few seeds)."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 import shutil
 from pathlib import Path
 
+import matplotlib.colors
 import numpy as np
 import pandas as pd
 import pytest
@@ -473,3 +475,121 @@ def test_per_sample_scores_that_disagree_with_the_metric_on_the_direction_give_n
                  {**job, "variant": "moe", "model": "moe", "test_psnr": 21.0 + seed / 10, "test_samples": -np.full(50, 0.2)}]
     moe = report_of(pd.DataFrame(rows), tmp_path).table.set_index("variant").loc["moe"]
     assert moe["diff_test_psnr_p"] == 1.0 and moe["diff_test_psnr_verdict"] == NOT_DISTINGUISHABLE
+
+
+# plots that scale: the zoo's 11 variants at 6 grid points, a hand-made tree (nothing trained)
+
+def zoo_report(tmp_path, points=(2, 3, 4, 6, 8)):
+    import yaml
+    zoo = yaml.safe_load((Path(__file__).parents[1] / "experiments/configs/zoo.yaml").read_text())
+    names = [v["name"] for v in zoo["variants"]]
+    runs, curves = [], []
+    for point in points:
+        for seed in (0, 1):
+            job = {"job": f"seed{seed}-{point}", "seed": seed, "state": "done", "metric": "acc",
+                   "variants.*.num_experts": point}
+            for i, name in enumerate(names):
+                runs.append({**job, "variant": name, "model": "mlp" if i < 2 else "moe", "test_acc": 0.8 + 0.01 * i,
+                             "num_parameters": 1000 * (i + 1), "train_seconds": 1.0 + i})
+                curves += [{**job, "variant": name, "epoch": epoch, "val_acc": 0.5 + 0.04 * epoch + 0.01 * i,
+                            "train_loss": 1.0 / (epoch + i), "train_effective_experts": 1.0 + epoch / 4,
+                            "train_dead_expert_fraction": 0.1, "test_routing_flip_rate": 0.2 / epoch}
+                           for epoch in range(1, 6)]
+    data = report_data_from_runs(ExperimentTree(tmp_path / "zoo"), pd.DataFrame(runs), pd.DataFrame(),
+                                 ["seed", "variants.*.num_experts"], [])
+    return dataclasses.replace(data, curves=pd.DataFrame(curves)), names
+
+
+@pytest.mark.parametrize("draw", ["learning_curves", "test_metric_bars", "router_health", "params_vs_metric",
+                                  "metric_vs_axis"])
+def test_with_the_zoos_eleven_variants_no_legend_covers_data_and_no_colour_repeats(draw, tmp_path, monkeypatch):
+    from functools import partial
+    from moelab.report import plots
+    data, names = zoo_report(tmp_path)
+    data.tree.summary.path.mkdir(parents=True)
+    figures = []
+    saved = plots.save
+    # PNG only: the layout is the same, the SVG would only cost time
+    monkeypatch.setattr(plots, "save", lambda fig, path, **kw: (figures.append(fig), saved(fig, path, **{**kw, "formats": ("png",)})))
+    function = getattr(plots, draw)
+    if draw == "metric_vs_axis":
+        function = partial(function, axis="variants.*.num_experts")
+    assert function(data, data.tree.summary.plot(draw)) is None
+    (fig,) = figures
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 1
+    legend_box = legends[0].get_window_extent(renderer)
+    data_axes = [ax for ax in fig.axes if ax.axison]
+    assert len(data_axes) >= 1
+    for ax in data_axes:
+        assert not legend_box.overlaps(ax.get_window_extent(renderer)), f"the legend covers {ax.get_title()!r}"
+    handles, labels = legends[0].axes.get_legend_handles_labels()
+    entries = dict(zip(labels, handles))
+    assert list(entries) == names
+    colours = [tuple(np.round(matplotlib.colors.to_rgba(_face(h)), 4)) for h in entries.values()]
+    assert len(set(colours)) == len(names)
+    if draw == "learning_curves":  # 5 grid points wrap into rows of four panels, two axes each, none empty
+        assert len(data_axes) == 2 * 5
+        assert [ax.get_title() for ax in data_axes if ax.get_title()] == [f"num_experts={p}" for p in (2, 3, 4, 6, 8)]
+        assert len({round(ax.get_position().x0, 3) for ax in data_axes}) == plots.PANELS_PER_ROW
+
+
+def _face(handle):
+    """The colour of what a legend entry stands for: a line, points, bars or error bars."""
+    import matplotlib.collections, matplotlib.container, matplotlib.lines
+    if isinstance(handle, matplotlib.container.ErrorbarContainer):
+        return handle.lines[0].get_color()
+    if isinstance(handle, matplotlib.container.BarContainer):
+        return handle.patches[0].get_facecolor()
+    if isinstance(handle, matplotlib.lines.Line2D):
+        return handle.get_color()
+    if isinstance(handle, matplotlib.collections.Collection):
+        return handle.get_facecolor()[0]
+    return handle.get_facecolor()
+
+
+def test_the_palette_never_repeats_a_colour_and_keeps_the_first_ten():
+    from moelab.report.plots import palette
+    for count in (1, 10, 11, 20, 21, 45):
+        colours = palette(count)
+        assert len(colours) == count and len({tuple(np.round(c, 4)) for c in colours}) == count
+    assert palette(20)[:10] == palette(10)[:10] or np.allclose(palette(20)[:10], palette(10), atol=0.02)
+
+
+def test_the_first_table_and_the_latex_table_are_short_and_the_long_one_keeps_every_column(tmp_path):
+    from moelab.report.tables import short_table, to_latex
+    data, names = zoo_report(tmp_path)
+    short = short_table(data.readable, "acc")
+    assert list(short.columns) == ["variant", "variants.*.num_experts", "n", "test_acc", "vs baseline (95% CI)", "p (Holm)",
+                                   "verdict", "num_parameters"]
+    assert {"train_seconds"} <= set(data.readable.columns) - set(short.columns)
+    latex = to_latex(short, "zoo")
+    assert "\\begin{tabular}{" + "l" * len(short.columns) + "}" in latex and "train\\_seconds" not in latex
+    page = html.render(data, [], {})
+    first, rest = page.split("id='all-columns'")
+    assert "train_seconds" not in first and "train_seconds" in rest and "<th>verdict</th>" in first
+
+
+def test_compare_pairs_runs_that_match_by_configuration_and_says_so(finished_job, tmp_path, capsys):  # noqa: F811
+    first, second = copy_job(finished_job, tmp_path / "a"), copy_job(finished_job, tmp_path / "b")
+    assert main([str(first.path.parents[1]), str(second.path.parents[1]), "--compare"]) == 0
+    out = capsys.readouterr().out
+    for variant in ("mlp", "moe", "moe_topk", "moe_hard"):
+        assert re.search(rf"\| {variant} \|.*\| \+0\.0000 \|.*paired over 1 seed\(s\); no verdict", out), out
+    assert "not distinguishable" in out and "better" in out.splitlines()[0]
+
+
+def test_the_unpaired_test_is_the_exact_permutation_test():
+    from moelab.report.compare import permutation_p_value
+    # 3 vs 3 fully separated: 2 of the C(6,3) = 20 relabellings are as extreme
+    assert permutation_p_value(np.array([0.0, 0.1, 0.2]), np.array([1.0, 1.1, 1.2])) == pytest.approx(2 / 20)
+    assert permutation_p_value(np.array([0.5, 0.5]), np.array([0.5, 0.5])) == 1.0
+
+
+@pytest.mark.parametrize("argv, named", [(["only_one"], "exactly two"), (["a", "b"], "not an experiment folder")])
+def test_compare_bad_input_exits_2(argv, named, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--compare"]) == 2
+    assert named in capsys.readouterr().err

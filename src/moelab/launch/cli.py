@@ -3,6 +3,9 @@
     run_here   run the grid on this machine, then write the tables and plots
     submit     send the grid to SLURM as job arrays (returns right after submission)
     status     one line per job: state, variants done, restarts, node, elapsed
+    list       the experiments under experiments/ with their state counts
+    cancel     experiments/<name>: scancel its SLURM arrays; names the local launches to stop by hand
+    clean      experiments/<name> --failed | --all [--yes]: remove failed jobs, or the whole folder
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import sys
 from pathlib import Path
 
 from moelab.config import ConfigError, load_experiment
+from moelab.launch import commands
 from moelab.launch.backends import BACKENDS
 from moelab.launch.base import LaunchOptions
 from moelab.launch.launcher import launch_experiment
@@ -29,7 +33,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "interrupted ones resume.",
         epilog="example: launch_experiment.sh run_here experiments/configs/default.yaml train.lr=0.01 grid.seed=[0,1]\n"
                "the dashboard and predictions: launch_experiment.sh serve [experiments/<name> ...] [--port N] "
-               "[--host H] (serve --help says more)",
+               "[--host H] (serve --help says more)\n"
+               "also: launch_experiment.sh list | cancel experiments/<name> | clean experiments/<name> --failed|--all [--yes]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("mode", choices=MODES, help="run_here: run on this machine; submit: send to SLURM; "
@@ -69,6 +74,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in commands.COMMANDS:
+        return commands.main(argv)
     args = parse_args(argv)
     options = LaunchOptions(experiments_dir=args.experiments_dir, workers=args.workers, force=args.force,
                             rerun_failed=args.rerun_failed, dry_run=args.dry_run, profile=args.profile,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from moelab.launch.plan import PlanFile
+from moelab.launch.progress import ProgressLines
 from moelab.launch.worker import worker_main
 from moelab.results.status import JobState, JobStatus, read_status
 from moelab.results.tree import ExperimentTree
@@ -80,8 +81,10 @@ class WorkerPool:
             self._start(slot)
         bar = tqdm(total=total, unit="job", disable=not sys.stdout.isatty(), leave=False)
         self.bar, self.total = bar, total
+        progress = ProgressLines(self.tree)
         try:
             while self.workers:
+                progress.update([w.job for w in self.workers.values() if w.job])
                 if stop_requested():
                     self.result.interrupted = True
                     self.stop()
@@ -97,6 +100,7 @@ class WorkerPool:
             self.result.interrupted = True
             self.stop()
         finally:
+            progress.close()
             bar.close()
         return self.result
 

@@ -24,18 +24,12 @@ def print_status(experiment: Experiment, experiments_dir: Path) -> int:
     if "search" in experiment.doc:
         return print_search_status(experiment, tree)
     backends = [backend_class(mode) for mode in BACKENDS]
-    views = [(backend, backend.queue_view(tree)) for backend in backends]
-    view = QueueView()
-    for _, part in views:
-        for name in ("states", "notes", "nodes", "elapsed_s"):
-            getattr(view, name).update(getattr(part, name))
+    views, view = queue_views(tree, backends)
     totals: Counter = Counter()
     print(f"{'job':<13} {'state':<14} {'variants':>8} {'restarts':>8}  {'node':<12} {'elapsed':>8}  grid values")
     failures = []
-    for job in experiment.jobs():
+    for job, current in job_views(experiment, tree, view):
         job_tree = tree.job(job.key)
-        # the job's own variants: with the dense ones baseline.match adds
-        current = view_job(job_tree, [v["name"] for v in job.config["variants"]], view.states.get(job.key))
         state, status = current.state, current.status
         node = (status.host if status else None) or view.nodes.get(job.key, "")
         elapsed = (status.elapsed_s if status else None) or view.elapsed_s.get(job.key)
@@ -58,6 +52,29 @@ def print_status(experiment: Experiment, experiments_dir: Path) -> int:
     if failures:
         print(f"rerun the failed jobs with: {rerun_hint(experiment, tree)}")
     return 0
+
+
+def queue_views(tree: ExperimentTree, backends) -> tuple[list, QueueView]:
+    """What each backend's queue knows of the experiment, and all of it merged."""
+    views = [(backend, backend.queue_view(tree)) for backend in backends]
+    view = QueueView()
+    for _, part in views:
+        for name in ("states", "notes", "nodes", "elapsed_s"):
+            getattr(view, name).update(getattr(part, name))
+    return views, view
+
+
+def job_views(experiment: Experiment, tree: ExperimentTree, view: QueueView):
+    """(job, its state from the disk merged with the queues') for every job of the experiment."""
+    for job in experiment.jobs():
+        # the job's own variants: with the dense ones baseline.match adds
+        yield job, view_job(tree.job(job.key), [v["name"] for v in job.config["variants"]], view.states.get(job.key))
+
+
+def state_counts(experiment: Experiment, tree: ExperimentTree) -> Counter:
+    """How many jobs are in each state, as `status` counts them."""
+    _, view = queue_views(tree, [backend_class(mode) for mode in BACKENDS])
+    return Counter(current.state.shown for _, current in job_views(experiment, tree, view))
 
 
 def rerun_hint(experiment: Experiment, tree: ExperimentTree) -> str:

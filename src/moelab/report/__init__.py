@@ -14,7 +14,7 @@ from moelab.report import html
 from moelab.report.data import ReportData, read_report_data
 from moelab.report.plots import draw_plots
 from moelab.report.tables import (MATCHED_INTRO, SAMPLES, SAMPLES_SUFFIX, collapse_warning, comparisons_note, configurations_note, describe_match,
-                                  small_sample_warning, to_latex, to_markdown)
+                                  short_table, small_sample_warning, to_latex, to_markdown)
 from moelab.results.io import atomic_write, write_text
 from moelab.results.status import JobState
 
@@ -70,7 +70,7 @@ def _write_csv_and_latex(data: ReportData) -> None:
     if data.baseline:
         caption += (f"; difference to {data.baseline} paired over seeds; verdicts by a paired test (its method is in "
                     f"{summary.markdown.name}), Holm-adjusted over all comparisons (family-wise 5 %)")
-    write_text(summary.latex, to_latex(data.readable, caption))
+    write_text(summary.latex, to_latex(short_table(data.readable, data.metric), caption))
 
 
 def _markdown(data: ReportData, not_drawn: dict[str, str]) -> str:

@@ -1,4 +1,5 @@
-"""`python run/create-plots.py [experiments/<name> ...]`: tables and plots for finished (and running) experiments."""
+"""`python run/create-plots.py [experiments/<name> ...]`: tables and plots for finished (and running) experiments;
+`create-plots A B --compare`: two experiments side by side."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from moelab.report import write_report
+from moelab.report.compare import print_comparison
 from moelab.report.data import UnknownConfiguration
 from moelab.results.tree import ExperimentTree
 
@@ -22,7 +24,12 @@ def main(argv: list[str] | None = None, prepare: Callable[[Path], None] | None =
     parser.add_argument("--configuration", metavar="ID",
                         help="report on this configuration of the folder instead of the last launch's (the ids and "
                              "what differs are on the report's first screen)")
+    parser.add_argument("--compare", action="store_true",
+                        help="compare two experiment folders A B side by side (paired where runs match by variant, "
+                             "seed and grid values, else unpaired); prints the table, writes nothing")
     args = parser.parse_args(argv)
+    if args.compare:
+        return _compare(args.experiments)
     if args.configuration and len(args.experiments) != 1:
         print("--configuration: name exactly one experiment folder (an id belongs to one folder)", file=sys.stderr)
         return 2
@@ -50,6 +57,23 @@ def main(argv: list[str] | None = None, prepare: Callable[[Path], None] | None =
         write_report(paths, args.configuration)
     except UnknownConfiguration as error:
         print(f"--configuration: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _compare(paths: list[Path]) -> int:
+    if len(paths) != 2:
+        print(f"--compare: name exactly two experiment folders A B (got {len(paths)})", file=sys.stderr)
+        return 2
+    not_experiments = [p for p in paths if not _is_experiment(p)]
+    if not_experiments:
+        print(f"--compare: not an experiment folder (no jobs/ inside): {', '.join(map(str, not_experiments))}",
+              file=sys.stderr)
+        return 2
+    try:
+        print_comparison(*paths)
+    except ValueError as error:
+        print(f"--compare: {error}", file=sys.stderr)
         return 2
     return 0
 

@@ -20,7 +20,7 @@ from moelab.report.data import ReportData
 from moelab.report.plots import Plot
 from moelab.report.study import best_trials_data, study_section
 from moelab.report.stats import degenerate_reason
-from moelab.report.tables import (FAMILY_WISE_ALPHA, MATCHED_INTRO, axis_label, collapse_warning, comparisons_note,
+from moelab.report.tables import (FAMILY_WISE_ALPHA, MATCHED_INTRO, axis_label, collapse_warning, comparisons_note, short_table,
                                   configurations_note, describe_match, family_size, finished, small_sample_warning)
 
 STYLE = """
@@ -83,7 +83,10 @@ def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> st
     parts.append("<h2>Summary</h2><p>Grouped by variant and grid values, seeds pooled: mean ± std; "
                  f"'vs baseline' is the difference to <b>{_e(data.baseline or 'the dense baseline')}</b> in the same job, "
                  "paired over seeds, with its 95 % confidence interval.</p>")
-    parts.append(f"<div class='wide'>{data.readable.to_html(index=False, border=0, na_rep='')}</div>"
+    short = short_table(data.readable, data.metric)
+    parts.append(f"<div class='wide'>{short.to_html(index=False, border=0, na_rep='')}</div>"
+                 + (f"<p>Every column: <a href='#all-columns'>below</a> and in {_link(data, data.tree.summary.summary_csv)}.</p>"
+                    if short.shape[1] < data.readable.shape[1] else "")
                  if not data.readable.empty else "<p>No finished runs yet.</p>")
     experts = _experts_table(done)
     if experts is not None:
@@ -96,6 +99,9 @@ def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> st
                      "a sample's prediction depends on the other samples of its batch: the share of test predictions "
                      "that change when the test set is batched differently is measured and shown.</p>")
         parts.append(experts.to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:.3f}"))
+    if short_table(data.readable, data.metric).shape[1] < data.readable.shape[1]:
+        parts.append(f"<h2 id='all-columns'>Summary, every column</h2>"
+                     f"<div class='wide'>{data.readable.to_html(index=False, border=0, na_rep='')}</div>")
     parts.append("<h2>Plots</h2>")
     for plot in drawn:
         parts.append(f"<figure><img src='{_e(_href(data, summary.plot(plot.name, 'png')))}' alt='{_e(plot.name)}'>"

@@ -14,7 +14,11 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Callable
 
+import colorsys
+
 import matplotlib.image
+from matplotlib import colormaps
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 from matplotlib.figure import Figure
 import pandas as pd
@@ -26,6 +30,7 @@ from moelab.results.io import atomic_write
 from moelab.results.tree import VariantTree
 
 FORMATS = ("png", "svg")
+PANELS_PER_ROW = 4  # grid points, heatmaps: wrapped into rows beyond this many, never squashed into a strip
 
 
 @dataclass(frozen=True)
@@ -103,25 +108,30 @@ def learning_curves(data: ReportData, path: Path) -> str | None:
         return "no per-epoch metrics yet"
     axes_keys = [a for a in data.grid_axes if a != "seed" and a in curves]
     points = _points(curves, axes_keys)
-    fig, axes = subplots(2, len(points), figsize=(max(7.0, 4.2 * len(points)), 6.5), squeeze=False, sharex=True)
-    for col, (label, part) in enumerate(points):
+    colours = variant_colours(data)
+    panels = _wrapped(len(points), len(colours), rows_per_point=2, height=3.2)
+    fig, axes = subplots(*panels.shape, figsize=panels.figsize, squeeze=False, sharex=True)
+    for index, (label, part) in enumerate(points):
+        top, col = panels.place(index)
         for variant, rows in part.groupby("variant", sort=False):
             for row_index, (value, ylabel) in enumerate(((column, f"validation {metric}"), ("train_loss", "training loss"))):
                 stats = rows.groupby("epoch")[value].agg(["mean", "std", "count"])
                 stats["std"] = stats["std"].fillna(0.0)
-                ax = axes[row_index][col]
+                ax = axes[top + row_index][col]
                 # solid while every seed still trains; dashed once early stopping has ended some runs
                 full = stats[stats["count"] == stats["count"].max()]
-                line, = ax.plot(full.index, full["mean"], label=variant)
-                ax.fill_between(full.index, full["mean"] - full["std"], full["mean"] + full["std"], alpha=0.2, color=line.get_color())
+                colour = colours[variant]
+                ax.plot(full.index, full["mean"], label=variant, color=colour)
+                ax.fill_between(full.index, full["mean"] - full["std"], full["mean"] + full["std"], alpha=0.2, color=colour)
                 tail = stats.loc[full.index.max():]
                 if len(tail) > 1:
-                    ax.plot(tail.index, tail["mean"], linestyle="--", linewidth=0.8, color=line.get_color())
+                    ax.plot(tail.index, tail["mean"], linestyle="--", linewidth=0.8, color=colour)
                 ax.set_ylabel(ylabel)
-        axes[0][col].set_title(label or "all runs", fontsize=9)
-        axes[1][col].set_xlabel("epoch")
-        axes[1][col].set_yscale("log")
-    axes[0][0].legend(fontsize=8)
+        axes[top][col].set_title(label or "all runs", fontsize=9)
+        axes[top + 1][col].set_xlabel("epoch")
+        axes[top + 1][col].set_yscale("log")
+    panels.hide_unused(axes)
+    legend_outside(axes[0][-1])
     fig.suptitle("Learning curves (mean ± std over seeds; dashed: after early stopping ended some seeds)", fontsize=10)
     save(fig, path)
     return None
@@ -152,9 +162,10 @@ def test_metric_bars(data: ReportData, path: Path) -> str | None:
         return "no finished runs yet"
     axes_keys = [a for a in data.grid_axes if a != "seed" and a in done]
     points = _points(done, axes_keys)
+    colours = variant_colours(data)
     variants = list(dict.fromkeys(done["variant"]))
     width = 0.8 / len(variants)
-    fig, ax = subplots(figsize=(max(6.0, 1.3 * len(points) * len(variants) ** 0.5 + 3), 4.5))
+    fig, ax = subplots(figsize=(max(6.0, 0.25 * len(points) * len(variants) + 4), 4.5))
     for i, variant in enumerate(variants):
         means, stds = [], []
         for _, part in points:
@@ -162,14 +173,15 @@ def test_metric_bars(data: ReportData, path: Path) -> str | None:
             means.append(values.mean())
             stds.append(values.std() if len(values) > 1 else 0.0)
         positions = [p + (i - (len(variants) - 1) / 2) * width for p in range(len(points))]
-        ax.bar(positions, means, width, yerr=stds, capsize=3, label=variant)
-    ax.set_xticks(range(len(points)), [label or "all runs" for label, _ in points], fontsize=8)
+        ax.bar(positions, means, width, yerr=stds, capsize=3, label=variant, color=colours[variant])
+    ax.set_xticks(range(len(points)), [label or "all runs" for label, _ in points], fontsize=8,
+                  rotation=30 if len(points) > PANELS_PER_ROW else 0, ha="right" if len(points) > PANELS_PER_ROW else "center")
     if metric == "acc":
         ax.set_ylim(max(0.0, done[column].min() - 0.05), 1.0)
     ax.set_xlabel("grid point")
     ax.set_ylabel(f"test {metric}")
     ax.set_title(f"Test {metric} per variant (mean ± std over seeds)")
-    ax.legend(fontsize=8, ncols=min(4, len(variants)))
+    legend_outside(ax)
     save(fig, path)
     return None
 
@@ -184,14 +196,17 @@ def metric_vs_axis(data: ReportData, path: Path, axis: str) -> str | None:
     values = pd.to_numeric(done[axis], errors="coerce")
     if values.isna().any() or values.nunique() < 2:
         return f"{axis} is not a numeric axis with two or more values"
+    colours = variant_colours(data)
     fig, ax = subplots(figsize=(6, 4.5))
     for variant, rows in done.assign(_x=values).groupby("variant", sort=False):
         stats = rows.groupby("_x")[column].agg(["mean", "std"]).fillna(0.0)
-        ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=variant)
+        # a search's trials are unrelated points: markers only, no line from one trial to the next
+        ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=variant,
+                    color=colours[variant], linestyle="none" if data.study is not None else "-")
     ax.set_xlabel(axis_label(axis))
     ax.set_ylabel(f"test {metric}")
     ax.set_title(f"Test {metric} vs {axis_label(axis)} (mean ± std over seeds)")
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     save(fig, path)
     return None
 
@@ -201,13 +216,16 @@ def utilisation_heatmaps(data: ReportData, path: Path) -> str | None:
     found = [(v, pd.read_csv(p)) for v, p in _variant_files(data.runs, attrgetter("analysis.utilisation"))]
     if not found:
         return "no MoE variant has finished"
-    fig, axes = subplots(1, len(found), figsize=(3.6 * len(found), 3.6), squeeze=False)
-    for ax, (variant, table) in zip(axes[0], found):
+    panels = _wrapped(len(found), 0, height=3.6, width=3.6)
+    fig, axes = subplots(*panels.shape, figsize=panels.figsize, squeeze=False)
+    for ax, (variant, table) in zip(axes.flat, found):
         grid = table.pivot(index="expert", columns="epoch", values="share")
         image = ax.imshow(grid.values, aspect="auto", cmap="viridis", vmin=0, vmax=max(0.5, float(grid.values.max())),
                           extent=(grid.columns.min() - 0.5, grid.columns.max() + 0.5, len(grid) - 0.5, -0.5))
         ax.set(title=variant, xlabel="epoch", ylabel="expert")
-    fig.colorbar(image, ax=axes[0].tolist(), label="share of samples (first choice)")
+        _integer_ticks(ax.xaxis, ax.yaxis)
+    panels.hide_unused(axes)
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="share of samples (first choice)")
     fig.suptitle("Expert utilisation during training", fontsize=10)
     save(fig, path, tight=False)
     return None
@@ -226,20 +244,23 @@ def router_health(data: ReportData, path: Path) -> str | None:
     moe = curves[curves["train_effective_experts"].notna()]
     points = _points(moe, [a for a in data.grid_axes if a != "seed" and a in moe])
     health = [(column, label) for column, label in ROUTER_HEALTH if column in moe]  # trees before MaxVio lack it
-    fig, axes = subplots(len(health), len(points), figsize=(max(7.0, 4.2 * len(points)), 2.6 * len(health)), squeeze=False,
-                         sharex=True)
-    for col, (label, part) in enumerate(points):
+    colours = variant_colours(data)
+    panels = _wrapped(len(points), len(colours), rows_per_point=len(health), height=2.7)
+    fig, axes = subplots(*panels.shape, figsize=panels.figsize, squeeze=False, sharex=True)
+    for index, (label, part) in enumerate(points):
+        top, col = panels.place(index)
         for variant, rows in part.groupby("variant", sort=False):
             for row_index, (column, ylabel) in enumerate(health):
                 stats = rows.groupby("epoch")[column].agg(["mean", "std"]).dropna(subset=["mean"])
-                ax = axes[row_index][col]
-                line, = ax.plot(stats.index, stats["mean"], label=variant)
+                ax = axes[top + row_index][col]
+                ax.plot(stats.index, stats["mean"], label=variant, color=colours[variant])
                 spread = stats["std"].fillna(0.0)
-                ax.fill_between(stats.index, stats["mean"] - spread, stats["mean"] + spread, alpha=0.2, color=line.get_color())
+                ax.fill_between(stats.index, stats["mean"] - spread, stats["mean"] + spread, alpha=0.2, color=colours[variant])
                 ax.set_ylabel(ylabel)
-        axes[0][col].set_title(label or "all runs", fontsize=9)
-        axes[-1][col].set_xlabel("epoch")
-    axes[0][0].legend(fontsize=8)
+        axes[top][col].set_title(label or "all runs", fontsize=9)
+        axes[top + len(health) - 1][col].set_xlabel("epoch")
+    panels.hide_unused(axes)
+    legend_outside(axes[0][-1])
     fig.suptitle("Router health (mean ± std over seeds)", fontsize=10)
     save(fig, path)
     return None
@@ -275,12 +296,14 @@ def specialisation_heatmaps(data: ReportData, path: Path) -> str | None:
     found = [(v, pd.read_csv(p, index_col="class")) for v, p in _variant_files(data.runs, attrgetter("analysis.class_expert"))]
     if not found:
         return "no MoE classification variant has finished"
-    fig, axes = subplots(1, len(found), figsize=(3.4 * len(found), 3.8), squeeze=False)
-    for ax, (variant, table) in zip(axes[0], found):
+    panels = _wrapped(len(found), 0, height=3.8, width=3.4)
+    fig, axes = subplots(*panels.shape, figsize=panels.figsize, squeeze=False)
+    for ax, (variant, table) in zip(axes.flat, found):
         shares = table.div(table.sum(axis=1).replace(0, 1), axis=0)
         image = ax.imshow(shares.values, aspect="auto", cmap="magma", vmin=0, vmax=1)
         ax.set(title=variant, xlabel="expert", ylabel="class", xticks=range(shares.shape[1]), yticks=range(len(shares)))
-    fig.colorbar(image, ax=axes[0].tolist(), label="share of the class's test samples")
+    panels.hide_unused(axes)
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="share of the class's test samples")
     fig.suptitle("Class → expert routing (specialisation)", fontsize=10)
     save(fig, path, tight=False)
     return None
@@ -298,6 +321,7 @@ def gate_batches(data: ReportData, path: Path) -> str | None:
         grid = table.pivot(index="expert", columns="step", values="share")
         image = ax.imshow(grid.values, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         ax.set(ylabel=f"{variant}\nexpert")
+        _integer_ticks(ax.yaxis)
     axes[-1, 0].set_xlabel("training batch (all epochs, in order)")
     fig.colorbar(image, ax=axes[:, 0].tolist(), label="share of the batch")
     fig.suptitle("Gate activations per batch", fontsize=10)
@@ -323,15 +347,16 @@ def latency_vs_accuracy(data: ReportData, path: Path) -> str | None:
     if not points:
         return "no inference measurements yet"
     table = pd.DataFrame(points).groupby("label", sort=False).mean()
+    colours = dict(zip(table.index, palette(len(table))))
     fig, (left, right) = subplots(1, 2, figsize=(11, 4.5))
     for label, row in table.iterrows():
         marker = "s" if "(soft)" in label else "o"
-        left.scatter(row["latency"], row["score"], marker=marker, label=label)
-        right.scatter(row["throughput"], row["score"], marker=marker, label=label)
+        left.scatter(row["latency"], row["score"], marker=marker, label=label, color=colours[label])
+        right.scatter(row["throughput"], row["score"], marker=marker, label=label, color=colours[label])
     left.set(xlabel="latency at batch 1 (ms)", ylabel=f"test {metric}", title="Latency vs accuracy")
     right.set(xlabel="throughput at batch 1024 (samples/s, log scale)", ylabel=f"test {metric}", xscale="log",
               title="Throughput vs accuracy")
-    right.legend(fontsize=7, loc="best")
+    legend_outside(right)
     fig.suptitle("Inference cost vs accuracy (squares: MoE scored with soft routing)", fontsize=10)
     save(fig, path)
     return None
@@ -396,16 +421,85 @@ def params_vs_metric(data: ReportData, path: Path) -> str | None:
     done = finished(data.runs)
     if done.empty or column not in done or "num_parameters" not in done:
         return "no finished runs yet"
+    colours = variant_colours(data)
     fig, ax = subplots(figsize=(6, 4.5))
     for variant, rows in done.groupby("variant", sort=False):
-        ax.scatter(rows["num_parameters"], rows[column], label=variant, alpha=0.7)
+        ax.scatter(rows["num_parameters"], rows[column], label=variant, alpha=0.7, color=colours[variant])
     ax.set_xscale("log")
     ax.set_xlabel("parameters (count, log scale)")
     ax.set_ylabel(f"test {metric}")
     ax.set_title(f"Parameter count vs test {metric} (one point per run)")
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     save(fig, path)
     return None
+
+
+def palette(count: int) -> list[tuple[float, ...]]:
+    """`count` colours, none repeated: tab10's up to ten, then tab20's (its ten dark shades first, so the
+    first ten keep their colour), then evenly spaced hues in two lightnesses."""
+    if count <= 10:
+        return list(colormaps["tab10"].colors[:count])
+    if count <= 20:
+        tab20 = colormaps["tab20"].colors
+        return list((tab20[0::2] + tab20[1::2])[:count])
+    half = -(-count // 2)
+    return [colorsys.hls_to_rgb(i / half, 0.4 if n == 0 else 0.65, 0.75) for n in range(2) for i in range(half)][:count]
+
+
+def variant_colours(data: ReportData) -> dict[str, tuple[float, ...]]:
+    """One colour per variant, in the order the runs (then the curves) name them: the same variant has
+    the same colour in every plot of a report."""
+    names = list(dict.fromkeys([*(data.runs.get("variant", ())), *(data.curves.get("variant", ()))]))
+    return dict(zip(names, palette(len(names))))
+
+
+def legend_outside(ax) -> None:
+    """The legend right of `ax`, outside every data area (tight_layout makes room for it)."""
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+              ncols=1 if len(labels) <= 16 else 2)
+
+
+def rounded(value) -> str:
+    """A grid or search value for a label: floats to 3 significant digits."""
+    return f"{value:.3g}" if isinstance(value, (float, np.floating)) else str(value)
+
+
+def _integer_ticks(*axes) -> None:
+    for axis in axes:
+        axis.set_major_locator(MaxNLocator(integer=True))
+
+
+@dataclass(frozen=True)
+class _Wrapped:
+    """Panels of `count` items wrapped into rows of at most PANELS_PER_ROW, each item `rows_per_point`
+    axes high."""
+    count: int
+    rows_per_point: int
+    columns: int
+    figsize: tuple[float, float]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return -(-self.count // self.columns) * self.rows_per_point, self.columns
+
+    def place(self, index: int) -> tuple[int, int]:
+        """(top row, column) of item `index`."""
+        return (index // self.columns) * self.rows_per_point, index % self.columns
+
+    def hide_unused(self, axes) -> None:
+        for index in range(self.count, self.shape[0] // self.rows_per_point * self.columns):
+            top, col = self.place(index)
+            for row in range(self.rows_per_point):
+                axes[top + row][col].axis("off")
+
+
+def _wrapped(count: int, legend_entries: int, rows_per_point: int = 1, height: float = 3.2,
+             width: float = 4.2) -> _Wrapped:
+    columns = max(1, min(PANELS_PER_ROW, count))
+    rows = -(-count // columns) * rows_per_point
+    legend_width = 0.0 if not legend_entries else 1.8 if legend_entries <= 16 else 3.4
+    return _Wrapped(count, rows_per_point, columns, (max(7.0, width * columns) + legend_width, height * rows + 0.6))
 
 
 def _points(frame: pd.DataFrame, keys: list[str]) -> list[tuple[str, pd.DataFrame]]:
@@ -415,7 +509,7 @@ def _points(frame: pd.DataFrame, keys: list[str]) -> list[tuple[str, pd.DataFram
     points = []
     for _, part in labelled.groupby("_point", sort=False):
         first = part.iloc[0]
-        points.append((", ".join(f"{axis_label(k)}={first[k]}" for k in keys), part))
+        points.append((", ".join(f"{axis_label(k)}={rounded(first[k])}" for k in keys), part))
     return points
 
 
@@ -456,7 +550,8 @@ def matched_sizes(data: ReportData, path: Path) -> str | None:
         return "no dense models matched to the MoE variants (baseline.match)"
     metric = data.metric
     fig, ax = subplots(figsize=(7.5, 5))
-    colours = {variant: f"C{i}" for i, variant in enumerate(dict.fromkeys(e["variant"] for e in matched))}
+    names = list(dict.fromkeys(e["variant"] for e in matched))
+    colours = dict(zip(names, palette(len(names))))
     labelled = set()
     for entry in matched:
         colour = colours[entry["variant"]]
@@ -479,6 +574,6 @@ def matched_sizes(data: ReportData, path: Path) -> str | None:
     ax.set(xlabel="active parameters (log scale)", ylabel=f"test {metric}")
     ax.set_title("MoE variants (circles) and dense MLPs (squares) of equal size\n"
                  "solid: equal active parameters, dashed: equal total parameters; mean over seeds", fontsize=10)
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     save(fig, path)
     return None

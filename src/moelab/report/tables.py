@@ -371,6 +371,18 @@ def compact(table: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
     return out
 
 
+def short_table(readable: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The columns a reader (and a paper) needs first, from compact()'s table: the groups, n, the test
+    metric, the difference to the baseline with its p-value and verdict, and the model's size. Every other column
+    stays in the long table and the CSV."""
+    if readable.empty:
+        return readable
+    groups = list(readable.columns[: list(readable.columns).index("n") + 1])
+    size = "active_parameters" if "active_parameters" in readable else "num_parameters"
+    wanted = [f"test_{metric}", "vs baseline (95% CI)", "p (Holm)", "verdict", size]
+    return readable[groups + [c for c in wanted if c in readable]]
+
+
 def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
     """A GitHub-flavoured markdown table (no extra dependency)."""
     if table.empty:
