@@ -166,3 +166,15 @@ def test_combinations_that_make_no_sense_exit_2_naming_the_variant(case, write_e
     stderr = capsys.readouterr().err
     assert expected in stderr and "variants.r" in stderr, stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_maxvio_counts_every_assignment_of_a_sample():
+    from moelab.train.trainer import max_violation
+
+    assert max_violation([10.0, 10.0, 10.0, 10.0]) == 0.0
+    assert max_violation([20.0, 10.0, 5.0, 5.0]) == pytest.approx(1.0)
+    torch.manual_seed(0)
+    data = load_dataset(DataSettings(name="digits", max_train_samples=200), seed=0)
+    model = build_model("moe_routed", data.d_in, data.d_out, {"num_experts": 8, "hidden": 16, "granularity": 4}, data.input_shape)
+    row = train(model, data, 1)[0]
+    assert row["max_vio"] < max_violation([s * 1000 for s in row["expert_load"]])  # top-4: more even than first choices

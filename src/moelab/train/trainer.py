@@ -352,6 +352,9 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSe
             chosen = out.expert_index[:, 0] if out.expert_index is not None else out.gate_probs.argmax(dim=1)
             counts = torch.bincount(chosen, minlength=out.gate_probs.shape[1]).float()
             batch["expert_count"] = counts
+            # every (sample, expert) assignment, not only first choices: MaxVio's load
+            chosen_all = out.expert_index if out.expert_index is not None else chosen.unsqueeze(1)
+            batch["assignment_count"] = torch.bincount(chosen_all.reshape(-1), minlength=out.gate_probs.shape[1]).float()
             batch["gate_prob_sum"] = out.gate_probs.detach().sum(dim=0)
             batch_loads.append(counts / n)
         for name, value in batch.items():
@@ -363,7 +366,8 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSe
     row.update({k[len("metric_"):]: v / count for k, v in host.items() if k.startswith("metric_")})
     if "expert_count" in host:
         load = [c / count for c in host["expert_count"]]
-        row.update(expert_load=load, gate_mean=[p / count for p in host["gate_prob_sum"]], **routing_balance(load))
+        row.update(expert_load=load, gate_mean=[p / count for p in host["gate_prob_sum"]], **routing_balance(load),
+                   max_vio=max_violation(host["assignment_count"]))
         row["batch_expert_load"] = torch.stack(batch_loads).tolist()
     return row
 
@@ -372,16 +376,21 @@ def routing_balance(load: list[float]) -> dict:
     """Balance of the first-choice load (each expert's share of the epoch's training samples): load CV,
     normalised entropy (1 = perfectly balanced), the collapsed experts (under 1 % of the samples), the
     share of experts that are dead (collapsed: the same 1 % rule, zero included), and the effective
-    number of experts exp(entropy) (E when balanced, 1 when one expert takes everything), and MaxVio, the
-    most loaded expert's excess over the mean load (0 when balanced; DeepSeek-V3's measure)."""
+    number of experts exp(entropy) (E when balanced, 1 when one expert takes everything)."""
     shares = torch.tensor(load, dtype=torch.float64)
     used = shares[shares > 0]
     entropy = float(-(used * used.log()).sum())
     collapsed = [e for e, s in enumerate(load) if s < 0.01]
     return {"load_cv": float(shares.std(unbiased=False) / shares.mean()) if shares.mean() > 0 else 0.0,
             "load_entropy": entropy / math.log(len(load)) if len(load) > 1 else 1.0, "collapsed_experts": collapsed,
-            "dead_expert_fraction": len(collapsed) / len(load), "effective_experts": math.exp(entropy),
-            "max_vio": float(shares.max() / shares.mean() - 1) if shares.mean() > 0 else 0.0}
+            "dead_expert_fraction": len(collapsed) / len(load), "effective_experts": math.exp(entropy)}
+
+
+def max_violation(assignments: list[float]) -> float:
+    """MaxVio (DeepSeek-V3): the most loaded expert's excess over the mean load, counting every
+    (sample, expert) assignment of the epoch, all k of a sample's; 0 when balanced."""
+    mean = sum(assignments) / len(assignments)
+    return max(assignments) / mean - 1 if mean > 0 else 0.0
 
 
 @torch.no_grad()
