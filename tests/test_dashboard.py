@@ -149,3 +149,58 @@ def test_the_headline_is_read_from_the_report(tmp_path):
     tree.report_file.parent.mkdir(parents=True)
     tree.report_file.write_text("<div class='box headline'><b>moe</b> beats dense &amp; more</div>")
     assert read_report_headline(tree) == "moe beats dense & more"
+
+
+# --- in a browser ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def live(synthetic, tmp_path_factory):
+    from test_serve import server
+
+    with server(tmp_path_factory.mktemp("logs") / "serve.log", "--experiments-dir", str(synthetic[0])) as base:
+        yield base
+
+
+@pytest.mark.browser
+def test_the_list_an_experiment_and_a_job_load_by_url_and_filter_by_state(live):
+    from test_serve import browser_page
+
+    with browser_page() as (page, errors):
+        page.goto(f"{live}/?refresh=1")
+        page.click("#head-sweep a:has-text('sweep')")
+        page.wait_for_url(f"{live}/experiments/sweep")
+        errors.clear()  # the list page's requests cut short by leaving it
+        page.wait_for_selector("#jobs tr.job")
+        assert page.locator("#jobs tr.job").count() == 40
+        page.select_option("#filter-state", "failed")
+        page.wait_for_function("document.querySelectorAll('#jobs tr.job').length === 4")
+        assert set(page.eval_on_selector_all("#jobs .job-state", "cells => cells.map(c => c.dataset.state)")) == {"failed"}
+        page.click("#jobs tr.job a")
+        page.wait_for_url(f"{live}/experiments/sweep/jobs/j00007")
+        page.wait_for_selector(".chart .main-svg")
+        assert errors == []
+
+
+@pytest.mark.browser
+def test_a_running_jobs_epoch_counter_advances_and_zooming_changes_a_curves_range(live, synthetic):
+    from test_serve import browser_page
+
+    with browser_page() as (page, errors):
+        page.set_default_timeout(30_000)
+        page.goto(f"{live}/experiments/sweep/jobs/j00015?refresh=0.5")
+        page.wait_for_selector("tr[data-variant=dense] .epochs:has-text('1 of 4')")
+        add_epoch(synthetic[1].job("j00015"), "dense", 1)
+        page.wait_for_selector("tr[data-variant=dense] .epochs:has-text('2 of 4')")
+        chart = "#chart-val_accuracy"
+        page.wait_for_function(f"document.querySelector('{chart}').data.some(t => t.y.length === 2)")
+        before = page.evaluate(f"document.querySelector('{chart}').layout.xaxis.range.slice()")
+        page.locator(chart).scroll_into_view_if_needed()
+        box = page.locator(f"{chart} .nsewdrag").bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.5, steps=5)
+        page.mouse.up()
+        page.wait_for_function(f"document.querySelector('{chart}').layout.xaxis.range[0] !== {before[0]}")
+        after = page.evaluate(f"document.querySelector('{chart}').layout.xaxis.range")
+        assert before[0] < after[0] < after[1] < before[1]
+        assert errors == []
