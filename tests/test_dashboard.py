@@ -70,7 +70,9 @@ def synthetic(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(synthetic) -> TestClient:
-    return TestClient(create_app(Catalog(root=synthetic[0]), ask_queues=False), raise_server_exceptions=False)
+    app = create_app(Catalog(root=synthetic[0]), ask_queues=False)
+    app.state.dashboard.rows_ttl_s = 0  # every request reads the tree: a change shows at once
+    return TestClient(app, raise_server_exceptions=False)
 
 
 def page(client, **params) -> dict:

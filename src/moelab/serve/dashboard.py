@@ -32,6 +32,7 @@ CURVE_POINTS = 200  # a curve longer than this is thinned for the page (the last
 TRACEBACK_CHARS = 4000  # the end of a traceback is where its error is
 PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
 VERSIONS_KEPT = 32  # versions of one experiment's rows remembered for `since` (a client further behind gets all)
+ROWS_TTL_S = 2.0  # one pass over a large tree's jobs answers every request of the next seconds (list, filters, pages)
 ETA_EPOCHS = 5  # the ETA extrapolates the mean of the last few epochs' seconds
 # router-health measures, shown as columns whatever of them a run's metrics hold (any prefix: train_, val_)
 ROUTER_HEALTH = ("load_cv", "max_vio", "dead_expert_fraction", "effective_experts")
@@ -48,8 +49,10 @@ class Queues:
 
 
 class Dashboard:
-    def __init__(self, catalog: Catalog, ask_queues: bool = True):
+    def __init__(self, catalog: Catalog, ask_queues: bool = True, rows_ttl_s: float = ROWS_TTL_S):
         self.catalog = catalog
+        self.rows_ttl_s = rows_ttl_s
+        self._rows: dict[str, tuple[float, tuple]] = {}  # experiment -> (when read, job_rows' answer)
         self.ask_queues = ask_queues
         self._queues: dict[str, tuple[float, Queues]] = {}
         self._queue_lock = threading.Lock()
@@ -59,7 +62,7 @@ class Dashboard:
         return {"experiments": [self.experiment_summary(tree) for tree in self.catalog.trees().values()]}
 
     def experiment_summary(self, tree: ExperimentTree) -> dict:
-        jobs = self.job_views(tree, curves=False)
+        jobs = list(self.job_rows(tree)[1].values())  # the pass the jobs' pages share
         states = Counter(job["state"] for job in jobs)
         variants: list[str] = []
         datasets: list[str] = []
@@ -86,13 +89,17 @@ class Dashboard:
     def job_rows(self, tree: ExperimentTree) -> tuple[str, dict[str, dict], dict[str, str]]:
         """(version, key -> compact row, key -> row hash) of every job; the version names this state of
         the rows, and the rows of versions asked for recently are remembered for `since`."""
+        with self._queue_lock:
+            cached = self._rows.get(tree.name)
+        if cached and time.monotonic() - cached[0] < self.rows_ttl_s:
+            return cached[1]
         queues = self._queues_of(tree)
         rows = {}
         for job in self.catalog.jobs(tree):
             view = self.job_view(job, queues, curves=False)
             rows[job.key] = {
                 "key": view["key"], "state": view["state"], "shown": view["shown"], "grid_values": view["grid_values"],
-                "seed": view["seed"], "node": view["node"], "elapsed_s": view["elapsed_s"], "error": view["error"],
+                "seed": view["seed"], "dataset": view["dataset"], "node": view["node"], "elapsed_s": view["elapsed_s"], "error": view["error"],
                 "variants_done": view["variants_done"], "variants_total": view["variants_total"],
                 "variants": [{"name": v["name"], "state": v["state"], "epochs": v["epochs"], "best_val": v["best_val"],
                               **_router_health(v["last"])} for v in view["variants"]],
@@ -105,6 +112,7 @@ class Dashboard:
             history.move_to_end(version)
             while len(history) > VERSIONS_KEPT:
                 history.popitem(last=False)
+            self._rows[tree.name] = (time.monotonic(), (version, rows, hashes))
         return version, rows, hashes
 
     def job_page(self, name: str, states: list[str] = (), variant: str | None = None, grid: dict | None = None,
