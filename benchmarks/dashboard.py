@@ -63,6 +63,9 @@ def main() -> None:
             etag = httpx.get(api, headers={"If-None-Match": full.headers["etag"]}, timeout=600)
             add_epoch(tree.job("j00000"), "dense", 1)
             one = httpx.get(api, params={"since": version}, timeout=600)
+            while one.json()["version"] == version:  # rows are reread at most every ROWS_TTL_S
+                time.sleep(0.5)
+                one = httpx.get(api, params={"since": version}, timeout=600)
             print(f"bytes per update (100-job page): full {len(full.content):,}, unchanged {len(unchanged.content):,}"
                   f" (ETag: status {etag.status_code}, {len(etag.content)} bytes), one job changed {len(one.content):,}")
             with sync_playwright() as p:
