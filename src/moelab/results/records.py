@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
@@ -214,3 +216,19 @@ def read_variant_results(variant: VariantTree, read: Callable[[Any], Any] = read
 
 
 _RETRAIN = "delete it to train the variant again at the next launch"
+
+
+_HEADLINE = re.compile(r"<div class='box headline'>(.*?)</div>", re.S)
+_TAG = re.compile(r"<[^>]+>")
+
+
+def read_report_headline(tree: ExperimentTree) -> str | None:
+    """The first headline box of the report create-plots wrote, as plain text; None before a report
+    exists or when it has none (the page is read, not recomputed: a large tree takes seconds to
+    aggregate)."""
+    try:
+        text = tree.report_file.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    found = _HEADLINE.search(text)
+    return " ".join(html.unescape(_TAG.sub(" ", found.group(1))).split()) if found else None

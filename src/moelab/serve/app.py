@@ -3,7 +3,13 @@
     GET  /                                  dashboard: experiments, job states, live curves, errors, report
     GET  /predict                           draw or upload an input, see every variant's answer and experts
     GET  /api/experiments                   every experiment: job states counted, runs done, report files
+    GET  /experiments/{name}                one experiment's page: headline, filterable jobs, run table
+    GET  /experiments/{name}/jobs/{key}     one job's page: each variant's progress, ETA and curves
     GET  /api/experiments/{name}/jobs       every job: state (disk + queue), variants, curves, errors
+    GET  /api/experiments/{name}/job-page   jobs filtered (state, variant, grid.<axis>), sorted, running
+                                            first, paged; since=VERSION or If-None-Match: only changes
+    GET  /api/experiments/{name}/jobs/{key} one job: epoch n of N, elapsed, ETA, every curve
+    GET  /api/experiments/{name}/run-table  one row per job x variant
     GET  /api/experiments/{name}/summary    summary.csv as columns and rows
     GET  /api/experiments/{name}/runs       finished runs, the default ones, and the raw input format
     POST /api/predict                       JSON {"experiment", "inputs", ["job"], ["variant"], ["runs"]}
@@ -17,12 +23,14 @@ here and answered as a 500 without the traceback.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 from pathlib import Path
 
 import numpy as np
+import plotly
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -32,7 +40,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from moelab.serve.catalog import Catalog
-from moelab.serve.dashboard import Dashboard
+from moelab.serve.dashboard import PAGE_SIZE, Dashboard
 from moelab.serve.errors import BadInput, ServeError, TooLarge, UnsupportedMedia
 from moelab.serve.inputs import INVERT_CHOICES, MAX_INPUTS, array_from_json, batch, image_to_raw
 from moelab.serve.predictor import Predictor
@@ -81,6 +89,21 @@ def create_app(catalog: Catalog, max_body_bytes: int = DEFAULT_MAX_BODY, ask_que
     def predict_page():
         return FileResponse(STATIC / "predict.html", headers=NO_STORE)
 
+    @app.get("/experiments/{name}", include_in_schema=False)
+    def experiment_page(name: str):
+        catalog.experiment(name)  # an unknown name is a 404, not an empty page
+        return FileResponse(STATIC / "experiment.html", headers=NO_STORE)
+
+    @app.get("/experiments/{name}/jobs/{key}", include_in_schema=False)
+    def job_page(name: str, key: str):
+        catalog.job(catalog.experiment(name), key)
+        return FileResponse(STATIC / "job.html", headers=NO_STORE)
+
+    @app.get("/static/plotly.min.js", include_in_schema=False)
+    def plotly_script():
+        # served from the installed plotly package: nothing copied into this repository, no CDN
+        return FileResponse(PLOTLY_JS, media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/api/experiments")
@@ -90,6 +113,31 @@ def create_app(catalog: Catalog, max_body_bytes: int = DEFAULT_MAX_BODY, ask_que
     @app.get("/api/experiments/{name}/jobs")
     def jobs(name: str, curves: bool = True):
         return reply(dashboard.jobs(name, curves=curves))
+
+    @app.get("/api/experiments/{name}/job-page")
+    def job_page_api(request: Request, name: str, state: str = "", variant: str | None = None, sort: str = "key",
+                     order: str = "asc", offset: int = 0, limit: int = PAGE_SIZE, since: str | None = None):
+        if order not in ("asc", "desc"):
+            raise BadInput(f"order must be asc or desc; got {order!r}")
+        grid = {k[5:]: v for k, v in request.query_params.items() if k.startswith("grid.")}
+        answer = dashboard.job_page(name, [s for s in state.split(",") if s], variant or None, grid, sort,
+                                    order == "desc", offset, limit, since)
+        # the same question at the same version has the same answer: a client holding it gets a 304
+        etag = '"' + answer["version"] + "-" + _query_digest(request) + '"'
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag, **NO_CACHE})
+        response = reply(answer)
+        response.headers["ETag"] = etag
+        response.headers.update(NO_CACHE)
+        return response
+
+    @app.get("/api/experiments/{name}/jobs/{key}")
+    def job_api(name: str, key: str):
+        return reply(dashboard.job_detail(name, key))
+
+    @app.get("/api/experiments/{name}/run-table")
+    def run_table(name: str):
+        return reply(dashboard.run_table(name))
 
     @app.get("/api/experiments/{name}/summary")
     def summary(name: str):
@@ -134,6 +182,13 @@ def create_app(catalog: Catalog, max_body_bytes: int = DEFAULT_MAX_BODY, ask_que
 
 
 NO_STORE = {"Cache-Control": "no-store"}  # pages and files change while jobs run
+NO_CACHE = {"Cache-Control": "no-cache"}  # kept, but asked again each time (ETag answers unchanged with a 304)
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+def _query_digest(request: Request) -> str:
+    query = sorted((k, v) for k, v in request.query_params.multi_items() if k != "since")
+    return hashlib.sha1(repr(query).encode()).hexdigest()[:12]
 
 
 def reply(content, status: int = 200) -> Response:

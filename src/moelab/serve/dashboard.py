@@ -7,10 +7,12 @@ listed in the answer's `problems`, and the rest of the answer stands.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from moelab.data import get_dataset_spec
@@ -20,13 +22,21 @@ from moelab.results.errors import DamagedRecord
 from moelab.results.states import VariantView, view_job
 from moelab.results.status import FAILURES, JobState
 from moelab.results.tree import ExperimentTree, JobTree
-from moelab.results.records import JobSpec, last_launch
+from moelab.results.records import JobSpec, last_launch, read_report_headline
 from moelab.serve.catalog import Catalog, inside
+from moelab.serve.errors import BadInput
 from moelab.train.tasks import TASKS
 
 QUEUE_TTL_S = 10.0  # ask a cluster queue at most this often per experiment (sacct is not free)
 CURVE_POINTS = 200  # a curve longer than this is thinned for the page (the last epoch is kept)
 TRACEBACK_CHARS = 4000  # the end of a traceback is where its error is
+PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
+VERSIONS_KEPT = 32  # versions of one experiment's rows remembered for `since` (a client further behind gets all)
+ROWS_TTL_S = 2.0  # one pass over a large tree's jobs answers every request of the next seconds (list, filters, pages)
+ETA_EPOCHS = 5  # the ETA extrapolates the mean of the last few epochs' seconds
+# router-health measures, shown as columns whatever of them a run's metrics hold (any prefix: train_, val_)
+ROUTER_HEALTH = ("load_cv", "max_vio", "dead_expert_fraction", "effective_experts")
+SORTS = ("key", "state", "elapsed_s", "seed", "progress")
 
 
 @dataclass
@@ -39,17 +49,20 @@ class Queues:
 
 
 class Dashboard:
-    def __init__(self, catalog: Catalog, ask_queues: bool = True):
+    def __init__(self, catalog: Catalog, ask_queues: bool = True, rows_ttl_s: float = ROWS_TTL_S):
         self.catalog = catalog
+        self.rows_ttl_s = rows_ttl_s
+        self._rows: dict[str, tuple[float, tuple]] = {}  # experiment -> (when read, job_rows' answer)
         self.ask_queues = ask_queues
         self._queues: dict[str, tuple[float, Queues]] = {}
         self._queue_lock = threading.Lock()
+        self._versions: dict[str, OrderedDict[str, dict[str, str]]] = {}  # experiment -> version -> key -> row hash
 
     def experiments(self) -> dict:
         return {"experiments": [self.experiment_summary(tree) for tree in self.catalog.trees().values()]}
 
     def experiment_summary(self, tree: ExperimentTree) -> dict:
-        jobs = self.job_views(tree, curves=False)
+        jobs = list(self.job_rows(tree)[1].values())  # the pass the jobs' pages share
         states = Counter(job["state"] for job in jobs)
         variants: list[str] = []
         datasets: list[str] = []
@@ -66,8 +79,111 @@ class Dashboard:
             "runs_done": sum(job["variants_done"] for job in jobs),
             "runs_total": sum(job["variants_total"] for job in jobs),
             "variants": variants, "datasets": datasets, "last_launch": self._last_launch(tree),
+            "progress": _share(sum(job["variants_done"] for job in jobs), sum(job["variants_total"] for job in jobs)),
+            "headline": read_report_headline(tree),
             **self.report_files(tree), "queue_problems": self._queues_of(tree).problems, "problems": problems,
         }
+
+    # -- the pages' API: compact rows, filtered, sorted and paged on the server, sent only when changed --
+
+    def job_rows(self, tree: ExperimentTree) -> tuple[str, dict[str, dict], dict[str, str]]:
+        """(version, key -> compact row, key -> row hash) of every job; the version names this state of
+        the rows, and the rows of versions asked for recently are remembered for `since`."""
+        with self._queue_lock:
+            cached = self._rows.get(tree.name)
+        if cached and time.monotonic() - cached[0] < self.rows_ttl_s:
+            return cached[1]
+        queues = self._queues_of(tree)
+        rows = {}
+        for job in self.catalog.jobs(tree):
+            view = self.job_view(job, queues, curves=False)
+            rows[job.key] = {
+                "key": view["key"], "state": view["state"], "shown": view["shown"], "grid_values": view["grid_values"],
+                "seed": view["seed"], "dataset": view["dataset"], "node": view["node"], "elapsed_s": view["elapsed_s"], "error": view["error"],
+                "variants_done": view["variants_done"], "variants_total": view["variants_total"],
+                "variants": [{"name": v["name"], "state": v["state"], "epochs": v["epochs"], "best_val": v["best_val"],
+                              **_router_health(v["last"])} for v in view["variants"]],
+                "problems": view["problems"]}
+        hashes = {key: _digest(row) for key, row in rows.items()}
+        version = _digest(sorted(hashes.items()))[:16]
+        with self._queue_lock:
+            history = self._versions.setdefault(tree.name, OrderedDict())
+            history[version] = hashes
+            history.move_to_end(version)
+            while len(history) > VERSIONS_KEPT:
+                history.popitem(last=False)
+            self._rows[tree.name] = (time.monotonic(), (version, rows, hashes))
+        return version, rows, hashes
+
+    def job_page(self, name: str, states: list[str] = (), variant: str | None = None, grid: dict | None = None,
+                 sort: str = "key", descending: bool = False, offset: int = 0, limit: int = PAGE_SIZE,
+                 since: str | None = None) -> dict:
+        """One page of an experiment's jobs: those in `states`, having `variant`, at the `grid` values;
+        running jobs first, then by `sort`. With `since` (a version this answered before) only the rows
+        that changed since are sent; `keys` always lists the page in order."""
+        if sort not in SORTS and not sort.startswith("grid."):
+            raise BadInput(f"sort must be one of {', '.join(SORTS)} or grid.<axis>; got {sort!r}")
+        if not 0 < limit <= MAX_PAGE_SIZE or offset < 0:
+            raise BadInput(f"limit must be 1 to {MAX_PAGE_SIZE} and offset 0 or more")
+        tree = self.catalog.experiment(name)
+        with self._queue_lock:
+            before = self._versions.get(tree.name, {}).get(since) if since else None
+        version, rows, hashes = self.job_rows(tree)
+        grid = grid or {}
+        matched = [row for row in rows.values()
+                   if (not states or row["state"] in states)
+                   and (variant is None or any(v["name"] == variant for v in row["variants"]))
+                   and all(str(row["grid_values"].get(axis)) == value for axis, value in grid.items())]
+        matched.sort(key=lambda row: _sort_key(row, sort), reverse=descending)
+        matched.sort(key=lambda row: row["state"] != str(JobState.RUNNING))  # stable: running first
+        page = matched[offset:offset + limit]
+        changed = [row for row in page if before is None or before.get(row["key"]) != hashes[row["key"]]]
+        counts = Counter(row["state"] for row in rows.values())
+        axes: dict[str, list] = {}
+        for row in rows.values():
+            for axis, value in row["grid_values"].items():
+                if value not in axes.setdefault(axis, []):
+                    axes[axis].append(value)
+        return {"experiment": tree.name, "version": version, "since": since if before is not None else None,
+                "total": len(rows), "matched": len(matched), "offset": offset, "limit": limit,
+                "states": dict(sorted(counts.items())), "grid_axes": axes,
+                "keys": [row["key"] for row in page], "rows": changed,
+                "queue_problems": self._queues_of(tree).problems}
+
+    def job_detail(self, name: str, key: str) -> dict:
+        """One job: each variant's epoch n of N, elapsed seconds, an ETA from its epochs' seconds, every
+        numeric column of its metrics as curves, and its router-health values."""
+        tree = self.catalog.experiment(name)
+        job = self.catalog.job(tree, key)
+        view = self.job_view(job, self._queues_of(tree), curves=False)
+        try:
+            epochs_total = int(self.catalog.reads.job_spec(job).train.get("epochs"))
+        except (DamagedRecord, TypeError, ValueError):
+            epochs_total = None
+        for variant in view["variants"]:
+            rows = self._metrics(job.variant(variant["name"]), variant["name"], [])
+            seconds = [s for s in (_number(r.get("seconds")) for r in rows) if s is not None]
+            recent = seconds[-ETA_EPOCHS:]
+            left = max(epochs_total - len(rows), 0) if epochs_total else None
+            variant.update(epochs_total=epochs_total, elapsed_s=sum(seconds) if seconds else None,
+                           eta_s=(sum(recent) / len(recent) * left) if recent and left is not None
+                           and variant["state"] == str(JobState.RUNNING) else None,
+                           curves=_all_curves(rows), **_router_health(variant["last"]))
+        return {"experiment": tree.name, **view}
+
+    def run_table(self, name: str) -> dict:
+        """One row per job x variant: grid values, state, epochs, best validation, test, router health."""
+        tree = self.catalog.experiment(name)
+        version, rows, _ = self.job_rows(tree)
+        table = [{"job": row["key"], "seed": row["seed"], **{f"grid.{a}": v for a, v in row["grid_values"].items()},
+                  "variant": v["name"], "state": v["state"], "epochs": v["epochs"], "best_val": v["best_val"],
+                  **{k: x for k, x in v.items() if k in ROUTER_HEALTH}}
+                 for row in rows.values() for v in row["variants"]]
+        columns: list[str] = []
+        for entry in table:
+            columns += [c for c in entry if c not in columns]
+        return {"experiment": tree.name, "version": version, "columns": columns,
+                "rows": [[entry.get(c) for c in columns] for entry in table]}
 
     def jobs(self, name: str, curves: bool = True) -> dict:
         tree = self.catalog.experiment(name)
@@ -222,6 +338,47 @@ class Dashboard:
         with self._queue_lock:
             self._queues[key] = (time.monotonic(), queues)
         return queues
+
+
+def _digest(value) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _share(done: int, total: int) -> float | None:
+    return done / total if total else None
+
+
+def _sort_key(row: dict, sort: str) -> tuple:
+    if sort == "progress":
+        value = _share(row["variants_done"], row["variants_total"])
+    elif sort.startswith("grid."):
+        value = row["grid_values"].get(sort[5:])
+    else:
+        value = row.get(sort)
+    # absent values last; numbers and words never compared with each other
+    return (value is None, isinstance(value, str), value if value is not None else 0)
+
+
+def _router_health(last: dict | None) -> dict:
+    """The last epoch's router-health values, keyed by their measure (train_load_cv -> load_cv)."""
+    found = {}
+    for column, value in (last or {}).items():
+        for measure in ROUTER_HEALTH:
+            if column == measure or column.endswith("_" + measure):
+                found.setdefault(measure, value)
+    return found
+
+
+def _all_curves(rows: list[dict]) -> dict:
+    """Every numeric column of the metrics, thinned to CURVE_POINTS like `_curve`."""
+    if len(rows) > CURVE_POINTS:
+        step = len(rows) / CURVE_POINTS
+        rows = [rows[int(i * step)] for i in range(CURVE_POINTS - 1)] + [rows[-1]]
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c, v in row.items() if c not in columns and isinstance(v, (int, float))
+                    and not isinstance(v, bool)]
+    return {column: [_number(r.get(column)) for r in rows] for column in columns}
 
 
 def _versioned(url: str, path) -> str | None:

@@ -49,7 +49,7 @@ function renderHead(e) {
   const launch = last ? `last launch ${esc(last.time || "")} (${esc(last.mode || "")})${commit}` : "";
   const links = [e.report ? `<a href="${esc(e.report)}" target="_blank">report</a>` : `<span class="muted">no report yet</span>`,
                  e.runs_done ? `<a href="/predict?experiment=${encodeURIComponent(e.name)}">predict</a>` : ""].filter(Boolean).join(" · ");
-  return `<h2>${esc(e.name)}</h2> <span class="chip">${esc(e.datasets.join(", ") || "?")}</span>
+  return `<h2><a href="/experiments/${encodeURIComponent(e.name)}">${esc(e.name)}</a></h2> <span class="chip">${esc(e.datasets.join(", ") || "?")}</span>
     <span>${e.jobs} job(s)</span> ${states}
     <span class="chip">runs done ${e.runs_done}/${e.runs_total}</span>
     <span class="muted">${launch}</span> <span>${links}</span>`;

@@ -1,0 +1,129 @@
+// One experiment: the report's headline, its jobs filtered, sorted and paged on the server, and a run
+// table. Polls with ?since=VERSION: the server sends only the rows that changed; the rest are kept here.
+"use strict";
+
+const REFRESH_S = Math.max(0.5, Number(new URLSearchParams(location.search).get("refresh")) || 3);
+const NAME = decodeURIComponent(location.pathname.split("/")[2]);
+const API = `/api/experiments/${encodeURIComponent(NAME)}`;
+const rows = new Map();  // job key -> its last row received
+let version = null, asked = "", filters = {state: "", variant: "", sort: "key", order: "asc", offset: 0, limit: 100, grid: {}};
+
+function query() {
+  const q = new URLSearchParams({sort: filters.sort, order: filters.order, offset: filters.offset, limit: filters.limit});
+  if (filters.state) q.set("state", filters.state);
+  if (filters.variant) q.set("variant", filters.variant);
+  for (const [axis, value] of Object.entries(filters.grid)) if (value !== "") q.set(`grid.${axis}`, value);
+  return q.toString();
+}
+
+function shell() {
+  document.getElementById("page").innerHTML = `<section class="panel"><h2>${esc(NAME)}</h2>
+      <div id="headline" class="box headline"></div><div id="summary"></div></section>
+    <section class="panel"><div id="controls"></div><div id="jobs"></div><div id="pager"></div></section>
+    <section class="panel"><details id="run-table-box"><summary>Run table (job × variant)</summary><div id="run-table"></div></details></section>`;
+  document.getElementById("run-table-box").addEventListener("toggle", drawRunTable);
+}
+
+function drawSummary(e) {
+  document.getElementById("headline").textContent = e.headline || "No report yet: python run/create-plots.py writes its headline.";
+  const chips = Object.entries(e.states).map(([s, n]) => `<span class="chip">${stateBadge(s, e.shown_states[s])} ${n}</span>`).join(" ");
+  const progress = e.progress === null ? "" : `${Math.round(100 * e.progress)}% of runs done (${e.runs_done}/${e.runs_total})`;
+  const last = e.last_launch ? `last launch ${esc(e.last_launch.time)} (${esc(e.last_launch.mode)})` : "";
+  const report = e.report ? `<a href="${esc(e.report)}" target="_blank">report</a>` : "";
+  document.getElementById("summary").innerHTML = `<p>${e.jobs} job(s) ${chips} <span class="chip">${progress}</span>
+    <span class="muted">${last}</span> ${report}</p>`;
+}
+
+function select(id, label, options, value) {
+  return `<label>${esc(label)} <select id="${esc(id)}"><option value="">all</option>${options.map(o =>
+    `<option value="${esc(o)}" ${String(o) === String(value) ? "selected" : ""}>${esc(o)}</option>`).join("")}</select></label>`;
+}
+
+function drawControls(answer, variants) {
+  const sorts = ["key", "state", "elapsed_s", "seed", "progress", ...Object.keys(answer.grid_axes).map(a => `grid.${a}`)];
+  const html = select("filter-state", "state", Object.keys(answer.states), filters.state) +
+    select("filter-variant", "variant", variants, filters.variant) +
+    Object.entries(answer.grid_axes).map(([axis, values]) => select(`grid-${axis}`, axis, values, filters.grid[axis] ?? "")).join("") +
+    `<label>sort <select id="sort">${sorts.map(s => `<option ${s === filters.sort ? "selected" : ""}>${esc(s)}</option>`).join("")}</select></label>
+     <label><input type="checkbox" id="descending" ${filters.order === "desc" ? "checked" : ""}> descending</label>`;
+  const box = document.getElementById("controls");
+  if (box.dataset.drawn === html) return;
+  box.dataset.drawn = html;
+  box.innerHTML = html;
+  box.querySelectorAll("select, input").forEach(element => element.addEventListener("change", () => {
+    filters.state = document.getElementById("filter-state").value;
+    filters.variant = document.getElementById("filter-variant").value;
+    filters.sort = document.getElementById("sort").value;
+    filters.order = document.getElementById("descending").checked ? "desc" : "asc";
+    for (const axis of Object.keys(answer.grid_axes)) filters.grid[axis] = document.getElementById(`grid-${axis}`).value;
+    filters.offset = 0;
+    refresh();
+  }));
+}
+
+function healthCells(row, columns) {
+  return columns.map(c => `<td class="num">${row.variants.map(v => fmt(v[c], 3)).filter(Boolean).join(" / ")}</td>`).join("");
+}
+
+function drawJobs(answer) {
+  const page = answer.keys.map(k => rows.get(k)).filter(Boolean);
+  // router-health columns: whichever measures the runs' metrics hold
+  const health = [...new Set(page.flatMap(r => r.variants.flatMap(v => Object.keys(v).filter(k =>
+    ["load_cv", "max_vio", "dead_expert_fraction", "effective_experts"].includes(k)))))];
+  const body = page.map(row => {
+    const grid = Object.entries(row.grid_values).map(([k, v]) => `${esc(k)}=${esc(JSON.stringify(v))}`).join(" ");
+    const epochs = row.variants.map(v => `${esc(v.name)} ${v.epochs}`).join(", ");
+    return `<tr class="job" data-job="${esc(row.key)}"><td><a href="/experiments/${encodeURIComponent(NAME)}/jobs/${encodeURIComponent(row.key)}"><code>${esc(row.key)}</code></a></td>
+      <td>${grid}</td><td class="job-state" data-state="${esc(row.state)}">${stateBadge(row.state, row.shown)}</td>
+      <td class="num">${row.variants_done}/${row.variants_total}</td><td>${epochs}</td>
+      <td class="num">${duration(row.elapsed_s)}</td>${healthCells(row, health)}<td class="error">${esc(row.error || "")}</td></tr>`;
+  }).join("");
+  document.getElementById("jobs").innerHTML = `<table class="jobs"><thead><tr><th>job</th><th>grid</th><th>state</th>
+    <th>runs done</th><th>epochs</th><th>elapsed</th>${health.map(h => `<th>${esc(h)}</th>`).join("")}<th>error</th></tr></thead>
+    <tbody>${body}</tbody></table>`;
+  const last = Math.min(answer.offset + answer.limit, answer.matched);
+  document.getElementById("pager").innerHTML = `<span id="matched">${answer.offset + 1}–${last} of ${answer.matched}
+    (${answer.total} jobs)</span> <button id="prev" ${answer.offset ? "" : "disabled"}>previous</button>
+    <button id="next" ${last < answer.matched ? "" : "disabled"}>next</button>`;
+  document.getElementById("prev").onclick = () => { filters.offset = Math.max(0, filters.offset - filters.limit); refresh(); };
+  document.getElementById("next").onclick = () => { filters.offset += filters.limit; refresh(); };
+}
+
+async function drawRunTable() {
+  const box = document.getElementById("run-table-box");
+  if (!box.open) return;
+  const table = await getJSON(`${API}/run-table`);
+  document.getElementById("run-table").innerHTML = `<table class="runs"><thead><tr>${table.columns.map(c => `<th>${esc(c)}</th>`).join("")}</tr></thead>
+    <tbody>${table.rows.map(r => `<tr>${r.map(v => `<td>${fmt(v)}</td>`).join("")}</tr>`).join("")}</tbody></table>`;
+}
+
+let busy = false;
+async function refresh() {
+  if (busy) return;
+  busy = true;
+  try {
+    const q = query();
+    const since = q === asked && version ? `&since=${version}` : "";
+    const [list, answer] = await Promise.all([getJSON("/api/experiments"), getJSON(`${API}/job-page?${q}${since}`)]);
+    const e = list.experiments.find(x => x.name === NAME);
+    if (e) drawSummary(e);
+    if (!answer.since) rows.clear();
+    for (const row of answer.rows) rows.set(row.key, row);
+    if (answer.version !== version || q !== asked) {
+      version = answer.version;
+      asked = q;
+      drawControls(answer, e ? e.variants : []);
+      drawJobs(answer);
+      drawRunTable();
+    }
+    document.getElementById("connection").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  } catch (error) {
+    document.getElementById("connection").textContent = `not updated: ${error.message}`;
+  } finally {
+    busy = false;
+  }
+}
+
+shell();
+refresh();
+setInterval(refresh, REFRESH_S * 1000);
