@@ -105,12 +105,7 @@ class MoE(nn.Module):
         self.router = nn.Linear(d_in, num_experts)
         # softplus(x W_noise) is the learned per-expert noise scale of noisy top-k gating
         self.noise = nn.Linear(d_in, num_experts, bias=False) if noisy_gating else None
-        self.w1 = nn.Parameter(torch.empty(num_experts, d_in, d_hidden))
-        self.b1 = nn.Parameter(torch.empty(num_experts, d_hidden))
-        self.w2 = nn.Parameter(torch.empty(num_experts, d_hidden, d_out))
-        self.b2 = nn.Parameter(torch.empty(num_experts, d_out))
-        self.norm = ExpertBatchNorm(num_experts, d_hidden) if batch_norm else None
-        self.dropout = nn.Dropout(dropout)
+        add_experts(self, num_experts, d_in, d_hidden, d_out, batch_norm, dropout)
         self.reset_parameters(balanced_init)
         # created after every part today's models have, so that their initial weights are unchanged
         self.shared = SharedExperts(shared_experts, d_in, d_hidden, d_out, batch_norm, dropout) if shared_experts else None
@@ -122,11 +117,7 @@ class MoE(nn.Module):
         self._step_load: torch.Tensor | None = None  # tokens per expert of the last training batch (bias)
 
     def reset_parameters(self, balanced_init: bool = False) -> None:
-        # the same distribution nn.Linear uses, per expert
-        for w, b, fan_in in ((self.w1, self.b1, self.w1.shape[1]), (self.w2, self.b2, self.w2.shape[1])):
-            bound = 1.0 / math.sqrt(fan_in)
-            nn.init.uniform_(w, -bound, bound)
-            nn.init.uniform_(b, -bound, bound)
+        init_experts(self)
         if balanced_init:  # routing starts (almost) uniform: tiny weights break ties, no bias
             nn.init.normal_(self.router.weight, std=1e-3)
             nn.init.zeros_(self.router.bias)
@@ -355,21 +346,33 @@ class MoE(nn.Module):
         return losses
 
 
+def add_experts(module: nn.Module, count: int, d_in: int, d_hidden: int, d_out: int, batch_norm: bool,
+                dropout: float) -> None:
+    """`count` two-layer MLP experts with stacked weights (w1: [count, d_in, d_hidden], b1, w2, b2), their
+    batch norm and dropout, as attributes of `module`."""
+    module.w1 = nn.Parameter(torch.empty(count, d_in, d_hidden))
+    module.b1 = nn.Parameter(torch.empty(count, d_hidden))
+    module.w2 = nn.Parameter(torch.empty(count, d_hidden, d_out))
+    module.b2 = nn.Parameter(torch.empty(count, d_out))
+    module.norm = ExpertBatchNorm(count, d_hidden) if batch_norm else None
+    module.dropout = nn.Dropout(dropout)
+
+
+def init_experts(module: nn.Module) -> None:
+    """The distribution nn.Linear uses, per expert."""
+    for w, b in ((module.w1, module.b1), (module.w2, module.b2)):
+        bound = 1.0 / math.sqrt(w.shape[1])
+        nn.init.uniform_(w, -bound, bound)
+        nn.init.uniform_(b, -bound, bound)
+
+
 class SharedExperts(nn.Module):
     """Always-on experts (DeepSeekMoE): every token goes through each of them; their outputs are summed."""
 
     def __init__(self, count: int, d_in: int, d_hidden: int, d_out: int, batch_norm: bool, dropout: float):
         super().__init__()
-        self.w1 = nn.Parameter(torch.empty(count, d_in, d_hidden))
-        self.b1 = nn.Parameter(torch.empty(count, d_hidden))
-        self.w2 = nn.Parameter(torch.empty(count, d_hidden, d_out))
-        self.b2 = nn.Parameter(torch.empty(count, d_out))
-        self.norm = ExpertBatchNorm(count, d_hidden) if batch_norm else None
-        self.dropout = nn.Dropout(dropout)
-        for w, b in ((self.w1, self.b1), (self.w2, self.b2)):
-            bound = 1.0 / math.sqrt(w.shape[1])
-            nn.init.uniform_(w, -bound, bound)
-            nn.init.uniform_(b, -bound, bound)
+        add_experts(self, count, d_in, d_hidden, d_out, batch_norm, dropout)
+        init_experts(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.einsum("td,edh->teh", x, self.w1) + self.b1
