@@ -178,3 +178,16 @@ def test_maxvio_counts_every_assignment_of_a_sample():
     model = build_model("moe_routed", data.d_in, data.d_out, {"num_experts": 8, "hidden": 16, "granularity": 4}, data.input_shape)
     row = train(model, data, 1)[0]
     assert row["max_vio"] < max_violation([s * 1000 for s in row["expert_load"]])  # top-4: more even than first choices
+
+
+def test_a_top1_router_learns_from_the_task_loss():
+    # weighted by its router probability (Switch), not by 1: without any balance loss the router still
+    # gets a gradient; moe_switch keeps today's weight of 1
+    x = torch.randn(32, 64)
+    for balance in ("none", "bias"):
+        model = build_model("moe_routed", 64, 10, {"num_experts": 4, "hidden": 16, "balance": balance})
+        model(x).y.square().sum().backward()
+        assert model.moe.router.weight.grad.abs().sum() > 0, balance
+    switch = build_model("moe_switch", 64, 10, {"num_experts": 4, "hidden": 16, "switch_balance": 0.0})
+    switch(x).y.square().sum().backward()
+    assert switch.moe.router.weight.grad is None or switch.moe.router.weight.grad.abs().sum() == 0

@@ -80,6 +80,7 @@ class MoE(nn.Module):
         bias_rate: float = 1e-3,
         shared_experts: int = 0,
         hash_seed: int = 0,
+        top1_probability: bool = False,
     ):
         super().__init__()
         if router not in ROUTERS or balance not in BALANCES:
@@ -100,6 +101,9 @@ class MoE(nn.Module):
         self.temperature_start, self.temperature_end = temperature
         self.temperature = float(temperature[0])
         self.router_kind, self.balance, self.bias_rate = router, balance, bias_rate
+        # top-1 weighted by its router probability instead of 1 (a softmax over one logit), so that the
+        # router learns from the task loss and not only from a balance loss
+        self.top1_probability = top1_probability
         self.aux_weights = {name: w for name, w in (aux_weights or {}).items()
                             if w > 0 and (balance == "aux_loss" or name not in BALANCE_LOSSES)}
         self.router = nn.Linear(d_in, num_experts)
@@ -180,6 +184,8 @@ class MoE(nn.Module):
                 top_logits, top_index = noisy_logits.topk(kk, dim=-1)
                 expert_index = top_index[:, : self.k]
                 weights = top_logits[:, : self.k].softmax(dim=-1)
+            if self.k == 1 and self.top1_probability:  # Switch: the chosen expert's router probability
+                weights = probs.gather(1, expert_index)
         if self.training and self.balance == "bias":
             self._step_load = torch.bincount(expert_index.reshape(-1), minlength=self.num_experts).float()
         y, dropped, slot_outputs, processed = self._sparse(x, expert_index, weights.to(x.dtype))

@@ -123,7 +123,7 @@ class RoutedMoE(MoEModel):
                          input_shape, "moe_routed", k=p.k * m, train_routing="topk", eval_routing="topk",
                          noisy_gating=p.noisy_gating, capacity_factor=p.capacity_factor, router=p.router,
                          balance=p.balance, bias_rate=p.bias_rate, shared_experts=p.shared_experts,
-                         hash_seed=p.hash_seed)
+                         hash_seed=p.hash_seed, top1_probability=True)
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
         # the hash router hashes the sample itself, not features that change while a backbone trains
