@@ -191,3 +191,11 @@ def test_a_top1_router_learns_from_the_task_loss():
     switch = build_model("moe_switch", 64, 10, {"num_experts": 4, "hidden": 16, "switch_balance": 0.0})
     switch(x).y.square().sum().backward()
     assert switch.moe.router.weight.grad is None or switch.moe.router.weight.grad.abs().sum() == 0
+
+
+def test_maxvio_of_expert_choice_is_zero_every_expert_being_full():
+    torch.manual_seed(0)
+    data = load_dataset(DataSettings(name="digits", max_train_samples=192), seed=0)  # 6 full batches of 32
+    model = build_model("moe_routed", data.d_in, data.d_out, {"num_experts": 4, "hidden": 16, "router": "expert_choice"},
+                        data.input_shape)
+    assert train(model, data, 1)[0]["max_vio"] == 0.0

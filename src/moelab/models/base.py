@@ -21,6 +21,8 @@ class ModelOutput:
     expert_weights: torch.Tensor | None = None  # [B, k] their mixing weights
     # per-batch values to watch that are not losses (e.g. share of tokens dropped), averaged per epoch
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    # [E] the samples each expert processed (after capacity; expert choice: c each), for sparse routing
+    expert_load: torch.Tensor | None = None
 
 
 class Model(nn.Module):

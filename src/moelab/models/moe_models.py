@@ -50,7 +50,7 @@ class MoEModel(Model):
         out = self.moe(self.features(x))
         metrics = {"dropped": out.dropped_fraction} if out.dropped_fraction is not None else {}
         return ModelOutput(y=out.y, aux_losses=out.aux_losses, gate_probs=out.gate_probs, expert_index=out.expert_index,
-                           expert_weights=out.expert_weights, metrics=metrics)
+                           expert_weights=out.expert_weights, metrics=metrics, expert_load=out.expert_load)
 
     def set_progress(self, fraction: float) -> None:
         self.moe.set_progress(fraction)
@@ -130,7 +130,7 @@ class RoutedMoE(MoEModel):
         out = self.moe(self.features(x), route_key=x if self.moe.router is None else None)
         metrics = {"dropped": out.dropped_fraction} if out.dropped_fraction is not None else {}
         return ModelOutput(y=out.y, aux_losses=out.aux_losses, gate_probs=out.gate_probs, expert_index=out.expert_index,
-                           expert_weights=out.expert_weights, metrics=metrics)
+                           expert_weights=out.expert_weights, metrics=metrics, expert_load=out.expert_load)
 
     def routing_modes(self) -> list[str]:
         return []  # every router here is sparse at inference; the hash router has no gate to mix with

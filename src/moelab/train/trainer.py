@@ -352,9 +352,8 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSe
             chosen = out.expert_index[:, 0] if out.expert_index is not None else out.gate_probs.argmax(dim=1)
             counts = torch.bincount(chosen, minlength=out.gate_probs.shape[1]).float()
             batch["expert_count"] = counts
-            # every (sample, expert) assignment, not only first choices: MaxVio's load
-            chosen_all = out.expert_index if out.expert_index is not None else chosen.unsqueeze(1)
-            batch["assignment_count"] = torch.bincount(chosen_all.reshape(-1), minlength=out.gate_probs.shape[1]).float()
+            # MaxVio's load: what each expert processed (every assignment, after capacity), else first choices
+            batch["assignment_count"] = (out.expert_load.float() if out.expert_load is not None else counts)
             batch["gate_prob_sum"] = out.gate_probs.detach().sum(dim=0)
             batch_loads.append(counts / n)
         for name, value in batch.items():
@@ -388,7 +387,7 @@ def routing_balance(load: list[float]) -> dict:
 
 def max_violation(assignments: list[float]) -> float:
     """MaxVio (DeepSeek-V3): the most loaded expert's excess over the mean load, counting every
-    (sample, expert) assignment of the epoch, all k of a sample's; 0 when balanced."""
+    (sample, expert) pair an expert processed in the epoch, all k of a sample's; 0 when balanced."""
     mean = sum(assignments) / len(assignments)
     return max(assignments) / mean - 1 if mean > 0 else 0.0
 
