@@ -199,3 +199,14 @@ def test_maxvio_of_expert_choice_is_zero_every_expert_being_full():
     model = build_model("moe_routed", data.d_in, data.d_out, {"num_experts": 4, "hidden": 16, "router": "expert_choice"},
                         data.input_shape)
     assert train(model, data, 1)[0]["max_vio"] == 0.0
+
+
+def test_the_hash_seed_chooses_another_fixed_assignment():
+    from moelab.models.moe import hash_experts
+
+    keys = torch.randn(400, 64)
+    by_seed = {seed: hash_experts(keys, seed, 4) for seed in (0, 1, 7, 123_456)}
+    for seed, experts in by_seed.items():
+        assert torch.equal(experts, hash_experts(keys, seed, 4))  # fixed
+        assert torch.bincount(experts, minlength=4).min() > 60  # balanced in expectation
+    assert not torch.equal(by_seed[0], by_seed[7]) and not torch.equal(by_seed[1], by_seed[123_456])

@@ -409,7 +409,8 @@ def hash_experts(key: torch.Tensor, seed: int, num_experts: int) -> torch.Tensor
     else:
         q = torch.round(key.reshape(len(key), -1).float() * 4096).long()
     columns = torch.arange(1, q.shape[1] + 1, device=key.device)
-    multipliers = (columns * 0x9E3779B97F4A7C1 + seed * 0x2545F4914F6CDD1D) | 1
+    offset = (seed * 0x2545F4914F6CDD1D) % 2**63  # a Python int: kept within int64 by hand
+    multipliers = (columns * 0x9E3779B97F4A7C1 + offset) | 1
     h = (q * multipliers).sum(dim=1)
     h = h ^ (h >> 31)
     h = h * 0x5DEECE66D
