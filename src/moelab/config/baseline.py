@@ -11,6 +11,9 @@ building a model. The matched MLPs take the layers and dropout of the named base
 mlp, else the mlp defaults. When both kinds give the same width (soft routing runs every expert),
 one MLP, named for the first kind, serves both comparisons.
 
+On text (language modelling) the matched dense models are transformers instead: the MoE variant's
+d_model, layers and heads, with the d_ff whose count is nearest (transformer_active_<variant>, ...).
+
 Without `match` nothing is added and job keys are those of an experiment without the section.
 """
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 from moelab.data import dataset_dimensions, get_dataset_spec
 from moelab.models import get_model_spec, model_params
-from moelab.models.params import MLPParams
+from moelab.models.params import MLPParams, TransformerParams
 from moelab.schema import Issue, did_you_mean
 
 MATCH_KINDS = ("active", "total")
@@ -33,8 +36,9 @@ def check_match_kinds(value: list) -> str | None:
     return None
 
 
-def matched_name(kind: str, variant: str) -> str:
-    return f"mlp_{kind}_{variant}"
+def matched_name(kind: str, variant: str, data: dict) -> str:
+    dense = "transformer" if get_dataset_spec(data["name"]).tokens else "mlp"
+    return f"{dense}_{kind}_{variant}"
 
 
 def check_baseline(doc: dict) -> list[Issue]:
@@ -50,15 +54,15 @@ def check_baseline(doc: dict) -> list[Issue]:
         model = variants[names.index(name)]["model"]
         if get_model_spec(model).has_experts:
             issues.append(Issue("baseline.variant", f"variant {name!r} is an MoE model ({model}); the baseline is a "
-                                                    "dense model: a variant of model mlp or cnn"))
+                                                    "dense model: a variant of model mlp, cnn or transformer"))
     moe = [v["name"] for v in variants if get_model_spec(v["model"]).has_experts]
     match = baseline["match"] or []
     if match and not moe:
         issues.append(Issue("baseline.match", "there is no MoE variant to build matched dense models for"))
     for variant in moe:
         for kind in match:
-            if matched_name(kind, variant) in names:
-                issues.append(Issue(f"variants.{matched_name(kind, variant)}",
+            if matched_name(kind, variant, doc["data"]) in names:
+                issues.append(Issue(f"variants.{matched_name(kind, variant, doc['data'])}",
                                     f"this name is taken by the dense model matched to the {kind} parameters of "
                                     f"{variant!r} (baseline.match); rename the variant"))
     return issues
@@ -70,7 +74,8 @@ def add_matched_variants(config: dict, baseline: dict | None) -> dict[str, dict[
     if not baseline or not baseline["match"]:
         return {}
     d_in, d_out = dataset_dimensions(config["data"])
-    input_shape = get_dataset_spec(config["data"]["name"]).input_shape
+    dataset = get_dataset_spec(config["data"]["name"])
+    input_shape = dataset.input_shape
     named = next((v for v in config["variants"] if v["name"] == baseline["variant"]), None)
     source = model_params(named) if named is not None and named["model"] == "mlp" else vars(MLPParams())
     template = {"layers": source["layers"], "dropout": source["dropout"]}
@@ -79,15 +84,21 @@ def add_matched_variants(config: dict, baseline: dict | None) -> dict[str, dict[
     for variant in config["variants"]:
         spec = get_model_spec(variant["model"])
         params = model_params(variant)
-        if not spec.has_experts or (input_shape is None and spec.needs_images(params)):
-            continue  # dense, or a CNN backbone on data without images (check_jobs says so)
+        if not spec.has_experts or (input_shape is None and spec.needs_images(params)) or dataset.tokens != spec.needs_tokens:
+            continue  # dense, or a model the data cannot feed (check_jobs says so)
         counts = spec.parameter_counts(d_in, d_out, params, input_shape)
         widths: dict[int, str] = {}  # hidden width -> the matched variant that has it
         for kind in baseline["match"]:
-            hidden = MLPParams.hidden_for(getattr(counts, kind), d_in, d_out, template["layers"])
-            if hidden not in widths:
-                widths[hidden] = matched_name(kind, variant["name"])
-                added.append({"name": widths[hidden], "model": "mlp", "hidden": hidden, **template})
-            matched.setdefault(variant["name"], {})[kind] = widths[hidden]
+            if dataset.tokens:  # a dense transformer of the same shape, its MLP width fitted
+                shape = {key: params.get(key, getattr(TransformerParams, key)) for key in ("d_model", "layers", "heads", "dropout")}
+                width = TransformerParams(**shape).d_ff_for(getattr(counts, kind), d_in, d_out)
+                dense = {"model": "transformer", "d_ff": width, **shape}
+            else:
+                width = MLPParams.hidden_for(getattr(counts, kind), d_in, d_out, template["layers"])
+                dense = {"model": "mlp", "hidden": width, **template}
+            if width not in widths:
+                widths[width] = matched_name(kind, variant["name"], config["data"])
+                added.append({"name": widths[width], **dense})
+            matched.setdefault(variant["name"], {})[kind] = widths[width]
     config["variants"] = config["variants"] + added
     return matched

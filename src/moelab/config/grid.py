@@ -213,6 +213,11 @@ def _variant_problems(model: str, params: dict, data: dict) -> list[str]:
     if not problems and not dataset.images and spec.needs_images(params):
         problems = [f"model {model!r} reads images, but dataset {dataset.name!r} does not give images; use mlp, or "
                     "backbone: none"]
+    if not problems and dataset.tokens != spec.needs_tokens:
+        problems = [f"model {model!r} reads windows of bytes, but dataset {dataset.name!r} gives vectors; use it "
+                    f"with data.name: text" if spec.needs_tokens else
+                    f"dataset {dataset.name!r} gives windows of bytes for language modelling, which model {model!r} "
+                    f"cannot read; use transformer or moe_transformer"]
     if not problems:
         too_large = model_size_problem(model, params, data)
         problems = [too_large] if too_large else []

@@ -28,13 +28,12 @@ from typing import Any
 from moelab.config import grid as grid_module
 from moelab.data import get_dataset_spec
 from moelab.schema import Field, Issue, check_section, did_you_mean
+from moelab.results.metric_direction import higher_is_better
 from moelab.train.metric_names import SPLIT_METRICS
 
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("median", "asha", "none")
 DIRECTIONS = ("maximize", "minimize")
-# validation metrics where lower is better (the objective's default direction)
-LOWER_IS_BETTER = frozenset({"loss", "mse", "rmse", "mae"})
 # a space entry is one of these, and the options it may carry
 DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "loguniform": (),
@@ -117,7 +116,7 @@ def _check_objective(raw: Any, doc: dict) -> tuple[dict, list[Issue]]:
                                                        f"{doc['data']['name']} gives {', '.join(known)}"))
     objective["metric"] = metric
     if objective["direction"] is None:
-        objective["direction"] = "minimize" if metric[len("val_"):] in LOWER_IS_BETTER else "maximize"
+        objective["direction"] = "maximize" if higher_is_better(metric) else "minimize"
     return objective, issues
 
 

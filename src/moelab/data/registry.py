@@ -14,13 +14,13 @@ from typing import Callable
 
 from moelab.data.settings import COMMON_KEYS, DataSettings
 
-CLASSIFICATION, REGRESSION = "classification", "regression"
+CLASSIFICATION, REGRESSION, LANGUAGE_MODELING = "classification", "regression", "language_modeling"
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    task: str  # CLASSIFICATION or REGRESSION
+    task: str  # CLASSIFICATION, REGRESSION or LANGUAGE_MODELING
     options: tuple[str, ...]  # data.* keys this dataset reads beyond the common ones
     implementation: str  # module inside moelab.data
     description: str
@@ -28,6 +28,11 @@ class DatasetSpec:
     dimensions: Callable[[DataSettings], tuple[int, int]]
     # the image shape behind a sample's flat input (TaskData.input_shape), or None: not images
     input_shape: tuple[int, ...] | None = None
+
+    @property
+    def tokens(self) -> bool:
+        """Samples are windows of byte ids: sequence models (transformers) read them, and only they."""
+        return self.task == LANGUAGE_MODELING
 
     @property
     def images(self) -> bool:
@@ -57,6 +62,10 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("image_fit", REGRESSION, ("test_fraction", "image", "resolution", "fourier_features"), "image_fit",
                 "fit an image as (x, y) -> RGB (matplotlib's sample photo by default)",
                 lambda s: (2 + 4 * s.fourier_features, 3)),
+    # inputs: a window of `context` byte ids; outputs: the next byte's 256 logits at every position
+    DatasetSpec("text", LANGUAGE_MODELING, ("test_fraction", "path", "context"), "text",
+                "byte-level causal language modelling (CPython's help texts by default, or data.path)",
+                lambda s: (s.context, 256)),
 )}
 
 

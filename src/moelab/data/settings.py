@@ -22,6 +22,9 @@ class DataSettings:
     image: str | None = param(None, "image_fit: image file (default: matplotlib's sample)", nullable=True, kind=str)
     resolution: int = param(64, "image_fit: image side in pixels", min=8, max=2048)
     fourier_features: int = param(8, "image_fit: sine/cosine bands per coordinate", min=0, max=32)
+    path: str | None = param(None, "text: a text file or a folder of .txt files (default: CPython's help texts)",
+                             nullable=True, kind=str)
+    context: int = param(64, "text: window length in bytes (the model's sequence length)", min=2, max=8192)
 
 
 # keys every dataset reads; the others belong to the datasets that list them in their spec

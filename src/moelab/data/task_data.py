@@ -9,7 +9,7 @@ import torch
 
 @dataclass
 class TaskData:
-    task: str  # CLASSIFICATION or REGRESSION (registry.py)
+    task: str  # CLASSIFICATION, REGRESSION or LANGUAGE_MODELING (registry.py)
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_val: torch.Tensor

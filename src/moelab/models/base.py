@@ -12,8 +12,18 @@ from torch import nn
 
 
 @dataclass
+class Routing:
+    """One MoE layer's routing of a batch's tokens (see ModelOutput)."""
+
+    gate_probs: torch.Tensor | None  # [T, E]
+    expert_index: torch.Tensor | None  # [T, k]
+    expert_weights: torch.Tensor | None  # [T, k]
+    expert_load: torch.Tensor | None  # [E]
+
+
+@dataclass
 class ModelOutput:
-    y: torch.Tensor  # [B, d_out] prediction (logits or regression values)
+    y: torch.Tensor  # [B, d_out] prediction (logits or regression values); [B, T, V] for language models
     # already weighted terms that the trainer adds to the task loss, by name (logged per epoch)
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
     gate_probs: torch.Tensor | None = None  # [B, E] router probabilities, for MoE models
@@ -23,6 +33,17 @@ class ModelOutput:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
     # [E] the samples each expert processed (after capacity; expert choice: c each), for sparse routing
     expert_load: torch.Tensor | None = None
+    # every MoE layer's routing, for models with several (the fields above are then the first's); the
+    # tokens are the batch's positions, row b * T + t for position t of sequence b
+    layers: list[Routing] = field(default_factory=list)
+
+    def routings(self) -> list[Routing]:
+        """Every MoE layer's routing: one for a single-layer model, none without experts."""
+        if self.layers:
+            return self.layers
+        if self.gate_probs is None:
+            return []
+        return [Routing(self.gate_probs, self.expert_index, self.expert_weights, self.expert_load)]
 
 
 class Model(nn.Module):
@@ -76,9 +97,10 @@ def count_parameters(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def count_flops(model: nn.Module, d_in: int) -> int:
-    """FLOPs (2 x multiply-adds) of nn.Linear and nn.Conv2d layers for one sample, and of modules
-    that say their own (`flops_per_token`, e.g. the MoE layer), measured with forward hooks."""
+def count_flops(model: nn.Module, d_in: int, sample: torch.Tensor | None = None) -> int:
+    """FLOPs (2 x multiply-adds) of nn.Linear and nn.Conv2d layers for one sample (zeros of d_in values,
+    or `sample`), and of modules that say their own (`flops_per_token`, e.g. the MoE layer), measured
+    with forward hooks."""
     total = 0
 
     def hook(module, inputs, output):
@@ -96,7 +118,8 @@ def count_flops(model: nn.Module, d_in: int) -> int:
     was_training = model.training
     model.eval()
     try:
-        model(torch.zeros(1, d_in, device=next(model.parameters()).device))
+        device = next(model.parameters()).device
+        model(torch.zeros(1, d_in, device=device) if sample is None else sample.to(device))
     finally:
         model.train(was_training)
         for handle in handles:

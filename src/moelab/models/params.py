@@ -286,3 +286,124 @@ class RoutedMoEParams(GatedParams):
         noise = d_in * experts if self.noisy_gating else 0  # training only
         return ParameterCounts(active=shared + self.experts_per_sample() * expert,
                                total=shared + (experts + self.shared_experts) * expert + noise)
+
+
+# routers that choose by looking at other tokens of the batch: in a causal model they leak the future
+FUTURE_LEAKING_ROUTERS = {
+    "expert_choice": "each expert picks its best tokens among all of the batch's, later positions included",
+    "sinkhorn": "its balanced assignment in training is computed over all of the batch's tokens, later positions "
+                "included",
+}
+
+
+@dataclass
+class TransformerParams:
+    d_model: int = param(128, "width of the residual stream", min=8, max=8192)
+    layers: int = param(4, "transformer blocks", min=1, max=64)
+    heads: int = param(4, "attention heads (must divide d_model)", min=1, max=128)
+    d_ff: int = param(512, "hidden width of each block's MLP", min=1)
+    dropout: float = param(0.1, "dropout on attention weights, block outputs and MLP hidden units", min=0.0, max=0.9)
+
+    def needs_tokens(self) -> bool:
+        return True
+
+    def check(self) -> list[str]:
+        return [f"heads={self.heads} must divide d_model={self.d_model}"] if self.d_model % self.heads else []
+
+    def architecture(self) -> dict:
+        return {"d_model": self.d_model, "layers": self.layers, "heads": self.heads, "d_ff": self.d_ff}
+
+    def moe_blocks(self) -> list[int]:
+        """The blocks whose MLP is an MoE layer (none here)."""
+        return []
+
+    def trunk_parameters(self, context: int, vocabulary: int) -> int:
+        """Embeddings (the output layer is tied to the token embedding), every block's attention and two
+        layer norms, and the final layer norm: all but the blocks' MLPs."""
+        d = self.d_model
+        attention = linear_parameters(d, 3 * d) + linear_parameters(d, d)
+        return vocabulary * d + context * d + self.layers * (attention + 4 * d) + 2 * d
+
+    def mlp_parameters(self) -> int:
+        return linear_parameters(self.d_model, self.d_ff) + linear_parameters(self.d_ff, self.d_model)
+
+    def parameter_counts(self, d_in: int, d_out: int, input_shape: tuple[int, ...] | None = None) -> ParameterCounts:
+        """d_in is the context length, d_out the vocabulary."""
+        total = self.trunk_parameters(d_in, d_out) + self.layers * self.mlp_parameters()
+        return ParameterCounts(active=total, total=total)
+
+    def d_ff_for(self, parameters: int, d_in: int, d_out: int) -> int:
+        """The MLP width whose transformer of these other dimensions has the parameter count nearest to
+        `parameters` (at least 1): the count is linear in d_ff."""
+        per_unit = self.layers * (2 * self.d_model + 1)
+        fixed = self.trunk_parameters(d_in, d_out) + self.layers * self.d_model
+        return max(1, round((parameters - fixed) / per_unit))
+
+
+@dataclass
+class MoETransformerParams(TransformerParams):
+    num_experts: int = param(4, "experts of each MoE layer", min=1, max=1024)
+    k: int = param(1, "experts per token", min=1)
+    moe_every: int = param(1, "every n-th block's MLP is an MoE layer (the last block always is)", min=1, max=64)
+    router: str = param("topk", "topk: each token picks its k best experts; hash: a fixed hash of the token's byte; "
+                        "expert_choice and sinkhorn are refused here (they read later tokens)", choices=ROUTERS)
+    balance: str = param("aux_loss", "aux_loss: the Switch balance loss weighted by switch_balance; bias: a per-expert "
+                         "bias on the choice, moved toward equal load after each step (DeepSeek-V3); none",
+                         choices=BALANCES)
+    bias_rate: float = param(1e-3, "balance: bias: how far each step moves a bias", min=0.0, exclusive_min=True)
+    switch_balance: float = param(0.01, "weight of the Switch balance loss (E/k) sum f_i P_i", min=0.0)
+    z_loss: float = param(0.0, "weight of the router z-loss mean(logsumexp(z)^2)", min=0.0)
+    noisy_gating: bool = param(False, "topk: learned noise on the router logits during training (Shazeer)")
+    capacity_factor: float = param(None, "an expert takes at most capacity_factor * T * k / E tokens of a batch, "
+                                   "earlier positions first (null: no limit)", nullable=True, min=0.0,
+                                   exclusive_min=True, kind=float)
+    shared_experts: int = param(0, "always-on experts added to the routed output (DeepSeekMoE)", min=0, max=64)
+    granularity: int = param(1, "split each expert into this many of 1/granularity the width, routing "
+                             "k * granularity of them (fine-grained experts)", min=1, max=64)
+    hash_seed: int = param(0, "hash: the seed of the fixed assignment", min=0)
+
+    def check(self) -> list[str]:
+        problems = super().check()
+        if self.router in FUTURE_LEAKING_ROUTERS:
+            problems.append(f"router={self.router} leaks the future in a causal model: "
+                            f"{FUTURE_LEAKING_ROUTERS[self.router]}; use router: topk or hash")
+        if self.k > self.num_experts:
+            problems.append(f"k={self.k} must be <= num_experts={self.num_experts}")
+        if self.d_ff % self.granularity:
+            problems.append(f"granularity={self.granularity} must divide d_ff={self.d_ff} (each expert is split "
+                            f"into experts of d_ff / granularity units)")
+        if self.router != "topk" and self.noisy_gating:
+            problems.append(f"router={self.router} has no gate noise: noisy_gating belongs to router=topk")
+        if self.router != "topk" and self.balance == "bias":
+            problems.append(f"balance=bias needs router=topk; use balance=aux_loss or none")
+        if self.router == "hash":
+            if self.k != 1:
+                problems.append(f"router=hash sends each token to one expert: k must be 1, got {self.k}")
+            if self.balance != "none" or self.z_loss:
+                problems.append("router=hash has no router to balance or regularise: set balance: none (and z_loss: 0)")
+        return problems
+
+    def architecture(self) -> dict:
+        return {**super().architecture(), "num_experts": self.num_experts, "moe_every": self.moe_every,
+                "router": self.router, "balance": self.balance, "noisy_gating": self.noisy_gating,
+                "shared_experts": self.shared_experts, "granularity": self.granularity}
+
+    def moe_blocks(self) -> list[int]:
+        return [i for i in range(self.layers) if (self.layers - 1 - i) % self.moe_every == 0]
+
+    def expert_parameters(self) -> int:
+        width = self.d_ff // self.granularity
+        return linear_parameters(self.d_model, width) + linear_parameters(width, self.d_model)
+
+    def parameter_counts(self, d_in: int, d_out: int, input_shape: tuple[int, ...] | None = None) -> ParameterCounts:
+        """Dense blocks as in the transformer; each MoE block has a router (none for hash), num_experts *
+        granularity experts of d_ff / granularity units and its shared experts of that size; active: the
+        k * granularity routed and the shared experts a token runs through."""
+        moe = len(self.moe_blocks())
+        experts = self.num_experts * self.granularity
+        router = 0 if self.router == "hash" else linear_parameters(self.d_model, experts)
+        noise = self.d_model * experts if self.noisy_gating else 0  # training only
+        dense = self.trunk_parameters(d_in, d_out) + (self.layers - moe) * self.mlp_parameters() + moe * router
+        active = dense + moe * (self.k * self.granularity + self.shared_experts) * self.expert_parameters()
+        total = dense + moe * ((experts + self.shared_experts) * self.expert_parameters() + noise)
+        return ParameterCounts(active=active, total=total)

@@ -36,6 +36,11 @@ class ModelSpec:
         return bool(needs(self.params(**params))) if needs else False
 
     @property
+    def needs_tokens(self) -> bool:
+        """Reads windows of token ids (sequence models), and nothing else."""
+        return hasattr(self.params, "needs_tokens")
+
+    @property
     def has_experts(self) -> bool:
         return "num_experts" in self.schema
 
@@ -75,6 +80,10 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("moe_routed", p.RoutedMoEParams, "moe_models:RoutedMoE",
               "sparse MoE with a choice of router (topk, expert_choice, hash, sinkhorn), balancing (aux_loss, "
               "bias, none), shared and fine-grained experts"),
+    ModelSpec("transformer", p.TransformerParams, "transformer:Transformer",
+              "dense byte-level causal transformer (text): pre-norm blocks of attention and an MLP"),
+    ModelSpec("moe_transformer", p.MoETransformerParams, "transformer:MoETransformer",
+              "causal transformer whose MLPs (every moe_every-th block) are MoE layers with a choice of router"),
     ModelSpec("moe_guided", p.GuidedMoEParams, "moe_models:GuidedMoE",
               "label-guided: the gate learns the expert assigned to each class"),
 )}

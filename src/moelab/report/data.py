@@ -29,7 +29,7 @@ class ReportData:
     runs: pd.DataFrame  # one row per job x variant, with diff_test_<metric> to the baseline
     curves: pd.DataFrame  # one row per job x variant x epoch (empty when read without curves)
     grid_axes: list[str]
-    metric: str  # the primary metric, higher is better
+    metric: str  # the primary metric (results.metric_direction says which way is better)
     baseline: str | None  # the dense variant every other one is compared with
     table: pd.DataFrame  # summarise() with compare_to_baseline(): one row per variant x grid point
     readable: pd.DataFrame  # the same table with formatted cells, for the markdown and LaTeX tables and the page

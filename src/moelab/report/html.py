@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from moelab.results.metric_direction import higher_is_better
 from moelab.report.data import ReportData
 from moelab.report.plots import Plot
 from moelab.report.study import best_trials_data, study_section
@@ -128,7 +129,7 @@ def headline(data: ReportData) -> str:
         return "<div class='box headline'>No finished runs yet: nothing to compare.</div>"
     if data.study is None:
         scope = data
-        best = table.sort_values(column, ascending=False).iloc[0]
+        best = table.sort_values(column, ascending=not higher_is_better(metric)).iloc[0]
         lead = f"has the best test {_e(metric)}"
     else:
         scope = best_trials_data(data, 1)

@@ -72,7 +72,7 @@ def plots_for(data: ReportData) -> tuple[Plot, ...]:
         Plot("router_health", "Router health per epoch, mean ± std over seeds: share of dead experts (first choice of "
              "under 1 % of the training samples), effective number of experts (exp of the first-choice entropy), and the "
              "share of test samples whose first expert changed since the previous epoch.", router_health),
-        Plot("specialisation", "Which experts the test samples of each class went to.", specialisation_heatmaps),
+        Plot("specialisation", "Which experts the test samples of each class (text: the bytes of each type, per MoE layer) went to.", specialisation_heatmaps),
         Plot("gate_batches", "Gate activations over all training batches.", gate_batches),
         Plot("confusion", "Test confusion matrices.", confusion_matrices),
         Plot("roc", "One-vs-rest ROC curves of every class from the test probabilities, with the macro AUC.", roc_curves),
@@ -292,21 +292,35 @@ def roc_curves(data: ReportData, path: Path) -> str | None:
 
 
 def specialisation_heatmaps(data: ReportData, path: Path) -> str | None:
-    """Share of each class's test samples routed to each expert (rows sum to 1)."""
+    """Share of each class's test samples routed to each expert (rows sum to 1); for language models,
+    of each byte type's test tokens, in each MoE layer."""
     found = [(v, pd.read_csv(p, index_col="class")) for v, p in _variant_files(data.runs, attrgetter("analysis.class_expert"))]
+    rows_are = "class"
     if not found:
-        return "no MoE classification variant has finished"
-    panels = _wrapped(len(found), 0, height=3.8, width=3.4)
+        found = [(v, _layer_rows(pd.read_csv(p))) for v, p in _variant_files(data.runs, attrgetter("analysis.token_type_expert"))]
+        rows_are = "byte type"
+    if not found:
+        return "no MoE classification or language-model variant has finished"
+    longest = max(len(table) for _, table in found)
+    panels = _wrapped(len(found), 0, height=max(3.8, 0.22 * longest + 1.2), width=3.4 if rows_are == "class" else 4.6)
     fig, axes = subplots(*panels.shape, figsize=panels.figsize, squeeze=False)
     for ax, (variant, table) in zip(axes.flat, found):
         shares = table.div(table.sum(axis=1).replace(0, 1), axis=0)
         image = ax.imshow(shares.values, aspect="auto", cmap="magma", vmin=0, vmax=1)
-        ax.set(title=variant, xlabel="expert", ylabel="class", xticks=range(shares.shape[1]), yticks=range(len(shares)))
+        ax.set(title=variant, xlabel="expert", ylabel=rows_are, xticks=range(shares.shape[1]), yticks=range(len(shares)))
+        if rows_are != "class":
+            ax.set_yticklabels(shares.index, fontsize=6)
     panels.hide_unused(axes)
-    fig.colorbar(image, ax=axes.ravel().tolist(), label="share of the class's test samples")
-    fig.suptitle("Class → expert routing (specialisation)", fontsize=10)
+    fig.colorbar(image, ax=axes.ravel().tolist(), label=f"share of the {rows_are}'s test {'samples' if rows_are == 'class' else 'tokens'}")
+    fig.suptitle(f"{rows_are.capitalize()} → expert routing (specialisation)", fontsize=10)
     save(fig, path, tight=False)
     return None
+
+
+def _layer_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """token_type_expert.csv with one row per MoE layer and byte type, named "L<layer> <type>"."""
+    names = [f"L{layer} {kind}" for layer, kind in zip(table["layer"], table["token_type"])]
+    return table.drop(columns=["layer", "token_type"]).set_axis(names)
 
 
 def gate_batches(data: ReportData, path: Path) -> str | None:
@@ -572,7 +586,7 @@ def matched_sizes(data: ReportData, path: Path) -> str | None:
                    label=f"{data.baseline} (baseline)")
     ax.set_xscale("log")
     ax.set(xlabel="active parameters (log scale)", ylabel=f"test {metric}")
-    ax.set_title("MoE variants (circles) and dense MLPs (squares) of equal size\n"
+    ax.set_title("MoE variants (circles) and dense models (squares) of equal size\n"
                  "solid: equal active parameters, dashed: equal total parameters; mean over seeds", fontsize=10)
     legend_outside(ax)
     save(fig, path)

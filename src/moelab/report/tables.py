@@ -14,9 +14,10 @@ from scipy import stats
 from moelab.report.stats import (BOOTSTRAP_METHOD, METHOD, MIN_PAIRED_SEEDS, degenerate_reason, paired_bootstrap_p_value,
                                   sign_flip_p_value, smallest_p_value)
 from moelab.results.configurations import COLUMN
+from moelab.results.metric_direction import higher_is_better
 from moelab.results.status import JobState
 
-DENSE_MODELS = ("mlp", "cnn")
+DENSE_MODELS = ("mlp", "cnn", "transformer")
 MATCH_KINDS = ("active", "total")  # the sizes baseline.match builds dense models to
 FAMILY_WISE_ALPHA = 0.05  # the chance of any false "better" or "worse" among all comparisons of one report
 BETTER, NOT_DISTINGUISHABLE, WORSE = "better", "not distinguishable", "worse"
@@ -24,9 +25,9 @@ BETTER, NOT_DISTINGUISHABLE, WORSE = "better", "not distinguishable", "worse"
 SAMPLES = "test_samples"  # runs column: per-sample test scores (results/samples.py), when read
 # the suffix of a difference column's per-sample companion (the per-example differences of each pair)
 SAMPLES_SUFFIX = "_samples"
-SUMMARY_COLUMNS = ("test_acc", "test_macro_f1", "test_macro_precision", "test_macro_recall", "test_auc_macro", "test_psnr",
+SUMMARY_COLUMNS = ("test_bpb", "test_perplexity", "test_acc", "test_macro_f1", "test_macro_precision", "test_macro_recall", "test_auc_macro", "test_psnr",
                    "test_mse", "test_rmse", "test_mae", "test_r2", "test_loss", "num_parameters", "active_parameters",
-                   "dead_expert_fraction", "effective_experts", "max_vio", "test_batch_dependence", "routing_flip_rate", "latency_ms", "epochs_trained",
+                   "dead_expert_fraction", "effective_experts", "max_vio", "test_batch_dependence", "routing_flip_rate", "token_type_purity", "latency_ms", "epochs_trained",
                    "train_seconds")
 
 
@@ -147,9 +148,11 @@ def _paired_test(group: pd.DataFrame, difference: str) -> tuple[float, str]:
         return float("nan"), ""
     samples = paired[difference + SAMPLES_SUFFIX] if difference + SAMPLES_SUFFIX in paired else None
     if samples is not None and all(s is not None for s in samples):
-        # regression scores are squared errors while the metric may be PSNR: when the two disagree on
-        # the direction, the test says nothing about the metric's difference
-        if np.sign(np.mean([s.mean() for s in samples])) != np.sign(paired[difference].mean()):
+        # sample scores are higher-is-better (minus a squared error, minus bits) while the metric may be
+        # either (PSNR, bits per byte): when the two disagree on the direction, the test says nothing
+        # about the metric's difference
+        gain = paired[difference].mean() * (1 if higher_is_better(difference) else -1)
+        if np.sign(np.mean([s.mean() for s in samples])) != np.sign(gain):
             return 1.0, "bootstrap"
         return paired_bootstrap_p_value(list(samples)), "bootstrap"
     return sign_flip_p_value(paired[difference]), "sign-flip"
@@ -176,15 +179,17 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return adjusted
 
 
-def verdict(mean_difference: float, adjusted_p: float, n: int, std: float, alpha: float = FAMILY_WISE_ALPHA) -> str:
+def verdict(mean_difference: float, adjusted_p: float, n: int, std: float, alpha: float = FAMILY_WISE_ALPHA,
+            higher_is_better: bool = True) -> str:
     """better / worse when the difference to the baseline is significant at the adjusted level and the
     comparison is not degenerate (stats.degenerate_reason: n paired seeds, std of their differences),
-    else not distinguishable (also when there is no test). Every primary metric is higher-is-better."""
+    else not distinguishable (also when there is no test). `higher_is_better`: the metric's direction
+    (bits per byte: lower)."""
     if adjusted_p != adjusted_p or adjusted_p > alpha or mean_difference != mean_difference:
         return NOT_DISTINGUISHABLE
     if degenerate_reason(n, std) is not None:
         return NOT_DISTINGUISHABLE
-    return BETTER if mean_difference > 0 else WORSE
+    return BETTER if (mean_difference > 0) == higher_is_better else WORSE
 
 
 def compare_to_baseline(table: pd.DataFrame, metric: str, baseline: str | None) -> pd.DataFrame:
@@ -202,7 +207,7 @@ def compare_to_baseline(table: pd.DataFrame, metric: str, baseline: str | None) 
     adjusted = holm(np.concatenate([table[f"{c}_p"].where(compared[c]).to_numpy() for c in columns]))
     for i, c in enumerate(columns):
         table[f"{c}_p_holm"] = adjusted[i * len(table):(i + 1) * len(table)]
-        table[f"{c}_verdict"] = [verdict(m, q, n, s) if hit else "baseline" if c == main else "" for m, q, n, s, hit in
+        table[f"{c}_verdict"] = [verdict(m, q, n, s, higher_is_better=higher_is_better(metric)) if hit else "baseline" if c == main else "" for m, q, n, s, hit in
                                  zip(table[f"{c}_mean"], table[f"{c}_p_holm"], table[f"{c}_n"], table[f"{c}_std"], compared[c])]
     return table
 
@@ -240,7 +245,7 @@ def matched_comparisons(runs: pd.DataFrame, table: pd.DataFrame, metric: str, ke
     return found
 
 
-MATCHED_INTRO = ("Each MoE variant against dense MLPs built to its active and to its total parameter count "
+MATCHED_INTRO = ("Each MoE variant against dense models built to its active and to its total parameter count "
                  "(baseline.match), in the same jobs, paired over seeds; verdicts Holm-adjusted together with the "
                  "comparisons to the baseline.")
 

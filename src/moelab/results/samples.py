@@ -11,11 +11,11 @@ import pandas as pd
 from moelab.results.tree import VariantTree
 
 # the column of a sample's share of the test metric, and the sign that makes higher better
-SCORE_COLUMNS = {"correct": 1.0, "squared_error": -1.0}
+SCORE_COLUMNS = {"correct": 1.0, "squared_error": -1.0, "bits_per_byte": -1.0}
 
 
 def read_sample_scores(variant_path: str | Path) -> np.ndarray | None:
-    """A run's per-sample test scores, higher is better (1/0 correct, or minus the squared error), in
+    """A run's per-sample test scores, higher is better (1/0 correct, minus the squared error, or minus a text window's bits per byte), in
     test-set order; None when the run wrote none (older runs) or the file is unreadable."""
     try:
         samples = pd.read_csv(VariantTree(Path(variant_path)).analysis.test_routing)

@@ -283,6 +283,11 @@ class AnalysisFiles:
         return self.path / "class_expert.csv"
 
     @property
+    def token_type_expert(self) -> Path:
+        """Language models: test tokens of each byte type routed first to each expert, per MoE layer."""
+        return self.path / "token_type_expert.csv"
+
+    @property
     def expert_class_accuracy(self) -> Path:
         return self.path / "expert_class_accuracy.csv"
 

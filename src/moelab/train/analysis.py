@@ -16,6 +16,11 @@
 
 Models without experts get inference.json, test_routing.csv (without experts), confusion.csv and
 roc.csv. The headline numbers also go into results.json.
+
+Language models (`write_language_analysis`) get inference.json (per window and per byte),
+utilisation.csv and gates_per_batch.csv (loads averaged over MoE layers), test_routing.csv (per test
+window: its bits per byte, for the paired tests) and token_type_expert.csv: for each MoE layer, the
+test tokens of each byte type (letter, digit, whitespace, punctuation, other) routed first to each expert.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from moelab.data import CLASSIFICATION
+from moelab.data import CLASSIFICATION, LANGUAGE_MODELING
 from moelab.data.task_data import TaskData
 from moelab.results.io import write_text
 from moelab.results.tree import AnalysisFiles
@@ -40,6 +45,8 @@ from moelab.train.tasks import TASKS
 
 def write_expert_analysis(model, data: TaskData, history: list[dict], settings: TrainSettings,
                           files: AnalysisFiles) -> dict:
+    if data.task == LANGUAGE_MODELING:
+        return write_language_analysis(model, data, history, settings, files)
     model.eval()
     results: dict = {}
     inference = {}
@@ -64,12 +71,22 @@ def write_expert_analysis(model, data: TaskData, history: list[dict], settings: 
     num_experts = probe.gate_probs.shape[1]
     _write_utilisation(history, num_experts, files)
     results.update(_routing_analysis(model, predictions, data, settings, num_experts, files))
+    results.update(_final_routing(history))
+    return results
+
+
+def _final_routing(history: list[dict]) -> dict:
+    """The last epoch's routing figures, for results.json."""
+    results = {}
     final = history[-1] if history else {}
     results.update({k: final[f"train_{k}"] for k in ("load_cv", "load_entropy", "collapsed_experts", "dead_expert_fraction",
                                                      "effective_experts", "max_vio") if f"train_{k}" in final})
     results["num_collapsed_experts"] = len(results.get("collapsed_experts", []))
     if "test_routing_flip_rate" in final:  # absent after a single epoch
         results["routing_flip_rate"] = final["test_routing_flip_rate"]
+    # models with several MoE layers: each layer's own figures
+    results.update({k[len("train_"):]: v for k, v in final.items() if k.startswith("train_layer")})
+    results.update({k[len("test_"):]: v for k, v in final.items() if k.startswith("test_layer")})
     return results
 
 
@@ -202,3 +219,70 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     writer.writerow(header)
     writer.writerows(rows)
     write_text(path, buffer.getvalue())
+
+
+TOKEN_TYPES = ("letter", "digit", "whitespace", "punctuation", "other")
+
+
+def token_types(token_ids: torch.Tensor) -> torch.Tensor:
+    """Each byte's type, an index into TOKEN_TYPES (ASCII classes; bytes of multi-byte UTF-8 are other)."""
+    table = torch.full((256,), TOKEN_TYPES.index("other"), dtype=torch.long)
+    for byte in range(128):
+        char = chr(byte)
+        if char.isalpha():
+            table[byte] = 0
+        elif char.isdigit():
+            table[byte] = 1
+        elif char.isspace():
+            table[byte] = 2
+        elif char.isprintable():
+            table[byte] = 3
+    return table[token_ids.long().cpu()]
+
+
+@torch.no_grad()
+def write_language_analysis(model, data: TaskData, history: list[dict], settings: TrainSettings,
+                            files: AnalysisFiles) -> dict:
+    model.eval()
+    inference = {"inferred": _window_inference(model, data, settings)}
+    write_text(files.inference, json.dumps(inference, indent=2) + "\n")
+    results = {k: v for k, v in inference["inferred"].items() if not k.startswith("test_")}
+    predictions = predict(model, data.x_test, data.task, settings.eval_batch_size)
+    targets = data.y_test.long().cpu()
+    # each window's bits per byte: the windows tile the test block, so their mean is the test bpb
+    bits = -predictions.outputs.gather(2, targets.unsqueeze(2)).squeeze(2).clamp_min(1e-30).log2()
+    _write_csv(files.test_routing, ["sample", "bits_per_byte"], [[i, b] for i, b in enumerate(bits.mean(dim=1).tolist())])
+    if predictions.experts is None:
+        return results
+    first = predictions.experts[..., 0]  # [N, T, L]
+    layers, num_experts = first.shape[2], len(history[-1]["train_expert_load"]) if history else int(first.max()) + 1
+    _write_utilisation(history, num_experts, files)
+    types = token_types(data.x_test).reshape(-1)
+    rows, purity = [], []
+    for layer in range(layers):
+        matrix = torch.zeros(len(TOKEN_TYPES), num_experts, dtype=torch.long)
+        matrix.index_put_((types, first[:, :, layer].reshape(-1).long()), torch.ones(len(types), dtype=torch.long),
+                          accumulate=True)
+        rows += [[layer, name, *matrix[t].tolist()] for t, name in enumerate(TOKEN_TYPES)]
+        purity.append(float(matrix.max(dim=1).values.sum() / matrix.sum()))
+    _write_csv(files.token_type_expert, ["layer", "token_type"] + [f"expert_{e}" for e in range(num_experts)], rows)
+    # specialisation: share of test tokens whose first expert is the one that takes most of their type
+    results["token_type_purity"] = sum(purity) / len(purity)
+    results["test_expert_share"] = torch.bincount(first.reshape(-1).long(), minlength=num_experts).div(first.numel()).tolist()
+    results.update(_final_routing(history))
+    return results
+
+
+@torch.no_grad()
+def _window_inference(model, data: TaskData, settings: TrainSettings) -> dict:
+    task = TASKS[data.task]
+    one = data.x_test[:1]
+    batch = data.x_test.repeat(-(-64 // len(data.x_test)), 1)[:64]
+    latency = _median_seconds(lambda: model(one), runs=10)
+    throughput = len(batch) / _median_seconds(lambda: model(batch), runs=3)
+    context = data.x_test.shape[1]
+    score = evaluate(model, data.x_test, data.y_test, data.task, settings.eval_batch_size)[task.primary]
+    flops = model.flops_per_sample(data.d_in)
+    return {"latency_ms": latency * 1000, "throughput": throughput, "tokens_per_second": throughput * context,
+            "active_parameters": model.active_parameters(), "flops_per_sample": flops,
+            "flops_per_token": flops // context, f"test_{task.primary}": score}

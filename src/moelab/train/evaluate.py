@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from moelab.data import CLASSIFICATION
+from moelab.data import CLASSIFICATION, LANGUAGE_MODELING
 from moelab.train.settings import TrainSettings
 from moelab.train.tasks import TASKS, batch_stats, finish_metrics
 
@@ -61,10 +61,12 @@ def batch_dependence(model, data, settings: TrainSettings) -> float:
 
 @dataclass
 class Predictions:
-    outputs: torch.Tensor  # [N, d_out]: class probabilities (classification) or regression outputs
-    predicted: torch.Tensor | None  # [N] the most probable class (classification)
+    # [N, d_out]: class probabilities (classification) or regression outputs; [N, T, V] next-byte probabilities
+    outputs: torch.Tensor
+    predicted: torch.Tensor | None  # [N] the most probable class (classification); [N, T] the next byte
     # MoE models: the experts each input went to, best first, and their weights; [N, k]. Under soft
-    # routing every expert runs: all of them, ordered by gate probability
+    # routing every expert runs: all of them, ordered by gate probability. Language models: [N, T, L, k],
+    # each token's experts in each MoE layer
     experts: torch.Tensor | None
     expert_weights: torch.Tensor | None
 
@@ -76,6 +78,14 @@ def predict(model, x: torch.Tensor, task: str, batch_size: int = 1024) -> Predic
     outputs, experts, weights = [], [], []
     for start in range(0, len(x), batch_size):
         out = model(x[start : start + batch_size])
+        if task == LANGUAGE_MODELING:
+            outputs.append(out.y.softmax(dim=-1))
+            routings = out.routings()
+            if routings:  # [B, T, L, k]: every token's experts in every MoE layer
+                shape = (*out.y.shape[:2], len(routings), -1)
+                experts.append(torch.stack([r.expert_index for r in routings], dim=1).view(shape))
+                weights.append(torch.stack([r.expert_weights for r in routings], dim=1).view(shape))
+            continue
         outputs.append(out.y.softmax(dim=1) if task == CLASSIFICATION else out.y)
         if out.expert_index is not None:
             experts.append(out.expert_index)
@@ -86,7 +96,7 @@ def predict(model, x: torch.Tensor, task: str, batch_size: int = 1024) -> Predic
             weights.append(sorted_weights)
     y = torch.cat(outputs).float().cpu()
     return Predictions(
-        outputs=y, predicted=y.argmax(dim=1) if task == CLASSIFICATION else None,
+        outputs=y, predicted=y.argmax(dim=-1) if task in (CLASSIFICATION, LANGUAGE_MODELING) else None,
         experts=torch.cat(experts).cpu() if experts else None,
         expert_weights=torch.cat(weights).float().cpu() if weights else None,
     )

@@ -1,8 +1,9 @@
 """What a task is measured by: its loss and its metrics (the first metric is the primary one).
 
-Every primary metric is higher-is-better, which early stopping and the tables rely on.
 Classification: accuracy, macro precision / recall / F1 (from the confusion matrix).
 Regression (targets in [0, 1]): PSNR, MSE, RMSE, MAE, R^2.
+Language modelling (next byte at every position): bits per byte, perplexity per byte, next-byte accuracy;
+its primary metric, bits per byte, is lower-is-better (metric_names.higher_is_better says which).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from moelab.data import CLASSIFICATION, REGRESSION
+from moelab.data import CLASSIFICATION, LANGUAGE_MODELING, REGRESSION
+from moelab.results.metric_direction import higher_is_better
 from moelab.train.metric_names import METRICS
 
 
@@ -27,9 +29,22 @@ class Task:
     def primary(self) -> str:
         return self.metrics[0]
 
+    @property
+    def primary_higher_is_better(self) -> bool:
+        return higher_is_better(self.primary)
+
+
+def next_byte_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy in nats per predicted byte: logits [B, T, V], targets [B, T] byte ids."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1).long())
+
 
 def batch_stats(task: str, y_hat: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     """Sums over a batch that `finish_metrics` turns into split-level metrics (no host sync here)."""
+    if task == LANGUAGE_MODELING:
+        flat, targets = y_hat.reshape(-1, y_hat.shape[-1]).float(), y.reshape(-1).long()
+        return {"nll_sum": F.cross_entropy(flat, targets, reduction="sum"),
+                "correct": (flat.argmax(dim=1) == targets).sum(), "tokens": targets.new_tensor(targets.numel())}
     if task == CLASSIFICATION:
         classes = y_hat.shape[1]
         confusion = torch.bincount(y * classes + y_hat.argmax(dim=1), minlength=classes * classes)
@@ -40,6 +55,9 @@ def batch_stats(task: str, y_hat: torch.Tensor, y: torch.Tensor) -> dict[str, to
 
 
 def finish_metrics(task: str, sums: dict, count: int) -> dict[str, float]:
+    if task == LANGUAGE_MODELING:
+        nats = sums["nll_sum"] / sums["tokens"]
+        return {"bpb": nats / math.log(2), "perplexity": math.exp(min(nats, 700.0)), "acc": sums["correct"] / sums["tokens"]}
     if task == CLASSIFICATION:
         confusion = torch.as_tensor(sums["confusion"], dtype=torch.float64)
         correct = confusion.diagonal()
@@ -63,4 +81,5 @@ def finish_metrics(task: str, sums: dict, count: int) -> dict[str, float]:
 TASKS = {
     CLASSIFICATION: Task(loss=F.cross_entropy, metrics=METRICS[CLASSIFICATION]),
     REGRESSION: Task(loss=F.mse_loss, metrics=METRICS[REGRESSION]),
+    LANGUAGE_MODELING: Task(loss=next_byte_loss, metrics=METRICS[LANGUAGE_MODELING]),
 }

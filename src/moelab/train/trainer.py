@@ -46,13 +46,15 @@ class TrainingDiverged(Exception):
 class EarlyStopping:
     patience: int
     min_delta: float
+    higher_is_better: bool = True  # the validation metric's direction (bits per byte: lower)
     best: float = -math.inf
     best_epoch: int = -1
     bad_epochs: int = 0
 
     def update(self, value: float, epoch: int) -> bool:
-        """Record this epoch's validation metric (higher is better); True when it is a new best."""
-        if value > self.best + self.min_delta or self.best_epoch < 0:
+        """Record this epoch's validation metric; True when it is a new best."""
+        gain = value - self.best if self.higher_is_better else self.best - value
+        if gain > self.min_delta or self.best_epoch < 0:
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
             return True
         self.bad_epochs += 1
@@ -158,7 +160,8 @@ def fit(members: list[Member], data: TaskData, settings: TrainSettings, seed: in
             for member in members:
                 member.model = model if len(members) == 1 else build_model(
                     member.variant["model"], data.d_in, data.d_out, model_params(member.variant), data.input_shape).to(device)
-                member.stopper = EarlyStopping(settings.early_stopping.patience, settings.early_stopping.min_delta)
+                member.stopper = EarlyStopping(settings.early_stopping.patience, settings.early_stopping.min_delta,
+                                               task.primary_higher_is_better)
         start_epoch = 0
         first = members[0].out
         if first.last_checkpoint.exists():  # every member's checkpoint is at this epoch (train_members)
@@ -254,7 +257,11 @@ def validate(member: Member, model: nn.Module, data: TaskData, settings: TrainSe
            "lr": lr}
     first_experts = first_experts_of_test_set(view, data, settings)
     if first_experts is not None and member.test_experts is not None:
-        row["test_routing_flip_rate"] = int((first_experts != member.test_experts).sum()) / len(first_experts)
+        flipped = (first_experts != member.test_experts).float()
+        row["test_routing_flip_rate"] = float(flipped.mean())
+        if first_experts.dim() > 1 and first_experts.shape[-1] > 1:  # a column per MoE layer
+            row.update({f"test_layer{i}_routing_flip_rate": float(rate) for i, rate in
+                        enumerate(flipped.reshape(-1, first_experts.shape[-1]).mean(dim=0))})
     member.test_experts = first_experts
     row["seconds"] = time.perf_counter() - started
     return row
@@ -311,11 +318,11 @@ def check_finite(row: dict, epoch: int) -> None:
 
 @torch.no_grad()
 def first_experts_of_test_set(model, data: TaskData, settings: TrainSettings) -> torch.Tensor | None:
-    """The first expert of every test sample under the model's inference routing (None without experts);
-    comparing it between epochs gives the routing flip rate. Evaluation draws no random numbers, so
-    training is unchanged by it."""
+    """The first expert of every test sample under the model's inference routing (None without experts;
+    language models: of every test token in every MoE layer, [N, T, L]); comparing it between epochs
+    gives the routing flip rate. Evaluation draws no random numbers, so training is unchanged by it."""
     experts = predict(model, data.x_test, data.task, settings.eval_batch_size).experts
-    return None if experts is None else experts[:, 0]
+    return None if experts is None else experts[..., 0].to(torch.int16)
 
 
 def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSettings,
@@ -348,14 +355,16 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSe
             batch[f"aux_{name}"] = value.detach() * n
         for name, value in out.metrics.items():
             batch[f"metric_{name}"] = value.detach().float() * n
-        if out.gate_probs is not None:
-            chosen = out.expert_index[:, 0] if out.expert_index is not None else out.gate_probs.argmax(dim=1)
-            counts = torch.bincount(chosen, minlength=out.gate_probs.shape[1]).float()
-            batch["expert_count"] = counts
+        routings = out.routings()
+        for i, routing in enumerate(routings):
+            chosen = routing.expert_index[:, 0] if routing.expert_index is not None else routing.gate_probs.argmax(dim=1)
+            counts = torch.bincount(chosen, minlength=routing.gate_probs.shape[1]).float()
+            batch[f"expert_count_{i}"] = counts
             # MaxVio's load: what each expert processed (every assignment, after capacity), else first choices
-            batch["assignment_count"] = (out.expert_load.float() if out.expert_load is not None else counts)
-            batch["gate_prob_sum"] = out.gate_probs.detach().sum(dim=0)
-            batch_loads.append(counts / n)
+            batch[f"assignment_count_{i}"] = routing.expert_load.float() if routing.expert_load is not None else counts
+            batch[f"gate_prob_sum_{i}"] = routing.gate_probs.detach().sum(dim=0)
+        if routings:
+            batch_loads.append(sum(batch[f"expert_count_{i}"] for i in range(len(routings))) / (len(chosen) * len(routings)))
         for name, value in batch.items():
             sums[name] = sums[name] + value if name in sums else value
     count = len(x)
@@ -363,11 +372,33 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSe
     row = {"loss": loss_sum.item() / count, **finish_metrics(task_name, host, count)}
     row.update({k: v / count for k, v in host.items() if k.startswith("aux_")})
     row.update({k[len("metric_"):]: v / count for k, v in host.items() if k.startswith("metric_")})
-    if "expert_count" in host:
-        load = [c / count for c in host["expert_count"]]
-        row.update(expert_load=load, gate_mean=[p / count for p in host["gate_prob_sum"]], **routing_balance(load),
-                   max_vio=max_violation(host["assignment_count"]))
+    if batch_loads:
+        row.update(routing_figures(host))
         row["batch_expert_load"] = torch.stack(batch_loads).tolist()
+    return row
+
+
+def routing_figures(host: dict) -> dict:
+    """An epoch's routing figures from its per-layer sums. With several MoE layers, expert_load and
+    gate_mean are averaged over the layers and the balance figures computed from that average, MaxVio
+    is the worst layer's, and every layer has its own figures as layer<i>_<name>."""
+    layers = sum(1 for name in host if name.startswith("expert_count_"))
+    figures = []
+    for i in range(layers):
+        counts = host[f"expert_count_{i}"]
+        tokens = sum(counts)
+        load = [c / tokens for c in counts]
+        figures.append({"expert_load": load, "gate_mean": [p / tokens for p in host[f"gate_prob_sum_{i}"]],
+                        **routing_balance(load), "max_vio": max_violation(host[f"assignment_count_{i}"])})
+    if layers == 1:
+        return figures[0]
+    load = [sum(f["expert_load"][e] for f in figures) / layers for e in range(len(figures[0]["expert_load"]))]
+    gate_mean = [sum(f["gate_mean"][e] for f in figures) / layers for e in range(len(figures[0]["gate_mean"]))]
+    row = {"expert_load": load, "gate_mean": gate_mean, **routing_balance(load),
+           "max_vio": max(f["max_vio"] for f in figures)}
+    for i, layer in enumerate(figures):
+        row.update({f"layer{i}_{name}": value for name, value in layer.items()
+                    if name in ("load_cv", "dead_expert_fraction", "effective_experts", "max_vio")})
     return row
 
 
