@@ -13,6 +13,7 @@ Raw inputs, one sample each (the API and the `predict` command take these):
     fashion_mnist   (28, 28)     0 (black background) to 1 (white item)
     cifar10         (3, 32, 32)  RGB, channels first, 0 to 1
     image_fit       (2,)         pixel coordinates (x, y) in [-1, 1], (-1, -1) the top-left corner
+    text            a prompt     text (UTF-8) that a language model continues (train/evaluate.complete)
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class RawFormat:
     # uploaded picture is cropped to its ink and centred (digits are scaled to fill the 8x8 frame,
     # MNIST digits to a 20x20 box in 28x28); None: the picture is resized whole
     drawing_box: float | None = None
+    text: bool = False  # a text prompt, continued by a language model
 
     @property
     def is_image(self) -> bool:
@@ -51,7 +53,8 @@ class RawFormat:
 
     def to_dict(self) -> dict:
         return {"shape": list(self.shape), "low": self.low, "high": self.high, "description": self.description,
-                "image": self.is_image, "channels": self.channels}
+                "image": self.is_image, "channels": self.channels,
+                "text": self.text}
 
 
 RAW_FORMATS = {
@@ -94,8 +97,12 @@ class InputPreprocessing:
 def input_preprocessing(settings: DataSettings, seed: int) -> InputPreprocessing:
     """The preprocessing of the dataset `settings` names, split by `seed`, checked against its loader.
     Loads the dataset once: callers keep the result (one per data settings and seed)."""
-    data = load_dataset(settings, seed)
     spec = get_dataset_spec(settings.name)
+    if spec.tokens:  # byte ids as they are: nothing was fitted to the training split
+        context = settings.context
+        return InputPreprocessing(settings.name, spec.task, RawFormat((context,), 0.0, 255.0, f"a text prompt (UTF-8); "
+                                  f"the model reads its last {context} bytes", text=True), context, 256, None)
+    data = load_dataset(settings, seed)
     raw_format = RAW_FORMATS[settings.name]
     if settings.name == "image_fit":
         prep = InputPreprocessing(settings.name, spec.task, raw_format, data.d_in, data.d_out, data.input_shape,

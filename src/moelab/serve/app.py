@@ -12,7 +12,8 @@
     GET  /api/experiments/{name}/run-table  one row per job x variant
     GET  /api/experiments/{name}/summary    summary.csv as columns and rows
     GET  /api/experiments/{name}/runs       finished runs, the default ones, and the raw input format
-    POST /api/predict                       JSON {"experiment", "inputs", ["job"], ["variant"], ["runs"]}
+    POST /api/predict                       JSON {"experiment", "inputs", ["job"], ["variant"], ["runs"]}; text
+                                            models: "inputs" are prompts, with ["length"], ["temperature"], ["seed"]
                                             or multipart: the same fields and image files
     GET  /files/{name}/report/index.html    the report create-plots wrote; its plots under
     GET  /files/{name}/summary/{file}       the tables and plots, read-only
@@ -39,16 +40,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from moelab.data import get_dataset_spec
 from moelab.serve.catalog import Catalog
 from moelab.serve.dashboard import PAGE_SIZE, Dashboard
 from moelab.serve.errors import BadInput, ServeError, TooLarge, UnsupportedMedia
 from moelab.serve.inputs import INVERT_CHOICES, MAX_INPUTS, array_from_json, batch, image_to_raw
 from moelab.serve.predictor import Predictor
+from moelab.train.evaluate import MAX_GENERATED_BYTES
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_BODY = 16 * 1024 * 1024  # a few thousand MNIST-sized inputs as JSON, or a large photo
 MAX_SELECTIONS = 64
-PREDICT_KEYS = ("experiment", "inputs", "job", "variant", "runs", "invert")
+PREDICT_KEYS = ("experiment", "inputs", "job", "variant", "runs", "invert", "length", "temperature", "seed")
+DEFAULT_COMPLETION_BYTES = 100
 TEXT_TYPES = {".csv": "text/csv", ".md": "text/markdown", ".tex": "text/plain", ".txt": "text/plain"}
 
 log = logging.getLogger("moelab.serve")
@@ -267,6 +271,11 @@ def _predict(predictor: Predictor, fields: dict, images: list[tuple[str, bytes]]
                 seen.add((run.job, run.variant))
                 runs.append(run)
     fmt, dataset = predictor.input_format(runs)
+    if get_dataset_spec(dataset).tokens:
+        if images:
+            raise BadInput(f"{dataset} models continue text: give 'inputs' as a prompt string or a list of them")
+        return {"experiment": experiment, "dataset": dataset, "input_format": fmt.to_dict(),
+                **_completions(predictor, runs, fields)}
     if images:
         raw = batch(np.stack([image_to_raw(data, fmt, dataset, name, invert) for name, data in images]), fmt, dataset)
         names = [name for name, _ in images]
@@ -275,6 +284,28 @@ def _predict(predictor: Predictor, fields: dict, images: list[tuple[str, bytes]]
         names = None
     return {"experiment": experiment, "dataset": dataset, "input_format": fmt.to_dict(), "count": len(raw),
             "inputs": raw.tolist() if images else None, "runs": predictor.answer(runs, raw, names)}
+
+
+def _completions(predictor: Predictor, runs: list, fields: dict) -> dict:
+    """A text request: 'inputs' (a prompt or a list of prompts), 'length' bytes, 'temperature' (0:
+    greedy), 'seed' (of the draws)."""
+    prompts = fields.get("inputs")
+    prompts = [prompts] if isinstance(prompts, str) else prompts
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise BadInput("give 'inputs' as a prompt string or a list of prompt strings")
+    if len(prompts) > MAX_INPUTS:
+        raise TooLarge(f"{len(prompts)} prompts; at most {MAX_INPUTS} per request")
+    length, temperature, seed = (fields.get("length", DEFAULT_COMPLETION_BYTES), fields.get("temperature", 0.0),
+                                 fields.get("seed", 0))
+    for key, value, kinds in (("length", length, (int,)), ("temperature", temperature, (int, float)), ("seed", seed, (int,))):
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise BadInput(f"'{key}' must be a number, got {value!r}")
+    if not 1 <= length <= MAX_GENERATED_BYTES:
+        raise BadInput(f"'length' must be between 1 and {MAX_GENERATED_BYTES} bytes, got {length}")
+    if not 0 <= temperature <= 10 or temperature != temperature:
+        raise BadInput(f"'temperature' must be between 0 (greedy) and 10, got {temperature}")
+    return {"count": len(prompts), "length": length, "temperature": temperature, "seed": seed,
+            "runs": predictor.complete(runs, prompts, length, float(temperature), seed)}
 
 
 def _selections(fields: dict) -> list[tuple[str | None, str | None]]:

@@ -150,6 +150,21 @@ def read_input_file(path: Path, fmt: RawFormat, dataset: str, invert: str = "aut
     raise BadInput(f"{path}: give a .csv, .npy, a picture ({', '.join(IMAGE_SUFFIXES)}) or a folder of pictures")
 
 
+def read_prompts(path: Path) -> list[str]:
+    """The `predict` command's prompts for a text model: each non-empty line of a UTF-8 text file."""
+    try:
+        prompts = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise BadInput(f"{path}: not a readable UTF-8 text file ({type(error).__name__}); give one prompt per line") from None
+    if not prompts:
+        raise BadInput(f"{path}: holds no prompt; write one prompt per line")
+    if len(prompts) > MAX_INPUTS:
+        raise TooLarge(f"{path}: {len(prompts)} prompts; at most {MAX_INPUTS} per command")
+    return prompts
+
+
 def _read_csv(path: Path) -> np.ndarray:
     try:
         lines = [line for line in path.read_text().splitlines() if line.strip()]
