@@ -330,7 +330,7 @@ def test_by_default_each_variant_answers_through_its_best_run_by_validation(clie
     assert [r["variant"] for r in asked["runs"]] == ["mlp", "moe_hard"]
     listing = client.get("/api/experiments/tiny/runs").json()
     assert len(listing["runs"]) == 8 and len(listing["default"]) == 4
-    assert listing["input_format"] == {"shape": [8, 8], "low": 0.0, "high": 16.0, "image": True, "channels": 1,
+    assert listing["input_format"] == {"shape": [8, 8], "low": 0.0, "high": 16.0, "image": True, "channels": 1, "text": False,
                                        "description": "8x8 grey image, pixel values 0 (background) to 16 (ink)"}
 
 

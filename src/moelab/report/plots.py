@@ -318,7 +318,7 @@ def specialisation_heatmaps(data: ReportData, path: Path) -> str | None:
 
 
 def _layer_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """token_type_expert.csv with one row per MoE layer and byte type, named "L<layer> <type>"."""
+    """The token-type table (one row per MoE layer and byte type) with rows named "L<layer> <type>"."""
     names = [f"L{layer} {kind}" for layer, kind in zip(table["layer"], table["token_type"])]
     return table.drop(columns=["layer", "token_type"]).set_axis(names)
 
