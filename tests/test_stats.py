@@ -87,3 +87,16 @@ def test_the_bootstrap_counts_the_test_sets_noise_that_a_test_over_seeds_cannot_
     # a consistent gain of 30 images out of 270 in every seed is found
     strong = [np.array([1.0] * 35 + [-1.0] * 5 + [0.0] * 230)] * 6
     assert paired_bootstrap_p_value(strong) < 0.001
+
+
+def test_three_seeds_of_one_sign_are_no_verdict_however_many_test_examples_agree():
+    """The bootstrap over seeds cannot reach beyond the seeds drawn: three positive seeds would give it a
+    p near 0, although three seeds share a sign one time in four under "no difference"."""
+    from moelab.report.stats import paired_bootstrap_p_value, paired_p_value
+
+    rng = np.random.default_rng(0)
+    samples = [rng.normal(0.05, 0.3, 500) + shift for shift in (0.0, 0.02, 0.04)]
+    seeds = [float(s.mean()) for s in samples]
+    assert paired_bootstrap_p_value(samples) < 0.01
+    assert paired_p_value(seeds, samples) == pytest.approx(0.25)
+    assert paired_p_value(seeds, None) == pytest.approx(0.25)

@@ -1,10 +1,13 @@
 """The paired tests behind every "better" / "worse" of a report, and the rule for when there is none.
 
 A comparison is a list of per-seed differences (a variant minus its reference in the same job, so
-the same seed and grid values). When every run of the comparison wrote its per-sample test scores,
-the test is a paired bootstrap over seeds and test examples (paired_bootstrap_p_value): it adds the
-test set's sampling noise (270 test images move accuracy in steps of 1/270) to the seed-to-seed
-noise. Otherwise the test is an exact sign-flip permutation test over seeds: under
+the same seed and grid values). The exact sign-flip permutation test over seeds (sign_flip_p_value)
+always applies. When every run of the comparison also wrote its per-sample test scores, a paired
+bootstrap over seeds and test examples (paired_bootstrap_p_value) adds the test set's sampling noise
+(270 test images move accuracy in steps of 1/270), and the comparison's p-value is the larger of the
+two (`paired_p_value`; the larger of two valid p-values is valid). The bootstrap alone is not enough:
+it cannot reach beyond the seeds it resamples, so three seeds of one sign would make any difference
+"significant", although under "no difference" that happens one time in four. Sign-flip test: under
 "no difference" each per-seed difference is as likely to have either sign, so the p-value is the
 share of the 2^n sign assignments whose sum is at least as far from zero as the observed one. It
 makes no normality assumption, is exact for few seeds, and cannot be fooled by tied differences:
@@ -68,6 +71,15 @@ def paired_bootstrap_p_value(per_seed: Sequence[np.ndarray], seed: int = 0) -> f
     below = int(np.sum(statistic <= _TOLERANCE)) + 1
     above = int(np.sum(statistic >= -_TOLERANCE)) + 1
     return float(min(1.0, 2 * min(below, above) / (BOOTSTRAP_RESAMPLES + 1)))
+
+
+def paired_p_value(per_seed_differences: Sequence[float], per_seed_samples: Sequence[np.ndarray] | None) -> float:
+    """A comparison's p-value: the sign-flip test over seeds, or the larger of it and the paired bootstrap
+    over seeds and test examples when every seed has per-sample differences."""
+    seeds = sign_flip_p_value(per_seed_differences)
+    if per_seed_samples is None:
+        return seeds
+    return max(seeds, paired_bootstrap_p_value(per_seed_samples))
 
 
 def degenerate_reason(n: int, std: float) -> str | None:

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from moelab.report.stats import (BOOTSTRAP_METHOD, METHOD, MIN_PAIRED_SEEDS, degenerate_reason, paired_bootstrap_p_value,
-                                  sign_flip_p_value, smallest_p_value)
+from moelab.report.stats import (BOOTSTRAP_METHOD, METHOD, MIN_PAIRED_SEEDS, degenerate_reason, paired_p_value,
+                                  smallest_p_value)
 from moelab.results.configurations import COLUMN
 from moelab.results.metric_direction import higher_is_better
 from moelab.results.status import JobState
@@ -112,9 +112,9 @@ def _add_sample_differences(runs: pd.DataFrame, difference: str, reference: pd.S
 def summarise(runs: pd.DataFrame, grid_axes: list[str]) -> pd.DataFrame:
     """One row per variant x grid point (seeds pooled): <metric>_mean, _std, _ci95 (half-width,
     Student's t) and n; diff_* columns are paired differences to the dense baseline, with _n (the
-    number of paired seeds), _p and _method: stats.paired_bootstrap_p_value over seeds and test examples
-    when every pair has per-sample scores (a <diff>_samples column), else stats.sign_flip_p_value of
-    the per-seed differences."""
+    number of paired seeds), _p and _method: stats.paired_p_value, the sign-flip test of the per-seed
+    differences, or the larger of it and the paired bootstrap over seeds and test examples when every
+    pair has per-sample scores (a <diff>_samples column, method "bootstrap")."""
     done = finished(runs)
     if done.empty:
         return pd.DataFrame()
@@ -154,8 +154,8 @@ def _paired_test(group: pd.DataFrame, difference: str) -> tuple[float, str]:
         gain = paired[difference].mean() * (1 if higher_is_better(difference) else -1)
         if np.sign(np.mean([s.mean() for s in samples])) != np.sign(gain):
             return 1.0, "bootstrap"
-        return paired_bootstrap_p_value(list(samples)), "bootstrap"
-    return sign_flip_p_value(paired[difference]), "sign-flip"
+        return paired_p_value(paired[difference], list(samples)), "bootstrap"
+    return paired_p_value(paired[difference], None), "sign-flip"
 
 
 def ci95(std: float, n: int) -> float:
@@ -296,9 +296,11 @@ def _methods(table: pd.DataFrame, metric: str) -> str:
     """The tests used for a table's comparisons, in words."""
     used = pd.concat([table[f"{c}_method"] for c in comparison_columns(metric) if f"{c}_method" in table])
     counts = used[used != ""].value_counts()
-    words = {"bootstrap": f"a {BOOTSTRAP_METHOD} of the per-sample test scores",
-             "sign-flip": f"an {METHOD} of the per-seed differences (runs without per-sample scores; with n seeds "
-                          f"its smallest p is 2/2^n: {smallest_p_value(5):.3g} at 5, {smallest_p_value(6):.3g} at 6)"}
+    floor = (f"with n seeds its smallest p is 2/2^n: {smallest_p_value(3):.3g} at 3, {smallest_p_value(5):.3g} at 5, "
+             f"{smallest_p_value(6):.3g} at 6")
+    words = {"bootstrap": f"the larger p of a {BOOTSTRAP_METHOD} of the per-sample test scores and an {METHOD} of the "
+                          f"per-seed differences (the bootstrap alone cannot reach beyond the seeds it resamples; {floor})",
+             "sign-flip": f"an {METHOD} of the per-seed differences (runs without per-sample scores; {floor})"}
     if len(counts) == 1:
         return words[counts.index[0]]
     return "; ".join(f"{words[method]} for {count} comparison(s)" for method, count in counts.items())
