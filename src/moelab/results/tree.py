@@ -296,6 +296,27 @@ class AnalysisFiles:
         return self.path / "roc.csv"
 
 
+def job_files_signature(job: JobTree, variant_names) -> tuple:
+    """(inode, size, mtime_ns) of every file a job's state and progress are read from (config.json,
+    status.json, each variant's results.json and metrics.jsonl), None for an absent one. Taken before
+    reading them, an equal signature later means none was replaced or appended to since (each is
+    written atomically or appended): what was read from them still holds. The claim is not here: its
+    holder touches it every heartbeat, and whether it is alive is a question of time (claims.is_claimed).
+    Built on plain strings, not Paths: a dashboard takes it for every job of a large tree."""
+    base = str(job.path)
+    names = ["config.json", "status.json"]
+    for variant in variant_names:
+        names += [f"{variant}/results.json", f"{variant}/metrics.jsonl"]
+    signature = []
+    for name in names:
+        try:
+            info = os.stat(f"{base}/{name}")
+            signature.append((info.st_ino, info.st_size, info.st_mtime_ns))
+        except OSError:
+            signature.append(None)
+    return tuple(signature)
+
+
 def set_aside(path: Path) -> Path:
     """Rename a damaged record (file or folder) to `<name>.damaged-<UTC stamp>` beside it, kept for
     a look instead of deleted, so that what replaces it is written fresh; returns the new path."""

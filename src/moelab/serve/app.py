@@ -139,6 +139,17 @@ def create_app(catalog: Catalog, max_body_bytes: int = DEFAULT_MAX_BODY, ask_que
     def run_table(name: str):
         return reply(dashboard.run_table(name))
 
+    @app.get("/api/experiments/{name}/study")
+    def study(request: Request, name: str):
+        # the study's files change when a trial ends: a client polling in between gets a 304
+        etag = '"' + dashboard.study_version(name) + '"'
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag, **NO_CACHE})
+        response = reply(dashboard.study_views(name))
+        response.headers["ETag"] = etag
+        response.headers.update(NO_CACHE)
+        return response
+
     @app.get("/api/experiments/{name}/summary")
     def summary(name: str):
         return reply(dashboard.summary_table(name))

@@ -98,7 +98,11 @@ class Catalog:
         return job
 
     def jobs(self, tree: ExperimentTree) -> list[JobTree]:
-        return [job for job in tree.jobs() if is_safe_name(job.key) and inside(job.path, tree.path)]
+        if not inside(tree.jobs_dir, tree.path):
+            return []
+        # below a jobs/ folder inside the experiment only a link can lead out: only links are resolved
+        return [job for job in tree.jobs() if is_safe_name(job.key)
+                and (not os.path.islink(job.path) or inside(job.path, tree.path))]
 
     def summary_file(self, tree: ExperimentTree, name: str) -> Path:
         """A file written by create-plots (tables and plots), by its name."""
