@@ -176,6 +176,10 @@ class SummaryFiles:
     def plot(self, name: str, extension: str = "png") -> Path:
         return self.path / f"{name}.{extension}"
 
+    def comparison(self, other: str, extension: str) -> Path:
+        """`create-plots OTHER THIS --compare`: its table (csv, md) and plot (png, svg)."""
+        return self.path / f"compare-{other}.{extension}"
+
 
 @dataclass(frozen=True)
 class JobTree:
