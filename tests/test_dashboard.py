@@ -3,6 +3,7 @@ sorting, paging, incremental updates, one job's progress, and the pages by URL i
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 
@@ -282,7 +283,9 @@ def test_a_search_has_its_history_importances_and_parallel_coordinates(searched)
     assert dimensions["val_acc of moe_topk"]["values"] == [0.6, 0.8, 0.7, 0.85]
     assert dimensions["variants.*.num_experts"]["ticktext"] == ["2", "4"]
     lr = dimensions["train.lr"]  # log-scaled: log10 values, ticks labelled with rounded values
-    assert lr["ticktext"][0] == "0.001" and all(-3 <= v <= -1.5 for v in lr["values"])
+    assert lr["range"] == pytest.approx([-3, math.log10(0.03)]) and lr["ticktext"][0] == "0.001"
+    assert all(lr["range"][0] <= v <= lr["range"][1] for v in lr["values"])
+    assert dimensions["variants.*.hidden"]["ticktext"] == ["8", "11", "16", "23", "32"]  # an int range: whole numbers
     unchanged = client.get("/api/experiments/tuned/study", headers={"If-None-Match": response.headers["etag"]})
     assert unchanged.status_code == 304
 

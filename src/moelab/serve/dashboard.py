@@ -425,20 +425,21 @@ def _queue_entry(queues: Queues, key: str) -> tuple:
 
 
 def _axis(values: list, entry: dict) -> dict:
-    """A searched parameter as a parallel-coordinates axis (Plotly's values, tickvals, ticktext): a
-    choice at its index labelled with its values, a log-scaled range as log10 labelled with rounded
-    values, any other range as it is."""
+    """A searched parameter as a parallel-coordinates axis (Plotly's values, range, tickvals, ticktext)
+    spanning its whole range: a choice at its index labelled with its values, a log-scaled range as
+    log10 labelled with rounded values, any other range as it is."""
     if "choice" in entry:
         labels = [str(v) for v in entry["choice"]]
         index = {label: i for i, label in enumerate(labels)}
-        return {"values": [index.get(str(v)) for v in values], "tickvals": list(range(len(labels))),
-                "ticktext": labels}
+        return {"values": [index.get(str(v)) for v in values], "range": [0, max(len(labels) - 1, 1)],
+                "tickvals": list(range(len(labels))), "ticktext": labels}
+    low, high = (entry.get("loguniform") or entry.get("uniform") or entry["int"])[:2]
     if "loguniform" in entry or entry.get("log"):
-        low, high = (entry.get("loguniform") or entry["int"])[:2]
         ticks = [low * (high / low) ** (i / 4) for i in range(5)]
         return {"values": [math.log10(v) if _number(v) and v > 0 else None for v in values],
-                "tickvals": [math.log10(t) for t in ticks], "ticktext": [f"{t:.3g}" for t in ticks]}
-    return {"values": [_number(v) for v in values]}
+                "range": [math.log10(low), math.log10(high)], "tickvals": [math.log10(t) for t in ticks],
+                "ticktext": [str(round(t)) if "int" in entry else f"{t:.3g}" for t in ticks]}
+    return {"values": [_number(v) for v in values], "range": [low, high]}
 
 
 def _share(done: int, total: int) -> float | None:

@@ -133,18 +133,18 @@ async function drawStudy() {
      marker: {symbol: "x", color: "grey"}},
     {x: h.best_so_far.trial, y: h.best_so_far.value, name: "best so far", mode: "lines", type: "scatter",
      line: {shape: "hv", color: "#d62728"}}],
-    {title: {text: `Optimisation history (${esc(study.sampler)} sampler, ${esc(study.pruner)} pruner)`}, height: 320,
-     margin, legend, xaxis: {title: {text: "trial"}, dtick: h.complete.trial.length + h.pruned.trial.length > 20 ? undefined : 1},
+    {title: {text: `Optimisation history (${esc(study.sampler)} sampler, ${study.pruner === "none" ? "no pruner" : `${esc(study.pruner)} pruner`})`},
+     height: 320, margin, legend, xaxis: {title: {text: "trial"}, zeroline: false, dtick: h.complete.trial.length + h.pruned.trial.length > 20 ? undefined : 1},
      yaxis: {title: {text: study.objective.label}}, uirevision: "history"}, options);
   const found = study.importances ? Object.entries(study.importances).reverse() : [];
   document.getElementById("study-importances").hidden = !found.length;
   if (found.length) Plotly.react("study-importances", [{type: "bar", orientation: "h", x: found.map(f => f[1]), y: found.map(f => f[0])}],
-    {title: {text: "Parameter importances (fANOVA)"}, height: 120 + 30 * found.length, margin: {...margin, l: 160},
+    {title: {text: "Parameter importances (fANOVA)"}, height: 140 + 30 * found.length, margin: {...margin, t: 60, l: 160},
      xaxis: {title: {text: "share of the objective's variance"}}}, options);
   document.getElementById("study-parallel").hidden = !study.parallel;
   if (study.parallel) Plotly.react("study-parallel", [{type: "parcoords", dimensions: study.parallel.dimensions,
      line: {color: study.parallel.dimensions.at(-1).values, colorscale: "Viridis", showscale: true}}],
-    {title: {text: "Complete trials, parallel coordinates"}, height: 380, margin: {t: 80, r: 60, b: 30, l: 60}}, options);
+    {title: {text: "Complete trials, parallel coordinates"}, height: 400, margin: {t: 110, r: 60, b: 30, l: 60}}, options);
 }
 
 let busy = false;
