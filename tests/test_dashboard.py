@@ -87,6 +87,8 @@ def test_the_experiment_list_counts_states_and_progress(client):
     [sweep] = client.get("/api/experiments").json()["experiments"]
     assert sweep["jobs"] == 40 and sweep["states"] == {"done": 28, "failed": 4, "running": 8}
     assert sweep["progress"] == pytest.approx(28 * 2 / 80) and sweep["headline"] is None
+    assert client.get("/api/experiments/sweep").json() == sweep  # the experiment page asks for its own only
+    assert client.get("/api/experiments/nope").status_code == 404
 
 
 def test_filter_by_state_variant_and_grid_value_sort_and_page(client):

@@ -99,6 +99,20 @@ def test_a_jobs_files_signature_changes_with_each_write_and_only_then(tmp_path):
     assert job_files_signature(job, ["moe", "dense"]) != signatures[-1]
 
 
+def test_a_look_over_many_claims_asks_once_whether_their_process_lives(tmp_path):
+    jobs = [JobTree(tmp_path / key) for key in ("a", "b")]
+    for job in jobs:
+        job.path.mkdir()
+    claims = [try_claim(job) for job in jobs]
+    try:
+        pids: dict[int, bool] = {}
+        assert all(is_claimed(job, pids) for job in jobs) and pids == {os.getpid(): True}
+        assert not any(is_claimed(job, {os.getpid(): False}) for job in jobs)  # the answer shared is the one used
+    finally:
+        for claim in claims:
+            claim.release()
+
+
 def test_a_claim_is_exclusive_and_released(tmp_path):
     job = JobTree(tmp_path / "jobs" / "k")
     claim = try_claim(job)

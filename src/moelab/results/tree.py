@@ -79,11 +79,16 @@ class ExperimentTree:
         return JobTree(self.jobs_dir / key)
 
     def jobs(self) -> list["JobTree"]:
-        if not self.jobs_dir.is_dir():
+        return [JobTree(self.jobs_dir / key) for key in self.job_keys()]
+
+    def job_keys(self) -> list[str]:
+        """The keys of the jobs' folders, sorted, without making a path of each (a dashboard lists
+        ten thousand every few seconds)."""
+        try:
+            with os.scandir(self.jobs_dir) as entries:  # scandir: no stat per entry, fast on large trees
+                return sorted(e.name for e in entries if e.is_dir())
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        with os.scandir(self.jobs_dir) as entries:  # scandir: no stat per entry, fast on large trees
-            names = sorted(e.name for e in entries if e.is_dir())
-        return [JobTree(self.jobs_dir / name) for name in names]
 
 
 @dataclass(frozen=True)
@@ -302,11 +307,12 @@ class AnalysisFiles:
 
 def job_files_signature(job: JobTree, variant_names) -> tuple:
     """(inode, size, mtime_ns) of every file a job's state and progress are read from (config.json,
-    status.json, each variant's results.json and metrics.jsonl), None for an absent one. Taken before
-    reading them, an equal signature later means none was replaced or appended to since (each is
-    written atomically or appended): what was read from them still holds. The claim is not here: its
-    holder touches it every heartbeat, and whether it is alive is a question of time (claims.is_claimed).
-    Built on plain strings, not Paths: a dashboard takes it for every job of a large tree."""
+    status.json, each variant's results.json and metrics.jsonl), None for an absent one, and last
+    whether a claim file exists. Taken before reading them, an equal signature later means none was
+    replaced or appended to since (each is written atomically or appended): what was read from them
+    still holds. Of the claim only its existence: its holder touches it every heartbeat, and whether
+    it is alive is a question of time (claims.is_claimed). Built on plain strings, not Paths: a
+    dashboard takes it for every job of a large tree."""
     base = str(job.path)
     names = ["config.json", "status.json"]
     for variant in variant_names:
@@ -318,7 +324,7 @@ def job_files_signature(job: JobTree, variant_names) -> tuple:
             signature.append((info.st_ino, info.st_size, info.st_mtime_ns))
         except OSError:
             signature.append(None)
-    return tuple(signature)
+    return (*signature, os.path.lexists(f"{base}/.claim"))
 
 
 def set_aside(path: Path) -> Path:

@@ -110,6 +110,10 @@ def create_app(catalog: Catalog, max_body_bytes: int = DEFAULT_MAX_BODY, ask_que
     def experiments():
         return reply(dashboard.experiments())
 
+    @app.get("/api/experiments/{name}")
+    def experiment(name: str):
+        return reply(dashboard.experiment_summary(catalog.experiment(name)))
+
     @app.get("/api/experiments/{name}/jobs")
     def jobs(name: str, curves: bool = True):
         return reply(dashboard.jobs(name, curves=curves))

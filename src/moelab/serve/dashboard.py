@@ -58,7 +58,8 @@ class Dashboard:
         self._queues: dict[str, tuple[float, Queues]] = {}
         self._queue_lock = threading.Lock()
         self._versions: dict[str, OrderedDict[str, dict[str, str]]] = {}  # experiment -> version -> key -> row hash
-        self._job_rows: dict[str, dict[str, tuple[tuple, dict, str]]] = {}  # experiment -> key -> (signature, row, hash)
+        # experiment -> key -> (job, signature, row, hash)
+        self._job_rows: dict[str, dict[str, tuple[JobTree, tuple | None, dict, str]]] = {}
         self._pass_locks: dict[str, threading.Lock] = {}
 
     def experiments(self) -> dict:
@@ -108,21 +109,24 @@ class Dashboard:
         row was made (a pass over a finished tree is stats only)."""
         queues = self._queues_of(tree)
         before = self._job_rows.get(tree.name, {})
-        kept: dict[str, tuple[tuple, dict, str]] = {}
-        for job in self.catalog.jobs(tree):
-            known = before.get(job.key)
-            names = [v["name"] for v in known[1]["variants"]] if known else self._variant_names(job)
+        kept: dict[str, tuple[JobTree, tuple, dict, str]] = {}
+        pids: dict[int, bool] = {}  # whether the claims' processes live, asked once per pass
+        for key in self.catalog.job_keys(tree):
+            known = before.get(key)
+            job = known[0] if known else tree.job(key)
+            names = [v["name"] for v in known[2]["variants"]] if known else self._variant_names(job)
             # taken before reading: a file changed during the read changes the next pass's signature
-            signature = (job_files_signature(job, names), is_claimed(job), _queue_entry(queues, job.key))
-            if known is None or known[0] != signature:
+            files = job_files_signature(job, names)
+            signature = (files, files[-1] and is_claimed(job, pids), _queue_entry(queues, key))
+            if known is None or known[1] != signature:
                 row = self._row(job, queues)
                 if [v["name"] for v in row["variants"]] != names:
                     signature = None  # config.json named other variants than were stat'ed: read again next pass
-                known = (signature, row, _digest(row))
-            kept[job.key] = known
+                known = (job, signature, row, _digest(row))
+            kept[key] = known
         self._job_rows[tree.name] = kept
-        rows = {key: row for key, (_, row, _) in kept.items()}
-        hashes = {key: digest for key, (_, _, digest) in kept.items()}
+        rows = {key: row for key, (_, _, row, _) in kept.items()}
+        hashes = {key: digest for key, (_, _, _, digest) in kept.items()}
         version = _digest(sorted(hashes.items()))[:16]
         with self._queue_lock:
             history = self._versions.setdefault(tree.name, OrderedDict())

@@ -154,20 +154,20 @@ async function refresh() {
   try {
     const q = query();
     const since = q === asked && version ? `&since=${version}` : "";
-    const [list, answer] = await Promise.all([getJSON("/api/experiments"), getJSON(`${API}/job-page?${q}${since}`)]);
-    const e = list.experiments.find(x => x.name === NAME);
-    if (e) drawSummary(e);
+    // this experiment's summary only: another experiment's jobs are not read for this page
+    const [e, answer] = await Promise.all([getJSON(API), getJSON(`${API}/job-page?${q}${since}`)]);
+    drawSummary(e);
     if (!answer.since) rows.clear();
     for (const row of answer.rows) rows.set(row.key, row);
     if (answer.version !== version || q !== asked) {
       version = answer.version;
       asked = q;
-      drawControls(answer, e ? e.variants : []);
+      drawControls(answer, e.variants);
       drawJobs(answer);
       drawRunTable();
     }
     // the study's files change when a trial ends, not with the jobs' rows: asked each time (a 304 while unchanged)
-    if (e && e.search) await drawStudy().catch(error => { document.getElementById("study-note").textContent = `not updated: ${error.message}`; });
+    if (e.search) await drawStudy().catch(error => { document.getElementById("study-note").textContent = `not updated: ${error.message}`; });
     document.getElementById("connection").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (error) {
     document.getElementById("connection").textContent = `not updated: ${error.message}`;
