@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from moelab.results.io import file_signature
+
 # names a variant cannot take: they are files or folders of the job folder
 JOB_FILE_NAMES = frozenset({"config.json", "status.json", ".claim", ".claim.takeover"})
 
@@ -306,7 +308,7 @@ class AnalysisFiles:
 
 
 def job_files_signature(job: JobTree, variant_names) -> tuple:
-    """(inode, size, mtime_ns) of every file a job's state and progress are read from (config.json,
+    """The io.file_signature of every file a job's state and progress are read from (config.json,
     status.json, each variant's results.json and metrics.jsonl), None for an absent one, and last
     whether a claim file exists. Taken before reading them, an equal signature later means none was
     replaced or appended to since (each is written atomically or appended): what was read from them
@@ -317,14 +319,7 @@ def job_files_signature(job: JobTree, variant_names) -> tuple:
     names = ["config.json", "status.json"]
     for variant in variant_names:
         names += [f"{variant}/results.json", f"{variant}/metrics.jsonl"]
-    signature = []
-    for name in names:
-        try:
-            info = os.stat(f"{base}/{name}")
-            signature.append((info.st_ino, info.st_size, info.st_mtime_ns))
-        except OSError:
-            signature.append(None)
-    return (*signature, os.path.lexists(f"{base}/.claim"))
+    return (*(file_signature(f"{base}/{name}") for name in names), os.path.lexists(f"{base}/.claim"))
 
 
 def set_aside(path: Path) -> Path:

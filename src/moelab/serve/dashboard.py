@@ -20,6 +20,7 @@ from moelab.launch.backends import BACKENDS, backend_class
 from moelab.launch.base import QueueView
 from moelab.results.claims import is_claimed
 from moelab.results.errors import DamagedRecord
+from moelab.results.io import file_signature
 from moelab.results.states import VariantView, view_job
 from moelab.results.status import FAILURES, JobState
 from moelab.results.tree import ExperimentTree, JobTree, job_files_signature
@@ -304,7 +305,7 @@ class Dashboard:
     def study_version(self, name: str) -> str:
         """Names the state of the files study_views reads (taken before reading them)."""
         files = self.catalog.experiment(name).study
-        return _digest([_signature(files.trials_csv), _signature(files.summary)])[:16]
+        return _digest([file_signature(files.trials_csv), file_signature(files.summary)])[:16]
 
     def study_views(self, name: str) -> dict:
         """A search's history (each ended trial's objective, the best so far), its parameter importances
@@ -481,14 +482,6 @@ def _all_curves(rows: list[dict]) -> dict:
         columns += [c for c, v in row.items() if c not in columns and isinstance(v, (int, float))
                     and not isinstance(v, bool)]
     return {column: [_number(r.get(column)) for r in rows] for column in columns}
-
-
-def _signature(path) -> tuple | None:
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def _versioned(url: str, path) -> str | None:
