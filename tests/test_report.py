@@ -608,6 +608,7 @@ def test_compare_pairs_runs_that_match_by_configuration_and_says_so(finished_job
     name = first.path.parents[1].name
     saved = pd.read_csv(summary.comparison(name, "csv"))
     assert list(saved["variant"]) == ["mlp", "moe", "moe_topk", "moe_hard"] and (saved["B - A"] == 0).all()
+    assert (saved["A test_acc"] == saved["B test_acc"]).all() and saved["A test_acc"].between(0, 1).all()
     assert {"95% CI", "p", "p (Holm)", "verdict", "test"} <= set(saved.columns)
     table = summary.comparison(name, "md").read_text()
     assert "| moe_topk |" in table and "paired over 1 seed(s)" in table

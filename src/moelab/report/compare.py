@@ -88,7 +88,7 @@ def compare(first: Path, second: Path) -> tuple[pd.DataFrame, str]:
         if degenerate_reason(n, std) is not None:
             test += f"; no verdict: {degenerate_reason(n, std)}"
         rows.append({**{axis_label(k): v for k, v in zip(keys, group)},
-                     f"A {column}": f"{part_a[column].mean():.4f}", f"B {column}": f"{part_b[column].mean():.4f}",
+                     f"A {column}": float(part_a[column].mean()), f"B {column}": float(part_b[column].mean()),
                      "B - A": mean, "95% CI": interval, "p": p, "n": n, "std": std, "test": test})
     if not rows:
         raise ValueError(f"{first} and {second} have no variant (at the same grid values) in common")
