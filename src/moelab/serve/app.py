@@ -3,13 +3,16 @@
     GET  /                                  dashboard: experiments, job states, live curves, errors, report
     GET  /predict                           draw or upload an input, see every variant's answer and experts
     GET  /api/experiments                   every experiment: job states counted, runs done, report files
-    GET  /experiments/{name}                one experiment's page: headline, filterable jobs, run table
+    GET  /api/experiments/{name}            one experiment's summary (the same as its entry above)
+    GET  /experiments/{name}                one experiment's page: headline, filterable jobs, run table,
+                                            a search's history, importances and parallel coordinates
     GET  /experiments/{name}/jobs/{key}     one job's page: each variant's progress, ETA and curves
     GET  /api/experiments/{name}/jobs       every job: state (disk + queue), variants, curves, errors
     GET  /api/experiments/{name}/job-page   jobs filtered (state, variant, grid.<axis>), sorted, running
                                             first, paged; since=VERSION or If-None-Match: only changes
     GET  /api/experiments/{name}/jobs/{key} one job: epoch n of N, elapsed, ETA, every curve
     GET  /api/experiments/{name}/run-table  one row per job x variant
+    GET  /api/experiments/{name}/study      a search: history, importances, parallel coordinates (ETag)
     GET  /api/experiments/{name}/summary    summary.csv as columns and rows
     GET  /api/experiments/{name}/runs       finished runs, the default ones, and the raw input format
     POST /api/predict                       JSON {"experiment", "inputs", ["job"], ["variant"], ["runs"]}
