@@ -3,6 +3,7 @@ sorting, paging, incremental updates, one job's progress, and the pages by URL i
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from moelab.results.status import JobState, JobStatus, VariantStatus
 from moelab.results.tree import ExperimentTree
 from moelab.serve.app import create_app
 from moelab.serve.catalog import Catalog
+from moelab.serve.dashboard import Dashboard
 
 VARIANTS = ("dense", "moe")
 EPOCHS = 4
@@ -85,6 +87,8 @@ def test_the_experiment_list_counts_states_and_progress(client):
     [sweep] = client.get("/api/experiments").json()["experiments"]
     assert sweep["jobs"] == 40 and sweep["states"] == {"done": 28, "failed": 4, "running": 8}
     assert sweep["progress"] == pytest.approx(28 * 2 / 80) and sweep["headline"] is None
+    assert client.get("/api/experiments/sweep").json() == sweep  # the experiment page asks for its own only
+    assert client.get("/api/experiments/nope").status_code == 404
 
 
 def test_filter_by_state_variant_and_grid_value_sort_and_page(client):
@@ -117,6 +121,28 @@ def test_an_update_sends_only_the_rows_that_changed(client, synthetic):
     assert changed["version"] != before["version"] and [row["key"] for row in changed["rows"]] == ["j00005"]
     assert changed["keys"] == before["keys"]
     assert len(page(client, limit=1000, since="unknown")["rows"]) == 40  # too far behind: everything
+
+
+def test_a_pass_rereads_only_the_jobs_whose_files_or_claims_changed(tmp_path, monkeypatch):
+    tree, claims = write_synthetic_experiment(tmp_path / "experiments", "small", 6)
+    dashboard = Dashboard(Catalog(root=tmp_path / "experiments"), ask_queues=False, rows_ttl_s=0)
+    read = []
+    view = dashboard.job_view
+    monkeypatch.setattr(dashboard, "job_view", lambda job, *args, **kw: read.append(job.key) or view(job, *args, **kw))
+    first = dashboard.job_rows(tree)
+    assert sorted(read) == [f"j{i:05d}" for i in range(6)]
+    read.clear()
+    assert dashboard.job_rows(tree)[0] == first[0] and read == []  # nothing changed: stats only
+    add_epoch(tree.job("j00001"), "moe", EPOCHS)
+    write_json(tree.job("j00002").variant("dense").results_file, {"best_val_accuracy": 0.5})
+    version, rows, _ = dashboard.job_rows(tree)
+    assert sorted(read) == ["j00001", "j00002"] and version != first[0]
+    assert rows["j00001"]["variants"][1]["epochs"] == EPOCHS + 1
+    read.clear()
+    claims[0].release()  # j00000's process is gone: no file of its own changed, its state did
+    assert dashboard.job_rows(tree)[1]["j00000"]["state"] == "interrupted" and read == ["j00000"]
+    for claim in claims[1:]:
+        claim.release()
 
 
 def test_one_job_shows_epoch_n_of_n_eta_curves_and_router_health(client):
@@ -205,4 +231,78 @@ def test_a_running_jobs_epoch_counter_advances_and_zooming_changes_a_curves_rang
         page.wait_for_function(f"document.querySelector('{chart}').layout.xaxis.range[0] !== {before[0]}")
         after = page.evaluate(f"document.querySelector('{chart}').layout.xaxis.range")
         assert before[0] < after[0] < after[1] < before[1]
+        assert errors == []
+
+
+# --- a search -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A tiny search's study, asked and told in this process as workers would (no training): four
+    trials complete, one pruned, one still running; its files written as a trial's end writes them."""
+    import yaml
+    from test_search import study_doc
+
+    from moelab.config import load_experiment
+    from moelab.search import StudySession
+    from moelab.search.export import write_study_files
+
+    base = tmp_path_factory.mktemp("search")
+    source = base / "tuned.yaml"
+    source.write_text(yaml.safe_dump(study_doc(n_trials=6, parallel=6), sort_keys=False))
+    tree = ExperimentTree(base / "experiments" / "tuned")
+    tree.jobs_dir.mkdir(parents=True)
+    session = StudySession(tree, load_experiment(source))
+    session.create()
+    for value in (0.6, 0.8, 0.7, 0.85):
+        run = session.next_trial()
+        run.study.tell(run.trial, value)
+        run.release()
+    pruned = session.next_trial()
+    pruned.report(0, 0, 0.2)
+    pruned.prune()
+    pruned.release()
+    running = session.next_trial()
+    write_study_files(session)
+    yield base / "experiments", tree
+    running.release()
+
+
+def test_a_search_has_its_history_importances_and_parallel_coordinates(searched):
+    ExperimentTree(searched[0] / "plain").jobs_dir.mkdir(parents=True, exist_ok=True)
+    client = TestClient(create_app(Catalog(root=searched[0]), ask_queues=False))
+    listed = {e["name"]: e["search"] for e in client.get("/api/experiments").json()["experiments"]}
+    assert listed == {"plain": False, "tuned": True}
+    assert client.get("/api/experiments/plain/study").status_code == 404
+    response = client.get("/api/experiments/tuned/study")
+    study = response.json()
+    history = study["history"]
+    assert history["complete"] == {"trial": [0, 1, 2, 3], "value": [0.6, 0.8, 0.7, 0.85]}
+    assert history["best_so_far"]["value"] == [0.6, 0.8, 0.8, 0.85]  # maximised
+    assert history["pruned"]["trial"] == [4]
+    assert set(study["importances"]) == {"train.lr", "variants.*.num_experts", "variants.*.hidden"}
+    dimensions = {d["label"]: d for d in study["parallel"]["dimensions"]}
+    assert dimensions["val_acc of moe_topk"]["values"] == [0.6, 0.8, 0.7, 0.85]
+    assert dimensions["variants.*.num_experts"]["ticktext"] == ["2", "4"]
+    lr = dimensions["train.lr"]  # log-scaled: log10 values, ticks labelled with rounded values
+    assert lr["range"] == pytest.approx([-3, math.log10(0.03)]) and lr["ticktext"][0] == "0.001"
+    assert all(lr["range"][0] <= v <= lr["range"][1] for v in lr["values"])
+    assert dimensions["variants.*.hidden"]["ticktext"] == ["8", "11", "16", "23", "32"]  # an int range: whole numbers
+    unchanged = client.get("/api/experiments/tuned/study", headers={"If-None-Match": response.headers["etag"]})
+    assert unchanged.status_code == 304
+
+
+@pytest.mark.browser
+def test_a_searchs_page_draws_its_history_importances_and_parallel_coordinates(searched, tmp_path):
+    from test_serve import browser_page, server
+
+    with server(tmp_path / "serve.log", "--experiments-dir", str(searched[0])) as base, \
+            browser_page() as (page, errors):
+        page.goto(f"{base}/experiments/tuned")
+        for chart in ("#study-history", "#study-importances", "#study-parallel"):
+            page.wait_for_selector(f"{chart} .main-svg")
+        traces = page.evaluate("document.querySelector('#study-history').data.map(t => [t.name, t.mode])")
+        assert traces == [["complete (4)", "markers"], ["pruned (1)", "markers"], ["best so far", "lines"]]
+        assert page.evaluate("document.querySelector('#study-parallel').data[0].type") == "parcoords"
+        assert page.evaluate("document.querySelector('#study-parallel').data[0].dimensions.length") == 4
         assert errors == []

@@ -536,6 +536,31 @@ def test_with_the_zoos_eleven_variants_no_legend_covers_data_and_no_colour_repea
         assert len({round(ax.get_position().x0, 3) for ax in data_axes}) == plots.PANELS_PER_ROW
 
 
+@pytest.mark.parametrize("draw", ["history", "objective_vs_parameters"])
+def test_a_studys_plots_keep_their_legend_beside_the_axes(draw, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from moelab.report import study
+    from moelab.report.study import StudyData
+    rng = np.random.default_rng(0)
+    trials = pd.DataFrame({"number": range(30), "state": ["complete", "pruned", "complete"] * 10,
+                           "value": rng.random(30), "train.lr": 10 ** rng.uniform(-3, -1, 30),
+                           "variants.*.num_experts": rng.choice([2, 4, 8], 30)})
+    summary = {"objective": {"metric": "val_acc", "variant": "moe", "direction": "maximize"}, "sampler": "tpe",
+               "pruner": "median", "space": {"train.lr": {"loguniform": [1e-3, 1e-1]},
+                                             "variants.*.num_experts": {"choice": [2, 4, 8]}}}
+    figures = []
+    monkeypatch.setattr(study, "save", lambda fig, path: figures.append(fig))
+    assert getattr(study, draw)(SimpleNamespace(study=StudyData(trials, summary, None)), tmp_path / "p.png") is None
+    (fig,) = figures
+    fig.tight_layout()
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    (legend,) = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    box = legend.get_window_extent(renderer)
+    assert all(not box.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes)
+    assert box.x1 <= fig.bbox.x1  # inside the figure: saved, not cut off
+
+
 def _face(handle):
     """The colour of what a legend entry stands for: a line, points, bars or error bars."""
     import matplotlib.collections, matplotlib.container, matplotlib.lines
@@ -579,6 +604,16 @@ def test_compare_pairs_runs_that_match_by_configuration_and_says_so(finished_job
     for variant in ("mlp", "moe", "moe_topk", "moe_hard"):
         assert re.search(rf"\| {variant} \|.*\| \+0\.0000 \|.*paired over 1 seed\(s\); no verdict", out), out
     assert "not distinguishable" in out and "better" in out.splitlines()[0]
+    summary = ExperimentTree(second.path.parents[1]).summary  # saved beside B's plots, named after A
+    name = first.path.parents[1].name
+    saved = pd.read_csv(summary.comparison(name, "csv"))
+    assert list(saved["variant"]) == ["mlp", "moe", "moe_topk", "moe_hard"] and (saved["B - A"] == 0).all()
+    assert (saved["A test_acc"] == saved["B test_acc"]).all() and saved["A test_acc"].between(0, 1).all()
+    assert {"95% CI", "p", "p (Holm)", "verdict", "test"} <= set(saved.columns)
+    table = summary.comparison(name, "md").read_text()
+    assert "| moe_topk |" in table and "paired over 1 seed(s)" in table
+    assert all(summary.comparison(name, ext).stat().st_size > 0 for ext in ("png", "svg"))
+    assert "saved:" in out
 
 
 def test_the_unpaired_test_is_the_exact_permutation_test():

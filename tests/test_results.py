@@ -11,11 +11,11 @@ import time
 import pytest
 
 from moelab.results import collect, load_runs
-from moelab.results.io import atomic_write, read_json, write_json
+from moelab.results.io import append_jsonl, atomic_write, read_json, write_json
 from conftest import copy_job, make_job
 from moelab.results.claims import is_claimed, try_claim
 from moelab.results.status import JobState, job_state
-from moelab.results.tree import JobTree
+from moelab.results.tree import JobTree, job_files_signature
 from moelab.train.job import run_job
 
 
@@ -78,6 +78,39 @@ def test_the_cache_rereads_exactly_the_jobs_that_changed(finished_job, tmp_path)
     assert again.loc[again["variant"] == "mlp", "test_acc"].item() == first.runs.loc[first.runs["variant"] == "mlp", "test_acc"].item()
     (root / "summary" / ".cache.pkl").write_bytes(b"damaged")  # a damaged cache is ignored, not fatal
     assert len(collect(root, curves=False, cache=True).runs) == 4
+
+
+def test_a_jobs_files_signature_changes_with_each_write_and_only_then(tmp_path):
+    job = JobTree(tmp_path / "j1")
+    write_json(job.config_file, {"variants": ["moe"]})
+    signatures = [job_files_signature(job, ["moe"])]
+    for write in (lambda: write_json(job.status_file, {"state": "running"}),
+                  lambda: append_jsonl(job.variant("moe").metrics_file, {"epoch": 0}),
+                  lambda: append_jsonl(job.variant("moe").metrics_file, {"epoch": 1}),
+                  lambda: write_json(job.status_file, {"state": "running"}),  # same text, a new file
+                  lambda: write_json(job.variant("moe").results_file, {"best_val_accuracy": 0.9}),
+                  lambda: write_json(job.config_file, {"variants": ["moe"]})):
+        write()
+        signatures.append(job_files_signature(job, ["moe"]))
+    assert len(set(signatures)) == len(signatures)
+    assert job_files_signature(job, ["moe"]) == signatures[-1]  # nothing written: equal
+    try_claim(job).release()  # the claim is not part of it: its heartbeat touches it every few seconds
+    assert job_files_signature(job, ["moe"]) == signatures[-1]
+    assert job_files_signature(job, ["moe", "dense"]) != signatures[-1]
+
+
+def test_a_look_over_many_claims_asks_once_whether_their_process_lives(tmp_path):
+    jobs = [JobTree(tmp_path / key) for key in ("a", "b")]
+    for job in jobs:
+        job.path.mkdir()
+    claims = [try_claim(job) for job in jobs]
+    try:
+        pids: dict[int, bool] = {}
+        assert all(is_claimed(job, pids) for job in jobs) and pids == {os.getpid(): True}
+        assert not any(is_claimed(job, {os.getpid(): False}) for job in jobs)  # the answer shared is the one used
+    finally:
+        for claim in claims:
+            claim.release()
 
 
 def test_a_claim_is_exclusive_and_released(tmp_path):

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None, prepare: Callable[[Path], None] | None =
                              "what differs are on the report's first screen)")
     parser.add_argument("--compare", action="store_true",
                         help="compare two experiment folders A B side by side (paired where runs match by variant, "
-                             "seed and grid values, else unpaired); prints the table, writes nothing")
+                             "seed and grid values, else unpaired); prints the table and saves it (CSV, Markdown) with "
+                             "a plot in B's summary folder as compare-<A>.*")
     args = parser.parse_args(argv)
     if args.compare:
         return _compare(args.experiments)

@@ -5,6 +5,7 @@ Runs of A and B match when they share the variant, the seed and the values of ev
 have: then the comparison is paired (B minus A per seed, the report's sign-flip test); a variant
 with no matching run pair is compared unpaired (a permutation test of the difference of means).
 Verdicts are Holm-adjusted over all comparisons, as in a report; each row says which test it used.
+The table and a plot of B - A are saved in B's summary folder (compare-<A>.csv, .md, .png, .svg).
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ import numpy as np
 import pandas as pd
 
 from moelab.report.data import read_report_data
+from moelab.report.figures import FORMATS, save, subplots
 from moelab.report.stats import degenerate_reason, sign_flip_p_value
 from moelab.report.tables import axis_label, ci95, finished, holm, to_markdown, verdict
+from moelab.results.io import atomic_write, write_text
+from moelab.results.tree import ExperimentTree
 
 RANDOM_PERMUTATIONS = 100_000  # above EXACT_UP_TO runs in all, a fixed-seed sample of the permutations
 EXACT_UP_TO = 16
+# the columns compare computes; the others name the row (variant, grid values)
+COMPUTED = ("B - A", "95% CI", "p", "n", "std", "test", "p (Holm)", "verdict")
 
 
 def permutation_p_value(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
@@ -82,7 +88,7 @@ def compare(first: Path, second: Path) -> tuple[pd.DataFrame, str]:
         if degenerate_reason(n, std) is not None:
             test += f"; no verdict: {degenerate_reason(n, std)}"
         rows.append({**{axis_label(k): v for k, v in zip(keys, group)},
-                     f"A {column}": f"{part_a[column].mean():.4f}", f"B {column}": f"{part_b[column].mean():.4f}",
+                     f"A {column}": float(part_a[column].mean()), f"B {column}": float(part_b[column].mean()),
                      "B - A": mean, "95% CI": interval, "p": p, "n": n, "std": std, "test": test})
     if not rows:
         raise ValueError(f"{first} and {second} have no variant (at the same grid values) in common")
@@ -90,14 +96,46 @@ def compare(first: Path, second: Path) -> tuple[pd.DataFrame, str]:
     table["p (Holm)"] = holm(table["p"])
     table["verdict"] = [verdict(m, p, n, s) for m, p, n, s in
                         zip(table["B - A"], table["p (Holm)"], table["n"], table["std"])]
-    shown = table.drop(columns=["p", "std"])
-    shown["B - A"] = [f"{m:+.4f}" + (f" ± {h:.4f}" if h == h else "") for m, h in zip(table["B - A"], table["95% CI"])]
-    shown["p (Holm)"] = [f"{p:.2g}" if p == p else "" for p in table["p (Holm)"]]
-    return shown.drop(columns=["95% CI"]), metric
+    return table, metric
 
 
-def print_comparison(first: Path, second: Path) -> None:
+def shown(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison as printed: B - A with its interval in one cell, p rounded, no std."""
+    out = table.drop(columns=["p", "std", "95% CI"])
+    out["B - A"] = [f"{m:+.4f}" + (f" ± {h:.4f}" if h == h else "") for m, h in zip(table["B - A"], table["95% CI"])]
+    out["p (Holm)"] = [f"{p:.2g}" if p == p else "" for p in table["p (Holm)"]]
+    return out
+
+
+def print_comparison(first: Path, second: Path) -> list[Path]:
+    """Print the comparison and save it in B's summary folder: the table (CSV with every number,
+    Markdown as printed) and a plot of B - A per row. Returns the files written."""
     table, metric = compare(first, second)
-    print(f"A = {first}, B = {second}: test {metric}, B - A with its 95 % interval (paired rows), verdicts by the "
-          f"report's tests, Holm-adjusted over {len(table)} comparison(s) (family-wise 5 %); 'better' means B is better")
-    print(to_markdown(table), end="")
+    header = (f"A = {first}, B = {second}: test {metric}, B - A with its 95 % interval (paired rows), verdicts by the "
+              f"report's tests, Holm-adjusted over {len(table)} comparison(s) (family-wise 5 %); 'better' means B is better")
+    markdown = to_markdown(shown(table))
+    print(header)
+    print(markdown, end="")
+    summary, other = ExperimentTree(second).summary, Path(first).name
+    files = [summary.comparison(other, "csv"), summary.comparison(other, "md")]
+    atomic_write(files[0], lambda f: table.to_csv(f, index=False))
+    write_text(files[1], f"# {Path(second).name} (B) against {other} (A)\n\n{header}\n\n{markdown}")
+    files += _plot(table, metric, other, Path(second).name, summary.comparison(other, "png"))
+    print(f"saved: {', '.join(str(f) for f in files)}")
+    return files
+
+
+def _plot(table: pd.DataFrame, metric: str, first: str, second: str, path: Path) -> list[Path]:
+    """B - A per row with its 95 % interval (paired rows; an unpaired row is a point), zero marked."""
+    labels = [" ".join(str(v) for v in row) for row in table[[c for c in table.columns
+                                                              if c not in COMPUTED and not c.startswith(("A ", "B "))]]
+              .itertuples(index=False)]
+    fig, ax = subplots(figsize=(7.0, 1.2 + 0.35 * len(table)))
+    rows = range(len(table))[::-1]  # the first row on top, as in the table
+    ax.errorbar(table["B - A"], rows, xerr=table["95% CI"].fillna(0), fmt="o", capsize=3)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_yticks(list(rows), labels)
+    ax.set(xlabel=f"test {metric}: {second} - {first} (95 % interval where paired)",
+           title=f"{second} (B) against {first} (A)")
+    save(fig, path)
+    return [path.with_suffix(f".{fmt}") for fmt in FORMATS]

@@ -20,16 +20,14 @@ import matplotlib.image
 from matplotlib import colormaps
 from matplotlib.ticker import MaxNLocator
 import numpy as np
-from matplotlib.figure import Figure
 import pandas as pd
 
 from moelab.report import study
 from moelab.report.data import ReportData
+from moelab.report.figures import legend_outside, save, subplots
 from moelab.report.tables import axis_label, finished
-from moelab.results.io import atomic_write
 from moelab.results.tree import VariantTree
 
-FORMATS = ("png", "svg")
 PANELS_PER_ROW = 4  # grid points, heatmaps: wrapped into rows beyond this many, never squashed into a strip
 
 
@@ -467,13 +465,6 @@ def variant_colours(data: ReportData) -> dict[str, tuple[float, ...]]:
     return dict(zip(names, palette(len(names))))
 
 
-def legend_outside(ax) -> None:
-    """The legend right of `ax`, outside every data area (tight_layout makes room for it)."""
-    handles, labels = ax.get_legend_handles_labels()
-    ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
-              ncols=1 if len(labels) <= 16 else 2)
-
-
 def rounded(value) -> str:
     """A grid or search value for a label: floats to 3 significant digits."""
     return f"{value:.3g}" if isinstance(value, (float, np.floating)) else str(value)
@@ -541,20 +532,6 @@ def _variant_files(runs: pd.DataFrame, file_of: Callable[[VariantTree], Path]) -
                 found.append((variant, file))
                 break
     return found
-
-
-def subplots(*args, figsize, **kwargs):
-    """A figure not registered with pyplot: no backend or global state, safe in workers and notebooks."""
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots(*args, **kwargs)
-
-
-def save(fig, path: Path, formats: tuple[str, ...] = FORMATS, tight: bool = True) -> None:
-    if tight:
-        fig.tight_layout()
-    for fmt in formats:
-        target = path.with_suffix(f".{fmt}")
-        atomic_write(target, lambda f: fig.savefig(f, format=fmt, dpi=110), mode="wb")
 
 
 def matched_sizes(data: ReportData, path: Path) -> str | None:

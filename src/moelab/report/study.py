@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
-from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from moelab.results.io import atomic_write
+from moelab.report.figures import legend_outside, save, subplots
 from moelab.results.tree import ExperimentTree
 
 # "ReportData" (report/data.py) is named in annotations only: data.py and plots.py import this
@@ -99,7 +98,7 @@ def history(data: "ReportData", path: Path) -> str | None:
     if ended.empty:
         return "no trial has ended yet"
     objective = study.objective
-    fig, ax = _subplots(figsize=(7.5, 4.2))
+    fig, ax = subplots(figsize=(9.0, 4.2))
     complete = ended[ended["state"] == "complete"]
     pruned = ended[ended["state"] == "pruned"]
     ax.scatter(complete["number"], complete["value"], label=f"complete ({len(complete)})", zorder=3)
@@ -114,8 +113,8 @@ def history(data: "ReportData", path: Path) -> str | None:
            title=f"Optimisation history: {study.summary['sampler']} sampler, {pruner}"
                  + (f"; {failed} failed" if failed else ""))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize=8)
-    _save(fig, path)
+    legend_outside(ax)
+    save(fig, path)
     return None
 
 
@@ -125,10 +124,10 @@ def importances(data: "ReportData", path: Path) -> str | None:
     if not found:
         return f"parameter importances {data.study.summary.get('importances_note') or 'not computed'}"
     names = list(found)[::-1]
-    fig, ax = _subplots(figsize=(6.5, 1.0 + 0.45 * len(names)))
+    fig, ax = subplots(figsize=(6.5, 1.0 + 0.45 * len(names)))
     ax.barh(names, [found[n] for n in names])
     ax.set(xlabel="importance (share of the objective's variance, fANOVA)", title="Parameter importances")
-    _save(fig, path)
+    save(fig, path)
     return None
 
 
@@ -140,7 +139,7 @@ def objective_vs_parameters(data: "ReportData", path: Path) -> str | None:
     if ended.empty:
         return "no trial has ended yet"
     keys = study.keys
-    fig, axes = _subplots(1, len(keys), figsize=(3.6 * len(keys) + 0.5, 3.6), squeeze=False, sharey=True)
+    fig, axes = subplots(1, len(keys), figsize=(3.6 * len(keys) + 1.7, 3.6), squeeze=False, sharey=True)
     for ax, key in zip(axes[0], keys):
         entry = study.summary["space"][key]
         for state, marker, color in (("complete", "o", "C0"), ("pruned", "x", "grey")):
@@ -155,8 +154,8 @@ def objective_vs_parameters(data: "ReportData", path: Path) -> str | None:
             ax.set_xscale("log")
         ax.set_xlabel(key)
     axes[0][0].set_ylabel(f"{study.objective['metric']} of {study.objective['variant']}")
-    axes[0][0].legend(fontsize=8)
-    _save(fig, path)
+    legend_outside(axes[0][-1])
+    save(fig, path)
     return None
 
 
@@ -198,15 +197,3 @@ def _short(value) -> str:
 
 def _e(text) -> str:
     return html.escape(str(text), quote=True)
-
-
-def _subplots(*args, figsize, **kwargs):
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots(*args, **kwargs)
-
-
-def _save(fig, path: Path) -> None:
-    """PNG and SVG, as every plot of the report (plots.save)."""
-    fig.tight_layout()
-    for fmt in ("png", "svg"):
-        atomic_write(path.with_suffix(f".{fmt}"), lambda f: fig.savefig(f, format=fmt, dpi=110), mode="wb")

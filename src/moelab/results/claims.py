@@ -46,9 +46,14 @@ class Holder:
     heartbeat_age_s: float
     problem: str | None = None  # why the claim file could not be read: its holder is unknown
 
-    def is_alive(self) -> bool:
+    def is_alive(self, pids: dict[int, bool] | None = None) -> bool:
+        """`pids`: whether each pid of this host is alive, filled in by calls that share it."""
         if self.host == socket.gethostname():
-            return _pid_alive(self.pid) and self.heartbeat_age_s < timeout_s()
+            if pids is None:
+                pids = {}
+            if self.pid not in pids:
+                pids[self.pid] = _pid_alive(self.pid)
+            return pids[self.pid] and self.heartbeat_age_s < timeout_s()
         return self.heartbeat_age_s < timeout_s()
 
 
@@ -73,9 +78,11 @@ def holder(job: Claimable) -> Holder | None:
     return Holder(owner, host, pid, age)
 
 
-def is_claimed(job: Claimable) -> bool:
+def is_claimed(job: Claimable, pids: dict[int, bool] | None = None) -> bool:
+    """`pids`: a dict shared by the calls of one look over many jobs (one worker holds many claims:
+    whether its process lives is asked once)."""
     found = holder(job)
-    return found is not None and found.is_alive()
+    return found is not None and found.is_alive(pids)
 
 
 class Claim:

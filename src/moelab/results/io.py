@@ -32,6 +32,16 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> N
         raise
 
 
+def file_signature(path: Path | str) -> tuple[int, int, int] | None:
+    """(inode, size, mtime_ns), None when absent: a file replaced (atomic writes make a new inode),
+    appended to or rewritten has another one."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
 def write_json(path: Path, data: Any) -> None:
     text = json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
     atomic_write(path, lambda f: f.write(text))

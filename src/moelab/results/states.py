@@ -12,7 +12,7 @@ from typing import Any, Callable
 from moelab.results.errors import DamagedRecord
 from moelab.results.io import read_json
 from moelab.results.records import VariantResults, read_variant_results
-from moelab.results.status import JobState, JobStatus, job_state, merge_states, read_status
+from moelab.results.status import JobState, JobStatus, disk_state, merge_states, read_status
 from moelab.results.tree import JobTree
 
 
@@ -42,8 +42,8 @@ def view_job(job: JobTree, names: list[str], queue_state: JobState | None = None
              read: Callable[[Any], Any] = read_json) -> JobView:
     """The job whose variants are `names` (its own, with the dense ones baseline.match adds). `read`
     parses a results.json (the dashboard passes its cache)."""
-    disk = job_state(job, names)
     status = read_status(job)
+    disk = disk_state(job, names, status, read)
     problems = []
     if status is None and job.status_file.exists():
         problems.append(f"{job.status_file.name}: unreadable (being written, or damaged); states taken from the "

@@ -11,6 +11,8 @@ import socket
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from enum import Enum
+from pathlib import Path
+from typing import Any, Callable
 
 from moelab.results.claims import is_claimed
 from moelab.results.io import read_json, write_json
@@ -142,9 +144,15 @@ def read_status(job: JobTree) -> JobStatus | None:
 
 
 def job_state(job: JobTree, variant_names: list[str] | None = None) -> JobState:
-    if variant_names and all(_readable_results(job.variant(v)) for v in variant_names):
+    return disk_state(job, variant_names, read_status(job))
+
+
+def disk_state(job: JobTree, variant_names: list[str] | None, status: JobStatus | None,
+               read: Callable[[Path], Any] = read_json) -> JobState:
+    """`job_state` from a status.json already read (None: absent or unreadable); `read` parses a
+    results.json (a caller reading many jobs passes its cache)."""
+    if variant_names and all(_readable_results(job.variant(v), read) for v in variant_names):
         return JobState.DONE
-    status = read_status(job)
     if status is None:
         return JobState.RUNNING if is_claimed(job) else JobState.PENDING
     if status.state is JobState.RUNNING and not is_claimed(job):
@@ -154,10 +162,10 @@ def job_state(job: JobTree, variant_names: list[str] | None = None) -> JobState:
     return status.state
 
 
-def _readable_results(variant: VariantTree) -> bool:
+def _readable_results(variant: VariantTree, read: Callable[[Path], Any]) -> bool:
     """A variant is done when its results.json holds a record; a damaged one is redone (train/job.py)."""
     try:
-        return isinstance(read_json(variant.results_file), dict)
+        return isinstance(read(variant.results_file), dict)
     except (OSError, ValueError):
         return False
 

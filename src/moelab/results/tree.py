@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from moelab.results.io import file_signature
+
 # names a variant cannot take: they are files or folders of the job folder
 JOB_FILE_NAMES = frozenset({"config.json", "status.json", ".claim", ".claim.takeover"})
 
@@ -79,11 +81,16 @@ class ExperimentTree:
         return JobTree(self.jobs_dir / key)
 
     def jobs(self) -> list["JobTree"]:
-        if not self.jobs_dir.is_dir():
+        return [JobTree(self.jobs_dir / key) for key in self.job_keys()]
+
+    def job_keys(self) -> list[str]:
+        """The keys of the jobs' folders, sorted, without making a path of each (a dashboard lists
+        ten thousand every few seconds)."""
+        try:
+            with os.scandir(self.jobs_dir) as entries:  # scandir: no stat per entry, fast on large trees
+                return sorted(e.name for e in entries if e.is_dir())
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        with os.scandir(self.jobs_dir) as entries:  # scandir: no stat per entry, fast on large trees
-            names = sorted(e.name for e in entries if e.is_dir())
-        return [JobTree(self.jobs_dir / name) for name in names]
 
 
 @dataclass(frozen=True)
@@ -175,6 +182,10 @@ class SummaryFiles:
 
     def plot(self, name: str, extension: str = "png") -> Path:
         return self.path / f"{name}.{extension}"
+
+    def comparison(self, other: str, extension: str) -> Path:
+        """`create-plots OTHER THIS --compare`: its table (csv, md) and plot (png, svg)."""
+        return self.path / f"compare-{other}.{extension}"
 
 
 @dataclass(frozen=True)
@@ -299,6 +310,21 @@ class AnalysisFiles:
     def roc(self) -> Path:
         """One-vs-rest ROC curve points of every class (classification)."""
         return self.path / "roc.csv"
+
+
+def job_files_signature(job: JobTree, variant_names) -> tuple:
+    """The io.file_signature of every file a job's state and progress are read from (config.json,
+    status.json, each variant's results.json and metrics.jsonl), None for an absent one, and last
+    whether a claim file exists. Taken before reading them, an equal signature later means none was
+    replaced or appended to since (each is written atomically or appended): what was read from them
+    still holds. Of the claim only its existence: its holder touches it every heartbeat, and whether
+    it is alive is a question of time (claims.is_claimed). Built on plain strings, not Paths: a
+    dashboard takes it for every job of a large tree."""
+    base = str(job.path)
+    names = ["config.json", "status.json"]
+    for variant in variant_names:
+        names += [f"{variant}/results.json", f"{variant}/metrics.jsonl"]
+    return (*(file_signature(f"{base}/{name}") for name in names), os.path.lexists(f"{base}/.claim"))
 
 
 def set_aside(path: Path) -> Path:

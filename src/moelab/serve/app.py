@@ -3,13 +3,16 @@
     GET  /                                  dashboard: experiments, job states, live curves, errors, report
     GET  /predict                           draw or upload an input, see every variant's answer and experts
     GET  /api/experiments                   every experiment: job states counted, runs done, report files
-    GET  /experiments/{name}                one experiment's page: headline, filterable jobs, run table
+    GET  /api/experiments/{name}            one experiment's summary (the same as its entry above)
+    GET  /experiments/{name}                one experiment's page: headline, filterable jobs, run table,
+                                            a search's history, importances and parallel coordinates
     GET  /experiments/{name}/jobs/{key}     one job's page: each variant's progress, ETA and curves
     GET  /api/experiments/{name}/jobs       every job: state (disk + queue), variants, curves, errors
     GET  /api/experiments/{name}/job-page   jobs filtered (state, variant, grid.<axis>), sorted, running
                                             first, paged; since=VERSION or If-None-Match: only changes
     GET  /api/experiments/{name}/jobs/{key} one job: epoch n of N, elapsed, ETA, every curve
     GET  /api/experiments/{name}/run-table  one row per job x variant
+    GET  /api/experiments/{name}/study      a search: history, importances, parallel coordinates (ETag)
     GET  /api/experiments/{name}/summary    summary.csv as columns and rows
     GET  /api/experiments/{name}/runs       finished runs, the default ones, and the raw input format
     POST /api/predict                       JSON {"experiment", "inputs", ["job"], ["variant"], ["runs"]}; text
@@ -114,6 +117,10 @@ def create_app(catalog: Catalog, max_body_bytes: int = DEFAULT_MAX_BODY, ask_que
     def experiments():
         return reply(dashboard.experiments())
 
+    @app.get("/api/experiments/{name}")
+    def experiment(name: str):
+        return reply(dashboard.experiment_summary(catalog.experiment(name)))
+
     @app.get("/api/experiments/{name}/jobs")
     def jobs(name: str, curves: bool = True):
         return reply(dashboard.jobs(name, curves=curves))
@@ -142,6 +149,17 @@ def create_app(catalog: Catalog, max_body_bytes: int = DEFAULT_MAX_BODY, ask_que
     @app.get("/api/experiments/{name}/run-table")
     def run_table(name: str):
         return reply(dashboard.run_table(name))
+
+    @app.get("/api/experiments/{name}/study")
+    def study(request: Request, name: str):
+        # the study's files change when a trial ends: a client polling in between gets a 304
+        etag = '"' + dashboard.study_version(name) + '"'
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag, **NO_CACHE})
+        response = reply(dashboard.study_views(name))
+        response.headers["ETag"] = etag
+        response.headers.update(NO_CACHE)
+        return response
 
     @app.get("/api/experiments/{name}/summary")
     def summary(name: str):

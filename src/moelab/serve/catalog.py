@@ -98,7 +98,16 @@ class Catalog:
         return job
 
     def jobs(self, tree: ExperimentTree) -> list[JobTree]:
-        return [job for job in tree.jobs() if is_safe_name(job.key) and inside(job.path, tree.path)]
+        return [tree.job(key) for key in self.job_keys(tree)]
+
+    def job_keys(self, tree: ExperimentTree) -> list[str]:
+        """The keys of the jobs whose folders are inside the experiment."""
+        if not inside(tree.jobs_dir, tree.path):
+            return []
+        # below a jobs/ folder inside the experiment only a link can lead out: only links are resolved
+        base = str(tree.jobs_dir)
+        return [key for key in tree.job_keys() if is_safe_name(key)
+                and (not os.path.islink(f"{base}/{key}") or inside(tree.job(key).path, tree.path))]
 
     def summary_file(self, tree: ExperimentTree, name: str) -> Path:
         """A file written by create-plots (tables and plots), by its name."""

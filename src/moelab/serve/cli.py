@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from pathlib import Path
 
 from moelab.serve.app import DEFAULT_MAX_BODY
@@ -64,5 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dashboard: http://{host}:{args.port}/   predictions: http://{host}:{args.port}/predict   (Ctrl-C stops)",
           flush=True)
     app = create_app(catalog, max_body_bytes=int(args.max_body_mb * 2**20), ask_queues=not args.no_queue)
+    # the first pass over a large tree reads every job's files (seconds for thousands): begun now, a
+    # page that asks meanwhile waits for it and shares it (Dashboard.job_rows) instead of starting over
+    threading.Thread(target=app.state.dashboard.experiments, name="first-pass", daemon=True).start()
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -18,13 +18,15 @@ from dataclasses import dataclass, field
 from moelab.data import get_dataset_spec
 from moelab.launch.backends import BACKENDS, backend_class
 from moelab.launch.base import QueueView
+from moelab.results.claims import is_claimed
 from moelab.results.errors import DamagedRecord
+from moelab.results.io import file_signature
 from moelab.results.states import VariantView, view_job
 from moelab.results.status import FAILURES, JobState
-from moelab.results.tree import ExperimentTree, JobTree
+from moelab.results.tree import ExperimentTree, JobTree, job_files_signature
 from moelab.results.records import JobSpec, last_launch, read_report_headline
 from moelab.serve.catalog import Catalog, inside
-from moelab.serve.errors import BadInput
+from moelab.serve.errors import BadInput, NotFound
 from moelab.train.tasks import TASKS
 
 QUEUE_TTL_S = 10.0  # ask a cluster queue at most this often per experiment (sacct is not free)
@@ -57,6 +59,9 @@ class Dashboard:
         self._queues: dict[str, tuple[float, Queues]] = {}
         self._queue_lock = threading.Lock()
         self._versions: dict[str, OrderedDict[str, dict[str, str]]] = {}  # experiment -> version -> key -> row hash
+        # experiment -> key -> (job, signature, row, hash)
+        self._job_rows: dict[str, dict[str, tuple[JobTree, tuple | None, dict, str]]] = {}
+        self._pass_locks: dict[str, threading.Lock] = {}
 
     def experiments(self) -> dict:
         return {"experiments": [self.experiment_summary(tree) for tree in self.catalog.trees().values()]}
@@ -80,7 +85,7 @@ class Dashboard:
             "runs_total": sum(job["variants_total"] for job in jobs),
             "variants": variants, "datasets": datasets, "last_launch": self._last_launch(tree),
             "progress": _share(sum(job["variants_done"] for job in jobs), sum(job["variants_total"] for job in jobs)),
-            "headline": read_report_headline(tree),
+            "headline": read_report_headline(tree), "search": tree.study.journal.is_file(),
             **self.report_files(tree), "queue_problems": self._queues_of(tree).problems, "problems": problems,
         }
 
@@ -88,23 +93,41 @@ class Dashboard:
 
     def job_rows(self, tree: ExperimentTree) -> tuple[str, dict[str, dict], dict[str, str]]:
         """(version, key -> compact row, key -> row hash) of every job; the version names this state of
-        the rows, and the rows of versions asked for recently are remembered for `since`."""
+        the rows, and the rows of versions asked for recently are remembered for `since`. One pass at a
+        time per experiment: a request arriving during a pass waits for it and shares its answer."""
         with self._queue_lock:
+            lock = self._pass_locks.setdefault(tree.name, threading.Lock())
+        with lock:
             cached = self._rows.get(tree.name)
-        if cached and time.monotonic() - cached[0] < self.rows_ttl_s:
-            return cached[1]
+            if cached and time.monotonic() - cached[0] < self.rows_ttl_s:
+                return cached[1]
+            answer = self._read_rows(tree)
+            self._rows[tree.name] = (time.monotonic(), answer)
+        return answer
+
+    def _read_rows(self, tree: ExperimentTree) -> tuple[str, dict[str, dict], dict[str, str]]:
+        """Every job's row, reread only for a job whose files, claim or queue entry changed since its
+        row was made (a pass over a finished tree is stats only)."""
         queues = self._queues_of(tree)
-        rows = {}
-        for job in self.catalog.jobs(tree):
-            view = self.job_view(job, queues, curves=False)
-            rows[job.key] = {
-                "key": view["key"], "state": view["state"], "shown": view["shown"], "grid_values": view["grid_values"],
-                "seed": view["seed"], "dataset": view["dataset"], "node": view["node"], "elapsed_s": view["elapsed_s"], "error": view["error"],
-                "variants_done": view["variants_done"], "variants_total": view["variants_total"],
-                "variants": [{"name": v["name"], "state": v["state"], "epochs": v["epochs"], "best_val": v["best_val"],
-                              **_router_health(v["last"])} for v in view["variants"]],
-                "problems": view["problems"]}
-        hashes = {key: _digest(row) for key, row in rows.items()}
+        before = self._job_rows.get(tree.name, {})
+        kept: dict[str, tuple[JobTree, tuple, dict, str]] = {}
+        pids: dict[int, bool] = {}  # whether the claims' processes live, asked once per pass
+        for key in self.catalog.job_keys(tree):
+            known = before.get(key)
+            job = known[0] if known else tree.job(key)
+            names = [v["name"] for v in known[2]["variants"]] if known else self._variant_names(job)
+            # taken before reading: a file changed during the read changes the next pass's signature
+            files = job_files_signature(job, names)
+            signature = (files, files[-1] and is_claimed(job, pids), _queue_entry(queues, key))
+            if known is None or known[1] != signature:
+                row = self._row(job, queues)
+                if [v["name"] for v in row["variants"]] != names:
+                    signature = None  # config.json named other variants than were stat'ed: read again next pass
+                known = (job, signature, row, _digest(row))
+            kept[key] = known
+        self._job_rows[tree.name] = kept
+        rows = {key: row for key, (_, _, row, _) in kept.items()}
+        hashes = {key: digest for key, (_, _, _, digest) in kept.items()}
         version = _digest(sorted(hashes.items()))[:16]
         with self._queue_lock:
             history = self._versions.setdefault(tree.name, OrderedDict())
@@ -112,8 +135,23 @@ class Dashboard:
             history.move_to_end(version)
             while len(history) > VERSIONS_KEPT:
                 history.popitem(last=False)
-            self._rows[tree.name] = (time.monotonic(), (version, rows, hashes))
         return version, rows, hashes
+
+    def _variant_names(self, job: JobTree) -> list[str]:
+        try:
+            return self.catalog.reads.job_spec(job).variant_names
+        except DamagedRecord:
+            return []
+
+    def _row(self, job: JobTree, queues: Queues) -> dict:
+        view = self.job_view(job, queues, curves=False)
+        return {
+            "key": view["key"], "state": view["state"], "shown": view["shown"], "grid_values": view["grid_values"],
+            "seed": view["seed"], "dataset": view["dataset"], "node": view["node"], "elapsed_s": view["elapsed_s"],
+            "error": view["error"], "variants_done": view["variants_done"], "variants_total": view["variants_total"],
+            "variants": [{"name": v["name"], "state": v["state"], "epochs": v["epochs"], "best_val": v["best_val"],
+                          **_router_health(v["last"])} for v in view["variants"]],
+            "problems": view["problems"]}
 
     def job_page(self, name: str, states: list[str] = (), variant: str | None = None, grid: dict | None = None,
                  sort: str = "key", descending: bool = False, offset: int = 0, limit: int = PAGE_SIZE,
@@ -264,6 +302,46 @@ class Dashboard:
             problems.append(f"{name}/metrics.jsonl: skipped unreadable line(s) {bad}")
         return rows
 
+    def study_version(self, name: str) -> str:
+        """Names the state of the files study_views reads (taken before reading them)."""
+        files = self.catalog.experiment(name).study
+        return _digest([file_signature(files.trials_csv), file_signature(files.summary)])[:16]
+
+    def study_views(self, name: str) -> dict:
+        """A search's history (each ended trial's objective, the best so far), its parameter importances
+        and its trials as parallel coordinates, from the files the search writes when a trial ends
+        (read as the report reads them: report/study.py)."""
+        from moelab.report.study import read_study
+
+        tree = self.catalog.experiment(name)
+        if not tree.study.journal.is_file():
+            raise NotFound(f"experiment {tree.name} is not a search (no study in {tree.study.path.name}/)")
+        study = read_study(tree)
+        if study is None:
+            return {"experiment": tree.name, "problem": "no trial has ended yet (the study's table is written when "
+                    "one ends)", "history": None, "importances": None, "parallel": None}
+        summary, objective = study.summary, study.objective
+        trials = study.trials
+        ended = trials[trials["state"].isin(["complete", "pruned"])].dropna(subset=["value"])
+        complete, pruned = ended[ended["state"] == "complete"], ended[ended["state"] == "pruned"]
+        best = complete["value"].cummax() if objective["direction"] == "maximize" else complete["value"].cummin()
+        label = f"{objective['metric']} of {objective['variant']}"
+        dimensions = []
+        for key in study.keys:
+            dimensions.append({"label": key, **_axis(complete[key].tolist(), summary["space"][key])})
+        dimensions.append({"label": label, "values": [_number(v) for v in complete["value"]]})
+        return {
+            "experiment": tree.name, "problem": None, "objective": {**objective, "label": label},
+            "sampler": summary.get("sampler"), "pruner": summary.get("pruner"), "counts": summary.get("counts", {}),
+            "best": summary.get("best"),
+            "history": {"complete": {"trial": complete["number"].tolist(), "value": complete["value"].tolist()},
+                        "pruned": {"trial": pruned["number"].tolist(), "value": pruned["value"].tolist()},
+                        "best_so_far": {"trial": complete["number"].tolist(), "value": best.tolist()}},
+            "importances": summary.get("importances"),
+            "importances_note": summary.get("importances_note"),
+            "parallel": {"trials": complete["number"].tolist(), "dimensions": dimensions} if len(complete) else None,
+        }
+
     def report_files(self, tree: ExperimentTree) -> dict:
         """Addresses of the report and of the tables and plots create-plots wrote."""
         base = f"/files/{tree.name}"
@@ -342,6 +420,31 @@ class Dashboard:
 
 def _digest(value) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _queue_entry(queues: Queues, key: str) -> tuple:
+    """What the queues say of one job: a row made before they said otherwise is made again."""
+    view = queues.view
+    return (view.states.get(key), view.notes.get(key), view.nodes.get(key), view.elapsed_s.get(key),
+            tuple(queues.details.get(key, ())))
+
+
+def _axis(values: list, entry: dict) -> dict:
+    """A searched parameter as a parallel-coordinates axis (Plotly's values, range, tickvals, ticktext)
+    spanning its whole range: a choice at its index labelled with its values, a log-scaled range as
+    log10 labelled with rounded values, any other range as it is."""
+    if "choice" in entry:
+        labels = [str(v) for v in entry["choice"]]
+        index = {label: i for i, label in enumerate(labels)}
+        return {"values": [index.get(str(v)) for v in values], "range": [0, max(len(labels) - 1, 1)],
+                "tickvals": list(range(len(labels))), "ticktext": labels}
+    low, high = (entry.get("loguniform") or entry.get("uniform") or entry["int"])[:2]
+    if "loguniform" in entry or entry.get("log"):
+        ticks = [low * (high / low) ** (i / 4) for i in range(5)]
+        return {"values": [math.log10(v) if _number(v) and v > 0 else None for v in values],
+                "range": [math.log10(low), math.log10(high)], "tickvals": [math.log10(t) for t in ticks],
+                "ticktext": [str(round(t)) if "int" in entry else f"{t:.3g}" for t in ticks]}
+    return {"values": [_number(v) for v in values], "range": [low, high]}
 
 
 def _share(done: int, total: int) -> float | None:

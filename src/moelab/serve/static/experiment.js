@@ -1,5 +1,6 @@
 // One experiment: the report's headline, its jobs filtered, sorted and paged on the server, and a run
-// table. Polls with ?since=VERSION: the server sends only the rows that changed; the rest are kept here.
+// table; for a search, its history, parameter importances and parallel coordinates (Plotly, loaded only
+// then). Polls with ?since=VERSION: the server sends only the rows that changed; the rest are kept here.
 "use strict";
 
 const REFRESH_S = Math.max(0.5, Number(new URLSearchParams(location.search).get("refresh")) || 3);
@@ -19,6 +20,9 @@ function query() {
 function shell() {
   document.getElementById("page").innerHTML = `<section class="panel"><h2>${esc(NAME)}</h2>
       <div id="headline" class="box headline"></div><div id="summary"></div></section>
+    <section class="panel" id="study" hidden><h3>Search</h3><div id="study-note" class="muted"></div>
+      <div id="study-history" class="chart"></div><div id="study-importances" class="chart"></div>
+      <div id="study-parallel" class="chart"></div></section>
     <section class="panel"><div id="controls"></div><div id="jobs"></div><div id="pager"></div></section>
     <section class="panel"><details id="run-table-box"><summary>Run table (job × variant)</summary><div id="run-table"></div></details></section>`;
   document.getElementById("run-table-box").addEventListener("toggle", drawRunTable);
@@ -97,6 +101,52 @@ async function drawRunTable() {
     <tbody>${table.rows.map(r => `<tr>${r.map(v => `<td>${fmt(v)}</td>`).join("")}</tr>`).join("")}</tbody></table>`;
 }
 
+let plotly = null;
+function loadPlotly() {  // 4 MB: fetched only for a search's views, never before the jobs are shown
+  plotly ??= new Promise((resolve, reject) => {
+    const script = Object.assign(document.createElement("script"), {src: "/static/plotly.min.js"});
+    script.onload = resolve;
+    script.onerror = () => reject(new Error("plotly.min.js could not be loaded"));
+    document.head.appendChild(script);
+  });
+  return plotly;
+}
+
+let studyDrawn = "";
+async function drawStudy() {
+  const study = await getJSON(`${API}/study`);
+  const signature = JSON.stringify(study);
+  if (signature === studyDrawn) return;
+  studyDrawn = signature;
+  document.getElementById("study").hidden = false;
+  const note = [study.problem, study.importances_note && `Parameter importances: ${study.importances_note}.`];
+  document.getElementById("study-note").textContent = note.filter(Boolean).join(" ");
+  if (!study.history) return;
+  await loadPlotly();
+  const options = {displaylogo: false, responsive: true};
+  // legends beside the axes, never over the points
+  const legend = {x: 1.02, y: 1, xanchor: "left"}, margin = {t: 40, r: 20, b: 45, l: 60};
+  const h = study.history;
+  Plotly.react("study-history", [
+    {x: h.complete.trial, y: h.complete.value, name: `complete (${h.complete.trial.length})`, mode: "markers", type: "scatter"},
+    {x: h.pruned.trial, y: h.pruned.value, name: `pruned (${h.pruned.trial.length})`, mode: "markers", type: "scatter",
+     marker: {symbol: "x", color: "grey"}},
+    {x: h.best_so_far.trial, y: h.best_so_far.value, name: "best so far", mode: "lines", type: "scatter",
+     line: {shape: "hv", color: "#d62728"}}],
+    {title: {text: `Optimisation history (${esc(study.sampler)} sampler, ${study.pruner === "none" ? "no pruner" : `${esc(study.pruner)} pruner`})`},
+     height: 320, margin, legend, xaxis: {title: {text: "trial"}, zeroline: false, dtick: h.complete.trial.length + h.pruned.trial.length > 20 ? undefined : 1},
+     yaxis: {title: {text: study.objective.label}}, uirevision: "history"}, options);
+  const found = study.importances ? Object.entries(study.importances).reverse() : [];
+  document.getElementById("study-importances").hidden = !found.length;
+  if (found.length) Plotly.react("study-importances", [{type: "bar", orientation: "h", x: found.map(f => f[1]), y: found.map(f => f[0])}],
+    {title: {text: "Parameter importances (fANOVA)"}, height: 140 + 30 * found.length, margin: {...margin, t: 60, l: 160},
+     xaxis: {title: {text: "share of the objective's variance"}}}, options);
+  document.getElementById("study-parallel").hidden = !study.parallel;
+  if (study.parallel) Plotly.react("study-parallel", [{type: "parcoords", dimensions: study.parallel.dimensions,
+     line: {color: study.parallel.dimensions.at(-1).values, colorscale: "Viridis", showscale: true}}],
+    {title: {text: "Complete trials, parallel coordinates"}, height: 400, margin: {t: 110, r: 60, b: 30, l: 60}}, options);
+}
+
 let busy = false;
 async function refresh() {
   if (busy) return;
@@ -104,18 +154,20 @@ async function refresh() {
   try {
     const q = query();
     const since = q === asked && version ? `&since=${version}` : "";
-    const [list, answer] = await Promise.all([getJSON("/api/experiments"), getJSON(`${API}/job-page?${q}${since}`)]);
-    const e = list.experiments.find(x => x.name === NAME);
-    if (e) drawSummary(e);
+    // this experiment's summary only: another experiment's jobs are not read for this page
+    const [e, answer] = await Promise.all([getJSON(API), getJSON(`${API}/job-page?${q}${since}`)]);
+    drawSummary(e);
     if (!answer.since) rows.clear();
     for (const row of answer.rows) rows.set(row.key, row);
     if (answer.version !== version || q !== asked) {
       version = answer.version;
       asked = q;
-      drawControls(answer, e ? e.variants : []);
+      drawControls(answer, e.variants);
       drawJobs(answer);
       drawRunTable();
     }
+    // the study's files change when a trial ends, not with the jobs' rows: asked each time (a 304 while unchanged)
+    if (e.search) await drawStudy().catch(error => { document.getElementById("study-note").textContent = `not updated: ${error.message}`; });
     document.getElementById("connection").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (error) {
     document.getElementById("connection").textContent = `not updated: ${error.message}`;
