@@ -313,14 +313,18 @@ def small_sample_warning(table: pd.DataFrame, metric: str, baseline: str | None)
     if baseline is None or table.empty or f"{diff}_n" not in table:
         return None
     compared = table[(table["variant"] != baseline) & table[f"{diff}_mean"].notna()]
-    reasons = [degenerate_reason(n, s) for n, s in zip(compared[f"{diff}_n"], compared[f"{diff}_std"])]
+    reasons = [degenerate_reason(n, s) or (f"{n:.0f} paired seeds, whose smallest possible p is {smallest_p_value(n):.3g}"
+                                           if smallest_p_value(n) > FAMILY_WISE_ALPHA else None)
+               for n, s in zip(compared[f"{diff}_n"], compared[f"{diff}_std"])]
     found = [r for r in reasons if r is not None]
     if not found:
         return None
     counts = "; ".join(f"{found.count(r)} with {r}" for r in dict.fromkeys(found))
+    needed = max(MIN_PAIRED_SEEDS, math.ceil(math.log2(2 * max(family_size(table, metric), 1) / FAMILY_WISE_ALPHA)))
     return (f"{len(found)} of {len(compared)} comparison(s) with {baseline} cannot support a verdict ({counts}), so "
-            f"they read 'not distinguishable' whatever their p-value. Run at least {MIN_PAIRED_SEEDS} seeds; identical "
-            "per-seed differences usually mean the test set is too small to tell the runs apart.")
+            f"they read 'not distinguishable' whatever their p-value. A verdict over this table's comparisons needs "
+            f"about {needed} seeds that agree in sign; identical per-seed differences usually mean the test set is too "
+            "small to tell the runs apart.")
 
 
 def collapse_warning(runs: pd.DataFrame, keys: list[str]) -> str | None:
