@@ -112,7 +112,7 @@ def test_the_html_report_loads_in_chromium_without_errors(finished_job, tmp_path
     assert len(images) >= 5 and all(ok for _, ok in images), images
     assert "unfinished, failed or unreadable" in first_screen and "has the best test acc" in first_screen
     assert "No verdict for some comparisons" in first_screen  # one job: a single seed per comparison
-    assert "by a paired bootstrap over seeds and test examples" in first_screen  # the method, up front
+    assert "paired bootstrap over seeds and test examples" in first_screen  # the method, up front
     assert screenshot.stat().st_size > 50_000
 
 
