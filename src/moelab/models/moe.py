@@ -299,7 +299,9 @@ class MoE(nn.Module):
         aligned = all(dim * rows.element_size() % 16 == 0 for dim in (weight.shape[1], weight.shape[2]))
         if self.dispatch == "grouped_mm" and not aligned:
             raise ValueError(f"grouped_mm dispatch needs widths whose rows are multiples of 16 bytes, got {tuple(weight.shape[1:])}")
-        if self.dispatch != "loop" and aligned and hasattr(torch, "_grouped_mm") and key not in _GROUPED_MM_UNSUPPORTED:
+        # while torch.compile traces, the per-expert split is the graph it can compile
+        if (self.dispatch != "loop" and aligned and hasattr(torch, "_grouped_mm") and key not in _GROUPED_MM_UNSUPPORTED
+                and not torch.compiler.is_compiling()):
             try:
                 return torch._grouped_mm(rows, weight, offs=torch.cumsum(counts, 0).to(torch.int32))
             except (RuntimeError, NotImplementedError):

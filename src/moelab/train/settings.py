@@ -41,6 +41,13 @@ class TrainSettings:
     save_weights: bool = param(True, "keep best.pt; the resume checkpoint last.pt is always kept")
     checkpoint: str = param("best", "weights tested: best (the epoch with the best validation metric) or last "
                             "(after the last epoch trained)", since="0.1.0", choices=("best", "last"))
+    precision: str = param("fp32", "training's forward pass: fp32, or autocast to bf16 (also on CPUs) or fp16 (with a "
+                           "gradient scaler); weights, optimizer and evaluation stay float32", since="0.1.0",
+                           choices=("fp32", "bf16", "fp16"))
+    compile: bool = param(False, "torch.compile the training step's model (falls back, with a message, where it "
+                          "cannot compile)", since="0.1.0")
+    deterministic: bool = param(False, "deterministic algorithms only (on GPUs: cuBLAS's fixed workspace); slower",
+                                since="0.1.0")
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainSettings":

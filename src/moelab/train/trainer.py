@@ -10,7 +10,9 @@ The same checkpoint lets a job with more epochs continue a finished shorter one 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -73,6 +75,7 @@ class Fit:
     history: list[dict]
     stopper: EarlyStopping
     provenance: dict
+    execution: dict  # precision, compiled, deterministic (Execution.describe)
 
 
 @dataclass
@@ -89,6 +92,79 @@ class Member:
     stopper: EarlyStopping | None = None
     history: list[dict] = field(default_factory=list)
     test_experts: torch.Tensor | None = None  # each test sample's first expert after the previous epoch
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Execution:
+    """How a training step runs (train.precision, train.compile): the forward pass under autocast, and
+    for fp16 a gradient scaler (saved in checkpoints, so that resume is exact); the model compiled with
+    torch.compile, or eager when compiling fails at its first call (with a message). Weights, optimizer
+    state and evaluation stay float32."""
+
+    def __init__(self, model: nn.Module, settings: TrainSettings, device: torch.device):
+        self.model, self.precision, self.device_type = model, settings.precision, device.type
+        self.scaler = torch.amp.GradScaler(device.type) if settings.precision == "fp16" else None
+        self.compiled, self._unchecked = False, False
+        self.forward = model
+        if settings.compile:
+            try:
+                self.forward, self.compiled, self._unchecked = torch.compile(model), True, True
+            except Exception as error:  # e.g. no compiler backend for this platform
+                self._fall_back(error)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor):
+        with torch.autocast(self.device_type, dtype=AUTOCAST_DTYPES.get(self.precision), enabled=self.precision != "fp32"):
+            if not self._unchecked:
+                return self.forward(x, y)
+            self._unchecked = False
+            try:
+                return self.forward(x, y)
+            except Exception as error:  # compilation happens at the first call
+                self._fall_back(error)
+                return self.forward(x, y)
+
+    def backward_and_step(self, loss: torch.Tensor, optimizer, grad_clip: float | None) -> None:
+        if self.scaler is None:
+            loss.backward()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(optimizer)  # clipping sees the true gradients
+        if grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)  # skipped when a gradient overflowed in fp16
+            self.scaler.update()
+
+    def describe(self) -> dict:
+        """For results.json: what the step ran with."""
+        return {"precision": self.precision, "compiled": self.compiled,
+                "deterministic": torch.are_deterministic_algorithms_enabled()}
+
+    def _fall_back(self, error: Exception) -> None:
+        print(f"warning: train.compile: torch.compile failed ({type(error).__name__}: "
+              f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); training eagerly instead",
+              file=sys.stderr, flush=True)
+        self.forward, self.compiled, self._unchecked = self.model, False, False
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool):
+    """train.deterministic: deterministic algorithms only, for this training (cuBLAS needs its fixed
+    workspace, set before its first use in the process)."""
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 def train_variant(variant: dict, data: TaskData, settings: TrainSettings, seed: int, out: VariantTree,
@@ -119,7 +195,8 @@ def train_members(members: list[Member], data: TaskData, settings: TrainSettings
         for member in members:
             train_members([member], data, settings, seed, device, stop_requested, continued_from, on_finished)
         return
-    fit(members, data, settings, seed, device, stop_requested, continued_from, on_finished)
+    with deterministic_algorithms(settings.deterministic):
+        fit(members, data, settings, seed, device, stop_requested, continued_from, on_finished)
 
 
 def _start_epoch(out: VariantTree, continued_from: dict | None, settings: TrainSettings, device: torch.device) -> int:
@@ -153,6 +230,7 @@ def fit(members: list[Member], data: TaskData, settings: TrainSettings, seed: in
         model = build_model(lead["model"], data.d_in, data.d_out, model_params(lead), data.input_shape).to(device)
         optimizer = make_optimizer(model, settings)
         scheduler = make_scheduler(optimizer, settings)
+        execution = Execution(model, settings, device)
         shuffle = torch.Generator().manual_seed(seed)
         # a member of a shared training validates and is tested on a model of its own class; building it
         # must not draw from the training's random numbers
@@ -167,7 +245,7 @@ def fit(members: list[Member], data: TaskData, settings: TrainSettings, seed: in
         if first.last_checkpoint.exists():  # every member's checkpoint is at this epoch (train_members)
             for member in members:
                 start_epoch, member.history, member.test_experts = load_checkpoint(
-                    member.out, model, optimizer, scheduler, shuffle, member.stopper, device)
+                    member.out, model, optimizer, scheduler, shuffle, member.stopper, device, execution.scaler)
                 write_jsonl(member.out.metrics_file, [metrics_line(r) for r in member.history])  # drop lines after it
         elif continued_from is not None:
             for member in members:
@@ -176,7 +254,7 @@ def fit(members: list[Member], data: TaskData, settings: TrainSettings, seed: in
                     raise FileNotFoundError(f"this job continues {shorter.path}, which has no checkpoint "
                                             f"{shorter.last_checkpoint.name} any more; launch with --force to train from zero")
                 start_epoch, member.history, member.test_experts = load_checkpoint(
-                    shorter, model, optimizer, scheduler, shuffle, member.stopper, device)
+                    shorter, model, optimizer, scheduler, shuffle, member.stopper, device, execution.scaler)
                 carry_best_weights(shorter, member.out, model, member.stopper, start_epoch, settings)
                 write_jsonl(member.out.metrics_file, [metrics_line(r) for r in member.history])
             # the epochs to come follow this job's learning-rate schedule, for its own number of epochs; the
@@ -198,7 +276,8 @@ def fit(members: list[Member], data: TaskData, settings: TrainSettings, seed: in
         if error is not None:
             on_finished(member, None, error)
             return
-        fitted = Fit(member.model, member.history, member.stopper, provenance(member.variant, continued_from))
+        fitted = Fit(member.model, member.history, member.stopper, provenance(member.variant, continued_from),
+                     execution.describe())
         try:
             with torch.random.fork_rng(devices=_rng_devices(device)):  # the others go on training
                 results = finish(member.variant, fitted, data, settings, member.out, device)
@@ -217,7 +296,7 @@ def fit(members: list[Member], data: TaskData, settings: TrainSettings, seed: in
         lr = optimizer.param_groups[0]["lr"]
         model.set_progress(epoch / settings.epochs)
         try:
-            train = train_one_epoch(model, data, optimizer, shuffle, settings, stop_requested)
+            train = train_one_epoch(model, data, optimizer, shuffle, settings, stop_requested, execution)
         except StopRequested:
             raise
         except Exception as error:  # the shared training failed: so did every member still training
@@ -234,7 +313,7 @@ def fit(members: list[Member], data: TaskData, settings: TrainSettings, seed: in
                 if member.stopper.update(history[-1][f"val_{task.primary}"], epoch):
                     save_atomic(member.out.best_weights, model.state_dict())
                 save_checkpoint(member.out, epoch + 1, model, optimizer, scheduler, shuffle, member.stopper, history,
-                                member.test_experts)
+                                member.test_experts, execution.scaler)
             except Exception as error:
                 done(member, error)
                 continue
@@ -292,7 +371,7 @@ def finish(variant: dict, fitted: Fit, data: TaskData, settings: TrainSettings, 
         "metric": task.primary, "num_parameters": count_parameters(model),
         "epochs_trained": len(history), "best_epoch": stopper.best_epoch, "stopped_early": stopper.should_stop,
         f"best_val_{task.primary}": stopper.best, "tested": tested.to_dict(), **results,
-        "train_seconds": sum(r["seconds"] for r in history), "device": str(device),
+        "train_seconds": sum(r["seconds"] for r in history), "device": str(device), "execution": fitted.execution,
         **({"provenance": fitted.provenance} if fitted.provenance else {}),
     }
     if not settings.save_weights:
@@ -326,7 +405,8 @@ def first_experts_of_test_set(model, data: TaskData, settings: TrainSettings) ->
 
 
 def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSettings,
-                    stop_requested: Callable[[], bool] = lambda: False) -> dict:
+                    stop_requested: Callable[[], bool] = lambda: False, execution: Execution | None = None) -> dict:
+    execution = execution or Execution(model, settings, data.x_train.device)
     task_name = data.task
     task = TASKS[task_name]
     model.train()
@@ -339,18 +419,15 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSe
         if stop_requested():  # the epoch is redone from the checkpoint on resume, with the same shuffle
             raise StopRequested("stopped during an epoch on request; resumes from the checkpoint")
         index = order[start : start + settings.batch_size]
-        out = model(x[index], y[index])
-        task_loss = task.loss(out.y, y[index])
+        out = execution(x[index], y[index])
+        task_loss = task.loss(out.y.float(), y[index])
         loss = task_loss + sum(out.aux_losses.values())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if settings.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimizer.step()
+        execution.backward_and_step(loss, optimizer, settings.grad_clip)
         model.after_step()
         n = len(index)
         loss_sum += task_loss.detach() * n
-        batch = batch_stats(task_name, out.y.detach(), y[index])
+        batch = batch_stats(task_name, out.y.detach().float(), y[index])
         for name, value in out.aux_losses.items():
             batch[f"aux_{name}"] = value.detach() * n
         for name, value in out.metrics.items():
@@ -502,7 +579,7 @@ def save_atomic(path, obj) -> None:
 
 
 def save_checkpoint(out: VariantTree, next_epoch, model, optimizer, scheduler, shuffle, stopper, history,
-                    test_experts) -> None:
+                    test_experts, scaler=None) -> None:
     state = {
         "next_epoch": next_epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "early_stopping": asdict(stopper), "history": history,
@@ -510,13 +587,17 @@ def save_checkpoint(out: VariantTree, next_epoch, model, optimizer, scheduler, s
         "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
+    if scaler is not None:  # fp16: the loss scale and its growth tracker
+        state["grad_scaler"] = scaler.state_dict()
     save_atomic(out.last_checkpoint, state)
 
 
 def load_checkpoint(out: VariantTree, model, optimizer, scheduler, shuffle, stopper,
-                    device) -> tuple[int, list[dict], torch.Tensor | None]:
+                    device, scaler=None) -> tuple[int, list[dict], torch.Tensor | None]:
     state = torch.load(out.last_checkpoint, map_location=device, weights_only=False)
     model.load_state_dict(state["model"])
+    if scaler is not None and "grad_scaler" in state:
+        scaler.load_state_dict(state["grad_scaler"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     for key, value in state["early_stopping"].items():
