@@ -226,6 +226,20 @@ class GuidedMoEParams(GatedParams):
 
 
 
+def router_problems(router: str, balance: str, k: int, z_loss: float, unit: str) -> list[str]:
+    """Balancing and k that a router cannot have (moe_routed and moe_transformer alike)."""
+    problems = []
+    if router != "topk" and balance == "bias":
+        problems.append(f"balance=bias needs router=topk: {router} balances by construction or has no scores "
+                        f"to bias; use balance=aux_loss or none")
+    if router == "hash":
+        if k != 1:
+            problems.append(f"router=hash sends each {unit} to one expert: k must be 1, got {k}")
+        if balance != "none" or z_loss:
+            problems.append("router=hash has no router to balance or regularise: set balance: none (and z_loss: 0)")
+    return problems
+
+
 @dataclass
 class RoutedMoEParams(GatedParams):
     router: str = param("topk", "topk: each sample picks its k best experts; expert_choice: each expert picks its "
@@ -253,15 +267,7 @@ class RoutedMoEParams(GatedParams):
                             f"into experts of hidden / granularity units)")
         if self.router != "topk" and (self.noisy_gating or self.gate_noise):
             problems.append(f"router={self.router} has no gate noise: noisy_gating and gate_noise belong to router=topk")
-        if self.router != "topk" and self.balance == "bias":
-            problems.append(f"balance=bias needs router=topk: {self.router} balances by construction or has no scores "
-                            f"to bias; use balance=aux_loss or none")
-        if self.router == "hash":
-            if self.k != 1:
-                problems.append(f"router=hash sends each sample to one expert: k must be 1, got {self.k}")
-            if self.balance != "none" or self.z_loss:
-                problems.append("router=hash has no router to balance or regularise: set balance: none (and z_loss: 0)")
-        return problems
+        return problems + router_problems(self.router, self.balance, self.k, self.z_loss, "sample")
 
     def architecture(self) -> dict:
         return {**super().architecture(), "router": self.router, "balance": self.balance,
@@ -374,14 +380,7 @@ class MoETransformerParams(TransformerParams):
                             f"into experts of d_ff / granularity units)")
         if self.router != "topk" and self.noisy_gating:
             problems.append(f"router={self.router} has no gate noise: noisy_gating belongs to router=topk")
-        if self.router != "topk" and self.balance == "bias":
-            problems.append(f"balance=bias needs router=topk; use balance=aux_loss or none")
-        if self.router == "hash":
-            if self.k != 1:
-                problems.append(f"router=hash sends each token to one expert: k must be 1, got {self.k}")
-            if self.balance != "none" or self.z_loss:
-                problems.append("router=hash has no router to balance or regularise: set balance: none (and z_loss: 0)")
-        return problems
+        return problems + router_problems(self.router, self.balance, self.k, self.z_loss, "token")
 
     def architecture(self) -> dict:
         return {**super().architecture(), "num_experts": self.num_experts, "moe_every": self.moe_every,
