@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import shutil
 
-from moelab.results.configurations import flatten
+from moelab.results.finished import variant_parameters
 from moelab.results.records import JobSpec
 from moelab.results.tree import VariantTree
 
@@ -62,15 +62,6 @@ def scalar_tag(key: str) -> str:
     """The TensorBoard tag of a metrics.jsonl key: its split becomes the tag's group."""
     split, _, name = key.partition("_")
     return f"{split}/{name}" if split in SPLITS and name else key
-
-
-def hyperparameters(spec: JobSpec, variant: str) -> dict:
-    """What the HParams tab shows of a variant: numbers, booleans and text (anything else as text)."""
-    own = spec.variant(variant) or {}
-    values = {"variant": variant, "model": own.get("model"), "seed": spec.seed, **spec.grid_values,
-              **flatten({k: v for k, v in own.items() if k not in ("name", "model")}, "params."),
-              **flatten(spec.train, "train."), **flatten(spec.data, "data.")}
-    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in values.items() if v is not None}
 
 
 class VariantEvents:
@@ -123,7 +114,7 @@ class VariantEvents:
         self.writer = SummaryWriter(logdir=str(self.folder), flush_secs=3600)
         # no experiment summary: TensorBoard then gathers the columns from every run's own
         # hyperparameters, so variants with parameters of their own all show them
-        _, session_start, _ = hparams(hyperparameters(self.spec, self.out.name), {})
+        _, session_start, _ = hparams(variant_parameters(self.spec, self.out.name), {})
         self.writer.file_writer.add_summary(session_start)
         self.written = 0
 
