@@ -1,14 +1,23 @@
 """Where researchers already look: TensorBoard event files written while training, read back with
-TensorBoard's own reader."""
+TensorBoard's own reader; exports to MLflow and W&B, read back with MLflow's client and from W&B's
+offline files."""
 
 from __future__ import annotations
 
-import pytest
+import json
+import shutil
+import struct
+import sys
+from pathlib import Path
 
-from conftest import make_job
+import pytest
+import yaml
+
+from conftest import TINY, make_job
+from moelab.config import load_experiment
 from moelab.results.events import run_name, scalar_tag
-from moelab.results.io import read_jsonl
-from moelab.results.tree import VariantTree
+from moelab.results.io import read_json, read_jsonl, write_json
+from moelab.results.tree import ExperimentTree, VariantTree
 from moelab.train.job import run_job
 from moelab.train.trainer import StopRequested
 
@@ -67,7 +76,7 @@ def test_every_scalar_of_metrics_jsonl_is_in_the_event_files(tmp_path):
 
 
 def test_a_resumed_variant_rewrites_its_events_without_repeating_a_step(tmp_path):
-    job = make_job(tmp_path / "experiment", ["train.epochs=4"])
+    job = make_job(tmp_path / "experiment", ["train.epochs=4", "variants=[{name: mlp, model: mlp, hidden: 8}]"])
     mlp = job.variant("mlp")
     with pytest.raises(StopRequested):  # killed after its second epoch (the checkpoint holds two)
         run_job(job.path, stop_requested=lambda: mlp.metrics_file.exists() and len(read_jsonl(mlp.metrics_file)) >= 2)
@@ -88,3 +97,204 @@ def test_runs_are_named_by_variant_and_grid_values():
     # two axes that end alike keep their full names; what a path cannot hold is replaced
     assert run_name("moe", {"train.lr": 0.1, "variants.*.lr": 0.2, "data.name": "a/b c"}) == \
         "moe,train.lr=0.1,variants._.lr=0.2,name=a_b_c"
+
+
+# ---------------------------------------------------------------- export to MLflow and W&B
+
+EXPORTED = {**TINY, "name": "exported", "train": {**TINY["train"], "epochs": 2},
+            "variants": [{"name": "mlp", "model": "mlp", "hidden": 8}, {"name": "moe", "model": "moe", "hidden": 8}],
+            "grid": {"seed": [0, 1, 2, 3]}}
+
+
+@pytest.fixture(scope="module")
+def four_finished_jobs(tmp_path_factory):
+    """An experiment of four jobs, trained."""
+    root = tmp_path_factory.mktemp("trained")
+    path = root / "exported.yaml"
+    path.write_text(yaml.safe_dump(EXPORTED))
+    experiment = load_experiment(path)
+    tree = ExperimentTree(root / "experiments" / "exported")
+    for job in experiment.jobs():
+        write_json(tree.job(job.key).config_file, experiment.job_spec(job))
+        assert run_job(tree.job(job.key).path).state == "done"
+    return tree
+
+
+@pytest.fixture
+def half_finished(four_finished_jobs, tmp_path):
+    """The experiment with two of its jobs finished; `finish()` brings the other two as they finish."""
+    jobs = four_finished_jobs.jobs()
+    tree = ExperimentTree(tmp_path / "experiments" / "exported")
+    tree.jobs_dir.mkdir(parents=True)
+
+    def finish(which):
+        for job in which:  # whole finished job folders, as the training leaves them
+            shutil.copytree(job.path, tree.job(job.key).path)
+
+    finish(jobs[:2])
+    return tree, lambda: finish(jobs[2:])
+
+
+def export(tracker: str, tree: ExperimentTree, to: Path, capsys) -> str:
+    from moelab.export.cli import main
+
+    assert main([tracker, str(tree.path), "--to", str(to)]) == 0
+    return capsys.readouterr().out
+
+
+def finished_variants(tree: ExperimentTree) -> dict:
+    """(job key, variant) -> (results.json, metrics.jsonl) of every finished variant, read as the trainer wrote them."""
+    found = {}
+    for job in tree.jobs():
+        for name in ("mlp", "moe"):
+            variant = job.variant(name)
+            if variant.is_done():
+                found[(job.key, name)] = (read_json(variant.results_file), read_jsonl(variant.metrics_file))
+    return found
+
+
+@pytest.mark.slow  # MLflow creates its SQLite store (schema migrations) and exports three times
+def test_mlflow_export_holds_every_finished_variant_once(half_finished, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from moelab.export import mlflow_store
+
+    tree, finish = half_finished
+    store = tmp_path / "store"
+    calls = []
+    export_variant = mlflow_store._export_variant
+
+    def dies_on_second(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed half way: the second run's metrics never written
+        export_variant(*args)
+
+    monkeypatch.setattr(mlflow_store, "_export_variant", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        export("mlflow", tree, store, capsys)
+    monkeypatch.setattr(mlflow_store, "_export_variant", export_variant)
+    # the run left unfinished is replaced, the finished one kept
+    assert "exported 3 run(s) of exported to mlflow" in export("mlflow", tree, store, capsys)
+    client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("exported")
+
+    def runs():
+        return client.search_runs([experiment.experiment_id], max_results=1000)
+
+    def check() -> None:
+        all_runs = runs()
+        parents = [r for r in all_runs if r.data.tags.get("moelab.role") == "experiment"]
+        children = {(r.data.tags["moelab.job"], r.data.tags["moelab.variant"]): r for r in all_runs if r not in parents}
+        expected = finished_variants(tree)
+        assert len(parents) == 1 and set(children) == set(expected) and len(all_runs) == 1 + len(expected)
+        for (key, name), (results, lines) in expected.items():
+            run = children[(key, name)]
+            assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+            spec = read_json(tree.job(key).config_file)
+            assert run.data.params["variant"] == name and run.data.params["seed"] == str(spec["config"]["seed"])
+            assert run.data.params["train.epochs"] == "2" and run.data.params["params.hidden"] == "8"
+            assert run.data.metrics["test_acc"] == pytest.approx(results["test_acc"])
+            assert run.data.metrics["best_val_acc"] == pytest.approx(results["best_val_acc"])
+            history = client.get_metric_history(run.info.run_id, "val_loss")
+            assert [(m.step, m.value) for m in history] == [(l["epoch"], pytest.approx(l["val_loss"])) for l in lines]
+            assert "results.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+    check()
+    assert len(runs()) == 1 + 2 * 2
+    assert "exported 0 run(s)" in export("mlflow", tree, store, capsys)  # nothing new: nothing added
+    assert len(runs()) == 1 + 2 * 2
+    finish()
+    assert "exported 4 run(s)" in export("mlflow", tree, store, capsys)  # two more jobs of two variants each
+    check()
+    assert len(runs()) == 1 + 4 * 2
+
+
+def wandb_records(path: Path):
+    """The records of a W&B offline run file: a LevelDB-style log of 32 KiB blocks after a 7-byte header,
+    each chunk a 7-byte header (crc, length, type: 1 whole, 2 first, 3 middle, 4 last) and its bytes."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, position, chunk = path.read_bytes(), 7, b""
+    while position + 7 <= len(data):
+        if 32768 - position % 32768 < 7:  # a block's tail too short for a header is padding
+            position += 32768 - position % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        chunk += data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunk)
+            chunk = b""
+            yield record
+
+
+def read_wandb_run(folder: Path) -> dict:
+    def key(item):
+        return item.key or "/".join(item.nested_key)
+
+    run = {"history": {}, "summary": {}}
+    for record in wandb_records(next(folder.glob("*.wandb"))):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run.update(id=record.run.run_id, group=record.run.run_group, project=record.run.project,
+                       config={key(i): json.loads(i.value_json) for i in record.run.config.update})
+        elif kind == "history":
+            items = {key(i): json.loads(i.value_json) for i in record.history.item}
+            run["history"][items["_step"]] = items
+        elif kind == "summary":
+            run["summary"].update({key(i): json.loads(i.value_json) for i in record.summary.update})
+    return run
+
+
+def test_wandb_offline_export_is_read_back_from_its_files(half_finished, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    tree, finish = half_finished
+    to = tmp_path / "wandb-out"
+    export("wandb", tree, to, capsys)
+
+    def runs():
+        return {run["config"]["variant"] + "/" + run["id"]: run
+                for run in map(read_wandb_run, sorted((to / "wandb").glob("offline-run-*")))}
+
+    expected = finished_variants(tree)
+    exported = runs()
+    assert len(exported) == len(expected) == 4
+    for run in exported.values():
+        assert run["project"] == "exported" and run["group"] == run["config"]["variant"]
+        (job,) = [j for (j, name) in expected if name == run["group"]
+                  and read_json(tree.job(j).config_file)["config"]["seed"] == run["config"]["seed"]]
+        results, lines = expected[(job, run["group"])]
+        assert run["config"]["train"]["epochs"] == 2
+        assert sorted(run["history"]) == [line["epoch"] for line in lines]
+        for line in lines:
+            assert run["history"][line["epoch"]]["val_loss"] == pytest.approx(line["val_loss"])
+        assert run["summary"]["test_acc"] == pytest.approx(results["test_acc"])
+    assert "exported 0 run(s)" in export("wandb", tree, to, capsys)
+    assert len(runs()) == 4
+    finish()
+    assert "exported 4 run(s)" in export("wandb", tree, to, capsys)
+    assert len(runs()) == 8
+
+
+@pytest.mark.parametrize("tracker, package", [("mlflow", "mlflow"), ("wandb", "wandb")])
+def test_export_without_the_extra_names_the_pip_command(tmp_path, capsys, monkeypatch, tracker, package):
+    from moelab.export.cli import main
+
+    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")] + [package]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    tree = ExperimentTree(tmp_path / "experiments" / "exported")
+    tree.jobs_dir.mkdir(parents=True)
+    assert main([tracker, str(tree.path), "--to", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert f"pip install 'moelab[{tracker}]'" in error and "Traceback" not in error
+
+
+def test_export_of_a_folder_without_jobs_exits_2(tmp_path, capsys):
+    from moelab.export.cli import main
+
+    assert main(["mlflow", str(tmp_path), "--to", str(tmp_path / "out")]) == 2
+    assert "not an experiment folder" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -22,7 +22,7 @@ from moelab.results.tree import ExperimentTree
 
 @dataclass
 class FinishedVariant:
-    experiment: str
+    experiment: str  # its folder's name
     job: str  # the job key
     variant: str
     spec: JobSpec
@@ -70,7 +70,7 @@ class FinishedVariants:
                 if bad:
                     self.problems.append(f"{out.metrics_file}: skipped unreadable line(s) {bad}")
                 files = [f for f in (out.results_file, out.curves_plot) if f.is_file()]
-                yield FinishedVariant(spec.experiment or self.tree.name, job.key, name, spec, shown.results, epochs, files)
+                yield FinishedVariant(self.tree.name, job.key, name, spec, shown.results, epochs, files)
 
 
 def variant_parameters(spec: JobSpec, variant: str) -> dict:
