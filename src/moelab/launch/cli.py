@@ -7,6 +7,7 @@
     cancel     experiments/<name>: scancel its SLURM arrays; names the local launches to stop by hand
     clean      experiments/<name> --failed | --all [--yes]: remove failed jobs, or the whole folder
     export     mlflow|wandb experiments/<name> [--to PATH]: copy the finished runs into MLflow or W&B (offline)
+    fetch      mnist|fashion_mnist|cifar10 [--root data] [--mirror URL]: download a dataset, checksums verified
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                "the dashboard and predictions: launch_experiment.sh serve [experiments/<name> ...] [--port N] "
                "[--host H] (serve --help says more)\n"
                "also: launch_experiment.sh list | cancel experiments/<name> | clean experiments/<name> --failed|--all [--yes]\n"
-               "      launch_experiment.sh export mlflow|wandb experiments/<name> [--to PATH]",
+               "      launch_experiment.sh export mlflow|wandb experiments/<name> [--to PATH]\n"
+               "      launch_experiment.sh fetch mnist|fashion_mnist|cifar10 [--root data] [--mirror URL]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("mode", choices=MODES, help="run_here: run on this machine; submit: send to SLURM; "
@@ -82,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         from moelab.export.cli import main as export
 
         return export(argv[1:])
+    if argv and argv[0] == "fetch":
+        from moelab.data.fetch import main as fetch
+
+        return fetch(argv[1:])
     args = parse_args(argv)
     options = LaunchOptions(experiments_dir=args.experiments_dir, workers=args.workers, force=args.force,
                             rerun_failed=args.rerun_failed, dry_run=args.dry_run, profile=args.profile,
