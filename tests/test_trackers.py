@@ -162,20 +162,21 @@ def test_mlflow_export_holds_every_finished_variant_once(half_finished, tmp_path
 
     tree, finish = half_finished
     store = tmp_path / "store"
-    calls = []
-    export_variant = mlflow_store._export_variant
+    monkeypatch.setattr(mlflow_store, "RUNS_PER_TRANSACTION", 1)
+    writes = []
+    write = mlflow_store._Rows.write
 
-    def dies_on_second(*args):
-        calls.append(args)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # killed half way: the second run's metrics never written
-        export_variant(*args)
+    def dies_on_second(rows, *args):
+        writes.append(rows)
+        if len(writes) == 2:
+            raise KeyboardInterrupt  # killed half way: the second run's transaction never commits
+        write(rows, *args)
 
-    monkeypatch.setattr(mlflow_store, "_export_variant", dies_on_second)
+    monkeypatch.setattr(mlflow_store._Rows, "write", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
         export("mlflow", tree, store, capsys)
-    monkeypatch.setattr(mlflow_store, "_export_variant", export_variant)
-    # the run left unfinished is replaced, the finished one kept
+    monkeypatch.setattr(mlflow_store._Rows, "write", write)
+    # the run committed is kept, the others are exported
     assert "exported 3 run(s) of exported to mlflow" in export("mlflow", tree, store, capsys)
     client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("exported")
