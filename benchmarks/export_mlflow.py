@@ -3,9 +3,9 @@
     python benchmarks/export_mlflow.py [--jobs 1000 10000] [--epochs 60]
 
 Trains one job of the default experiment (its four variants, --epochs epochs) into a temporary
-folder, copies it into a tree of --jobs jobs (each its own seed in config.json; weights and event
-files left out), then runs `launch_experiment.sh export mlflow` on it in a fresh process, into a
-new SQLite store, and once more (nothing new: the idempotence check alone). Prints wall time
+folder, copies it into a tree of --jobs jobs (each its own seed in config.json; weights, event
+files and the expert analysis left out: no export reads them), then runs `launch_experiment.sh
+export mlflow` on it in a fresh process, into a new SQLite store, and once more (nothing new: the idempotence check alone). Prints wall time
 (imports and the store's creation included) and the export process's peak memory.
 """
 
@@ -44,7 +44,7 @@ def build(source: Path, tree: Path, jobs: int) -> None:
     spec = json.loads((source / "config.json").read_text())
     for i in range(jobs):
         target = tree / "jobs" / f"{i:012x}"
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns("weights", "tensorboard", ".claim*"))
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("weights", "analysis", "tensorboard", ".claim*"))
         spec["grid_values"] = {**spec["grid_values"], "seed": i}
         (target / "config.json").write_text(json.dumps(spec))
 
