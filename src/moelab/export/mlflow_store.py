@@ -15,6 +15,7 @@ interrupted export leaves finished runs only. The tests read the store back with
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -34,7 +35,6 @@ ROLE, JOB, VARIANT = "moelab.role", "moelab.job", "moelab.variant"
 # MLflow's limits: names of these characters only, values this long
 _NAME_UNSAFE = re.compile(r"[^/\w.\- ]")
 PARAM_VALUE_MAX = 6000
-SEARCH_PAGE = 50000
 RUNS_PER_TRANSACTION = 200
 
 
@@ -60,9 +60,9 @@ def export(tree: ExperimentTree, to: Path, problems: list[str]) -> Exported:
     to.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=tracking_uri(to))
     experiment_id = _experiment_id(client, tree.name, to)
-    done = _exported(client, experiment_id, ViewType)
-    parent = _parent_run(client, experiment_id, tree.name, ViewType)
     store = client._tracking_client.store  # the SQLAlchemy store of the sqlite:/// URI
+    done = _exported(store, experiment_id)
+    parent = _parent_run(client, experiment_id, tree.name, ViewType)
     artifact_root = client.get_experiment(experiment_id).artifact_location
     variants = FinishedVariants(tree, skip=lambda job, variant: (job, variant) in done)
     added = 0
@@ -88,16 +88,20 @@ def _experiment_id(client, name: str, to: Path) -> str:
     return experiment.experiment_id
 
 
-def _exported(client, experiment_id: str, view_type) -> set[tuple[str, str]]:
-    """(job, variant) of every run exported before."""
-    found, token = set(), None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=f"tags.`{ROLE}` = 'variant'",
-                                  run_view_type=view_type.ACTIVE_ONLY, max_results=SEARCH_PAGE, page_token=token)
-        found |= {(run.data.tags.get(JOB), run.data.tags.get(VARIANT)) for run in page}
-        token = page.token
-        if not token:
-            return found
+def _exported(store, experiment_id: str) -> set[tuple[str, str]]:
+    """(job, variant) of every active run exported before, from the tags table (the client's search
+    would load every run's parameters and metrics: 45 s for 4,000 runs)."""
+    from mlflow.store.tracking.dbmodels.models import SqlRun, SqlTag
+
+    found: dict[str, dict] = {}
+    with store.ManagedSessionMaker() as session:
+        rows = (session.query(SqlTag.run_uuid, SqlTag.key, SqlTag.value)
+                .join(SqlRun, SqlRun.run_uuid == SqlTag.run_uuid)
+                .filter(SqlRun.experiment_id == experiment_id, SqlRun.lifecycle_stage == "active",
+                        SqlTag.key.in_((ROLE, JOB, VARIANT))))
+        for run, key, value in rows:
+            found.setdefault(run, {})[key] = value
+    return {(tags.get(JOB), tags.get(VARIANT)) for tags in found.values() if tags.get(ROLE) == "variant"}
 
 
 def _parent_run(client, experiment_id: str, name: str, view_type) -> str:
@@ -159,14 +163,14 @@ class _Rows:
 
     def write(self, store) -> None:
         from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
-        from sqlalchemy import insert
 
         with store.ManagedSessionMaker(read_only=False) as session:  # one transaction: committed whole or not at all
             for model, rows in ((SqlRun, self.runs), (SqlTag, self.tags), (SqlParam, self.params),
                                 (SqlMetric, self.metrics), (SqlLatestMetric, self.latest)):
-                if rows:
-                    session.execute(insert(model), rows)
+                if rows:  # the table's own insert, one executemany (the ORM's bulk path costs 10 us a row)
+                    session.execute(model.__table__.insert(), rows)
 
 
+@functools.lru_cache(maxsize=4096)  # a few dozen keys, each met once per epoch of every run
 def _name(key: str) -> str:
     return _NAME_UNSAFE.sub("_", key)
