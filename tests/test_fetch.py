@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.server
+import pickle
 import socket
 import struct
 import subprocess
 import sys
+import tarfile
 import threading
 from pathlib import Path
 
@@ -40,18 +43,13 @@ def idx_files(folder: Path) -> dict[str, str]:
     return checksums
 
 
-@pytest.fixture
-def mirror(tmp_path, monkeypatch):
-    """A local mirror of small MNIST files, with torchvision's checksums set to theirs."""
-    served = tmp_path / "served"
-    served.mkdir()
-    checksums = idx_files(served)
-    monkeypatch.setattr(torchvision.datasets.MNIST, "resources",
-                        [(name, checksums[name]) for name, _ in torchvision.datasets.MNIST.resources])
+@contextlib.contextmanager
+def serve(folder: Path):
+    """An HTTP server on 127.0.0.1 serving `folder`; yields its URL."""
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(served), **kwargs)
+            super().__init__(*args, directory=str(folder), **kwargs)
 
         def log_message(self, *args):
             pass
@@ -61,11 +59,25 @@ def mirror(tmp_path, monkeypatch):
             pass  # a client that hangs up early (torchvision's redirect check reads headers only)
 
     server = Server(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield served, f"http://127.0.0.1:{server.server_address[1]}/mnist"
-    server.shutdown()
-    server.server_close()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    """A local mirror of small MNIST files, with torchvision's checksums set to theirs."""
+    served = tmp_path / "served"
+    served.mkdir()
+    checksums = idx_files(served)
+    monkeypatch.setattr(torchvision.datasets.MNIST, "resources",
+                        [(name, checksums[name]) for name, _ in torchvision.datasets.MNIST.resources])
+
+    with serve(served) as url:
+        yield served, url + "/mnist"
 
 
 def test_fetched_files_train_with_data_name_mnist(mirror, tmp_path, capsys):
@@ -118,3 +130,30 @@ def test_a_mirror_that_never_answers_times_out_and_exits_2(tmp_path):
         silent.listen(8)
         done = fetch_process(tmp_path / "data", f"http://127.0.0.1:{silent.getsockname()[1]}/", "--timeout", "1")
     assert done.returncode == 2 and "no answer within the timeout" in done.stderr
+
+
+def test_cifar10_is_fetched_as_its_archive_and_opened(tmp_path, monkeypatch, capsys):
+    """CIFAR-10 comes as one archive extracted into --root; every batch inside has a checksum of its own."""
+    cifar = torchvision.datasets.CIFAR10
+    served = tmp_path / "served"
+    inner = served / "build" / cifar.base_folder
+    inner.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    batches = [name for name, _ in cifar.train_list + cifar.test_list]
+    for name in batches:
+        (inner / name).write_bytes(pickle.dumps({"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8),
+                                                 "labels": [i % 10 for i in range(20)]}))
+    (inner / cifar.meta["filename"]).write_bytes(pickle.dumps({cifar.meta["key"]: [str(i) for i in range(10)]}))
+    md5 = {path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in inner.iterdir()}
+    with tarfile.open(served / cifar.filename, "w:gz") as archive:
+        archive.add(inner, arcname=cifar.base_folder)
+    monkeypatch.setattr(cifar, "tgz_md5", hashlib.md5((served / cifar.filename).read_bytes()).hexdigest())
+    monkeypatch.setattr(cifar, "train_list", [[name, md5[name]] for name, _ in cifar.train_list])
+    monkeypatch.setattr(cifar, "test_list", [[name, md5[name]] for name, _ in cifar.test_list])
+    monkeypatch.setattr(cifar, "meta", {**cifar.meta, "md5": md5[cifar.meta["filename"]]})
+
+    root = tmp_path / "data"
+    with serve(served) as url:
+        assert main(["fetch", "cifar10", "--root", str(root), "--mirror", url]) == 0
+    assert "files verified" in capsys.readouterr().out
+    assert len(cifar(root=str(root), train=True, download=False)) == 5 * 20
