@@ -250,6 +250,7 @@ def read_wandb_run(folder: Path) -> dict:
     return run
 
 
+@pytest.mark.slow  # trains the four jobs the exports read (shared with the MLflow test)
 def test_wandb_offline_export_is_read_back_from_its_files(half_finished, tmp_path, capsys, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
