@@ -5,6 +5,8 @@
 # Experiments and their state counts:  bash run/launch_experiment.sh list
 # End its SLURM arrays:  bash run/launch_experiment.sh cancel experiments/<name>
 # Remove failed jobs or a whole experiment:  bash run/launch_experiment.sh clean experiments/<name> --failed|--all [--yes]
+# Copy finished runs into MLflow or W&B (offline):  bash run/launch_experiment.sh export mlflow|wandb experiments/<name> [--to PATH]
+# Download a dataset (checksums verified):  bash run/launch_experiment.sh fetch mnist|fashion_mnist|cifar10 [--root data] [--mirror URL]
 # Dashboard and predictions:  bash run/launch_experiment.sh serve [experiments/<name> ...] [--port N] [--host H]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"

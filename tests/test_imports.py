@@ -22,6 +22,7 @@ LAYERS = {
     "config": 3,  # reads the model and data registries and the typed train settings
     "train": 2,
     "report": 1,  # train draws a running variant's curves with it
+    "export": 1,  # reads the tree through results, like report; launch's command line calls it
     "models": 1,
     "data": 1,
     "results": 0,

@@ -106,6 +106,8 @@ SLURM: Section = {
 
 REPORT: Section = {
     "live_plot_every": Field(int, 10, min=0, help="a running variant redraws its curves.png every N epochs (0: never)"),
+    "tensorboard": Field(bool, True, since="0.1.0",
+                         help="each variant writes TensorBoard event files while it trains (when tensorboardX is installed)"),
 }
 
 BASELINE: Section = {

@@ -6,6 +6,8 @@
     list       the experiments under experiments/ with their state counts
     cancel     experiments/<name>: scancel its SLURM arrays; names the local launches to stop by hand
     clean      experiments/<name> --failed | --all [--yes]: remove failed jobs, or the whole folder
+    export     mlflow|wandb experiments/<name> [--to PATH]: copy the finished runs into MLflow or W&B (offline)
+    fetch      mnist|fashion_mnist|cifar10 [--root data] [--mirror URL]: download a dataset, checksums verified
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         epilog="example: launch_experiment.sh run_here experiments/configs/default.yaml train.lr=0.01 grid.seed=[0,1]\n"
                "the dashboard and predictions: launch_experiment.sh serve [experiments/<name> ...] [--port N] "
                "[--host H] (serve --help says more)\n"
-               "also: launch_experiment.sh list | cancel experiments/<name> | clean experiments/<name> --failed|--all [--yes]",
+               "also: launch_experiment.sh list | cancel experiments/<name> | clean experiments/<name> --failed|--all [--yes]\n"
+               "      launch_experiment.sh export mlflow|wandb experiments/<name> [--to PATH]\n"
+               "      launch_experiment.sh fetch mnist|fashion_mnist|cifar10 [--root data] [--mirror URL]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("mode", choices=MODES, help="run_here: run on this machine; submit: send to SLURM; "
@@ -76,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in commands.COMMANDS:
         return commands.main(argv)
+    if argv and argv[0] == "export":  # imported when asked for: it reads results with pandas
+        from moelab.export.cli import main as export
+
+        return export(argv[1:])
+    if argv and argv[0] == "fetch":
+        from moelab.data.fetch import main as fetch
+
+        return fetch(argv[1:])
     args = parse_args(argv)
     options = LaunchOptions(experiments_dir=args.experiments_dir, workers=args.workers, force=args.force,
                             rerun_failed=args.rerun_failed, dry_run=args.dry_run, profile=args.profile,

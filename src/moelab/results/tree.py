@@ -6,7 +6,8 @@
     <root>/<name>/jobs/<key>/config.json     the job's resolved configuration
     <root>/<name>/jobs/<key>/status.json     job and variant states, attempts, tracebacks
     <root>/<name>/jobs/<key>/.claim          which process runs the job now, with its heartbeat
-    <root>/<name>/jobs/<key>/<variant>/      metrics.jsonl, results.json (written last), weights/, analysis/
+    <root>/<name>/jobs/<key>/<variant>/      metrics.jsonl, results.json (written last), weights/, analysis/,
+                                             tensorboard/<run>/ (event files)
     <root>/<name>/<backend>/                 what a backend keeps (slurm/: submitit's files and logs)
     <root>/<name>/study/                     a search: the Optuna journal, trial claims, trials.csv, best.yaml
     <root>/<name>/summary/                   tables and plots written by create-plots
@@ -243,6 +244,11 @@ class VariantTree:
     @property
     def last_checkpoint(self) -> Path:
         return self.path / "weights" / "last.pt"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """TensorBoard's event files, in one run folder named by the grid values (results/events.py)."""
+        return self.path / "tensorboard"
 
     @property
     def curves_plot(self) -> Path:

@@ -24,6 +24,7 @@ import torch
 from moelab.data import DataSettings, load_dataset
 from moelab.report.plots import variant_curves
 from moelab.results.claims import Claim, try_claim
+from moelab.results.events import variant_events
 from moelab.results.io import read_json
 from moelab.results.status import JobState, JobStatus, VariantStatus, host, now, read_status
 from moelab.results.tree import JobTree, VariantTree, set_aside
@@ -126,7 +127,7 @@ def _run_claimed(job: JobTree, fresh: bool, stop_requested, runtime_info: dict, 
         for group in trainings(left):
             if data is None:  # loaded once per job, only when something is left to train
                 data = load_dataset(DataSettings(**config["data"]), config["seed"]).to(device)
-            members, started_at, curves = [], {}, {}
+            members, started_at, curves, events = [], {}, {}, {}
             for variant in group:
                 name = variant["name"]
                 out = job.variant(name)
@@ -135,13 +136,17 @@ def _run_claimed(job: JobTree, fresh: bool, stop_requested, runtime_info: dict, 
                                                       trained_with=group[0]["name"] if len(group) > 1 else None)
                 started_at[name] = time.perf_counter()
                 curves[name] = LiveCurves(live_plot_every, TASKS[data.task].primary, out)
-                on_epoch = curves[name] if should_prune is None else _pruning(curves[name], name, should_prune)
+                events[name] = variant_events(out, spec)  # TensorBoard; None when off
+                on_epoch = _each(curves[name], events[name])
+                on_epoch = on_epoch if should_prune is None else _pruning(on_epoch, name, should_prune)
                 members.append(Member(variant, out, on_epoch))
             status.write(job)
 
             def finished(member: Member, results: dict | None, error: Exception | None) -> None:
                 name = member.variant["name"]
                 record = status.variants[name]
+                if events[name] is not None:
+                    events[name].close(results)
                 if error is None:
                     curves[name].close()
                     outcome.results[name], record.state = results, JobState.DONE
@@ -170,6 +175,10 @@ def _run_claimed(job: JobTree, fresh: bool, stop_requested, runtime_info: dict, 
                     record.finished_at = now()
                     record.seconds = round(time.perf_counter() - started_at[member.variant["name"]], 3)
                 return finish(JobState.PRUNED)
+            finally:  # an interrupted or pruned variant's event file ends where its checkpoint is
+                for writer in events.values():
+                    if writer is not None:
+                        writer.release()
     except (KeyboardInterrupt, StopRequested, SystemExit):  # SystemExit: submitit's exit before a requeue
         finish(JobState.INTERRUPTED)
         raise
@@ -206,6 +215,15 @@ def _read_results(out: VariantTree) -> dict | None:
 def _warn_set_aside(path: Path, problem: str, consequence: str) -> None:
     aside = set_aside(path)
     print(f"warning: {path} {problem}; set aside as {aside.name}, {consequence}", file=sys.stderr, flush=True)
+
+
+def _each(*callbacks: Callable[[list[dict]], None] | None) -> Callable[[list[dict]], None]:
+    def after_epoch(history: list[dict]) -> None:
+        for callback in callbacks:
+            if callback is not None:
+                callback(history)
+
+    return after_epoch
 
 
 def _pruning(on_epoch: Callable[[list[dict]], None], name: str, should_prune: Callable[[str, list[dict]], bool]):
