@@ -295,8 +295,12 @@ def test_too_few_seeds_warns_and_gets_no_verdict(tmp_path):
     assert "2 of 2 comparison(s) with mlp cannot support a verdict (2 with fewer than 3 paired seeds)" in (
         small_sample_warning(two_seeds.table, "acc", "mlp"))
 
+    # three seeds of one sign happen one time in four by chance: named, with the seeds a verdict needs
     three_seeds = report_of(hand_made_runs({"moe": [0.1, 0.2, 0.3]}, (0.5, 0.6, 0.7)), tmp_path)
-    assert small_sample_warning(three_seeds.table, "acc", "mlp") is None
+    warning = small_sample_warning(three_seeds.table, "acc", "mlp")
+    assert "(1 with 3 paired seeds, whose smallest possible p is 0.25)" in warning and "about 6 seeds" in warning
+    six_seeds = report_of(hand_made_runs({"moe": [0.1, 0.2, 0.3, 0.1, 0.2, 0.3]}, (0.5, 0.6, 0.7, 0.5, 0.6, 0.7)), tmp_path)
+    assert small_sample_warning(six_seeds.table, "acc", "mlp") is None
 
 
 def test_the_report_states_holm_and_shows_adjusted_p_values(finished_job, tmp_path):  # noqa: F811
