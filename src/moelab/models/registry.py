@@ -82,7 +82,7 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
               "bias, none), shared and fine-grained experts"),
     ModelSpec("transformer", p.TransformerParams, "transformer:Transformer",
               "dense byte-level causal transformer (text): pre-norm blocks of attention and an MLP"),
-    ModelSpec("moe_transformer", p.MoETransformerParams, "transformer:MoETransformer",
+    ModelSpec("moe_transformer", p.MoETransformerParams, "transformer:Transformer",
               "causal transformer whose MLPs (every moe_every-th block) are MoE layers with a choice of router"),
     ModelSpec("moe_guided", p.GuidedMoEParams, "moe_models:GuidedMoE",
               "label-guided: the gate learns the expert assigned to each class"),

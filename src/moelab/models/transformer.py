@@ -151,8 +151,3 @@ def _init_weights(module: nn.Module) -> None:
         for weight, bias in ((module.w1, module.b1), (module.w2, module.b2)):
             nn.init.normal_(weight, std=0.02)
             nn.init.zeros_(bias)
-
-
-class MoETransformer(Transformer):
-    def __init__(self, d_in: int, d_out: int, p: MoETransformerParams, input_shape=None):
-        super().__init__(d_in, d_out, p, input_shape)
