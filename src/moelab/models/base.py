@@ -37,6 +37,16 @@ class ModelOutput:
     # tokens are the batch's positions, row b * T + t for position t of sequence b
     layers: list[Routing] = field(default_factory=list)
 
+    def of_model(self, n: int) -> ModelOutput:
+        """Model n's output, from the output of models trained as one (models/fused.py: fields [N, ...])."""
+        pick = lambda t: None if t is None else t[n]  # noqa: E731
+        return ModelOutput(
+            y=self.y[n], aux_losses={k: v[n] for k, v in self.aux_losses.items()}, gate_probs=pick(self.gate_probs),
+            expert_index=pick(self.expert_index), expert_weights=pick(self.expert_weights),
+            metrics={k: v[n] for k, v in self.metrics.items()}, expert_load=pick(self.expert_load),
+            layers=[Routing(pick(r.gate_probs), pick(r.expert_index), pick(r.expert_weights), pick(r.expert_load))
+                    for r in self.layers])
+
     def routings(self) -> list[Routing]:
         """Every MoE layer's routing: one for a single-layer model, none without experts."""
         if self.layers:
@@ -90,6 +100,37 @@ class Model(nn.Module):
         if mode is not None:
             raise ValueError(f"{type(self).__name__} has no routing mode {mode!r}")
         yield
+
+
+def dropout(x: torch.Tensor, p: float, training: bool, generators: list[torch.Generator] | None = None,
+            sizes: list[int] | None = None) -> torch.Tensor:
+    """Inverted dropout, drawn as torch draws it on the CPU (a Bernoulli mask from the default
+    generator, scaled by 1/(1-p)), so that models trained as one (fused training: G models' rows along
+    dim 0, `sizes` rows each, equal shares by default) each draw from their own generator exactly the
+    mask they would draw alone; on every device alike."""
+    if not training or p == 0:
+        return x
+    keep = torch.empty_like(x)
+    if generators is None:
+        keep.bernoulli_(1 - p)
+    else:
+        for block, generator in zip(keep.split(sizes or len(x) // len(generators)), generators):
+            block.bernoulli_(1 - p, generator=generator)
+    return x * keep.div_(1 - p)
+
+
+class Dropout(nn.Module):
+    """nn.Dropout drawn by `dropout` (the same mask on every device for a seed, fused or not)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def count_parameters(model: nn.Module) -> int:
