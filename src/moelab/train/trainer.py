@@ -115,7 +115,7 @@ class Execution:
                 self._fall_back(error)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
-        with torch.autocast(self.device_type, dtype=AUTOCAST_DTYPES.get(self.precision), enabled=self.precision != "fp32"):
+        with autocast(self.precision, self.device_type):
             if not self._unchecked:
                 return self.forward(x, y)
             self._unchecked = False
@@ -149,6 +149,11 @@ class Execution:
               f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); training eagerly instead",
               file=sys.stderr, flush=True)
         self.forward, self.compiled, self._unchecked = self.model, False, False
+
+
+def autocast(precision: str, device_type: str):
+    """The forward pass's autocast for train.precision (off for fp32)."""
+    return torch.autocast(device_type, dtype=AUTOCAST_DTYPES.get(precision), enabled=precision != "fp32")
 
 
 @contextlib.contextmanager
@@ -190,7 +195,7 @@ def train_members(members: list[Member], data: TaskData, settings: TrainSettings
     `on_finished(member, None, error)` when it failed (a failure of the shared training fails every
     member still training). Members whose checkpoints are at different epochs (a job stopped between
     two members' writes) train one after the other instead: the same results, at the cost of time."""
-    starts = {_start_epoch(m.out, continued_from, settings, device) for m in members}
+    starts = {start_epoch(m.out, continued_from, settings, device) for m in members}
     if len(members) > 1 and len(starts) > 1:
         for member in members:
             train_members([member], data, settings, seed, device, stop_requested, continued_from, on_finished)
@@ -199,7 +204,7 @@ def train_members(members: list[Member], data: TaskData, settings: TrainSettings
         fit(members, data, settings, seed, device, stop_requested, continued_from, on_finished)
 
 
-def _start_epoch(out: VariantTree, continued_from: dict | None, settings: TrainSettings, device: torch.device) -> int:
+def start_epoch(out: VariantTree, continued_from: dict | None, settings: TrainSettings, device: torch.device) -> int:
     """The epoch a variant's training starts from: its checkpoint's, else 0 (a continuation: -1, the
     shorter job's checkpoint)."""
     if out.last_checkpoint.exists() and not _damaged(out, settings, device):
@@ -217,77 +222,87 @@ def provenance(variant: dict, continued_from: dict | None) -> dict:
     return found
 
 
+@dataclass
+class Training:
+    """One network's training as its epoch loop starts: the model (every member's checkpoint loaded), its
+    optimizer, schedule, step and shuffle, and the epoch to start from."""
+
+    members: list[Member]
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    execution: Execution
+    shuffle: torch.Generator
+    start_epoch: int
+
+
+def prepare(members: list[Member], data: TaskData, settings: TrainSettings, seed: int, device: torch.device,
+            continued_from: dict | None) -> Training:
+    """Build the members' network from the seed and load what it starts from: the members' own checkpoints,
+    else the ones of the job they continue, else their init_from weights, else nothing (at random)."""
+    task = TASKS[data.task]
+    lead = members[0].variant
+    torch.manual_seed(seed)  # every variant of a job starts from the same seed: paired comparisons
+    model = build_model(lead["model"], data.d_in, data.d_out, model_params(lead), data.input_shape).to(device)
+    optimizer = make_optimizer(model, settings)
+    scheduler = make_scheduler(optimizer, settings)
+    execution = Execution(model, settings, device)
+    shuffle = torch.Generator().manual_seed(seed)
+    # a member of a shared training validates and is tested on a model of its own class; building it
+    # must not draw from the training's random numbers
+    with torch.random.fork_rng(devices=_rng_devices(device)):
+        for member in members:
+            member.model = model if len(members) == 1 else build_model(
+                member.variant["model"], data.d_in, data.d_out, model_params(member.variant), data.input_shape).to(device)
+            member.stopper = EarlyStopping(settings.early_stopping.patience, settings.early_stopping.min_delta,
+                                           task.primary_higher_is_better)
+    start_epoch = 0
+    first = members[0].out
+    if first.last_checkpoint.exists():  # every member's checkpoint is at this epoch (train_members)
+        for member in members:
+            start_epoch, member.history, member.test_experts = load_checkpoint(
+                member.out, model, optimizer, scheduler, shuffle, member.stopper, device, execution.scaler)
+            write_jsonl(member.out.metrics_file, [metrics_line(r) for r in member.history])  # drop lines after it
+    elif continued_from is not None:
+        for member in members:
+            shorter = JobTree(member.out.path.parent).sibling(continued_from["job"]).variant(member.out.name)
+            if not shorter.last_checkpoint.is_file():
+                raise FileNotFoundError(f"this job continues {shorter.path}, which has no checkpoint "
+                                        f"{shorter.last_checkpoint.name} any more; launch with --force to train from zero")
+            start_epoch, member.history, member.test_experts = load_checkpoint(
+                shorter, model, optimizer, scheduler, shuffle, member.stopper, device, execution.scaler)
+            carry_best_weights(shorter, member.out, model, member.stopper, start_epoch, settings)
+            write_jsonl(member.out.metrics_file, [metrics_line(r) for r in member.history])
+        # the epochs to come follow this job's learning-rate schedule, for its own number of epochs; the
+        # optimizer holds the rate the shorter job's schedule set
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(start_epoch)
+    else:
+        for member in members:
+            member.out.metrics_file.unlink(missing_ok=True)
+        if "init_from" in lead:
+            model.load_state_dict(load_weights(lead["init_from"], device))
+    return Training(members, model, optimizer, scheduler, execution, shuffle, start_epoch)
+
+
 def fit(members: list[Member], data: TaskData, settings: TrainSettings, seed: int, device: torch.device,
         stop_requested: Callable[[], bool], continued_from: dict | None,
         on_finished: Callable[[Member, dict | None, Exception | None], None]) -> None:
-    """The epoch loop: train, then for every member validate, checkpoint and `on_epoch(history)`. Starts
-    from the members' own checkpoints, else from the ones of the job they continue, else from their
-    init_from weights, else at random."""
-    task = TASKS[data.task]
-    lead = members[0].variant
+    """The epoch loop: train, then for every member validate, checkpoint and `on_epoch(history)`."""
     try:  # building the model and loading what it starts from: a failure here fails every member
-        torch.manual_seed(seed)  # every variant of a job starts from the same seed: paired comparisons
-        model = build_model(lead["model"], data.d_in, data.d_out, model_params(lead), data.input_shape).to(device)
-        optimizer = make_optimizer(model, settings)
-        scheduler = make_scheduler(optimizer, settings)
-        execution = Execution(model, settings, device)
-        shuffle = torch.Generator().manual_seed(seed)
-        # a member of a shared training validates and is tested on a model of its own class; building it
-        # must not draw from the training's random numbers
-        with torch.random.fork_rng(devices=_rng_devices(device)):
-            for member in members:
-                member.model = model if len(members) == 1 else build_model(
-                    member.variant["model"], data.d_in, data.d_out, model_params(member.variant), data.input_shape).to(device)
-                member.stopper = EarlyStopping(settings.early_stopping.patience, settings.early_stopping.min_delta,
-                                               task.primary_higher_is_better)
-        start_epoch = 0
-        first = members[0].out
-        if first.last_checkpoint.exists():  # every member's checkpoint is at this epoch (train_members)
-            for member in members:
-                start_epoch, member.history, member.test_experts = load_checkpoint(
-                    member.out, model, optimizer, scheduler, shuffle, member.stopper, device, execution.scaler)
-                write_jsonl(member.out.metrics_file, [metrics_line(r) for r in member.history])  # drop lines after it
-        elif continued_from is not None:
-            for member in members:
-                shorter = JobTree(member.out.path.parent).sibling(continued_from["job"]).variant(member.out.name)
-                if not shorter.last_checkpoint.is_file():
-                    raise FileNotFoundError(f"this job continues {shorter.path}, which has no checkpoint "
-                                            f"{shorter.last_checkpoint.name} any more; launch with --force to train from zero")
-                start_epoch, member.history, member.test_experts = load_checkpoint(
-                    shorter, model, optimizer, scheduler, shuffle, member.stopper, device, execution.scaler)
-                carry_best_weights(shorter, member.out, model, member.stopper, start_epoch, settings)
-                write_jsonl(member.out.metrics_file, [metrics_line(r) for r in member.history])
-            # the epochs to come follow this job's learning-rate schedule, for its own number of epochs; the
-            # optimizer holds the rate the shorter job's schedule set
-            for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-                group["lr"] = base * factor(start_epoch)
-        else:
-            for member in members:
-                member.out.metrics_file.unlink(missing_ok=True)
-            if "init_from" in lead:
-                model.load_state_dict(load_weights(lead["init_from"], device))
+        run = prepare(members, data, settings, seed, device, continued_from)
     except Exception as error:
         for member in members:
             on_finished(member, None, error)
         return
+    model, optimizer, scheduler, execution = run.model, run.optimizer, run.scheduler, run.execution
 
     def done(member: Member, error: Exception | None = None) -> None:
         training.remove(member)
-        if error is not None:
-            on_finished(member, None, error)
-            return
-        fitted = Fit(member.model, member.history, member.stopper, provenance(member.variant, continued_from),
-                     execution.describe())
-        try:
-            with torch.random.fork_rng(devices=_rng_devices(device)):  # the others go on training
-                results = finish(member.variant, fitted, data, settings, member.out, device)
-        except Exception as failure:  # recorded by the caller; the other members go on
-            on_finished(member, None, failure)
-            return
-        on_finished(member, results, None)
+        finish_member(member, error, execution.describe(), data, settings, device, continued_from, on_finished)
 
     training = list(members)
-    for epoch in range(start_epoch, settings.epochs):
+    for epoch in range(run.start_epoch, settings.epochs):
         for member in [m for m in training if m.stopper.should_stop]:
             done(member)
         if not training:
@@ -296,7 +311,7 @@ def fit(members: list[Member], data: TaskData, settings: TrainSettings, seed: in
         lr = optimizer.param_groups[0]["lr"]
         model.set_progress(epoch / settings.epochs)
         try:
-            train = train_one_epoch(model, data, optimizer, shuffle, settings, stop_requested, execution)
+            train = train_one_epoch(model, data, optimizer, run.shuffle, settings, stop_requested, execution)
         except StopRequested:
             raise
         except Exception as error:  # the shared training failed: so did every member still training
@@ -304,24 +319,48 @@ def fit(members: list[Member], data: TaskData, settings: TrainSettings, seed: in
                 done(member, error)
             return
         scheduler.step()
+        state = checkpoint_state(optimizer.state_dict(), scheduler, run.shuffle, global_rng(), execution.scaler)
         for member in list(training):
             try:
-                history = member.history
-                history.append(validate(member, model, data, settings, epoch, train, lr, started))
-                append_jsonl(member.out.metrics_file, metrics_line(history[-1]))
-                check_finite(history[-1], epoch)
-                if member.stopper.update(history[-1][f"val_{task.primary}"], epoch):
-                    save_atomic(member.out.best_weights, model.state_dict())
-                save_checkpoint(member.out, epoch + 1, model, optimizer, scheduler, shuffle, member.stopper, history,
-                                member.test_experts, execution.scaler)
+                record_epoch(member, model, data, settings, epoch, train, lr, started, state)
             except Exception as error:
                 done(member, error)
                 continue
-            member.on_epoch(history)
+            member.on_epoch(member.history)
         if stop_requested() and any(not m.stopper.should_stop for m in training) and epoch + 1 < settings.epochs:
             raise StopRequested(f"stopped after epoch {epoch} on request; resumes from the checkpoint")
     for member in list(training):
         done(member)
+
+
+def finish_member(member: Member, error: Exception | None, execution: dict, data: TaskData, settings: TrainSettings,
+                  device: torch.device, continued_from: dict | None,
+                  on_finished: Callable[[Member, dict | None, Exception | None], None]) -> None:
+    """A member's training ended: test it and write its results (unless it failed), then tell `on_finished`."""
+    if error is not None:
+        on_finished(member, None, error)
+        return
+    fitted = Fit(member.model, member.history, member.stopper, provenance(member.variant, continued_from), execution)
+    try:
+        with torch.random.fork_rng(devices=_rng_devices(device)):  # the others go on training
+            results = finish(member.variant, fitted, data, settings, member.out, device)
+    except Exception as failure:  # recorded by the caller; the other members go on
+        on_finished(member, None, failure)
+        return
+    on_finished(member, results, None)
+
+
+def record_epoch(member: Member, model: nn.Module, data: TaskData, settings: TrainSettings, epoch: int, train: dict,
+                 lr: float, started: float, state: dict) -> None:
+    """A member's end of epoch: validate, append its metrics line, stop on divergence, keep its best
+    weights, and checkpoint (the training's `state` beside the member's own)."""
+    history = member.history
+    history.append(validate(member, model, data, settings, epoch, train, lr, started))
+    append_jsonl(member.out.metrics_file, metrics_line(history[-1]))
+    check_finite(history[-1], epoch)
+    if member.stopper.update(history[-1][f"val_{TASKS[data.task].primary}"], epoch):
+        save_atomic(member.out.best_weights, model.state_dict())
+    save_checkpoint(member.out, epoch + 1, model, member.stopper, history, member.test_experts, state)
 
 
 def validate(member: Member, model: nn.Module, data: TaskData, settings: TrainSettings, epoch: int, train: dict,
@@ -407,14 +446,11 @@ def first_experts_of_test_set(model, data: TaskData, settings: TrainSettings) ->
 def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSettings,
                     stop_requested: Callable[[], bool] = lambda: False, execution: Execution | None = None) -> dict:
     execution = execution or Execution(model, settings, data.x_train.device)
-    task_name = data.task
-    task = TASKS[task_name]
+    task = TASKS[data.task]
     model.train()
     x, y = data.x_train, data.y_train
     order = torch.randperm(len(x), generator=shuffle).to(x.device)
-    sums: dict[str, torch.Tensor] = {}
-    loss_sum = torch.zeros((), device=x.device)
-    batch_loads = []  # per batch: share of the batch's samples whose first expert is each expert
+    sums = EpochSums(data.task)
     for start in range(0, len(x), settings.batch_size):
         if stop_requested():  # the epoch is redone from the checkpoint on resume, with the same shuffle
             raise StopRequested("stopped during an epoch on request; resumes from the checkpoint")
@@ -425,9 +461,25 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSe
         optimizer.zero_grad(set_to_none=True)
         execution.backward_and_step(loss, optimizer, settings.grad_clip)
         model.after_step()
-        n = len(index)
-        loss_sum += task_loss.detach() * n
-        batch = batch_stats(task_name, out.y.detach().float(), y[index])
+        sums.add(out, y[index], task_loss)
+    return sums.row()
+
+
+class EpochSums:
+    """A model's sums over the batches of an epoch (loss, task metrics, auxiliary losses, expert counts),
+    kept on the device until `row` (one transfer per epoch)."""
+
+    def __init__(self, task_name: str):
+        self.task_name = task_name
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.batch_loads: list[torch.Tensor] = []  # per batch: share of its samples whose first expert is each expert
+
+    def add(self, out, targets: torch.Tensor, task_loss: torch.Tensor) -> None:
+        n = len(targets)
+        self.count += n
+        batch = batch_stats(self.task_name, out.y.detach().float(), targets)
+        batch["loss"] = task_loss.detach() * n
         for name, value in out.aux_losses.items():
             batch[f"aux_{name}"] = value.detach() * n
         for name, value in out.metrics.items():
@@ -441,18 +493,21 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSe
             batch[f"assignment_count_{i}"] = routing.expert_load.float() if routing.expert_load is not None else counts
             batch[f"gate_prob_sum_{i}"] = routing.gate_probs.detach().sum(dim=0)
         if routings:
-            batch_loads.append(sum(batch[f"expert_count_{i}"] for i in range(len(routings))) / (len(chosen) * len(routings)))
+            self.batch_loads.append(sum(batch[f"expert_count_{i}"] for i in range(len(routings))) / (len(chosen) * len(routings)))
         for name, value in batch.items():
-            sums[name] = sums[name] + value if name in sums else value
-    count = len(x)
-    host = {k: v.tolist() for k, v in sums.items()}  # one transfer per epoch
-    row = {"loss": loss_sum.item() / count, **finish_metrics(task_name, host, count)}
-    row.update({k: v / count for k, v in host.items() if k.startswith("aux_")})
-    row.update({k[len("metric_"):]: v / count for k, v in host.items() if k.startswith("metric_")})
-    if batch_loads:
-        row.update(routing_figures(host))
-        row["batch_expert_load"] = torch.stack(batch_loads).tolist()
-    return row
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+
+    def row(self) -> dict:
+        """The epoch's training figures."""
+        count = self.count
+        host = {k: v.tolist() for k, v in self.sums.items()}
+        row = {"loss": host.pop("loss") / count, **finish_metrics(self.task_name, host, count)}
+        row.update({k: v / count for k, v in host.items() if k.startswith("aux_")})
+        row.update({k[len("metric_"):]: v / count for k, v in host.items() if k.startswith("metric_")})
+        if self.batch_loads:
+            row.update(routing_figures(host))
+            row["batch_expert_load"] = torch.stack(self.batch_loads).tolist()
+        return row
 
 
 def routing_figures(host: dict) -> dict:
@@ -575,21 +630,42 @@ def _damaged(out: VariantTree, settings: TrainSettings, device: torch.device) ->
 
 
 def save_atomic(path, obj) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
+    atomic_write(path, lambda f: torch.save(own_storage(obj), f), mode="wb")
 
 
-def save_checkpoint(out: VariantTree, next_epoch, model, optimizer, scheduler, shuffle, stopper, history,
-                    test_experts, scaler=None) -> None:
-    state = {
-        "next_epoch": next_epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "early_stopping": asdict(stopper), "history": history,
-        "test_experts": test_experts,
-        "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-    }
+def own_storage(obj):
+    """`obj` with every tensor that views a larger one (a fused model's slice) copied: torch.save writes
+    a view's whole storage."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone() if obj.untyped_storage().nbytes() > obj.numel() * obj.element_size() else obj
+    if isinstance(obj, dict):
+        return {k: own_storage(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(own_storage(v) for v in obj)
+    return obj
+
+
+def checkpoint_state(optimizer_state: dict, scheduler, shuffle: torch.Generator, rng: dict, scaler=None) -> dict:
+    """What a checkpoint holds of a training besides each member's own: optimizer, schedule, random
+    number generators (`rng`: torch's, for dropout and gate noise, as `global_rng` gives them) and the
+    fp16 gradient scaler."""
+    state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
+             "rng": {**rng, "shuffle": shuffle.get_state()}}
     if scaler is not None:  # fp16: the loss scale and its growth tracker
         state["grad_scaler"] = scaler.state_dict()
-    save_atomic(out.last_checkpoint, state)
+    return state
+
+
+def global_rng() -> dict:
+    """torch's default generators: the CPU's, and every GPU's."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def save_checkpoint(out: VariantTree, next_epoch, model, stopper, history, test_experts, state: dict) -> None:
+    save_atomic(out.last_checkpoint, {
+        "next_epoch": next_epoch, "model": model.state_dict(), "early_stopping": asdict(stopper), "history": history,
+        "test_experts": test_experts, **state,
+    })
 
 
 def load_checkpoint(out: VariantTree, model, optimizer, scheduler, shuffle, stopper,
