@@ -233,3 +233,13 @@ def test_run_here_with_local_fuse_trains_groups_and_records_them(write_experimen
     status = launch(tmp_path, "status", str(tree))
     assert status.returncode == 0 and "8 DONE (8 jobs)" in status.stdout, status.stdout
     assert "16 of 16 runs finished" in done.stdout
+
+
+def test_settings_that_cannot_be_fused_train_each_job_alone_and_say_so(tmp_path, capsys):
+    """fp16 (one loss scale would skip every model's step when one overflows): the jobs train one after
+    the other, with a note naming the setting."""
+    jobs = make_jobs(tmp_path, range(2), ["train.epochs=1", "train.precision=fp16", "report.tensorboard=false"],
+                     {**TINY, "variants": TINY["variants"][:1]})
+    assert [o.state for o in run_fused_jobs(jobs, [False, False], lambda: False)] == [JobState.DONE] * 2
+    assert "train.precision: fp16" in capsys.readouterr().err
+    assert all("fused_models" not in read_json(j.variant("mlp").results_file)["execution"] for j in jobs)
