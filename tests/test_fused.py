@@ -243,3 +243,18 @@ def test_settings_that_cannot_be_fused_train_each_job_alone_and_say_so(tmp_path,
     assert [o.state for o in run_fused_jobs(jobs, [False, False], lambda: False)] == [JobState.DONE] * 2
     assert "train.precision: fp16" in capsys.readouterr().err
     assert all("fused_models" not in read_json(j.variant("mlp").results_file)["execution"] for j in jobs)
+
+
+def test_fused_reruns_are_bit_identical(tmp_path):
+    """The same fused group trained twice: every metric and result equal to the last bit."""
+    runs = []
+    for attempt in ("first", "second"):
+        jobs = make_jobs(tmp_path / attempt, range(3), ["train.epochs=2", *EPOCHS[1:]], DEFAULT_VARIANTS)
+        assert [o.state for o in run_fused_jobs(jobs, [False] * 3, lambda: False)] == [JobState.DONE] * 3
+        runs.append([({k: v for k, v in row.items() if k != "seconds"} for row in rows)
+                     for job in jobs for rows in curves(job).values()])
+        runs[-1] = [list(rows) for rows in runs[-1]] + [
+            {k: v for k, v in read_json(job.variant(v["name"]).results_file).items()
+             if not any(w in k for w in ("seconds", "latency", "throughput"))}
+            for job in jobs for v in DEFAULT_VARIANTS["variants"]]
+    assert runs[0] == runs[1]

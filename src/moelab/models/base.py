@@ -102,6 +102,25 @@ class Model(nn.Module):
         yield
 
 
+def group_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [G, T, d] through G linear maps, weight [G, out, d] and bias [G, out], as one batched multiply.
+    A model alone is G = 1 of the same kernel: each of G models computes, forward and backward, bit for
+    bit what it computes alone (nn.Linear's matrix multiply rounds its weight gradient differently)."""
+    if bias is None:
+        return torch.bmm(x, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+class Linear(nn.Linear):
+    """nn.Linear computed by group_linear, so that a model trained alone and the same model fused
+    (models/fused.py) train identically."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(1, -1, x.shape[-1])
+        y = group_linear(rows, self.weight.unsqueeze(0), None if self.bias is None else self.bias.unsqueeze(0))
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
 def dropout(x: torch.Tensor, p: float, training: bool, generators: list[torch.Generator] | None = None,
             sizes: list[int] | None = None) -> torch.Tensor:
     """Inverted dropout, drawn as torch draws it on the CPU (a Bernoulli mask from the default

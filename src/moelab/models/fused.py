@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moelab.models.base import Dropout, Model, ModelOutput, dropout
+from moelab.models.base import Dropout, Model, ModelOutput, dropout, group_linear
 from moelab.models.dense import MLP
 from moelab.models.moe import LayerWeights, NormState
 from moelab.models.moe_models import GuidedMoE, MoEModel, RoutedMoE
@@ -88,8 +88,8 @@ class FusedModel(nn.Module):
         if isinstance(first, GuidedMoE):
             if targets is not None:
                 assigned = first.assigned_expert[targets]  # the same classes -> experts map for every model
-                guide = F.cross_entropy(out.router_logits.flatten(0, 1), assigned.flatten(), reduction="none")
-                result.aux_losses = {**out.aux_losses, "guide": first.guide_weight * guide.view(assigned.shape).mean(1)}
+                guide = torch.stack([F.cross_entropy(logits, experts) for logits, experts in zip(out.router_logits, assigned)])
+                result.aux_losses = {**out.aux_losses, "guide": first.guide_weight * guide}
                 result.metrics = {"guide_agreement": (out.gate_probs.argmax(dim=-1) == assigned).float().mean(1)}
             return result
         result.metrics = {"dropped": out.dropped_fraction} if out.dropped_fraction is not None else {}
@@ -114,8 +114,7 @@ class FusedModel(nn.Module):
     def _mlp(self, mlp: MLP, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(mlp.net):
             if isinstance(layer, nn.Linear):
-                x = torch.baddbmm(self.parameter(f"net.{i}.bias").unsqueeze(1), x,
-                                  self.parameter(f"net.{i}.weight").transpose(1, 2))
+                x = group_linear(x, self.parameter(f"net.{i}.weight"), self.parameter(f"net.{i}.bias"))
             elif isinstance(layer, nn.ReLU):
                 x = F.relu(x)
             elif isinstance(layer, Dropout):

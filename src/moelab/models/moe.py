@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moelab.models.base import dropout
+from moelab.models.base import dropout, group_linear
 from moelab.models.params import AUX_LOSSES, BALANCE_LOSSES, BALANCES, ROUTERS
 
 ROUTINGS = ("soft", "topk")
@@ -283,12 +283,13 @@ class MoE(nn.Module):
                          1.0 - taken.float().mean(dim=-1), processed)
 
     def flops_per_token(self) -> int:
-        """Expert FLOPs of one token under the current routing (the router is an nn.Linear, counted apart)."""
+        """FLOPs of one token under the current routing: its router and the experts it uses."""
         used = self.num_experts if self.routing == "soft" else self.k
         if self.shared is not None:
             used += self.shared.w1.shape[0]
         d_in, hidden = self.w1.shape[1:]
-        return 2 * used * (d_in * hidden + hidden * self.w2.shape[2])
+        router = 0 if self.router is None else 2 * self.router.in_features * self.router.out_features
+        return router + 2 * used * (d_in * hidden + hidden * self.w2.shape[2])
 
     def expert_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """Every expert's output for every token, [T, E, d_out] (for analysis)."""
@@ -340,12 +341,12 @@ class MoE(nn.Module):
             dropped = 1.0 - keep.view(models, tokens * k).float().mean(dim=1)  # a model's pairs are one block
             grouped, expert_of_row, counts = grouped[keep], expert_of_row[keep], counts.clamp(max=capacity)
         sizes = counts.tolist()
-        h = add_segment_bias(self._grouped_matmul(grouped, weights.w1, counts, sizes), weights.b1, sizes)
+        h = add_segment_bias(self._grouped_matmul(grouped, weights.w1, counts, sizes), weights.b1, counts)
         if self.norm is not None:
             h = self.norm.grouped(h, expert_of_row, sizes, weights.norm)
         rows_per_model = [sum(sizes[g * experts:(g + 1) * experts]) for g in range(models)]
         h = dropout(F.relu(h, inplace=True), self.dropout_p, self.training, generators, rows_per_model)
-        grouped_out = add_segment_bias(self._grouped_matmul(h, weights.w2, counts, sizes), weights.b2, sizes)
+        grouped_out = add_segment_bias(self._grouped_matmul(h, weights.w2, counts, sizes), weights.b2, counts)
         if dropped is not None:  # pairs over capacity contribute zero
             grouped_out = grouped_out.new_zeros(len(order), grouped_out.shape[1]).index_put((keep.nonzero().flatten(),), grouped_out)
         slot_outputs = permute_rows(grouped_out, inverse, order).view(models * tokens, k, -1)  # (token, slot) order
@@ -434,14 +435,6 @@ class LayerWeights:
     shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None  # shared experts' w1, b1, w2, b2
     norm: NormState | None = None  # batch norm inside the experts
     shared_norm: NormState | None = None
-
-
-def group_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x [G, T, d] through G linear maps weight [G, out, d], bias [G, out]: nn.Linear's own kernel for one."""
-    if len(x) == 1:
-        return F.linear(x[0], weight[0], None if bias is None else bias[0]).unsqueeze(0)
-    y = torch.bmm(x, weight.transpose(1, 2))
-    return y if bias is None else y + bias.unsqueeze(1)
 
 
 def normal_like(t: torch.Tensor, generators: list[torch.Generator] | None) -> torch.Tensor:
@@ -556,11 +549,12 @@ class ExpertBatchNorm(nn.Module):
 
     def grouped(self, h: torch.Tensor, experts: torch.Tensor, sizes: list[int], state: NormState) -> torch.Tensor:
         """h: [N, H], rows sorted by expert (`experts` per row, `sizes` rows per expert)."""
-        if self.training:
+        if self.training:  # every expert's statistics at once, over its own block of rows
             counts = torch.tensor(sizes, device=h.device)
-            blocks = h.split(sizes)
-            mean = torch.stack([b.mean(0) if len(b) else h.new_zeros(h.shape[1]) for b in blocks])
-            var = torch.stack([b.var(0, unbiased=False) if len(b) else h.new_ones(h.shape[1]) for b in blocks])
+            rows = counts.clamp(min=1).unsqueeze(1).to(h.dtype)
+            mean = segment_sum(h, counts) / rows
+            var = segment_sum((h - mean[experts]).square(), counts) / rows
+            var = torch.where(counts.unsqueeze(1) > 0, var, torch.ones_like(var))  # no rows: the identity
             n = counts.clamp(min=2).unsqueeze(1).to(h.dtype)
             self._update(state, mean, var * n / (n - 1), counts > 1)
         else:
@@ -615,25 +609,29 @@ def permute_rows(rows: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) 
 
 
 class _SegmentBias(torch.autograd.Function):
-    """rows + bias[e] for consecutive blocks of `sizes[e]` rows; the bias gradient is a sum per block."""
+    """rows + bias[e] for consecutive blocks of `counts[e]` rows; the bias gradient is a sum per block
+    (segment_reduce: one kernel for every block, deterministic, unlike a scatter-add)."""
 
     @staticmethod
-    def forward(ctx, rows, bias, sizes):
+    def forward(ctx, rows, bias, counts):
         # in place: `rows` is a fresh matmul result that nothing else needs
-        ctx.sizes = sizes
+        ctx.save_for_backward(counts)
         ctx.mark_dirty(rows)
-        for e, block in enumerate(rows.split(sizes)):
-            block.add_(bias[e])
-        return rows
+        return rows.add_(bias.repeat_interleave(counts, dim=0, output_size=len(rows)))
 
     @staticmethod
     def backward(ctx, grad):
-        sums = [block.sum(0) for block in grad.split(ctx.sizes)]
-        return grad, torch.stack(sums), None
+        (counts,) = ctx.saved_tensors
+        return grad, segment_sum(grad, counts), None
 
 
-def add_segment_bias(rows: torch.Tensor, bias: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    return _SegmentBias.apply(rows, bias, sizes)
+def add_segment_bias(rows: torch.Tensor, bias: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    return _SegmentBias.apply(rows, bias, counts)
+
+
+def segment_sum(rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """[len(counts), ...]: the sum of each block of counts[e] consecutive rows (0 for an empty block)."""
+    return torch.segment_reduce(rows, "sum", lengths=counts, axis=0, unsafe=True)
 
 
 def cv_squared(x: torch.Tensor) -> torch.Tensor:

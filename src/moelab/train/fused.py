@@ -23,9 +23,9 @@ from moelab.data.task_data import TaskData
 from moelab.models.fused import FusedModel
 from moelab.train.settings import TrainSettings
 from moelab.train.tasks import TASKS
-from moelab.train.trainer import (EpochSums, Member, StopRequested, Training, autocast, checkpoint_state,
-                                  deterministic_algorithms, finish_member, make_optimizer, make_scheduler, prepare,
-                                  record_epoch)
+from moelab.train.trainer import (CheckpointWriter, EpochSums, Member, StopRequested, Training, autocast,
+                                  checkpoint_state, clip_grad_norms, deterministic_algorithms, finish_member,
+                                  make_optimizer, make_scheduler, prepare, record_epoch)
 
 
 @dataclass
@@ -84,49 +84,61 @@ def _fit(runs, settings: TrainSettings, device: torch.device, stop_requested, on
     execution = {**runs[0][1].execution.describe(), "fused_models": len(runs)}
     training = [list(share.members) for share in shares]
 
+    writer = CheckpointWriter()
+
     def done(n: int, member: Member, error: Exception | None = None) -> None:
         training[n].remove(member)
+        writer.close()  # its files are whole before it is tested
         finish_member(member, error, execution, shares[n].data, settings, device, shares[n].continued_from, on_finished)
 
-    for epoch in range(runs[0][1].start_epoch, settings.epochs):
-        for n, members in enumerate(training):
-            for member in [m for m in members if m.stopper.should_stop]:
-                done(n, member)
-        active = [bool(members) for members in training]
-        if not any(active):
-            break
-        started = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        fused.set_progress(epoch / settings.epochs)
-        try:
-            rows = train_fused_epoch(fused, [s.data for s in shares], shuffles, optimizer, settings, active, stop_requested)
-        except StopRequested:
-            raise
-        except Exception as error:  # the fused step failed: so did every member still training
+    try:
+        for epoch in range(runs[0][1].start_epoch, settings.epochs):
             for n, members in enumerate(training):
-                for member in list(members):
-                    done(n, member, error)
-            return
-        scheduler.step()
-        optimizer_state = optimizer.state_dict()
-        for n, members in enumerate(training):
-            if not members:
-                continue
-            rng = ({"torch": generators[n].get_state(), "cuda": None} if device.type == "cpu"
-                   else {"torch": cpu_states[n], "cuda": [generators[n].get_state()]})
-            state = checkpoint_state(optimizer_state_of(optimizer_state, n), scheduler, shuffles[n], rng)
-            for member in list(members):
-                try:
-                    record_epoch(member, models[n], shares[n].data, settings, epoch, rows[n], lr, started, state)
-                except Exception as error:
-                    done(n, member, error)
+                for member in [m for m in members if m.stopper.should_stop]:
+                    done(n, member)
+            active = [bool(members) for members in training]
+            if not any(active):
+                break
+            started = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            fused.set_progress(epoch / settings.epochs)
+            try:
+                rows = train_fused_epoch(fused, [s.data for s in shares], shuffles, optimizer, settings, active,
+                                         stop_requested)
+            except StopRequested:
+                raise
+            except Exception as error:  # the fused step failed: so did every member still training
+                for n, members in enumerate(training):
+                    for member in list(members):
+                        done(n, member, error)
+                return
+            scheduler.step()
+            optimizer_state = optimizer.state_dict()
+            recorded = []
+            for n, members in enumerate(training):
+                if not members:
                     continue
+                rng = ({"torch": generators[n].get_state(), "cuda": None} if device.type == "cpu"
+                       else {"torch": cpu_states[n], "cuda": [generators[n].get_state()]})
+                state = checkpoint_state(optimizer_state_of(optimizer_state, n), scheduler, shuffles[n], rng)
+                for member in list(members):
+                    try:
+                        record_epoch(member, models[n], shares[n].data, settings, epoch, rows[n], lr, started, state,
+                                     writer)
+                        recorded.append(member)
+                    except Exception as error:
+                        done(n, member, error)
+            writer.flush()  # written while the callbacks and the next epoch run
+            for member in recorded:
                 member.on_epoch(member.history)
-        if stop_requested() and any(not m.stopper.should_stop for ms in training for m in ms) and epoch + 1 < settings.epochs:
-            raise StopRequested(f"stopped after epoch {epoch} on request; resumes from the checkpoint")
-    for n, members in enumerate(training):
-        for member in list(members):
-            done(n, member)
+            if (stop_requested() and any(not m.stopper.should_stop for ms in training for m in ms)
+                    and epoch + 1 < settings.epochs):
+                raise StopRequested(f"stopped after epoch {epoch} on request; resumes from the checkpoint")
+        for n, members in enumerate(training):
+            for member in list(members):
+                done(n, member)
+    finally:
+        writer.close()
 
 
 def train_fused_epoch(fused: FusedModel, datas: list[TaskData], shuffles: list[torch.Generator], optimizer,
@@ -163,20 +175,10 @@ def train_fused_epoch(fused: FusedModel, datas: list[TaskData], shuffles: list[t
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if settings.grad_clip:
-            clip_grad_norm_per_model(list(fused.parameters()), settings.grad_clip)
+            clip_grad_norms([p.grad for p in fused.parameters() if p.grad is not None], settings.grad_clip)
         optimizer.step()
         fused.after_step(live)
     return [None if s is None else s.row() for s in sums]
-
-
-@torch.no_grad()
-def clip_grad_norm_per_model(stacked: list[torch.Tensor], max_norm: float) -> None:
-    """nn.utils.clip_grad_norm_ for each model on its own slices [n] of the stacked parameters."""
-    grads = [p.grad for p in stacked if p.grad is not None]
-    total = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)  # [N]
-    coefficient = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(coefficient.view(-1, *[1] * (g.dim() - 1)))
 
 
 def stacked_optimizer_state(states: list[dict]) -> dict:

@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,8 +132,8 @@ class Execution:
         else:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(optimizer)  # clipping sees the true gradients
-        if grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
+        if grad_clip:  # one model: its parameters' gradients with a model dimension of 1
+            clip_grad_norms([p.grad.unsqueeze(0) for p in self.model.parameters() if p.grad is not None], grad_clip)
         if self.scaler is None:
             optimizer.step()
         else:
@@ -149,6 +150,16 @@ class Execution:
               f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); training eagerly instead",
               file=sys.stderr, flush=True)
         self.forward, self.compiled, self._unchecked = self.model, False, False
+
+
+@torch.no_grad()
+def clip_grad_norms(grads: list[torch.Tensor], max_norm: float) -> None:
+    """nn.utils.clip_grad_norm_ for each of N models at once: `grads` [N, ...] each, model n's gradient
+    norm over its slices [n] (the same arithmetic for a model alone, N = 1, and fused)."""
+    norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)  # [N]
+    coefficient = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coefficient.view(-1, *[1] * (g.dim() - 1)).to(g.dtype))
 
 
 def autocast(precision: str, device_type: str):
@@ -297,40 +308,49 @@ def fit(members: list[Member], data: TaskData, settings: TrainSettings, seed: in
         return
     model, optimizer, scheduler, execution = run.model, run.optimizer, run.scheduler, run.execution
 
+    writer = CheckpointWriter()
+
     def done(member: Member, error: Exception | None = None) -> None:
         training.remove(member)
+        writer.close()  # its files are whole before it is tested
         finish_member(member, error, execution.describe(), data, settings, device, continued_from, on_finished)
 
     training = list(members)
-    for epoch in range(run.start_epoch, settings.epochs):
-        for member in [m for m in training if m.stopper.should_stop]:
-            done(member)
-        if not training:
-            break
-        started = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        model.set_progress(epoch / settings.epochs)
-        try:
-            train = train_one_epoch(model, data, optimizer, run.shuffle, settings, stop_requested, execution)
-        except StopRequested:
-            raise
-        except Exception as error:  # the shared training failed: so did every member still training
-            for member in list(training):
-                done(member, error)
-            return
-        scheduler.step()
-        state = checkpoint_state(optimizer.state_dict(), scheduler, run.shuffle, global_rng(), execution.scaler)
-        for member in list(training):
+    try:
+        for epoch in range(run.start_epoch, settings.epochs):
+            for member in [m for m in training if m.stopper.should_stop]:
+                done(member)
+            if not training:
+                break
+            started = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            model.set_progress(epoch / settings.epochs)
             try:
-                record_epoch(member, model, data, settings, epoch, train, lr, started, state)
-            except Exception as error:
-                done(member, error)
-                continue
-            member.on_epoch(member.history)
-        if stop_requested() and any(not m.stopper.should_stop for m in training) and epoch + 1 < settings.epochs:
-            raise StopRequested(f"stopped after epoch {epoch} on request; resumes from the checkpoint")
-    for member in list(training):
-        done(member)
+                train = train_one_epoch(model, data, optimizer, run.shuffle, settings, stop_requested, execution)
+            except StopRequested:
+                raise
+            except Exception as error:  # the shared training failed: so did every member still training
+                for member in list(training):
+                    done(member, error)
+                return
+            scheduler.step()
+            state = checkpoint_state(optimizer.state_dict(), scheduler, run.shuffle, global_rng(), execution.scaler)
+            recorded = []
+            for member in list(training):
+                try:
+                    record_epoch(member, model, data, settings, epoch, train, lr, started, state, writer)
+                    recorded.append(member)
+                except Exception as error:
+                    done(member, error)
+            writer.flush()  # written while the callbacks and the next epoch run
+            for member in recorded:
+                member.on_epoch(member.history)
+            if stop_requested() and any(not m.stopper.should_stop for m in training) and epoch + 1 < settings.epochs:
+                raise StopRequested(f"stopped after epoch {epoch} on request; resumes from the checkpoint")
+        for member in list(training):
+            done(member)
+    finally:
+        writer.close()
 
 
 def finish_member(member: Member, error: Exception | None, execution: dict, data: TaskData, settings: TrainSettings,
@@ -351,16 +371,20 @@ def finish_member(member: Member, error: Exception | None, execution: dict, data
 
 
 def record_epoch(member: Member, model: nn.Module, data: TaskData, settings: TrainSettings, epoch: int, train: dict,
-                 lr: float, started: float, state: dict) -> None:
+                 lr: float, started: float, state: dict, writer: CheckpointWriter) -> None:
     """A member's end of epoch: validate, append its metrics line, stop on divergence, keep its best
-    weights, and checkpoint (the training's `state` beside the member's own)."""
+    weights, and checkpoint (the training's `state` beside the member's own), through `writer`."""
     history = member.history
     history.append(validate(member, model, data, settings, epoch, train, lr, started))
-    append_jsonl(member.out.metrics_file, metrics_line(history[-1]))
+    # not synced: a resume rewrites the metrics from the checkpoint's history
+    append_jsonl(member.out.metrics_file, metrics_line(history[-1]), sync=False)
     check_finite(history[-1], epoch)
     if member.stopper.update(history[-1][f"val_{TASKS[data.task].primary}"], epoch):
-        save_atomic(member.out.best_weights, model.state_dict())
-    save_checkpoint(member.out, epoch + 1, model, member.stopper, history, member.test_experts, state)
+        writer.write(member.out.best_weights, model.state_dict())
+    writer.write(member.out.last_checkpoint, {
+        "next_epoch": epoch + 1, "model": model.state_dict(), "early_stopping": asdict(member.stopper),
+        "history": history, "test_experts": member.test_experts, **state,
+    })
 
 
 def validate(member: Member, model: nn.Module, data: TaskData, settings: TrainSettings, epoch: int, train: dict,
@@ -661,11 +685,60 @@ def global_rng() -> dict:
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
-def save_checkpoint(out: VariantTree, next_epoch, model, stopper, history, test_experts, state: dict) -> None:
-    save_atomic(out.last_checkpoint, {
-        "next_epoch": next_epoch, "model": model.state_dict(), "early_stopping": asdict(stopper), "history": history,
-        "test_experts": test_experts, **state,
-    })
+class CheckpointWriter:
+    """Writes a training's checkpoints (atomically, synced to disk) on a thread of its own, in order:
+    the next epoch trains while the last one's files are written. What is handed over is copied
+    first, since training goes on changing it. `wait()` returns once every write asked for is on disk
+    and raises the error of one that failed; the epoch loop waits before testing, before a new epoch's
+    writes (at most one epoch in flight) and before it returns or raises, so that whoever reads the
+    files next (a resume, the test, another worker) finds them whole."""
+
+    def __init__(self):
+        self._pending: list[tuple[Path, object]] = []
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def write(self, path: Path, obj) -> None:
+        self._pending.append((path, _snapshot(obj)))
+
+    def flush(self) -> None:
+        """Start writing what was handed over since the last flush, after the writes before it."""
+        self.wait()
+        writes, self._pending = self._pending, []
+        if writes:
+            self._thread = threading.Thread(target=self._run, args=(writes,), name="checkpoint-writer", daemon=True)
+            self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def close(self) -> None:
+        """Write everything handed over, and wait for it."""
+        self.flush()
+        self.wait()
+
+    def _run(self, writes: list[tuple[Path, object]]) -> None:
+        try:
+            for path, obj in writes:
+                save_atomic(path, obj)
+        except BaseException as error:  # raised by wait(), in the training's thread
+            self._error = error
+
+
+def _snapshot(obj):
+    """A copy of every tensor in `obj` (on the CPU, each owning its storage)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_snapshot(v) for v in obj)
+    return obj
 
 
 def load_checkpoint(out: VariantTree, model, optimizer, scheduler, shuffle, stopper,
