@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -20,17 +21,29 @@ from moelab.train.tasks import TASKS, batch_stats, finish_metrics
 @torch.no_grad()
 def evaluate(model, x: torch.Tensor, y: torch.Tensor, task_name: str, batch_size: int) -> dict:
     model.eval()
+    return evaluate_each(lambda batch: [model(batch[0])], x.unsqueeze(0), y.unsqueeze(0), task_name, batch_size)[0]
+
+
+@torch.no_grad()
+def evaluate_each(outputs_of: Callable[[torch.Tensor], list], x: torch.Tensor, y: torch.Tensor, task_name: str,
+                  batch_size: int) -> list[dict]:
+    """Metrics of G models at once (trained fused: models/fused.py), each on its own inputs x[g] and
+    targets y[g]; `outputs_of(x[:, batch])` gives each model's ModelOutput for its batch."""
     task = TASKS[task_name]
-    loss_sum = torch.zeros((), device=x.device)
-    sums: dict[str, torch.Tensor] = {}
-    for start in range(0, len(x), batch_size):
-        out = model(x[start : start + batch_size])
-        target = y[start : start + batch_size]
-        loss_sum += task.loss(out.y, target) * len(target)
-        for name, value in batch_stats(task_name, out.y, target).items():
-            sums[name] = sums[name] + value if name in sums else value
-    host = {k: v.tolist() for k, v in sums.items()}
-    return {"loss": loss_sum.item() / len(x), **finish_metrics(task_name, host, len(x))}
+    models, count = x.shape[:2]
+    loss_sums = [torch.zeros((), device=x.device) for _ in range(models)]
+    sums: list[dict[str, torch.Tensor]] = [{} for _ in range(models)]
+    for start in range(0, count, batch_size):
+        for g, out in enumerate(outputs_of(x[:, start : start + batch_size])):
+            target = y[g, start : start + batch_size]
+            loss_sums[g] += task.loss(out.y, target) * len(target)
+            for name, value in batch_stats(task_name, out.y, target).items():
+                sums[g][name] = sums[g][name] + value if name in sums[g] else value
+    results = []
+    for loss_sum, model_sums in zip(loss_sums, sums):
+        host = {k: v.tolist() for k, v in model_sums.items()}
+        results.append({"loss": loss_sum.item() / count, **finish_metrics(task_name, host, count)})
+    return results
 
 
 def test_results(model, data, settings: TrainSettings) -> dict:
@@ -76,31 +89,42 @@ class Predictions:
 def predict(model, x: torch.Tensor, task: str, batch_size: int = 1024) -> Predictions:
     """Model outputs for inputs `x` ([N, d_in], on the model's device), in batches, on the CPU."""
     model.eval()
-    outputs, experts, weights = [], [], []
-    for start in range(0, len(x), batch_size):
-        out = model(x[start : start + batch_size])
-        if task == LANGUAGE_MODELING:
-            outputs.append(out.y.softmax(dim=-1))
-            routings = out.routings()
-            if routings:  # [B, T, L, k]: every token's experts in every MoE layer
-                shape = (*out.y.shape[:2], len(routings), -1)
-                experts.append(torch.stack([r.expert_index for r in routings], dim=1).view(shape))
-                weights.append(torch.stack([r.expert_weights for r in routings], dim=1).view(shape))
-            continue
-        outputs.append(out.y.softmax(dim=1) if task == CLASSIFICATION else out.y)
-        if out.expert_index is not None:
-            experts.append(out.expert_index)
-            weights.append(out.expert_weights)
-        elif out.gate_probs is not None:
-            sorted_weights, order = out.gate_probs.sort(dim=1, descending=True)
-            experts.append(order)
-            weights.append(sorted_weights)
-    y = torch.cat(outputs).float().cpu()
-    return Predictions(
-        outputs=y, predicted=y.argmax(dim=-1) if task in (CLASSIFICATION, LANGUAGE_MODELING) else None,
-        experts=torch.cat(experts).cpu() if experts else None,
-        expert_weights=torch.cat(weights).float().cpu() if weights else None,
-    )
+    return predict_each(lambda batch: [model(batch[0])], x.unsqueeze(0), task, batch_size)[0]
+
+
+@torch.no_grad()
+def predict_each(outputs_of: Callable[[torch.Tensor], list], x: torch.Tensor, task: str,
+                 batch_size: int = 1024) -> list[Predictions]:
+    """`predict` for G models at once, each on its own inputs x[g] (see evaluate_each)."""
+    models = x.shape[0]
+    outputs, experts, weights = [[] for _ in range(models)], [[] for _ in range(models)], [[] for _ in range(models)]
+    for start in range(0, x.shape[1], batch_size):
+        for g, out in enumerate(outputs_of(x[:, start : start + batch_size])):
+            if task == LANGUAGE_MODELING:
+                outputs[g].append(out.y.softmax(dim=-1))
+                routings = out.routings()
+                if routings:  # [B, T, L, k]: every token's experts in every MoE layer
+                    shape = (*out.y.shape[:2], len(routings), -1)
+                    experts[g].append(torch.stack([r.expert_index for r in routings], dim=1).view(shape))
+                    weights[g].append(torch.stack([r.expert_weights for r in routings], dim=1).view(shape))
+                continue
+            outputs[g].append(out.y.softmax(dim=1) if task == CLASSIFICATION else out.y)
+            if out.expert_index is not None:
+                experts[g].append(out.expert_index)
+                weights[g].append(out.expert_weights)
+            elif out.gate_probs is not None:
+                sorted_weights, order = out.gate_probs.sort(dim=1, descending=True)
+                experts[g].append(order)
+                weights[g].append(sorted_weights)
+    found = []
+    for g in range(models):
+        y = torch.cat(outputs[g]).float().cpu()
+        found.append(Predictions(
+            outputs=y, predicted=y.argmax(dim=-1) if task in (CLASSIFICATION, LANGUAGE_MODELING) else None,
+            experts=torch.cat(experts[g]).cpu() if experts[g] else None,
+            expert_weights=torch.cat(weights[g]).float().cpu() if weights[g] else None,
+        ))
+    return found
 
 
 MAX_GENERATED_BYTES = 2048  # per completion: bounds the time one request can take

@@ -21,11 +21,12 @@ import torch
 
 from moelab.data.task_data import TaskData
 from moelab.models.fused import FusedModel
+from moelab.train.evaluate import evaluate_each, predict_each
 from moelab.train.settings import TrainSettings
 from moelab.train.tasks import TASKS
 from moelab.train.trainer import (CheckpointWriter, EpochSums, Member, StopRequested, Training, autocast,
                                   checkpoint_state, clip_grad_norms, deterministic_algorithms, finish_member,
-                                  make_optimizer, make_scheduler, prepare, record_epoch)
+                                  first_experts, make_optimizer, make_scheduler, prepare, record_epoch)
 
 
 @dataclass
@@ -83,6 +84,12 @@ def _fit(runs, settings: TrainSettings, device: torch.device, stop_requested, on
     scheduler.load_state_dict(runs[0][1].scheduler.state_dict())
     execution = {**runs[0][1].execution.describe(), "fused_models": len(runs)}
     training = [list(share.members) for share in shares]
+    # validation is fused too: for each member of the training (a variant sharing it validates on a model
+    # of its own class), its model in every job as one; the training's own where it validates on it
+    viewers = []
+    for i in range(len(shares[0].members)):
+        views = [share.members[i].model for share in shares]
+        viewers.append(fused if all(v is m for v, m in zip(views, models)) else FusedModel(views))
 
     writer = CheckpointWriter()
 
@@ -114,6 +121,17 @@ def _fit(runs, settings: TrainSettings, device: torch.device, stop_requested, on
                 return
             scheduler.step()
             optimizer_state = optimizer.state_dict()
+            scores = {}
+            for i, viewer in enumerate(viewers):
+                live = [n for n in range(len(shares)) if shares[n].members[i] in training[n]]
+                if not live:
+                    continue
+                if viewer is not fused:
+                    for n in live:
+                        shares[n].members[i].model.load_state_dict(models[n].state_dict())
+                    viewer.set_progress(epoch / settings.epochs)
+                measured = score_each(viewer, [s.data for s in shares], settings)
+                scores.update({(n, i): measured[n] for n in live})
             recorded = []
             for n, members in enumerate(training):
                 if not members:
@@ -124,7 +142,7 @@ def _fit(runs, settings: TrainSettings, device: torch.device, stop_requested, on
                 for member in list(members):
                     try:
                         record_epoch(member, models[n], shares[n].data, settings, epoch, rows[n], lr, started, state,
-                                     writer)
+                                     writer, scores[(n, shares[n].members.index(member))])
                         recorded.append(member)
                     except Exception as error:
                         done(n, member, error)
@@ -179,6 +197,29 @@ def train_fused_epoch(fused: FusedModel, datas: list[TaskData], shuffles: list[t
         optimizer.step()
         fused.after_step(live)
     return [None if s is None else s.row() for s in sums]
+
+
+def score_each(viewer: FusedModel, datas: list[TaskData], settings: TrainSettings) -> list[tuple[dict, torch.Tensor | None]]:
+    """Each model's validation figures and first experts of its test set (trainer.validate), from one
+    fused pass per batch."""
+    viewer.eval()
+
+    def outputs_of(batch: torch.Tensor) -> list:
+        out = viewer(batch)
+        return [out.of_model(n) for n in range(len(viewer))]
+
+    val = evaluate_each(outputs_of, stacked(datas, "x_val"), stacked(datas, "y_val"), datas[0].task,
+                        settings.eval_batch_size)
+    tested = predict_each(outputs_of, stacked(datas, "x_test"), datas[0].task, settings.eval_batch_size)
+    return [(v, first_experts(p)) for v, p in zip(val, tested)]
+
+
+def stacked(datas: list[TaskData], split: str) -> torch.Tensor:
+    """The split of every model's data, [N, ...]: one tensor seen N times when they share it."""
+    first = getattr(datas[0], split)
+    if all(getattr(d, split) is first or torch.equal(getattr(d, split), first) for d in datas[1:]):
+        return first.unsqueeze(0).expand(len(datas), *first.shape)
+    return torch.stack([getattr(d, split) for d in datas])
 
 
 def stacked_optimizer_state(states: list[dict]) -> dict:

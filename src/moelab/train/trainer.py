@@ -79,7 +79,7 @@ class Fit:
     execution: dict  # precision, compiled, deterministic (Execution.describe)
 
 
-@dataclass
+@dataclass(eq=False)  # a member is itself: found in lists by identity
 class Member:
     """A variant that a training serves. Variants whose training is identical (models.ModelSpec.
     training_identity: e.g. a soft MoE and the same MoE inferred hard) share one: each member still
@@ -371,11 +371,12 @@ def finish_member(member: Member, error: Exception | None, execution: dict, data
 
 
 def record_epoch(member: Member, model: nn.Module, data: TaskData, settings: TrainSettings, epoch: int, train: dict,
-                 lr: float, started: float, state: dict, writer: CheckpointWriter) -> None:
+                 lr: float, started: float, state: dict, writer: CheckpointWriter,
+                 scores: tuple[dict, torch.Tensor | None] | None = None) -> None:
     """A member's end of epoch: validate, append its metrics line, stop on divergence, keep its best
     weights, and checkpoint (the training's `state` beside the member's own), through `writer`."""
     history = member.history
-    history.append(validate(member, model, data, settings, epoch, train, lr, started))
+    history.append(validate(member, model, data, settings, epoch, train, lr, started, scores))
     # not synced: a resume rewrites the metrics from the checkpoint's history
     append_jsonl(member.out.metrics_file, metrics_line(history[-1]), sync=False)
     check_finite(history[-1], epoch)
@@ -388,16 +389,19 @@ def record_epoch(member: Member, model: nn.Module, data: TaskData, settings: Tra
 
 
 def validate(member: Member, model: nn.Module, data: TaskData, settings: TrainSettings, epoch: int, train: dict,
-             lr: float, started: float) -> dict:
-    """A member's line of the epoch: the training's figures, its own validation and routing flips."""
-    view = member.model
-    if view is not model:
-        view.load_state_dict(model.state_dict())
-        view.set_progress(epoch / settings.epochs)
-    val = evaluate(view, data.x_val, data.y_val, data.task, settings.eval_batch_size)
+             lr: float, started: float, scores: tuple[dict, torch.Tensor | None] | None = None) -> dict:
+    """A member's line of the epoch: the training's figures, its own validation and routing flips.
+    `scores`: its validation figures and test routing when already measured (models trained fused)."""
+    if scores is None:
+        view = member.model
+        if view is not model:
+            view.load_state_dict(model.state_dict())
+            view.set_progress(epoch / settings.epochs)
+        scores = (evaluate(view, data.x_val, data.y_val, data.task, settings.eval_batch_size),
+                  first_experts_of_test_set(view, data, settings))
+    val, first_experts = scores
     row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
            "lr": lr}
-    first_experts = first_experts_of_test_set(view, data, settings)
     if first_experts is not None and member.test_experts is not None:
         flipped = (first_experts != member.test_experts).float()
         row["test_routing_flip_rate"] = float(flipped.mean())
@@ -463,8 +467,11 @@ def first_experts_of_test_set(model, data: TaskData, settings: TrainSettings) ->
     """The first expert of every test sample under the model's inference routing (None without experts;
     language models: of every test token in every MoE layer, [N, T, L]); comparing it between epochs
     gives the routing flip rate. Evaluation draws no random numbers, so training is unchanged by it."""
-    experts = predict(model, data.x_test, data.task, settings.eval_batch_size).experts
-    return None if experts is None else experts[..., 0].to(torch.int16)
+    return first_experts(predict(model, data.x_test, data.task, settings.eval_batch_size))
+
+
+def first_experts(predictions) -> torch.Tensor | None:
+    return None if predictions.experts is None else predictions.experts[..., 0].to(torch.int16)
 
 
 def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSettings,
