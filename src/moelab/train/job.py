@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 import traceback
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -37,7 +38,8 @@ from moelab.train.tasks import TASKS
 from moelab.train.trainer import Member, StopRequested, provenance, resolve_device, start_epoch, train_members
 
 # a plot takes about 0.1 s; when epochs take milliseconds nobody watches them and redrawing would
-# cost more than training, so live curves are redrawn at most this often
+# cost more than training, so the live curves of a process are redrawn at most about this often (each
+# variant's every LIVE_PLOT_MIN_SECONDS x the variants training in the process: 32 in a fused group)
 LIVE_PLOT_MIN_SECONDS = 5.0
 
 
@@ -366,15 +368,19 @@ class LiveCurves:
     """The `on_epoch` callback that redraws a running variant's curves.png every `every` epochs (0:
     never), so a job on a cluster can be looked at while it trains."""
 
+    drawing: weakref.WeakSet = weakref.WeakSet()  # this process's live curves: one budget of redraws
+
     def __init__(self, every: int, metric: str, out: VariantTree):
         self.every, self.metric, self.out = every, metric, out
         self.history: list[dict] = []
         self.last_drawn = time.monotonic()
         self.drew = False
+        LiveCurves.drawing.add(self)
 
     def __call__(self, history: list[dict]) -> None:
         self.history = history
-        if self.every and len(history) % self.every == 0 and time.monotonic() - self.last_drawn >= LIVE_PLOT_MIN_SECONDS:
+        interval = LIVE_PLOT_MIN_SECONDS * len(LiveCurves.drawing)
+        if self.every and len(history) % self.every == 0 and time.monotonic() - self.last_drawn >= interval:
             self._draw()
 
     def close(self) -> None:
