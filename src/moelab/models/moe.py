@@ -119,6 +119,7 @@ class MoE(nn.Module):
         if balance == "bias":  # no gradient: moved by after_step
             self.register_buffer("expert_bias", torch.zeros(num_experts))
         self._step_load: torch.Tensor | None = None  # tokens per expert of the last training batch (bias)
+        self.expert_shard = None  # this rank's experts under expert parallelism (models/expert_parallel.py)
 
     def reset_parameters(self, balanced_init: bool = False) -> None:
         init_experts(self)
@@ -263,6 +264,8 @@ class MoE(nn.Module):
         return torch.einsum("teh,eho->teo", h, self.w2) + self.b2
 
     def _sparse(self, x, expert_index, weights):
+        if self.expert_shard is not None:
+            return self.expert_shard.sparse(self, x, expert_index, weights)
         tokens, k = expert_index.shape
         flat = expert_index.reshape(-1)
         order = torch.argsort(flat, stable=True)  # (token, slot) pairs grouped by expert
