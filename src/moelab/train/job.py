@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +29,7 @@ from moelab.results.events import variant_events
 from moelab.results.io import read_json
 from moelab.results.status import JobState, JobStatus, VariantStatus, host, now, read_status
 from moelab.results.tree import JobTree, VariantTree, set_aside
+from moelab.train.distributed import train_members_distributed
 from moelab.train.settings import TrainSettings
 from moelab.train.tasks import TASKS
 from moelab.models import get_model_spec
@@ -158,7 +160,8 @@ def _run_claimed(job: JobTree, fresh: bool, stop_requested, runtime_info: dict, 
                 status.write(job)
 
             try:
-                train_members(members, data, settings, config["seed"], device, stop_requested, continued, finished)
+                train = train_members if settings.distributed.processes == 1 else partial(train_members_distributed, job.path)
+                train(members, data, settings, config["seed"], device, stop_requested, continued, finished)
             except (KeyboardInterrupt, StopRequested, SystemExit):
                 for member in members:
                     record = status.variants[member.variant["name"]]

@@ -28,6 +28,7 @@ from moelab.models.base import count_parameters
 from moelab.results.io import append_jsonl, atomic_write, file_sha256, write_json, write_jsonl
 from moelab.results.records import TestedWeights
 from moelab.results.tree import JobTree, VariantTree, set_aside
+from moelab.train import distributed
 from moelab.train.analysis import write_expert_analysis
 from moelab.train.evaluate import evaluate, predict, test_results
 from moelab.train.settings import TrainSettings
@@ -107,10 +108,12 @@ class Execution:
         self.model, self.precision, self.device_type = model, settings.precision, device.type
         self.scaler = torch.amp.GradScaler(device.type) if settings.precision == "fp16" else None
         self.compiled, self._unchecked = False, False
-        self.forward = model
+        # DistributedDataParallel around the model when the job is trained by several processes
+        self.stepped = distributed.data_parallel(model)
+        self.forward = self.stepped
         if settings.compile:
             try:
-                self.forward, self.compiled, self._unchecked = torch.compile(model), True, True
+                self.forward, self.compiled, self._unchecked = torch.compile(self.stepped), True, True
             except Exception as error:  # e.g. no compiler backend for this platform
                 self._fall_back(error)
 
@@ -148,7 +151,7 @@ class Execution:
         print(f"warning: train.compile: torch.compile failed ({type(error).__name__}: "
               f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); training eagerly instead",
               file=sys.stderr, flush=True)
-        self.forward, self.compiled, self._unchecked = self.model, False, False
+        self.forward, self.compiled, self._unchecked = self.stepped, False, False
 
 
 @contextlib.contextmanager
@@ -414,14 +417,19 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSe
     order = torch.randperm(len(x), generator=shuffle).to(x.device)
     sums: dict[str, torch.Tensor] = {}
     loss_sum = torch.zeros((), device=x.device)
-    batch_loads = []  # per batch: share of the batch's samples whose first expert is each expert
+    batch_loads, batch_choices = [], []  # per batch: first choices per expert, and their number
+    ranks = distributed.current()
     for start in range(0, len(x), settings.batch_size):
         if stop_requested():  # the epoch is redone from the checkpoint on resume, with the same shuffle
             raise StopRequested("stopped during an epoch on request; resumes from the checkpoint")
         index = order[start : start + settings.batch_size]
+        if ranks is not None:  # this process's slice of the batch (train/distributed.py)
+            index, share = ranks.share(index)
         out = execution(x[index], y[index])
         task_loss = task.loss(out.y.float(), y[index])
         loss = task_loss + sum(out.aux_losses.values())
+        if ranks is not None:
+            loss = loss * share
         optimizer.zero_grad(set_to_none=True)
         execution.backward_and_step(loss, optimizer, settings.grad_clip)
         model.after_step()
@@ -441,17 +449,23 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSe
             batch[f"assignment_count_{i}"] = routing.expert_load.float() if routing.expert_load is not None else counts
             batch[f"gate_prob_sum_{i}"] = routing.gate_probs.detach().sum(dim=0)
         if routings:
-            batch_loads.append(sum(batch[f"expert_count_{i}"] for i in range(len(routings))) / (len(chosen) * len(routings)))
+            batch_loads.append(sum(batch[f"expert_count_{i}"] for i in range(len(routings))))
+            batch_choices.append(len(chosen) * len(routings))
         for name, value in batch.items():
             sums[name] = sums[name] + value if name in sums else value
+    routed = bool(batch_loads)
+    if routed:
+        batch_loads, batch_choices = torch.stack(batch_loads), torch.tensor(batch_choices, device=x.device)
+    if ranks is not None:  # the epoch's figures are those of every rank's samples
+        ranks.sum([loss_sum, *sums.values()] + ([batch_loads, batch_choices] if routed else []))
     count = len(x)
     host = {k: v.tolist() for k, v in sums.items()}  # one transfer per epoch
     row = {"loss": loss_sum.item() / count, **finish_metrics(task_name, host, count)}
     row.update({k: v / count for k, v in host.items() if k.startswith("aux_")})
     row.update({k[len("metric_"):]: v / count for k, v in host.items() if k.startswith("metric_")})
-    if batch_loads:
+    if routed:
         row.update(routing_figures(host))
-        row["batch_expert_load"] = torch.stack(batch_loads).tolist()
+        row["batch_expert_load"] = (batch_loads / batch_choices.unsqueeze(1)).tolist()
     return row
 
 

@@ -1,0 +1,257 @@
+"""A job trained by several processes (`train.distributed.processes: P`) with DistributedDataParallel.
+
+The process that runs the job (a local worker, a SLURM task, `run/train_models.py`) is rank 0: it holds
+the job's claim and heartbeat and alone writes metrics, checkpoints, status and results, exactly where
+a single process would. For each training of the job (trainer.train_members) it starts ranks 1..P-1 as
+processes of their own (`train_members_distributed`), which train the same members from the same
+checkpoint and write nothing of the job: their files go to a scratch folder removed when they end.
+
+Every rank takes its slice of each batch of train.batch_size, its loss weighted by its share of the
+batch, and DistributedDataParallel averages the gradients: the step is that of the whole batch, as
+with one process (`Ranks.share`); the epoch's figures are summed over the ranks (`Ranks.sum`).
+Validation and test run on every rank on the whole sets (the weights are the same everywhere), so no
+decision (early stopping, best weights) can differ between ranks.
+
+A rank that dies fails the training with the rank named (`RankFailed`); rank 0 stops the others and
+nothing of the unfinished epoch is written (the checkpoint is the last finished epoch's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from moelab.results.io import read_json
+from moelab.results.tree import JobTree
+from moelab.train.settings import TrainSettings
+
+# how long rank 0, after an error, waits for a rank that died to be seen as dead (its exit is what
+# explains the error); a rank that is alive is not waited for longer
+DEATH_NOTICE_S = 5.0
+# how long the ranks may take to meet, and a collective to wait for a slow rank
+MEETING_TIMEOUT_S = 600.0
+
+
+class RankFailed(Exception):
+    """A rank other than 0 died while the job trained."""
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the processes training a job."""
+
+    rank: int
+    world_size: int
+
+    def share(self, index: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """This rank's slice of a batch, and the weight of its mean loss: its share of the batch times P, so that
+        the average of the ranks' gradients (DistributedDataParallel's) is the gradient of the whole batch."""
+        mine = index.tensor_split(self.world_size)[self.rank]
+        if len(mine) == 0:
+            raise ValueError(f"a batch of {len(index)} samples cannot be shared by {self.world_size} processes (the "
+                             f"last batch of the epoch?); use a train.batch_size and a training set size that leave "
+                             f"at least {self.world_size} samples in every batch")
+        return mine, self.world_size * len(mine) / len(index)
+
+    def sum(self, tensors: list[torch.Tensor]) -> None:
+        """Sum each tensor over the ranks, in place."""
+        for tensor in tensors:
+            dist.all_reduce(tensor)
+
+
+_current: Ranks | None = None
+
+
+def current() -> Ranks | None:
+    """The ranks of the training this process takes part in; None when it trains alone."""
+    return _current
+
+
+@contextlib.contextmanager
+def taking_part(ranks: Ranks):
+    global _current
+    _current = ranks
+    try:
+        yield
+    finally:
+        _current = None
+
+
+def data_parallel(model: torch.nn.Module) -> torch.nn.Module:
+    """The module a training step calls: DistributedDataParallel around `model` when this process trains with
+    others, else `model` itself."""
+    if _current is None:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(model.parameters()).device
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def backend(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def free_address() -> str:
+    """127.0.0.1 and a port nothing listens on, for the ranks to meet on this machine."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def train_members_distributed(job_dir: Path, members: list, data, settings: TrainSettings, seed: int,
+                              device: torch.device, stop_requested: Callable[[], bool], continued_from: dict | None,
+                              on_finished: Callable) -> None:
+    """trainer.train_members, by `settings.distributed.processes` processes: this one is rank 0, the others are
+    started here and stopped before this returns (or raises), whatever happens."""
+    from moelab.train.trainer import StopRequested, train_members  # the trainer reads this module's `current`
+
+    world_size = settings.distributed.processes
+    address = free_address()
+    names = [member.variant["name"] for member in members]
+    # removed here, also when a rank was killed before it could clean up
+    scratch = Path(tempfile.mkdtemp(prefix="moelab-ranks-"))
+    helpers: dict[int, subprocess.Popen] = {}
+
+    def finished(member, results: dict | None, error: Exception | None) -> None:
+        if error is not None:
+            dead = _dead_ranks(helpers, wait=DEATH_NOTICE_S)
+            if dead:
+                error = RankFailed(f"{dead}; the job stopped there (its checkpoint is the last finished epoch's)")
+        on_finished(member, results, error)
+
+    try:
+        # processes of their own (not multiprocessing children: a local worker is a daemon, which may have none)
+        for rank in range(1, world_size):
+            arguments = {"job_dir": str(job_dir), "names": names, "rank": rank, "world_size": world_size,
+                         "address": address, "threads": torch.get_num_threads(), "scratch": str(scratch / str(rank))}
+            helpers[rank] = subprocess.Popen([sys.executable, "-m", "moelab.train.distributed", json.dumps(arguments)],
+                                             preexec_fn=_die_with_parent)
+        _meet(0, world_size, address, device)
+        with taking_part(Ranks(0, world_size)):
+            train_members(members, data, settings, seed, device, stop_requested, continued_from, finished)
+        for helper in helpers.values():  # they end with the training
+            helper.wait(MEETING_TIMEOUT_S)
+        dead = _dead_ranks(helpers, wait=0)
+        if dead:
+            raise RankFailed(f"{dead} after the training")
+    except Exception as error:
+        dead = _dead_ranks(helpers, wait=0 if isinstance(error, StopRequested) else DEATH_NOTICE_S)
+        if dead and not isinstance(error, RankFailed):
+            raise RankFailed(f"{dead}; the job stopped there") from error
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        for helper in helpers.values():
+            if helper.poll() is None:
+                helper.kill()
+            helper.wait()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In a rank's process before it starts: the kernel kills it when rank 0 dies (Linux), so that no rank
+    outlives the process that holds the job."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _dead_ranks(helpers: dict[int, subprocess.Popen], wait: float) -> str:
+    """The ranks that ended with an error, in words ('' when none), after waiting up to `wait` seconds for one."""
+    deadline = time.monotonic() + wait
+    while helpers and all(helper.poll() is None for helper in helpers.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    dead = [f"rank {rank} of {len(helpers) + 1} {_exit_words(helper.returncode)}" for rank, helper in helpers.items()
+            if helper.poll() not in (None, 0)]
+    return ", ".join(dead)
+
+
+def _exit_words(returncode: int) -> str:
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with code {returncode}"
+
+
+def _meet(rank: int, world_size: int, address: str, device: torch.device) -> None:
+    from datetime import timedelta
+
+    dist.init_process_group(backend(device), init_method=f"tcp://{address}", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=MEETING_TIMEOUT_S))
+
+
+def _helper_main(job_dir: str, names: list[str], rank: int, world_size: int, address: str, threads: int,
+                 scratch: str) -> None:
+    """Rank `rank` of a job's training: the members `names`, from the job's checkpoints, written to scratch."""
+    from moelab.train.process import prepare_process
+
+    prepare_process(threads)
+    from moelab.data import DataSettings, load_dataset
+    from moelab.train.trainer import Member, resolve_device, train_members
+
+    job = JobTree(Path(job_dir))
+    spec = read_json(job.config_file)
+    config = spec["config"]
+    settings = TrainSettings.from_dict(config["train"])
+    device = resolve_device(settings.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    data = load_dataset(DataSettings(**config["data"]), config["seed"]).to(device)
+    continued = spec.get("continued_from")
+    try:
+        own = _scratch_copy(job, names, continued, Path(scratch))
+        variants = {v["name"]: v for v in config["variants"]}
+        members = [Member(variants[name], own.variant(name)) for name in names]
+        _meet(rank, world_size, address, device)
+        with taking_part(Ranks(rank, world_size)):
+            # rank 0 records the errors; this rank shows its own and trains on, in step with rank 0
+            train_members(members, data, settings, config["seed"], device, lambda: False, continued,
+                          lambda member, results, error: _show(rank, member, error))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _show(rank: int, member, error: Exception | None) -> None:
+    if error is not None:
+        import traceback
+
+        print(f"rank {rank}, {member.variant['name']}: " + "".join(traceback.format_exception(error)),
+              file=sys.stderr, flush=True)
+
+
+def _scratch_copy(job: JobTree, names: list[str], continued: dict | None, scratch: Path) -> JobTree:
+    """The checkpoints the members start from, copied under `scratch` (and those of the job they continue):
+    this rank reads what rank 0 reads, and writes where nobody looks."""
+    own = JobTree(scratch / job.key)
+    jobs = [(job, own)] + ([(job.sibling(continued["job"]), own.sibling(continued["job"]))] if continued else [])
+    for source_job, target_job in jobs:
+        for name in names:
+            source, target = source_job.variant(name), target_job.variant(name)
+            for path, copy in ((source.last_checkpoint, target.last_checkpoint), (source.best_weights, target.best_weights)):
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):  # none yet, or set aside by rank 0 meanwhile
+                    shutil.copyfile(path, copy)
+    return own
+
+
+if __name__ == "__main__":  # a rank started by train_members_distributed
+    # through the package's module, whose `current` the trainer reads (this file runs as __main__)
+    from moelab.train.distributed import _helper_main as helper_main
+
+    helper_main(**json.loads(sys.argv[1]))

@@ -1,0 +1,100 @@
+"""A job trained by 2 processes (gloo on CPU): the losses of 1 process with the same global batch, rank 0
+alone writing; a rank killed fails the job with the rank named and leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, make_job, wait_until
+from moelab.results.io import read_json
+
+# no dropout, gate noise, batch norm or balance loss: what each rank would compute over its own slice
+EXACT_VARIANTS = ("variants=[{name: mlp, model: mlp, hidden: 32, dropout: 0.0}, "
+                  "{name: moe, model: moe_routed, hidden: 16, num_experts: 4, k: 2, dropout: 0.0, balance: none, "
+                  "batch_norm: false}]")
+
+
+def _losses(job, variant: str) -> list[tuple[float, float]]:
+    lines = job.variant(variant).metrics_file.read_text().splitlines()
+    return [(row["train_loss"], row["val_loss"]) for row in map(json.loads, lines)]
+
+
+def _files(job) -> set[str]:
+    """The job's files; event files by folder (their names hold the time)."""
+    return {str((path.parent if "tfevents" in path.name else path).relative_to(job.path))
+            for path in job.path.rglob("*") if path.is_file()}
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_losses_of_one_with_the_same_global_batch(tmp_path, monkeypatch):
+    from moelab.train.job import run_job
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the other rank's scratch files go there
+    (tmp_path / "tmp").mkdir()
+    single = make_job(tmp_path / "one", [EXACT_VARIANTS, "train.epochs=3"])
+    double = make_job(tmp_path / "two", [EXACT_VARIANTS, "train.epochs=3", "train.distributed.processes=2"])
+    assert single.key != double.key  # the process count is in the job's key
+    assert run_job(single.path).state == "done"
+    outcome = run_job(double.path)
+    assert outcome.state == "done", outcome.errors
+
+    for variant in ("mlp", "moe"):
+        one, two = _losses(single, variant), _losses(double, variant)
+        assert len(one) == len(two) == 3
+        for (train1, val1), (train2, val2) in zip(one, two):
+            assert train2 == pytest.approx(train1, abs=1e-5) and val2 == pytest.approx(val1, abs=1e-5)
+        assert read_json(double.variant(variant).results_file)["test_acc"] == pytest.approx(
+            read_json(single.variant(variant).results_file)["test_acc"], abs=1e-6)
+    # rank 0 alone wrote, what one process writes; the other rank's scratch folder is gone
+    skip = {"config.json", "status.json"}
+    assert {f for f in _files(double) if f not in skip} == {f for f in _files(single) if f not in skip}
+    assert not any((tmp_path / "tmp").iterdir())
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:  # ended meanwhile
+                continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the rank's process in /proc")
+def test_a_rank_killed_fails_the_job_naming_the_rank_and_leaves_no_process(tmp_path):
+    job = make_job(tmp_path / "e", ["variants=[{name: mlp, model: mlp, hidden: 32}]", "train.epochs=5000",
+                                    "train.early_stopping.patience=5000", "train.distributed.processes=2"])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    rank0 = subprocess.Popen([sys.executable, str(REPO / "run" / "train_models.py"), str(job.path)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        metrics = job.variant("mlp").metrics_file
+        wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, 120, "two epochs")
+        rank1 = wait_until(lambda: [p for p in _processes_naming(str(job.path)) if p != rank0.pid], 30, "rank 1")
+        assert len(rank1) == 1
+        os.kill(rank1[0], signal.SIGKILL)
+        output, _ = rank0.communicate(timeout=120)
+    finally:
+        if rank0.poll() is None:
+            rank0.kill()
+    status = read_json(job.status_file)
+    assert status["state"] == "failed", output
+    error = status["variants"]["mlp"]["error"]
+    assert "rank 1 of 2 was killed by SIGKILL" in error, error
+    assert "rank 1 of 2 was killed by SIGKILL" in output
+    assert _processes_naming(str(job.path)) == []
+    # nothing half-written: the metrics end at the checkpoint's epoch
+    checkpoint = torch.load(job.variant("mlp").last_checkpoint, weights_only=False)
+    assert metrics.read_text().count("\n") == checkpoint["next_epoch"]
