@@ -8,7 +8,7 @@ checkpoint and write nothing of the job: their files go to a scratch folder remo
 
 Every rank takes its slice of each batch of train.batch_size, its loss weighted by its share of the
 batch, and DistributedDataParallel averages the gradients: the step is that of the whole batch, as
-with one process (`Ranks.share`); the epoch's figures are summed over the ranks (`Ranks.sum`).
+with one process, and the epoch's figures are summed over the ranks (train/ranks.py).
 Validation and test run on every rank on the whole sets (the weights are the same everywhere), so no
 decision (early stopping, best weights) can differ between ranks.
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
-import os
 import shutil
 import signal
 import socket
@@ -29,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -38,7 +36,9 @@ import torch.distributed as dist
 
 from moelab.results.io import read_json
 from moelab.results.tree import JobTree
+from moelab.train.ranks import Ranks, taking_part
 from moelab.train.settings import TrainSettings
+from moelab.train.trainer import Member, StopRequested, resolve_device, train_members
 
 # how long rank 0, after an error, waits for a rank that died to be seen as dead (its exit is what
 # explains the error); a rank that is alive is not waited for longer
@@ -49,58 +49,6 @@ MEETING_TIMEOUT_S = 600.0
 
 class RankFailed(Exception):
     """A rank other than 0 died while the job trained."""
-
-
-@dataclass(frozen=True)
-class Ranks:
-    """This process's place among the processes training a job."""
-
-    rank: int
-    world_size: int
-
-    def share(self, index: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """This rank's slice of a batch, and the weight of its mean loss: its share of the batch times P, so that
-        the average of the ranks' gradients (DistributedDataParallel's) is the gradient of the whole batch."""
-        mine = index.tensor_split(self.world_size)[self.rank]
-        if len(mine) == 0:
-            raise ValueError(f"a batch of {len(index)} samples cannot be shared by {self.world_size} processes (the "
-                             f"last batch of the epoch?); use a train.batch_size and a training set size that leave "
-                             f"at least {self.world_size} samples in every batch")
-        return mine, self.world_size * len(mine) / len(index)
-
-    def sum(self, tensors: list[torch.Tensor]) -> None:
-        """Sum each tensor over the ranks, in place."""
-        for tensor in tensors:
-            dist.all_reduce(tensor)
-
-
-_current: Ranks | None = None
-
-
-def current() -> Ranks | None:
-    """The ranks of the training this process takes part in; None when it trains alone."""
-    return _current
-
-
-@contextlib.contextmanager
-def taking_part(ranks: Ranks):
-    global _current
-    _current = ranks
-    try:
-        yield
-    finally:
-        _current = None
-
-
-def data_parallel(model: torch.nn.Module) -> torch.nn.Module:
-    """The module a training step calls: DistributedDataParallel around `model` when this process trains with
-    others, else `model` itself."""
-    if _current is None:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    device = next(model.parameters()).device
-    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
 def backend(device: torch.device) -> str:
@@ -119,8 +67,6 @@ def train_members_distributed(job_dir: Path, members: list, data, settings: Trai
                               on_finished: Callable) -> None:
     """trainer.train_members, by `settings.distributed.processes` processes: this one is rank 0, the others are
     started here and stopped before this returns (or raises), whatever happens."""
-    from moelab.train.trainer import StopRequested, train_members  # the trainer reads this module's `current`
-
     world_size = settings.distributed.processes
     address = free_address()
     names = [member.variant["name"] for member in members]
@@ -202,7 +148,6 @@ def _helper_main(job_dir: str, names: list[str], rank: int, world_size: int, add
 
     prepare_process(threads)
     from moelab.data import DataSettings, load_dataset
-    from moelab.train.trainer import Member, resolve_device, train_members
 
     job = JobTree(Path(job_dir))
     spec = read_json(job.config_file)
@@ -251,7 +196,4 @@ def _scratch_copy(job: JobTree, names: list[str], continued: dict | None, scratc
 
 
 if __name__ == "__main__":  # a rank started by train_members_distributed
-    # through the package's module, whose `current` the trainer reads (this file runs as __main__)
-    from moelab.train.distributed import _helper_main as helper_main
-
-    helper_main(**json.loads(sys.argv[1]))
+    _helper_main(**json.loads(sys.argv[1]))

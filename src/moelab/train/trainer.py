@@ -28,9 +28,9 @@ from moelab.models.base import count_parameters
 from moelab.results.io import append_jsonl, atomic_write, file_sha256, write_json, write_jsonl
 from moelab.results.records import TestedWeights
 from moelab.results.tree import JobTree, VariantTree, set_aside
-from moelab.train import distributed
 from moelab.train.analysis import write_expert_analysis
 from moelab.train.evaluate import evaluate, predict, test_results
+from moelab.train.ranks import current_ranks, data_parallel
 from moelab.train.settings import TrainSettings
 from moelab.train.tasks import TASKS, batch_stats, finish_metrics
 
@@ -109,7 +109,7 @@ class Execution:
         self.scaler = torch.amp.GradScaler(device.type) if settings.precision == "fp16" else None
         self.compiled, self._unchecked = False, False
         # DistributedDataParallel around the model when the job is trained by several processes
-        self.stepped = distributed.data_parallel(model)
+        self.stepped = data_parallel(model)
         self.forward = self.stepped
         if settings.compile:
             try:
@@ -418,12 +418,12 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSe
     sums: dict[str, torch.Tensor] = {}
     loss_sum = torch.zeros((), device=x.device)
     batch_loads, batch_choices = [], []  # per batch: first choices per expert, and their number
-    ranks = distributed.current()
+    ranks = current_ranks()
     for start in range(0, len(x), settings.batch_size):
         if stop_requested():  # the epoch is redone from the checkpoint on resume, with the same shuffle
             raise StopRequested("stopped during an epoch on request; resumes from the checkpoint")
         index = order[start : start + settings.batch_size]
-        if ranks is not None:  # this process's slice of the batch (train/distributed.py)
+        if ranks is not None:  # this process's slice of the batch (train/ranks.py)
             index, share = ranks.share(index)
         out = execution(x[index], y[index])
         task_loss = task.loss(out.y.float(), y[index])
