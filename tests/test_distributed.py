@@ -98,3 +98,31 @@ def test_a_rank_killed_fails_the_job_naming_the_rank_and_leaves_no_process(tmp_p
     # nothing half-written: the metrics end at the checkpoint's epoch
     checkpoint = torch.load(job.variant("mlp").last_checkpoint, weights_only=False)
     assert metrics.read_text().count("\n") == checkpoint["next_epoch"]
+
+
+def test_a_rank_takes_its_slice_weighted_so_the_ranks_average_is_the_batch_mean():
+    from moelab.train.ranks import Ranks
+
+    batch = torch.arange(7)
+    slices = [Ranks(rank, 2).share(batch) for rank in range(2)]
+    assert torch.equal(torch.cat([s for s, _ in slices]), batch)
+    values = torch.randn(7)
+    weighted = sum(values[s].mean() * weight for s, weight in slices) / 2
+    assert weighted == pytest.approx(float(values.mean()), abs=1e-6)
+    with pytest.raises(ValueError, match="a batch of 1 samples cannot be shared by 2 processes"):
+        Ranks(1, 2).share(torch.arange(1))
+
+
+def test_settings_several_processes_cannot_train_are_refused_naming_the_key(write_experiment):
+    from conftest import TINY
+    from moelab.config import ConfigError, load_experiment
+
+    path = write_experiment({**TINY, "grid": {}})
+    with pytest.raises(ConfigError) as caught:
+        load_experiment(path, ["train.distributed.processes=4", "train.batch_size=2",
+                               "train.distributed.expert_parallel=true"])
+    messages = {issue.path: issue.message for issue in caught.value.issues}
+    assert "must be at least train.distributed.processes=4" in messages["train.batch_size"]
+    assert "set it to false" in messages["train.distributed.expert_parallel"]
+    with pytest.raises(ConfigError, match="train.distributed.processes: must be an integer >= 1"):
+        load_experiment(path, ["train.distributed.processes=0"])
