@@ -100,6 +100,8 @@ SLURM: Section = {
     "jobs_per_gpu": Field(int, 1, min=1, max=64, help="jobs a task trains at once on each of its GPUs"),
     "max_submit_jobs": Field(int, None, min=1, nullable=True,
                              help="jobs you may have queued, where accounting cannot say (MaxSubmitJobs)"),
+    "nodes": Field(int, 1, min=1, help="nodes a distributed job (train.distributed.processes) spreads its processes "
+                                       "over, evenly: one task per process, one GPU per task where gpus_per_node > 0"),
     "additional_parameters": Field(dict, {}, extra_check=check_sbatch_parameters,
                                    help="extra sbatch parameters, e.g. {mail-type: END, exclusive: true}"),
 }

@@ -50,7 +50,11 @@ def pull_jobs(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], No
                 return
             job = tree.job(key)
             if key not in names:
-                names[key] = read_job_spec(job).variant_names
+                spec = read_job_spec(job)
+                names[key] = spec.variant_names
+                if runtime_info.get("slurm") and spec.train.get("distributed", {}).get("processes", 1) > 1:
+                    del remaining[key]  # submitted alone, one task per process (launch/slurm/distributed_task.py)
+                    continue
             verdict = _verdict(job, names[key], planned, plan.launch_id)
             if verdict == "settled":
                 report(("settled", key, str(job_state(job, names[key]))))

@@ -68,6 +68,9 @@ def train_members_distributed(job_dir: Path, members: list, data, settings: Trai
     """trainer.train_members, by `settings.distributed.processes` processes: this one is rank 0, the others are
     started here and stopped before this returns (or raises), whatever happens."""
     world_size = settings.distributed.processes
+    if _standing is not None:
+        _train_with_standing_ranks(members, data, settings, seed, device, stop_requested, continued_from, on_finished)
+        return
     address = free_address()
     names = [member.variant["name"] for member in members]
     # removed here, also when a rank was killed before it could clean up
@@ -135,18 +138,26 @@ def _exit_words(returncode: int) -> str:
 
 
 def _meet(rank: int, world_size: int, address: str, device: torch.device) -> None:
-    from datetime import timedelta
-
     dist.init_process_group(backend(device), init_method=f"tcp://{address}", rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=MEETING_TIMEOUT_S))
+                            timeout=_timeout())
 
 
 def _helper_main(job_dir: str, names: list[str], rank: int, world_size: int, address: str, threads: int,
                  scratch: str) -> None:
-    """Rank `rank` of a job's training: the members `names`, from the job's checkpoints, written to scratch."""
+    """Rank `rank` of a job's training, started by rank 0 on this machine."""
     from moelab.train.process import prepare_process
 
     prepare_process(threads)
+    try:
+        _follow(job_dir, names, Ranks(rank, world_size), Path(scratch), meet=lambda device: _meet(rank, world_size, address, device))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _follow(job_dir: str, names: list[str], ranks: Ranks, scratch: Path, meet: Callable[[torch.device], None]) -> None:
+    """Train the members `names` of the job as rank `ranks.rank`, from the job's checkpoints, writing to `scratch`.
+    `meet`: join the other ranks (once the checkpoints are copied: rank 0 writes none before they all met)."""
     from moelab.data import DataSettings, load_dataset
 
     job = JobTree(Path(job_dir))
@@ -155,21 +166,17 @@ def _helper_main(job_dir: str, names: list[str], rank: int, world_size: int, add
     settings = TrainSettings.from_dict(config["train"])
     device = resolve_device(settings.device)
     if device.type == "cuda":
-        device = torch.device("cuda", rank % torch.cuda.device_count())
+        device = torch.device("cuda", ranks.rank % torch.cuda.device_count())
     data = load_dataset(DataSettings(**config["data"]), config["seed"]).to(device)
     continued = spec.get("continued_from")
-    try:
-        own = _scratch_copy(job, names, continued, Path(scratch))
-        variants = {v["name"]: v for v in config["variants"]}
-        members = [Member(variants[name], own.variant(name)) for name in names]
-        _meet(rank, world_size, address, device)
-        with taking_part(Ranks(rank, world_size)):
-            # rank 0 records the errors; this rank shows its own and trains on, in step with rank 0
-            train_members(members, data, settings, config["seed"], device, lambda: False, continued,
-                          lambda member, results, error: _show(rank, member, error))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    own = _scratch_copy(job, names, continued, scratch)
+    variants = {v["name"]: v for v in config["variants"]}
+    members = [Member(variants[name], own.variant(name)) for name in names]
+    meet(device)
+    with taking_part(ranks):
+        # rank 0 records the errors; this rank shows its own and trains on, in step with rank 0
+        train_members(members, data, settings, config["seed"], device, lambda: False, continued,
+                      lambda member, results, error: _show(ranks.rank, member, error))
 
 
 def _show(rank: int, member, error: Exception | None) -> None:
@@ -193,6 +200,63 @@ def _scratch_copy(job: JobTree, names: list[str], continued: dict | None, scratc
                 with contextlib.suppress(FileNotFoundError):  # none yet, or set aside by rank 0 meanwhile
                     shutil.copyfile(path, copy)
     return own
+
+
+# Standing ranks: processes started together by SLURM (one task each), which meet once through the environment
+# (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE) and stay together for the whole job. Rank 0 runs the job; before
+# each training it sends the members' names to the others, and None when the job is over.
+
+_standing: Ranks | None = None
+
+
+@contextlib.contextmanager
+def standing_ranks(ranks: Ranks, device: torch.device):
+    """Rank 0's side: jobs run inside train with these ranks; the others are released when it ends."""
+    global _standing
+    if device.type == "cuda":  # the collectives of Python objects run on the current device
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend(device), init_method="env://", timeout=_timeout())
+    _standing = ranks
+    try:
+        yield
+        dist.broadcast_object_list([None], src=0)  # the job is over
+    finally:
+        _standing = None
+        dist.destroy_process_group()
+
+
+def follow_rank_zero(job_dir: str, ranks: Ranks, device: torch.device) -> None:
+    """A standing rank other than 0: train what rank 0 sends, until it sends None."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend(device), init_method="env://", timeout=_timeout())
+    try:
+        while True:
+            names = [None]
+            dist.broadcast_object_list(names, src=0)
+            if names[0] is None:
+                return
+            with tempfile.TemporaryDirectory(prefix="moelab-rank-") as scratch:
+                _follow(job_dir, names[0], ranks, Path(scratch), meet=lambda device: None)
+    finally:
+        dist.destroy_process_group()
+
+
+def _train_with_standing_ranks(members: list, data, settings: TrainSettings, seed: int, device: torch.device,
+                               stop_requested: Callable[[], bool], continued_from: dict | None,
+                               on_finished: Callable) -> None:
+    if _standing.world_size != settings.distributed.processes:
+        raise ValueError(f"the job asks for train.distributed.processes={settings.distributed.processes}, but "
+                         f"{_standing.world_size} processes were started for it; launch it again")
+    dist.broadcast_object_list([[member.variant["name"] for member in members]], src=0)
+    with taking_part(_standing):
+        train_members(members, data, settings, seed, device, stop_requested, continued_from, on_finished)
+
+
+def _timeout():
+    from datetime import timedelta
+
+    return timedelta(seconds=MEETING_TIMEOUT_S)
 
 
 if __name__ == "__main__":  # a rank started by train_members_distributed
