@@ -126,3 +126,31 @@ def test_settings_several_processes_cannot_train_are_refused_naming_the_key(writ
     assert "set it to false" in messages["train.distributed.expert_parallel"]
     with pytest.raises(ConfigError, match="train.distributed.processes: must be an integer >= 1"):
         load_experiment(path, ["train.distributed.processes=0"])
+
+
+def test_status_and_the_dashboard_show_a_distributed_job_as_one_job_with_its_process_count(write_experiment,
+                                                                                             tmp_path, capsys):
+    from fastapi.testclient import TestClient
+
+    from conftest import TINY
+    from moelab.config import load_experiment
+    from moelab.launch.status import print_status
+    from moelab.results.io import write_json
+    from moelab.results.tree import ExperimentTree
+    from moelab.serve.app import create_app
+    from moelab.serve.catalog import Catalog
+
+    experiment = load_experiment(write_experiment({**TINY, "grid": {"train.distributed.processes": [1, 2]}}))
+    root = tmp_path / "experiments"
+    tree = ExperimentTree(root / experiment.name)
+    for job in experiment.jobs():  # launched, not started
+        write_json(tree.job(job.key).config_file, experiment.job_spec(job))
+    print_status(experiment, root)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "processes=" in line]
+    assert len(lines) == 2 and sum("(2 processes)" in line for line in lines) == 1
+
+    client = TestClient(create_app(Catalog(root=root), ask_queues=False))
+    response = client.get(f"/api/experiments/{experiment.name}/job-page")
+    assert response.status_code == 200, response.text
+    rows = response.json()["rows"]
+    assert sorted(row["processes"] for row in rows) == [1, 2]

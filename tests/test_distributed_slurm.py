@@ -40,6 +40,7 @@ def test_two_tasks_give_the_losses_of_one_process_and_show_as_one_job(write_expe
             assert train2 == pytest.approx(train1, abs=1e-5) and val2 == pytest.approx(val1, abs=1e-5)
     status = launch(tmp_path, "status", str(tree.path))
     assert status.returncode == 0 and "2 DONE (2 jobs)" in status.stdout, status.stdout
+    assert status.stdout.count("(2 processes)") == 1
 
 
 def test_a_distributed_job_signalled_before_its_time_limit_is_requeued_and_resumes(write_experiment, tmp_path,
