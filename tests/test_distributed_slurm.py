@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import TINY, launch, wait_until
 from moelab.config import load_experiment
 from moelab.launch.slurm.backend import SlurmFiles
 from moelab.results.status import read_status
 from moelab.results.tree import ExperimentTree
-from test_distributed import _losses
+from test_distributed import _losses, _processes_naming
 from test_launch import results_of
 from test_slurm import all_final, cluster, profile, submit  # noqa: F401 (fixtures)
 
@@ -72,3 +76,49 @@ def test_a_distributed_job_signalled_before_its_time_limit_is_requeued_and_resum
     launch(tmp_path, "submit", str(experiment), "--profile", str(profile), "--experiments-dir", "reference")
     wait_until(lambda: all_final(experiment, tmp_path / "reference"), 300, "the uninterrupted job")
     assert results_of(tree.path) == results_of(tmp_path / "reference" / "long")
+
+
+def test_a_rank_killed_on_the_cluster_fails_the_job_and_leaves_no_process(write_experiment, tmp_path, profile):
+    long = {**EXACT, "name": "killed", "variants": EXACT["variants"][:1], "grid": {},
+            "train": {**TINY["train"], "epochs": 500, "batch_size": 16, "early_stopping": {"patience": 500},
+                      "distributed": {"processes": 2}}}
+    experiment = write_experiment(long)
+    submit(tmp_path, experiment, profile)
+    tree = ExperimentTree(tmp_path / "out" / "killed")
+    job = tree.job(load_experiment(experiment).jobs()[0].key)
+    metrics = job.variant("mlp").metrics_file
+    wait_until(lambda: metrics.is_file() and metrics.read_text().count("\n") >= 2, 300, "two epochs")
+    # rank 1: the task whose log says so (the ranks run the same command line)
+    slurm_job = SlurmFiles(tree).submitted_ids()[job.key][0]
+    log = tree.path / "slurm" / f"{slurm_job}_1_log.out"
+    wait_until(lambda: log.is_file() and "rank 1 of 2" in log.read_text(), 60, "rank 1 to start")
+    try:
+        rank1 = [pid for pid in _processes_naming(str(tree.path / "slurm"))
+                 if _environment(pid).get("SLURM_PROCID") == "1" and _environment(pid).get("SLURM_JOB_ID") == slurm_job]
+        assert len(rank1) == 1, rank1
+        os.kill(rank1[0], signal.SIGKILL)
+        final = wait_until(lambda: all_final(experiment, tmp_path / "out"), 300, "the job to end")
+        # rank 0 ends by itself: the allocation leaves the queue, no process of the job is left
+        wait_until(lambda: not _queued(slurm_job), 120, "the SLURM job to end")
+    except BaseException:
+        subprocess.run(["scancel", slurm_job], capture_output=True)
+        raise
+    assert set(final.values()) == {"failed"}, final
+    error = read_status(job).variants["mlp"].error
+    assert "RankFailed: a rank of 2 other than 0 stopped answering" in error, error
+    assert not _processes_naming(str(tree.path))
+    assert "CANCELLED" not in (tree.path / "slurm" / f"{slurm_job}_0_log.err").read_text()
+    checkpoint = torch.load(job.variant("mlp").last_checkpoint, weights_only=False)
+    assert metrics.read_text().count("\n") == checkpoint["next_epoch"]  # nothing of the killed epoch written
+
+
+def _environment(pid: int) -> dict:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def _queued(slurm_job: str) -> bool:
+    return bool(subprocess.run(["squeue", "-h", "-j", slurm_job], capture_output=True, text=True).stdout.strip())

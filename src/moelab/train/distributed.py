@@ -249,8 +249,23 @@ def _train_with_standing_ranks(members: list, data, settings: TrainSettings, see
         raise ValueError(f"the job asks for train.distributed.processes={settings.distributed.processes}, but "
                          f"{_standing.world_size} processes were started for it; launch it again")
     dist.broadcast_object_list([[member.variant["name"] for member in members]], src=0)
+
+    def finished(member, results: dict | None, error: Exception | None) -> None:
+        if error is not None and _lost_a_rank(error):  # SLURM knows which task ended; rank 0 does not
+            error = RankFailed(f"a rank of {_standing.world_size} other than 0 stopped answering (killed, out of "
+                               f"memory, its node lost: the job's SLURM logs, one per rank, say which); the job "
+                               f"stopped there (its checkpoint is the last finished epoch's)")
+        on_finished(member, results, error)
+
     with taking_part(_standing):
-        train_members(members, data, settings, seed, device, stop_requested, continued_from, on_finished)
+        train_members(members, data, settings, seed, device, stop_requested, continued_from, finished)
+
+
+def _lost_a_rank(error: Exception) -> bool:
+    """Whether a collective failed because another rank went away (gloo: its connection closed; NCCL: the
+    communicator was aborted or timed out)."""
+    return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and any(
+        words in str(error) for words in ("Connection closed by peer", "Connection reset by peer", "NCCL")))
 
 
 def _timeout():
