@@ -114,6 +114,25 @@ def test_a_packed_grid_runs_as_few_tasks_and_equals_run_here(write_experiment, t
     assert "0 to submit" in again.stdout and "nothing to submit" in again.stdout
 
 
+def test_slurm_fuse_trains_fused_groups_in_a_task_as_run_here_does(write_experiment, tmp_path, profile):
+    """slurm.fuse: one task pulls 8 jobs and trains them as two fused groups of 4: the same keys and
+    the same numbers as run_here with local.fuse."""
+    grid = {**TINY, "variants": TINY["variants"][:2], "train": {**TINY["train"], "epochs": 2},
+            "grid": {"seed": [0, 1, 2, 3], "variants.*.num_experts": [2, 4]},
+            "slurm": {"jobs_per_task": 8, "fuse": 4}, "local": {"workers": 1, "fuse": 4}}
+    experiment = write_experiment(grid)
+    submitted = submit(tmp_path, experiment, profile)
+    assert "submitted 8 job(s) as 1 task(s)" in submitted.stdout, submitted.stdout
+    final = wait_until(lambda: all_final(experiment, tmp_path / "out"), 600, "the fused grid")
+    assert set(final.values()) == {"done"} and len(final) == 8
+    tree = tmp_path / "out" / "tiny"
+    results = results_of(tree)
+    assert {r["execution"]["fused_models"] for r in results.values()} == {4}
+    local = launch(tmp_path, "run_here", str(experiment), "--experiments-dir", "local", "--no-report")
+    assert local.returncode == 0, local.stdout + local.stderr
+    assert results == results_of(tmp_path / "local" / "tiny")
+
+
 def test_force_retrains_every_job_once_with_two_tasks_pulling(write_experiment, tmp_path, profile):
     """--force over finished jobs, packed as 2 tasks that pull the same plan, one after the other: each
     job trained once (one 'done' line with a training time in the tasks' logs: the second task finds

@@ -25,6 +25,7 @@ from moelab.train.job import run_job
 from moelab.train.settings import TrainSettings
 from moelab.train.evaluate import predict
 from moelab.train.trainer import EarlyStopping, StopRequested, routing_balance, train_variant
+from moelab.train import trainer
 
 TRAIN_SECTION = {"epochs": 6, "batch_size": 64, "eval_batch_size": 512, "optimizer": "adamw", "lr": 0.003, "weight_decay": 1e-4,
          "momentum": 0.9, "schedule": "cosine", "warmup_epochs": 1, "step_every": 30, "grad_clip": 1.0,
@@ -213,13 +214,20 @@ def test_routing_balance_counts_dead_experts_under_one_percent_and_effective_exp
     assert uneven["effective_experts"] == pytest.approx(math.exp(entropy))
 
 
-def test_router_health_per_epoch_and_the_test_routing_flip_rate(tmp_path, digits):
+def test_router_health_per_epoch_and_the_test_routing_flip_rate(tmp_path, digits, monkeypatch):
     """The flip rate is checked against the test routing of the weights saved after each epoch."""
     out = VariantTree(tmp_path / "v")
     saved = []
-    on_epoch = lambda history: saved.append(torch.load(out.last_checkpoint, weights_only=False))
+    write = trainer.CheckpointWriter.write
+
+    def keep(self, path, obj):  # every checkpoint as it is handed to the writer
+        write(self, path, obj)
+        if path == out.last_checkpoint:
+            saved.append(self._pending[-1][1])
+
+    monkeypatch.setattr(trainer.CheckpointWriter, "write", keep)
     results = train_variant(TOPK, digits, TrainSettings.from_dict({**TRAIN_SECTION, "epochs": 3}), 0, out,
-                            torch.device("cpu"), on_epoch=on_epoch)
+                            torch.device("cpu"))
     lines = read_jsonl(out.metrics_file)
     model = build_model("moe_topk", digits.d_in, digits.d_out, model_params(TOPK))
     first_experts = []

@@ -76,6 +76,8 @@ LOCAL: Section = {
     "workers": Field(int, None, min=1, nullable=True,
                      help="worker processes (null: jobs_per_gpu per GPU, else one single-thread worker per core)"),
     "jobs_per_gpu": Field(int, 1, min=1, max=64, help="jobs trained at once on each GPU"),
+    "fuse": Field(int, 1, min=1, max=256, since="0.2.0",
+                  help="jobs that differ only in their seed a worker trains as one fused model (1: off; mlp and the MoE models on flat inputs)"),
 }
 
 SLURM: Section = {
@@ -98,6 +100,8 @@ SLURM: Section = {
     "jobs_per_task": Field(int, None, min=1, nullable=True,
                            help="jobs one array task pulls (null: as many as make at most array_parallelism tasks)"),
     "jobs_per_gpu": Field(int, 1, min=1, max=64, help="jobs a task trains at once on each of its GPUs"),
+    "fuse": Field(int, 1, min=1, max=256, since="0.2.0",
+                  help="jobs that differ only in their seed a worker trains as one fused model (1: off; mlp and the MoE models on flat inputs)"),
     "max_submit_jobs": Field(int, None, min=1, nullable=True,
                              help="jobs you may have queued, where accounting cannot say (MaxSubmitJobs)"),
     "nodes": Field(int, 1, min=1, help="nodes a distributed job (train.distributed.processes) spreads its processes "

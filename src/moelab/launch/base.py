@@ -50,10 +50,16 @@ class LaunchFailed(RuntimeError):
 class Backend(ABC):
     mode: str  # the command-line mode, recorded in launches.jsonl
     verb: str  # what it does to jobs, for messages: "run", "submit"
+    section: str  # the experiment's section of its resources: "local", "slurm"
 
     def __init__(self, experiment: Experiment, options: LaunchOptions):
         """Raises ConfigError for bad backend settings (e.g. a site profile): exit 2, nothing written."""
         self.experiment, self.options = experiment, options
+
+    @property
+    def fuse(self) -> int:
+        """Jobs differing only in their seed that a worker trains as one model (the backend's `fuse`)."""
+        return self.experiment.doc[self.section]["fuse"]
 
     def preflight(self, tree: ExperimentTree) -> str | None:
         """Why this launch cannot start (checked before anything is written), or None."""

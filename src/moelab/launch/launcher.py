@@ -78,6 +78,7 @@ def launch(backend: Backend, experiment: Experiment, options: LaunchOptions) -> 
     if options.dry_run:
         return backend.dry_run(plan)
     before = TreeBefore.of(plan)
+    plan.fuse = backend.fuse
     write_plan(plan, backend.mode, options.argv)
     try:
         code = backend.launch(plan)

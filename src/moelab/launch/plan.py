@@ -41,6 +41,7 @@ class LaunchPlan:
     launch_id: str = ""  # set when written: names launches/<id>/ and its plan.json
     continued_from: dict[str, dict] = field(default_factory=dict)  # job key -> the shorter job it continues
     search: "SearchPlan | None" = None  # a search: workers ask the study for trials instead of planned jobs
+    fuse: int = 1  # jobs differing only in their seed that a worker trains as one model (local.fuse, slurm.fuse)
 
     def skipped(self) -> Counter:
         running = {j.key for j in self.to_run}
@@ -148,7 +149,7 @@ def write_plan(plan: LaunchPlan, mode: str, argv: list[str]) -> None:
     if runs:  # a launch that runs nothing needs no plan and no environment record
         search = {"doc": plan.experiment.doc, "source": str(plan.experiment.source)} if plan.search else None
         write_json(tree.plan_file(plan.launch_id), PlanFile(plan.launch_id, plan.fresh, [
-            [job.key, plan.attempts[job.key]] for job in plan.to_run], search).to_dict())
+            [job.key, plan.attempts[job.key]] for job in plan.to_run], search, plan.fuse).to_dict())
         if diff:
             write_text(provenance / "git.diff", diff + "\n")
         write_text(provenance / "pip-freeze.txt", pip_freeze())
@@ -206,9 +207,10 @@ class PlanFile:
     # a search: {"doc": the resolved experiment, "source": its file}; once the planned jobs are done,
     # workers ask the study for trials
     search: dict | None = None
+    fuse: int = 1  # up to this many jobs differing only in their seed train as one model (train/fused.py)
 
     def to_dict(self) -> dict:
-        data = {"launch_id": self.launch_id, "fresh": self.fresh, "jobs": self.jobs}
+        data = {"launch_id": self.launch_id, "fresh": self.fresh, "jobs": self.jobs, "fuse": self.fuse}
         if self.search is not None:
             data["search"] = self.search
         return data
@@ -216,7 +218,8 @@ class PlanFile:
     @classmethod
     def read(cls, path: Path) -> "PlanFile":
         data = read_json(path)
-        return cls(data["launch_id"], data["fresh"], [list(entry) for entry in data["jobs"]], data.get("search"))
+        return cls(data["launch_id"], data["fresh"], [list(entry) for entry in data["jobs"]], data.get("search"),
+                   data.get("fuse", 1))
 
 
 def git_info(where: Path) -> dict:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from moelab.launch.plan import PlanFile
-from moelab.results.claims import try_claim
-from moelab.results.records import read_job_spec
+from moelab.results.claims import Claim, try_claim
+from moelab.results.records import JobSpec, read_job_spec
 from moelab.results.status import JobState, job_state, read_status
 from moelab.results.tree import ExperimentTree, JobTree
 from moelab.train.process import prepare_process
@@ -37,60 +37,94 @@ def pull_jobs(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], No
     """Run the plan's jobs that are still this launch's to run. `report` receives ("started", key),
     ("finished", key, outcome) and ("settled", key, state) for a job someone else finished.
     `wait_for_others`: stay while other processes hold jobs (a local launch waits for them; a SLURM
-    task leaves them to their holders and frees its allocation)."""
-    from moelab.train.job import JobOutcome, run_job  # imports torch: after prepare_process
+    task leaves them to their holders and frees its allocation). With `plan.fuse` > 1, a claimed job
+    takes up to fuse - 1 more of the plan's jobs that differ from it only in their seed, trained as
+    one model (train/fused.py)."""
+    from moelab.train.job import JobOutcome, run_fused_jobs, run_job  # imports torch: after prepare_process
     from moelab.train.trainer import StopRequested
 
     remaining = {key: attempts for key, attempts in plan.jobs}
-    names: dict[str, list[str]] = {}
+    specs: dict[str, JobSpec] = {}
+
+    def spec(key: str) -> JobSpec:
+        if key not in specs:
+            specs[key] = read_job_spec(tree.job(key))
+        return specs[key]
+
+    def claim_to_run(key: str) -> tuple[Claim | None, bool]:
+        """The job's claim when it is this launch's to run now; and whether a live process holds it."""
+        job = tree.job(key)
+        verdict = _verdict(job, spec(key).variant_names, remaining[key], plan.launch_id)
+        if verdict == "settled":
+            report(("settled", key, str(job_state(job, spec(key).variant_names))))
+            del remaining[key]
+            return None, False
+        if verdict == "held":
+            return None, True
+        claim = try_claim(job)
+        if claim is None:
+            return None, True
+        # again: someone may have just finished it
+        if _verdict(job, spec(key).variant_names, remaining[key], plan.launch_id, claimed=True) == "settled":
+            claim.release()
+            report(("settled", key, str(job_state(job, spec(key).variant_names))))
+            del remaining[key]
+            return None, False
+        return claim, False
+
     while remaining and not stop_requested():
         held_elsewhere = False
-        for key, planned in list(remaining.items()):
+        for key in list(remaining):
             if stop_requested():
                 return
-            job = tree.job(key)
-            if key not in names:
-                spec = read_job_spec(job)
-                names[key] = spec.variant_names
-                if runtime_info.get("slurm") and spec.train.get("distributed", {}).get("processes", 1) > 1:
-                    del remaining[key]  # submitted alone, one task per process (launch/slurm/distributed_task.py)
-                    continue
-            verdict = _verdict(job, names[key], planned, plan.launch_id)
-            if verdict == "settled":
-                report(("settled", key, str(job_state(job, names[key]))))
-                del remaining[key]
+            if key not in remaining:  # taken into a fused group, or settled, in this pass
                 continue
-            if verdict == "held":
-                held_elsewhere = True
+            processes = spec(key).train.get("distributed", {}).get("processes", 1)
+            if runtime_info.get("slurm") and processes > 1:
+                del remaining[key]  # submitted alone, one task per process (launch/slurm/distributed_task.py)
                 continue
-            claim = try_claim(job)
+            claim, held = claim_to_run(key)
+            held_elsewhere |= held
             if claim is None:
-                held_elsewhere = True
                 continue
-            try:
-                # again: someone may have just finished it
-                verdict = _verdict(job, names[key], planned, plan.launch_id, claimed=True)
-                if verdict == "settled":
-                    report(("settled", key, str(job_state(job, names[key]))))
-                    del remaining[key]
+            claims = {key: claim}
+            for other in list(remaining):
+                if len(claims) >= plan.fuse or processes > 1:  # a job of several processes is never fused
+                    break
+                if other in claims or spec(other).fusion_key != spec(key).fusion_key:
                     continue
-                status = read_status(job)
-                # a forced job is discarded once per launch: an attempt of this launch (interrupted,
-                # then taken over or requeued) resumes
-                fresh = plan.fresh and (status is None or status.launch_id != plan.launch_id)
-                report(("started", key))
+                more, held = claim_to_run(other)
+                held_elsewhere |= held
+                if more is not None:
+                    claims[other] = more
+            try:
+                fresh = {}
+                for k in claims:
+                    status = read_status(tree.job(k))
+                    # a forced job is discarded once per launch: an attempt of this launch (interrupted,
+                    # then taken over or requeued) resumes
+                    fresh[k] = plan.fresh and (status is None or status.launch_id != plan.launch_id)
+                    report(("started", k))
+                info = {**runtime_info, "launch_id": plan.launch_id}
+                lost = lambda: stop_requested() or any(c.lost for c in claims.values())  # noqa: E731
                 try:
-                    outcome = run_job(job.path, fresh=fresh, stop_requested=stop_requested,
-                                      runtime_info={**runtime_info, "launch_id": plan.launch_id}, claim=claim)
-                except StopRequested:  # asked to stop, or the claim was lost to a worker that took the job over
-                    outcome = JobOutcome(key, JobState.INTERRUPTED)
+                    if len(claims) == 1:
+                        outcomes = [run_job(tree.job(key).path, fresh=fresh[key], stop_requested=stop_requested,
+                                            runtime_info=info, claim=claim)]
+                    else:
+                        outcomes = run_fused_jobs([tree.job(k) for k in claims], [fresh[k] for k in claims], lost, info)
+                except StopRequested:  # asked to stop, or a claim was lost to a worker that took the job over
+                    outcomes = [JobOutcome(k, JobState.INTERRUPTED) for k in claims]
                 except Exception as error:  # run_job records variant errors itself; this is the rest
-                    outcome = JobOutcome(key, JobState.FAILED, errors={"job": f"{type(error).__name__}: {error}"})
+                    outcomes = [JobOutcome(k, JobState.FAILED, errors={"job": f"{type(error).__name__}: {error}"})
+                                for k in claims]
                     traceback.print_exc()
-                report(("finished", key, asdict(outcome)))
-                del remaining[key]
+                for outcome in outcomes:
+                    report(("finished", outcome.key, asdict(outcome)))
+                    del remaining[outcome.key]
             finally:
-                claim.release()
+                for held_claim in claims.values():
+                    held_claim.release()
         if remaining and held_elsewhere:
             if not wait_for_others:
                 return

@@ -37,6 +37,16 @@ class ModelOutput:
     # tokens are the batch's positions, row b * T + t for position t of sequence b
     layers: list[Routing] = field(default_factory=list)
 
+    def of_model(self, n: int) -> ModelOutput:
+        """Model n's output, from the output of models trained as one (models/fused.py: fields [N, ...])."""
+        pick = lambda t: None if t is None else t[n]  # noqa: E731
+        return ModelOutput(
+            y=self.y[n], aux_losses={k: v[n] for k, v in self.aux_losses.items()}, gate_probs=pick(self.gate_probs),
+            expert_index=pick(self.expert_index), expert_weights=pick(self.expert_weights),
+            metrics={k: v[n] for k, v in self.metrics.items()}, expert_load=pick(self.expert_load),
+            layers=[Routing(pick(r.gate_probs), pick(r.expert_index), pick(r.expert_weights), pick(r.expert_load))
+                    for r in self.layers])
+
     def routings(self) -> list[Routing]:
         """Every MoE layer's routing: one for a single-layer model, none without experts."""
         if self.layers:
@@ -90,6 +100,56 @@ class Model(nn.Module):
         if mode is not None:
             raise ValueError(f"{type(self).__name__} has no routing mode {mode!r}")
         yield
+
+
+def group_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [G, T, d] through G linear maps, weight [G, out, d] and bias [G, out], as one batched multiply.
+    A model alone is G = 1 of the same kernel: each of G models computes, forward and backward, bit for
+    bit what it computes alone (nn.Linear's matrix multiply rounds its weight gradient differently)."""
+    if bias is None:
+        return torch.bmm(x, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+class Linear(nn.Linear):
+    """nn.Linear computed by group_linear, so that a model trained alone and the same model fused
+    (models/fused.py) train identically."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(1, -1, x.shape[-1])
+        y = group_linear(rows, self.weight.unsqueeze(0), None if self.bias is None else self.bias.unsqueeze(0))
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool, generators: list[torch.Generator] | None = None,
+            sizes: list[int] | None = None) -> torch.Tensor:
+    """Inverted dropout, drawn as torch draws it on the CPU (a Bernoulli mask from the default
+    generator, scaled by 1/(1-p)), so that models trained as one (fused training: G models' rows along
+    dim 0, `sizes` rows each, equal shares by default) each draw from their own generator exactly the
+    mask they would draw alone; on every device alike."""
+    if not training or p == 0:
+        return x
+    keep = torch.empty_like(x)
+    if generators is None:
+        keep.bernoulli_(1 - p)
+    else:
+        for block, generator in zip(keep.split(sizes or len(x) // len(generators)), generators):
+            block.bernoulli_(1 - p, generator=generator)
+    return x * keep.div_(1 - p)
+
+
+class Dropout(nn.Module):
+    """nn.Dropout drawn by `dropout` (the same mask on every device for a seed, fused or not)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def count_parameters(model: nn.Module) -> int:

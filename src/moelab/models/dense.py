@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from moelab.models.backbone import CNNBackbone
-from moelab.models.base import Model, ModelOutput, image_shape
+from moelab.models.base import Dropout, Linear, Model, ModelOutput, image_shape
 from moelab.models.params import CNNParams, MLPParams
 
 
@@ -16,9 +16,9 @@ class MLP(Model):
         blocks: list[nn.Module] = []
         width = d_in
         for _ in range(p.layers):
-            blocks += [nn.Linear(width, p.hidden), nn.ReLU(), nn.Dropout(p.dropout)]
+            blocks += [Linear(width, p.hidden), nn.ReLU(), Dropout(p.dropout)]
             width = p.hidden
-        blocks.append(nn.Linear(width, d_out))
+        blocks.append(Linear(width, d_out))
         self.net = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
@@ -29,7 +29,7 @@ class CNN(Model):
     def __init__(self, d_in: int, d_out: int, p: CNNParams, input_shape=None):
         super().__init__()
         self.backbone = CNNBackbone(image_shape(input_shape, d_in, "cnn"), p.width, p.features)
-        self.head = nn.Sequential(nn.Dropout(p.dropout), nn.Linear(p.features, d_out))
+        self.head = nn.Sequential(Dropout(p.dropout), nn.Linear(p.features, d_out))
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
         return ModelOutput(y=self.head(self.backbone(x)))

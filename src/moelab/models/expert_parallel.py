@@ -30,7 +30,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from moelab.models.moe import MoE, add_segment_bias, gather_pairs, permute_rows
+from moelab.models.base import dropout
+from moelab.models.moe import LayerWeights, MoE, add_segment_bias, gather_pairs, permute_rows
 
 EXPERT_PARALLEL_ROUTERS = ("topk", "hash")
 
@@ -62,9 +63,13 @@ class ExpertShard:
     def first_expert(self) -> int:
         return self.rank * self.local_experts
 
-    def sparse(self, moe: MoE, x: torch.Tensor, expert_index: torch.Tensor, weights: torch.Tensor):
-        """MoE._sparse across ranks: the same (y, dropped, slot_outputs, processed), `processed` counting the
-        pairs of this rank's tokens per expert (the layer's load as this rank's routing sees it)."""
+    def sparse(self, moe: MoE, x: torch.Tensor, expert_index: torch.Tensor, mix: torch.Tensor, weights: LayerWeights,
+               generators):
+        """MoE._sparse across ranks, for one model (x [1, T, d]): the same (y, dropped, slot_outputs, processed),
+        `processed` counting the pairs of this rank's tokens per expert (the load as this rank's routing sees it)."""
+        if x.shape[0] != 1:
+            raise ValueError("expert parallelism trains one model at a time, not several fused into one")
+        x, expert_index, mix = x[0], expert_index[0], mix[0]
         tokens, k = expert_index.shape
         flat = expert_index.reshape(-1)
         order = torch.argsort(flat, stable=True)  # this rank's (token, slot) pairs grouped by expert
@@ -92,16 +97,16 @@ class ExpertShard:
         expert_counts = received_counts.sum(0)
         sizes = expert_counts.tolist()
 
-        h = add_segment_bias(moe._grouped_matmul(rows, moe.w1, expert_counts, sizes), moe.b1, sizes)
+        h = add_segment_bias(moe._grouped_matmul(rows, weights.w1, expert_counts, sizes), weights.b1, expert_counts)
         if moe.norm is not None:
-            h = moe.norm.grouped(h, expert_of_row[by_expert], sizes)
-        h = moe.dropout(F.relu(h, inplace=True))
-        out = add_segment_bias(moe._grouped_matmul(h, moe.w2, expert_counts, sizes), moe.b2, sizes)
+            h = moe.norm.grouped(h, expert_of_row[by_expert], sizes, weights.norm)
+        h = dropout(F.relu(h, inplace=True), moe.dropout_p, moe.training, generators)
+        out = add_segment_bias(moe._grouped_matmul(h, weights.w2, expert_counts, sizes), weights.b2, expert_counts)
 
         returned = exchange(permute_rows(out, back, by_expert), receive_sizes, send_sizes, self.group)
         slot_outputs = permute_rows(returned, inverse, order).view(tokens, k, -1)
-        y = torch.bmm(weights.unsqueeze(1), slot_outputs).squeeze(1)
-        return y, None, slot_outputs, counts
+        y = torch.bmm(mix.unsqueeze(1), slot_outputs).squeeze(1)
+        return y.unsqueeze(0), None, slot_outputs.unsqueeze(0), counts.unsqueeze(0)
 
 
 class _Exchange(torch.autograd.Function):

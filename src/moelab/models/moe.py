@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moelab.models.base import dropout, group_linear
 from moelab.models.params import AUX_LOSSES, BALANCE_LOSSES, BALANCES, ROUTERS
 
 ROUTINGS = ("soft", "topk")
@@ -45,6 +46,8 @@ _GROUPED_MM_UNSUPPORTED: set[tuple[str, torch.dtype]] = set()
 
 @dataclass
 class MoEOutput:
+    """A layer's output for one model; MoE.route gives the same fields with a leading model dimension."""
+
     y: torch.Tensor  # [T, d_out]
     gate_probs: torch.Tensor  # [T, E] softmax of the (tempered) router logits, before noise
     router_logits: torch.Tensor  # [T, E] float32, tempered
@@ -53,6 +56,14 @@ class MoEOutput:
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # weighted, by name
     dropped_fraction: torch.Tensor | None = None  # share of (token, slot) pairs over capacity
     expert_load: torch.Tensor | None = None  # [E] (token, expert) pairs each expert processed (sparse routing)
+    choice_counts: torch.Tensor | None = None  # [E] tokens each expert was chosen for (bias balancing, training)
+
+    def of_model(self, g: int) -> MoEOutput:
+        """Model g's part of a group's output."""
+        pick = lambda t: None if t is None else t[g]  # noqa: E731
+        return MoEOutput(self.y[g], self.gate_probs[g], self.router_logits[g], pick(self.expert_index),
+                         pick(self.expert_weights), {name: v[g] for name, v in self.aux_losses.items()},
+                         pick(self.dropped_fraction), pick(self.expert_load), pick(self.choice_counts))
 
 
 class MoE(nn.Module):
@@ -142,58 +153,83 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor, route_key: torch.Tensor | None = None) -> MoEOutput:
         """`route_key`: what the hash router hashes for each token (int64 token ids, or any tensor whose
         rows are hashed by value); the layer's input by default."""
-        out = self._routed(x, route_key)
-        if self.shared is not None:
-            out.y = out.y + self.shared(x)
+        out = self.route(x.unsqueeze(0), None if route_key is None else route_key.unsqueeze(0), self.weights())
+        if out.choice_counts is not None:
+            self._step_load = out.choice_counts[0]
+        return out.of_model(0)
+
+    def weights(self) -> LayerWeights:
+        """This layer's weights, as the one model of a group."""
+        router, shared = self.router, self.shared
+        return LayerWeights(
+            router_weight=None if router is None else router.weight.unsqueeze(0),
+            router_bias=None if router is None else router.bias.unsqueeze(0),
+            noise_weight=None if self.noise is None else self.noise.weight.unsqueeze(0),
+            w1=self.w1, b1=self.b1, w2=self.w2, b2=self.b2,
+            expert_bias=self.expert_bias.unsqueeze(0) if self.balance == "bias" else None,
+            shared=None if shared is None else (shared.w1, shared.b1, shared.w2, shared.b2),
+            norm=None if self.norm is None else self.norm.state(),
+            shared_norm=None if shared is None or shared.norm is None else shared.norm.state())
+
+    def route(self, x: torch.Tensor, route_key: torch.Tensor | None, weights: LayerWeights,
+              generators: list[torch.Generator] | None = None) -> MoEOutput:
+        """The layer for G models at once with this layer's settings: x [G, T, d_in], each model's tokens
+        routed among its own experts; every field of the output has a leading model dimension (the
+        auxiliary losses and the dropped share: [G]). `generators`: one per model, for its random draws
+        (gate noise, dropout); None: torch's default generator, as for a layer of its own."""
+        out = self._routed(x, route_key, weights, generators)
+        if weights.shared is not None:
+            out.y = out.y + self._shared(x, weights, generators)
         return out
 
-    def _routed(self, x: torch.Tensor, route_key: torch.Tensor | None) -> MoEOutput:
-        if self.router is None:
-            return self._hash_routed(x, x if route_key is None else route_key)
-        logits = self.router(x).float() / self.temperature
+    def _routed(self, x, route_key, weights: LayerWeights, generators) -> MoEOutput:
+        if weights.router_weight is None:
+            return self._hash_routed(x, x if route_key is None else route_key, weights, generators)
+        logits = group_linear(x, weights.router_weight, weights.router_bias).float() / self.temperature
         probs = logits.softmax(dim=-1)
         noisy_logits, noise_std = logits, None
-        if self.training and self.noise is not None:
-            noise_std = F.softplus(self.noise(x).float()) + 1e-2
-            noisy_logits = logits + torch.randn_like(logits) * noise_std
+        if self.training and weights.noise_weight is not None:
+            noise_std = F.softplus(group_linear(x, weights.noise_weight, None).float()) + 1e-2
+            noisy_logits = logits + normal_like(logits, generators) * noise_std
         elif self.training and self.gate_noise > 0:
-            noisy_logits = logits + torch.randn_like(logits) * self.gate_noise
+            noisy_logits = logits + normal_like(logits, generators) * self.gate_noise
 
         if self.routing == "soft":
             gates = noisy_logits.softmax(dim=-1) if noisy_logits is not logits else probs
-            outputs = self._all_experts(x)
-            y = torch.einsum("te,teo->to", gates.to(x.dtype), outputs)
+            outputs = self._all_experts(x, weights, generators)
+            y = torch.einsum("gte,gteo->gto", gates.to(x.dtype), outputs)
             aux = self._aux_losses(logits, gates, None, outputs=outputs)
             return MoEOutput(y, probs, logits, None, None, aux)
         if self.router_kind == "expert_choice":
-            return self._expert_choice(x, logits, probs)
+            return self._expert_choice(x, logits, probs, weights, generators)
 
         if self.router_kind == "sinkhorn":
             # balanced top-k in training; its weights are the plain router probabilities, so the router
             # learns through them (a softmax over one chosen expert would give it no gradient)
             choice = sinkhorn(logits.detach()) if self.training else probs
             expert_index = choice.topk(self.k, dim=-1).indices
-            weights = probs.gather(1, expert_index)
+            mix = probs.gather(-1, expert_index)
             top_logits = None
         else:
             kk = min(self.k + 1, self.num_experts)
             if self.balance == "bias":  # the bias decides the choice, the unbiased scores the weights
-                expert_index = (noisy_logits.softmax(dim=-1) + self.expert_bias).topk(self.k, dim=-1).indices
+                biased = noisy_logits.softmax(dim=-1) + weights.expert_bias.unsqueeze(1)
+                expert_index = biased.topk(self.k, dim=-1).indices
                 top_logits = noisy_logits.topk(kk, dim=-1).values
-                weights = noisy_logits.gather(1, expert_index).softmax(dim=-1)
+                mix = noisy_logits.gather(-1, expert_index).softmax(dim=-1)
             else:
                 top_logits, top_index = noisy_logits.topk(kk, dim=-1)
-                expert_index = top_index[:, : self.k]
-                weights = top_logits[:, : self.k].softmax(dim=-1)
+                expert_index = top_index[..., : self.k]
+                mix = top_logits[..., : self.k].softmax(dim=-1)
             if self.k == 1 and self.top1_probability:  # Switch: the chosen expert's router probability
-                weights = probs.gather(1, expert_index)
-        if self.training and self.balance == "bias":
-            self._step_load = torch.bincount(expert_index.reshape(-1), minlength=self.num_experts).float()
-        y, dropped, slot_outputs, processed = self._sparse(x, expert_index, weights.to(x.dtype))
-        load = (torch.bincount(expert_index.reshape(-1), minlength=self.num_experts).float() if top_logits is None
-                else self._shazeer_load(logits, noisy_logits, noise_std, top_logits, expert_index))
-        aux = self._aux_losses(logits, probs, expert_index, weights=weights, load=load, outputs=slot_outputs)
-        return MoEOutput(y, probs, logits, expert_index, weights, aux, dropped, processed)
+                mix = probs.gather(-1, expert_index)
+        counts = expert_counts(expert_index, self.num_experts)
+        y, dropped, slot_outputs, processed = self._sparse(x, expert_index, mix.to(x.dtype), weights, generators)
+        load = (counts.float() if top_logits is None
+                else self._shazeer_load(logits, noisy_logits, noise_std, top_logits, counts))
+        aux = self._aux_losses(logits, probs, expert_index, weights=mix, load=load, outputs=slot_outputs)
+        chosen = counts.float() if self.training and self.balance == "bias" else None
+        return MoEOutput(y, probs, logits, expert_index, mix, aux, dropped, processed, chosen)
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -208,92 +244,118 @@ class MoE(nn.Module):
         """Whether a token's output depends on the other tokens of its batch at inference."""
         return self.router_kind == "expert_choice" and self.eval_routing == "topk"
 
-    def _hash_routed(self, x: torch.Tensor, key: torch.Tensor) -> MoEOutput:
-        expert_index = hash_experts(key, self.hash_seed, self.num_experts).unsqueeze(1)
-        weights = torch.ones(len(x), 1, device=x.device)
-        y, dropped, slot_outputs, processed = self._sparse(x, expert_index, weights.to(x.dtype))
-        gates = F.one_hot(expert_index[:, 0], self.num_experts).float()
-        aux = self._aux_losses(gates.log().clamp_min(-30.0), gates, expert_index, weights=weights, outputs=slot_outputs)
-        return MoEOutput(y, gates, gates.log().clamp_min(-30.0), expert_index, weights, aux, dropped, processed)
+    def _hash_routed(self, x, key, weights: LayerWeights, generators) -> MoEOutput:
+        models, tokens = x.shape[:2]
+        expert_index = hash_experts(key.reshape(models * tokens, *key.shape[2:]), self.hash_seed,
+                                    self.num_experts).view(models, tokens, 1)
+        mix = torch.ones(models, tokens, 1, device=x.device)
+        y, dropped, slot_outputs, processed = self._sparse(x, expert_index, mix.to(x.dtype), weights, generators)
+        gates = F.one_hot(expert_index[..., 0], self.num_experts).float()
+        aux = self._aux_losses(gates.log().clamp_min(-30.0), gates, expert_index, weights=mix, outputs=slot_outputs)
+        return MoEOutput(y, gates, gates.log().clamp_min(-30.0), expert_index, mix, aux, dropped, processed)
 
-    def _expert_choice(self, x: torch.Tensor, logits: torch.Tensor, probs: torch.Tensor) -> MoEOutput:
+    def _expert_choice(self, x, logits, probs, weights: LayerWeights, generators) -> MoEOutput:
         """Each expert takes its c tokens of highest probability, c = ceil(capacity_factor * T * k / E)
         (Zhou et al. 2022); a token may be taken by several experts or by none (its routed output is 0)."""
-        tokens = len(x)
-        capacity = min(tokens, math.ceil((self.capacity_factor or 1.0) * tokens * self.k / self.num_experts))
-        gate, chosen = probs.t().topk(capacity, dim=1)  # [E, c]
-        rows = x[chosen.reshape(-1)]  # [E*c, d], grouped by expert
-        sizes = [capacity] * self.num_experts
-        h = torch.bmm(rows.view(self.num_experts, capacity, -1), self.w1) + self.b1.unsqueeze(1)
+        models, tokens, _ = x.shape
+        experts = self.num_experts
+        capacity = min(tokens, math.ceil((self.capacity_factor or 1.0) * tokens * self.k / experts))
+        gate, chosen = probs.transpose(1, 2).topk(capacity, dim=-1)  # [G, E, c]
+        token = (chosen + torch.arange(models, device=x.device).view(-1, 1, 1) * tokens).reshape(-1)  # in x's G * T rows
+        rows = x.reshape(models * tokens, -1)[token]  # [G * E * c, d], grouped by expert
+        h = torch.bmm(rows.view(models * experts, capacity, -1), weights.w1) + weights.b1.unsqueeze(1)
+        expert_of_row = torch.arange(experts, device=x.device).repeat_interleave(capacity)
         if self.norm is not None:
-            experts = torch.arange(self.num_experts, device=x.device).repeat_interleave(capacity)
-            h = self.norm.grouped(h.reshape(-1, h.shape[-1]), experts, sizes).view_as(h)
-        h = self.dropout(F.relu(h))
-        out = (torch.bmm(h, self.w2) + self.b2.unsqueeze(1)) * gate.unsqueeze(-1).to(x.dtype)
-        y = x.new_zeros(tokens, out.shape[-1]).index_add(0, chosen.reshape(-1), out.reshape(-1, out.shape[-1]))
+            h = self.norm.grouped(h.reshape(-1, h.shape[-1]), torch.arange(models * experts, device=x.device).repeat_interleave(capacity),
+                                  [capacity] * (models * experts), weights.norm).view_as(h)
+        h = dropout(F.relu(h), self.dropout_p, self.training, generators)
+        out = (torch.bmm(h, weights.w2) + weights.b2.unsqueeze(1)) * gate.reshape(models * experts, capacity, 1).to(x.dtype)
+        y = x.new_zeros(models * tokens, out.shape[-1]).index_add(0, token, out.reshape(-1, out.shape[-1]))
         # for the analysis, a token's expert is the one that gave it the largest weight (its best by
         # probability when no expert took it)
         assigned = torch.zeros_like(probs)
-        assigned[chosen.reshape(-1), torch.arange(self.num_experts, device=x.device).repeat_interleave(capacity)] = gate.reshape(-1)
-        taken = assigned.amax(dim=1) > 0
-        expert_index = torch.where(taken, assigned.argmax(dim=1), probs.argmax(dim=1)).unsqueeze(1)
-        weights = assigned.gather(1, expert_index)
-        aux = self._aux_losses(logits, probs, expert_index, weights=weights)
-        processed = torch.full((self.num_experts,), capacity, device=x.device)
-        return MoEOutput(y, probs, logits, expert_index, weights, aux, 1.0 - taken.float().mean(), processed)
+        assigned.view(models * tokens, experts)[token, expert_of_row.repeat(models)] = gate.reshape(-1)
+        taken = assigned.amax(dim=-1) > 0
+        expert_index = torch.where(taken, assigned.argmax(dim=-1), probs.argmax(dim=-1)).unsqueeze(-1)
+        mix = assigned.gather(-1, expert_index)
+        aux = self._aux_losses(logits, probs, expert_index, weights=mix)
+        processed = torch.full((models, experts), capacity, device=x.device)
+        return MoEOutput(y.view(models, tokens, -1), probs, logits, expert_index, mix, aux,
+                         1.0 - taken.float().mean(dim=-1), processed)
 
     def flops_per_token(self) -> int:
-        """Expert FLOPs of one token under the current routing (the router is an nn.Linear, counted apart)."""
+        """FLOPs of one token under the current routing: its router and the experts it uses."""
         used = self.num_experts if self.routing == "soft" else self.k
         if self.shared is not None:
             used += self.shared.w1.shape[0]
         d_in, hidden = self.w1.shape[1:]
-        return 2 * used * (d_in * hidden + hidden * self.w2.shape[2])
+        router = 0 if self.router is None else 2 * self.router.in_features * self.router.out_features
+        return router + 2 * used * (d_in * hidden + hidden * self.w2.shape[2])
 
     def expert_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """Every expert's output for every token, [T, E, d_out] (for analysis)."""
-        return self._all_experts(x)
+        return self._all_experts(x.unsqueeze(0), self.weights(), None)[0]
 
     # dispatch ------------------------------------------------------------------------------
 
-    def _all_experts(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.einsum("td,edh->teh", x, self.w1) + self.b1
+    def _all_experts(self, x, weights: LayerWeights, generators) -> torch.Tensor:
+        """[G, T, E, d_out]: every expert of each model on each of its tokens."""
+        models, experts = x.shape[0], self.num_experts
+        h = (torch.einsum("gtd,gedh->gteh", x, weights.w1.view(models, experts, *weights.w1.shape[1:]))
+             + weights.b1.view(models, 1, experts, -1))
         if self.norm is not None:
-            h = self.norm.all_experts(h)
-        h = self.dropout(F.relu(h))
-        return torch.einsum("teh,eho->teo", h, self.w2) + self.b2
+            h = self.norm.all_experts(h, weights.norm)
+        h = dropout(F.relu(h), self.dropout_p, self.training, generators)
+        return (torch.einsum("gteh,geho->gteo", h, weights.w2.view(models, experts, *weights.w2.shape[1:]))
+                + weights.b2.view(models, 1, experts, -1))
 
-    def _sparse(self, x, expert_index, weights):
+    def _shared(self, x, weights: LayerWeights, generators) -> torch.Tensor:
+        """The shared experts' summed output for every token, [G, T, d_out]."""
+        w1, b1, w2, b2 = weights.shared
+        models = x.shape[0]
+        count = w1.shape[0] // models
+        h = torch.einsum("gtd,gsdh->gtsh", x, w1.view(models, count, *w1.shape[1:])) + b1.view(models, 1, count, -1)
+        if self.shared.norm is not None:
+            h = self.shared.norm.all_experts(h, weights.shared_norm)
+        h = dropout(F.relu(h), self.shared.dropout_p, self.training, generators)
+        y = torch.einsum("gtsh,gsho->gto", h, w2.view(models, count, *w2.shape[1:]))
+        return (y + b2.view(models, count, -1).sum(1, keepdim=True)).to(x.dtype)
+
+    def _sparse(self, x, expert_index, mix, weights: LayerWeights, generators):
         if self.expert_shard is not None:
-            return self.expert_shard.sparse(self, x, expert_index, weights)
-        tokens, k = expert_index.shape
-        flat = expert_index.reshape(-1)
-        order = torch.argsort(flat, stable=True)  # (token, slot) pairs grouped by expert
+            return self.expert_shard.sparse(self, x, expert_index, mix, weights, generators)
+        models, tokens, k = expert_index.shape
+        experts = self.num_experts
+        # model g's experts are experts g * E ... g * E + E - 1 of one layer of G * E experts
+        flat = (expert_index + torch.arange(models, device=x.device).view(-1, 1, 1) * experts).reshape(-1)
+        order = torch.argsort(flat, stable=True)  # (token, slot) pairs grouped by expert, so by model
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order), device=order.device)
-        counts = torch.bincount(flat, minlength=self.num_experts)
+        counts = torch.bincount(flat, minlength=models * experts)
         # one row per (token, slot) pair, grouped by expert; the backward pass gathers with the
         # inverse permutation and sums over slots (no scatter-add)
-        grouped = gather_pairs(x, order, inverse, k)
-        experts = flat[order]
+        grouped = gather_pairs(x.reshape(models * tokens, -1), order, inverse, k)
+        expert_of_row = flat[order]
         dropped = None
         if self.capacity_factor is not None:
-            capacity = math.ceil(self.capacity_factor * tokens * k / self.num_experts)
+            capacity = math.ceil(self.capacity_factor * tokens * k / experts)
             first = torch.cumsum(counts, 0) - counts  # where each expert's block starts
-            keep = (torch.arange(len(order), device=x.device) - first[experts]) < capacity
-            dropped = 1.0 - keep.float().mean()
-            grouped, experts, counts = grouped[keep], experts[keep], counts.clamp(max=capacity)
+            keep = (torch.arange(len(order), device=x.device) - first[expert_of_row]) < capacity
+            dropped = 1.0 - keep.view(models, tokens * k).float().mean(dim=1)  # a model's pairs are one block
+            grouped, expert_of_row, counts = grouped[keep], expert_of_row[keep], counts.clamp(max=capacity)
         sizes = counts.tolist()
-        h = add_segment_bias(self._grouped_matmul(grouped, self.w1, counts, sizes), self.b1, sizes)
+        h = add_segment_bias(self._grouped_matmul(grouped, weights.w1, counts, sizes), weights.b1, counts)
         if self.norm is not None:
-            h = self.norm.grouped(h, experts, sizes)
-        h = self.dropout(F.relu(h, inplace=True))
-        grouped_out = add_segment_bias(self._grouped_matmul(h, self.w2, counts, sizes), self.b2, sizes)
+            h = self.norm.grouped(h, expert_of_row, sizes, weights.norm)
+        rows_per_model = [sum(sizes[g * experts:(g + 1) * experts]) for g in range(models)]
+        h = dropout(F.relu(h, inplace=True), self.dropout_p, self.training, generators, rows_per_model)
+        grouped_out = add_segment_bias(self._grouped_matmul(h, weights.w2, counts, sizes), weights.b2, counts)
         if dropped is not None:  # pairs over capacity contribute zero
             grouped_out = grouped_out.new_zeros(len(order), grouped_out.shape[1]).index_put((keep.nonzero().flatten(),), grouped_out)
-        slot_outputs = permute_rows(grouped_out, inverse, order).view(tokens, k, -1)  # back to (token, slot) order
-        y = torch.bmm(weights.unsqueeze(1), slot_outputs).squeeze(1)  # weighted sum over the k slots
-        return y, dropped, slot_outputs, counts
+        slot_outputs = permute_rows(grouped_out, inverse, order).view(models * tokens, k, -1)  # (token, slot) order
+        y = torch.bmm(mix.reshape(models * tokens, 1, k), slot_outputs).squeeze(1)  # weighted sum over the k slots
+        return (y.view(models, tokens, -1), dropped, slot_outputs.view(models, tokens, k, -1),
+                counts.view(models, experts))
 
     def _grouped_matmul(self, rows: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         """rows[i] @ weight[expert of row i], rows sorted by expert with `counts` rows each."""
@@ -316,28 +378,29 @@ class MoE(nn.Module):
 
     # auxiliary losses --------------------------------------------------------------------------
 
-    def _shazeer_load(self, logits, noisy_logits, noise_std, top_logits, expert_index) -> torch.Tensor:
+    def _shazeer_load(self, logits, noisy_logits, noise_std, top_logits, counts) -> torch.Tensor:
         """Expected number of tokens per expert (Shazeer et al. 2017), differentiable through the noise.
 
         For each expert: the probability that its noisy logit would still be in the top k if its
         noise were drawn again, the other experts' noisy logits fixed. The threshold it must beat
         is the k-th largest noisy logit if it is itself outside the top k, else the (k+1)-th. These
         are noisy *logits* on both sides. Without learned noise (or with k = E) the load is the
-        hard count of tokens per expert.
+        hard count of tokens per expert (`counts`).
         """
         if noise_std is None or self.k >= self.num_experts:
-            return torch.bincount(expert_index.reshape(-1), minlength=self.num_experts).float()
-        threshold_if_in = top_logits[:, self.k : self.k + 1]
-        threshold_if_out = top_logits[:, self.k - 1 : self.k]
+            return counts.float()
+        threshold_if_in = top_logits[..., self.k : self.k + 1]
+        threshold_if_out = top_logits[..., self.k - 1 : self.k]
         is_in = noisy_logits > threshold_if_in
         # no argument validation: NaN logits of a diverging run must reach the loss, where the trainer
         # reports the divergence, instead of failing here
         normal = torch.distributions.Normal(0.0, 1.0, validate_args=False)
         prob_if_in = normal.cdf((logits - threshold_if_in) / noise_std)
         prob_if_out = normal.cdf((logits - threshold_if_out) / noise_std)
-        return torch.where(is_in, prob_if_in, prob_if_out).sum(0)
+        return torch.where(is_in, prob_if_in, prob_if_out).sum(-2)
 
     def _aux_losses(self, logits, gates, expert_index, weights=None, load=None, outputs=None) -> dict:
+        """Each weighted auxiliary loss of each model, [G]."""
         if not self.training or not self.aux_weights:
             return {}
         losses = {}
@@ -345,7 +408,8 @@ class MoE(nn.Module):
             if name == "switch_balance":
                 value = switch_balance(gates, expert_index, self.k)
             elif name == "cv_balance":
-                importance = gates.sum(0) if weights is None else torch.zeros_like(gates).scatter(1, expert_index, weights).sum(0)
+                importance = (gates.sum(-2) if weights is None
+                              else torch.zeros_like(gates).scatter(-1, expert_index, weights).sum(-2))
                 value = cv_squared(importance) + (cv_squared(load) if load is not None else 0.0)
             elif name == "z_loss":
                 value = router_z_loss(logits)
@@ -357,6 +421,39 @@ class MoE(nn.Module):
         return losses
 
 
+@dataclass
+class LayerWeights:
+    """A MoE layer's weights for G models of the same architecture at once (a layer of its own: G = 1):
+    routers [G, E, d_in] and [G, E]; experts stacked model after model, [G * E, ...], so that model g's
+    experts are experts g * E ... g * E + E - 1 of one layer of G * E experts."""
+
+    router_weight: torch.Tensor | None  # None: the hash router
+    router_bias: torch.Tensor | None
+    noise_weight: torch.Tensor | None  # learned noise (noisy top-k)
+    w1: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
+    b2: torch.Tensor
+    expert_bias: torch.Tensor | None  # [G, E], bias balancing
+    shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None  # shared experts' w1, b1, w2, b2
+    norm: NormState | None = None  # batch norm inside the experts
+    shared_norm: NormState | None = None
+
+
+def normal_like(t: torch.Tensor, generators: list[torch.Generator] | None) -> torch.Tensor:
+    """Standard normal noise shaped like t [G, ...], each model's from its own generator."""
+    if generators is None:
+        return torch.randn_like(t)
+    return torch.stack([torch.randn(t.shape[1:], generator=g, device=t.device, dtype=t.dtype) for g in generators])
+
+
+def expert_counts(expert_index: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """[G, E]: the (token, slot) pairs each model sent to each of its experts; expert_index [G, T, k]."""
+    models = expert_index.shape[0]
+    offset = torch.arange(models, device=expert_index.device).view(-1, 1, 1) * num_experts
+    return torch.bincount((expert_index + offset).reshape(-1), minlength=models * num_experts).view(models, num_experts)
+
+
 def add_experts(module: nn.Module, count: int, d_in: int, d_hidden: int, d_out: int, batch_norm: bool,
                 dropout: float) -> None:
     """`count` two-layer MLP experts with stacked weights (w1: [count, d_in, d_hidden], b1, w2, b2), their
@@ -366,7 +463,7 @@ def add_experts(module: nn.Module, count: int, d_in: int, d_hidden: int, d_out: 
     module.w2 = nn.Parameter(torch.empty(count, d_hidden, d_out))
     module.b2 = nn.Parameter(torch.empty(count, d_out))
     module.norm = ExpertBatchNorm(count, d_hidden) if batch_norm else None
-    module.dropout = nn.Dropout(dropout)
+    module.dropout_p = dropout
 
 
 def init_experts(module: nn.Module) -> None:
@@ -378,30 +475,24 @@ def init_experts(module: nn.Module) -> None:
 
 
 class SharedExperts(nn.Module):
-    """Always-on experts (DeepSeekMoE): every token goes through each of them; their outputs are summed."""
+    """Always-on experts (DeepSeekMoE): every token goes through each of them; their outputs are summed
+    (MoE._shared)."""
 
     def __init__(self, count: int, d_in: int, d_hidden: int, d_out: int, batch_norm: bool, dropout: float):
         super().__init__()
         add_experts(self, count, d_in, d_hidden, d_out, batch_norm, dropout)
         init_experts(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.einsum("td,edh->teh", x, self.w1) + self.b1
-        if self.norm is not None:
-            h = self.norm.all_experts(h)
-        h = self.dropout(F.relu(h))
-        return (torch.einsum("teh,eho->to", h, self.w2) + self.b2.sum(0)).to(x.dtype)
-
 
 @torch.no_grad()
 def sinkhorn(logits: torch.Tensor, iterations: int = SINKHORN_ITERATIONS) -> torch.Tensor:
-    """A balanced assignment [T, E] from router logits: exp(logits) scaled alternately so every token's
-    row sums to 1 and every expert's column to T/E (BASE layers' balanced assignment, relaxed)."""
-    scores = (logits - logits.amax()).exp().double() + 1e-30
-    tokens, experts = scores.shape
+    """A balanced assignment [..., T, E] from router logits: exp(logits) scaled alternately so every
+    token's row sums to 1 and every expert's column to T/E (BASE layers' balanced assignment, relaxed)."""
+    scores = (logits - logits.amax(dim=(-2, -1), keepdim=True)).exp().double() + 1e-30
+    tokens, experts = scores.shape[-2:]
     for _ in range(iterations):
-        scores = scores / scores.sum(dim=0, keepdim=True) * (tokens / experts)
-        scores = scores / scores.sum(dim=1, keepdim=True)
+        scores = scores / scores.sum(dim=-2, keepdim=True) * (tokens / experts)
+        scores = scores / scores.sum(dim=-1, keepdim=True)
     return scores.float()
 
 
@@ -423,6 +514,16 @@ def hash_experts(key: torch.Tensor, seed: int, num_experts: int) -> torch.Tensor
     return h.remainder(num_experts)
 
 
+@dataclass
+class NormState:
+    """An ExpertBatchNorm's parameters and running statistics, [G * E, H] for G models (G = 1: its own)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
+
 class ExpertBatchNorm(nn.Module):
     """Batch norm with statistics of its own for each expert, over the tokens that expert sees."""
 
@@ -434,32 +535,40 @@ class ExpertBatchNorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_experts, width))
         self.register_buffer("running_var", torch.ones(num_experts, width))
 
-    def all_experts(self, h: torch.Tensor) -> torch.Tensor:  # h: [T, E, H]
-        if self.training and h.shape[0] > 1:
-            mean, var = h.mean(0), h.var(0, unbiased=False)
-            self._update(mean, var * h.shape[0] / (h.shape[0] - 1), torch.ones(h.shape[1], dtype=torch.bool, device=h.device))
-        else:
-            mean, var = self.running_mean, self.running_var
-        return (h - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+    def state(self) -> NormState:
+        return NormState(self.weight, self.bias, self.running_mean, self.running_var)
 
-    def grouped(self, h: torch.Tensor, experts: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-        """h: [N, H], rows sorted by expert (`experts` per row, `sizes` rows per expert)."""
-        if self.training:
-            counts = torch.tensor(sizes, device=h.device)
-            blocks = h.split(sizes)
-            mean = torch.stack([b.mean(0) if len(b) else h.new_zeros(h.shape[1]) for b in blocks])
-            var = torch.stack([b.var(0, unbiased=False) if len(b) else h.new_ones(h.shape[1]) for b in blocks])
-            n = counts.clamp(min=2).unsqueeze(1).to(h.dtype)
-            self._update(mean, var * n / (n - 1), counts > 1)
+    def all_experts(self, h: torch.Tensor, state: NormState) -> torch.Tensor:  # h: [G, T, E, H]
+        models, tokens, experts, width = h.shape
+        if self.training and tokens > 1:
+            mean, var = h.mean(1), h.var(1, unbiased=False)
+            self._update(state, mean.flatten(0, 1), (var * tokens / (tokens - 1)).flatten(0, 1),
+                         torch.ones(models * experts, dtype=torch.bool, device=h.device))
         else:
-            mean, var = self.running_mean, self.running_var
-        return (h - mean[experts]) / torch.sqrt(var[experts] + self.eps) * self.weight[experts] + self.bias[experts]
+            mean, var = state.running_mean.view(models, experts, width), state.running_var.view(models, experts, width)
+        shape = (models, 1, experts, width)
+        return ((h - mean.unsqueeze(1)) / torch.sqrt(var.unsqueeze(1) + self.eps) * state.weight.view(shape)
+                + state.bias.view(shape))
+
+    def grouped(self, h: torch.Tensor, experts: torch.Tensor, sizes: list[int], state: NormState) -> torch.Tensor:
+        """h: [N, H], rows sorted by expert (`experts` per row, `sizes` rows per expert)."""
+        if self.training:  # every expert's statistics at once, over its own block of rows
+            counts = torch.tensor(sizes, device=h.device)
+            rows = counts.clamp(min=1).unsqueeze(1).to(h.dtype)
+            mean = segment_sum(h, counts) / rows
+            var = segment_sum((h - mean[experts]).square(), counts) / rows
+            var = torch.where(counts.unsqueeze(1) > 0, var, torch.ones_like(var))  # no rows: the identity
+            n = counts.clamp(min=2).unsqueeze(1).to(h.dtype)
+            self._update(state, mean, var * n / (n - 1), counts > 1)
+        else:
+            mean, var = state.running_mean, state.running_var
+        return (h - mean[experts]) / torch.sqrt(var[experts] + self.eps) * state.weight[experts] + state.bias[experts]
 
     @torch.no_grad()
-    def _update(self, mean: torch.Tensor, unbiased_var: torch.Tensor, seen: torch.Tensor) -> None:
+    def _update(self, state: NormState, mean: torch.Tensor, unbiased_var: torch.Tensor, seen: torch.Tensor) -> None:
         m = self.momentum * seen.unsqueeze(1).to(mean.dtype)  # experts without tokens keep their stats
-        self.running_mean.mul_(1 - m).add_(m * mean.detach())
-        self.running_var.mul_(1 - m).add_(m * unbiased_var.detach())
+        state.running_mean.mul_(1 - m).add_(m * mean.detach())
+        state.running_var.mul_(1 - m).add_(m * unbiased_var.detach())
 
 
 class _GatherPairs(torch.autograd.Function):
@@ -503,63 +612,68 @@ def permute_rows(rows: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) 
 
 
 class _SegmentBias(torch.autograd.Function):
-    """rows + bias[e] for consecutive blocks of `sizes[e]` rows; the bias gradient is a sum per block."""
+    """rows + bias[e] for consecutive blocks of `counts[e]` rows; the bias gradient is a sum per block
+    (segment_reduce: one kernel for every block, deterministic, unlike a scatter-add)."""
 
     @staticmethod
-    def forward(ctx, rows, bias, sizes):
+    def forward(ctx, rows, bias, counts):
         # in place: `rows` is a fresh matmul result that nothing else needs
-        ctx.sizes = sizes
+        ctx.save_for_backward(counts)
         ctx.mark_dirty(rows)
-        for e, block in enumerate(rows.split(sizes)):
-            block.add_(bias[e])
-        return rows
+        return rows.add_(bias.repeat_interleave(counts, dim=0, output_size=len(rows)))
 
     @staticmethod
     def backward(ctx, grad):
-        sums = [block.sum(0) for block in grad.split(ctx.sizes)]
-        return grad, torch.stack(sums), None
+        (counts,) = ctx.saved_tensors
+        return grad, segment_sum(grad, counts), None
 
 
-def add_segment_bias(rows: torch.Tensor, bias: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    return _SegmentBias.apply(rows, bias, sizes)
+def add_segment_bias(rows: torch.Tensor, bias: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    return _SegmentBias.apply(rows, bias, counts)
+
+
+def segment_sum(rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """[len(counts), ...]: the sum of each block of counts[e] consecutive rows (0 for an empty block)."""
+    return torch.segment_reduce(rows, "sum", lengths=counts, axis=0, unsafe=True)
 
 
 def cv_squared(x: torch.Tensor) -> torch.Tensor:
-    """Squared coefficient of variation; 0 when all entries are equal (a balanced routing)."""
-    if x.numel() <= 1:
-        return x.new_zeros(())
-    return x.float().var(unbiased=False) / (x.float().mean() ** 2 + 1e-10)
+    """Squared coefficient of variation over the last dimension; 0 when all entries are equal (a balanced
+    routing)."""
+    if x.shape[-1] <= 1:
+        return x.new_zeros(x.shape[:-1])
+    return x.float().var(dim=-1, unbiased=False) / (x.float().mean(dim=-1) ** 2 + 1e-10)
 
 
 def switch_balance(gates: torch.Tensor, expert_index: torch.Tensor | None, k: int) -> torch.Tensor:
     """Switch Transformer balance loss (E/k) * sum_i f_i * P_i: f_i the share of tokens sent to
     expert i (summing to k), P_i its mean router probability. Equals 1 for a perfectly balanced
-    routing. Under soft routing, f_i is the share of tokens whose top expert is i."""
-    num_experts = gates.shape[1]
-    chosen = gates.argmax(dim=1, keepdim=True) if expert_index is None else expert_index
-    k = chosen.shape[1]
-    f = torch.bincount(chosen.reshape(-1), minlength=num_experts).float() / gates.shape[0]
-    return num_experts / k * (f * gates.float().mean(0)).sum()
+    routing. Under soft routing, f_i is the share of tokens whose top expert is i. gates [..., T, E]."""
+    num_experts = gates.shape[-1]
+    chosen = gates.argmax(dim=-1, keepdim=True) if expert_index is None else expert_index
+    k = chosen.shape[-1]
+    f = F.one_hot(chosen, num_experts).sum(dim=(-3, -2)).float() / gates.shape[-2]
+    return num_experts / k * (f * gates.float().mean(-2)).sum(-1)
 
 
 def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
-    """mean(logsumexp(z)^2): keeps router logits small (ST-MoE)."""
-    return torch.logsumexp(logits.float(), dim=-1).square().mean()
+    """mean(logsumexp(z)^2) over the tokens: keeps router logits small (ST-MoE)."""
+    return torch.logsumexp(logits.float(), dim=-1).square().mean(-1)
 
 
 def kl_to_uniform(gates: torch.Tensor) -> torch.Tensor:
     """KL(mean gate || uniform): 0 when experts get equal probability mass on average."""
-    mean = gates.float().mean(0).clamp_min(1e-12)
-    return (mean * (mean * gates.shape[1]).log()).sum()
+    mean = gates.float().mean(-2).clamp_min(1e-12)
+    return (mean * (mean * gates.shape[-1]).log()).sum(-1)
 
 
 def output_similarity(outputs: torch.Tensor | None) -> torch.Tensor:
-    """Mean pairwise cosine similarity of the expert outputs each token received ([T, n, d], n >= 2);
+    """Mean pairwise cosine similarity of the expert outputs each token received ([..., T, n, d], n >= 2);
     penalising it pushes experts to produce different outputs. 0 when a token sees one expert."""
-    if outputs is None or outputs.shape[1] < 2:
-        return torch.zeros((), device=outputs.device if outputs is not None else None)
+    if outputs is None or outputs.shape[-2] < 2:
+        return torch.zeros(() if outputs is None else outputs.shape[:-3], device=None if outputs is None else outputs.device)
     unit = F.normalize(outputs.float(), dim=-1)
-    sims = unit @ unit.transpose(1, 2)  # [T, n, n]
-    n = outputs.shape[1]
-    off_diagonal = sims.sum(dim=(1, 2)) - sims.diagonal(dim1=1, dim2=2).sum(dim=1)
-    return (off_diagonal / (n * (n - 1))).mean()
+    sims = unit @ unit.transpose(-1, -2)  # [..., T, n, n]
+    n = outputs.shape[-2]
+    off_diagonal = sims.sum(dim=(-2, -1)) - sims.diagonal(dim1=-2, dim2=-1).sum(dim=-1)
+    return (off_diagonal / (n * (n - 1))).mean(-1)

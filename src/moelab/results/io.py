@@ -66,14 +66,17 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write(path, lambda f: f.write(text))
 
 
-def append_jsonl(path: Path, row: dict) -> None:
-    """Append one line with a single write() call, so a line is either whole or absent."""
+def append_jsonl(path: Path, row: dict, sync: bool = True) -> None:
+    """Append one line with a single write() call, so a line is either whole or absent. `sync: False`
+    for lines that another record can rebuild (a variant's metrics: its checkpoint's history), so
+    that the disk's sync stays out of the epoch loop."""
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(row, default=_json_default) + "\n"
     with open(path, "a") as f:
         f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def file_sha256(path: Path) -> str:

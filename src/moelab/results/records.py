@@ -41,6 +41,13 @@ class JobSpec:
     def variant_names(self) -> list[str]:
         return [v["name"] for v in self.variants]
 
+    @property
+    def fusion_key(self) -> str:
+        """Equal for jobs that differ only in their seed: they train the same networks with the same
+        settings, and fused training may train them as one."""
+        return json.dumps({**{k: v for k, v in self.config.items() if k != "seed"},
+                           "continued_from": self.continued_from}, sort_keys=True, default=str)
+
     def variant(self, name: str) -> dict | None:
         return next((v for v in self.variants if v["name"] == name), None)
 

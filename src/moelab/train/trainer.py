@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -118,7 +119,7 @@ class Execution:
                 self._fall_back(error)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
-        with torch.autocast(self.device_type, dtype=AUTOCAST_DTYPES.get(self.precision), enabled=self.precision != "fp32"):
+        with autocast(self.precision, self.device_type):
             if not self._unchecked:
                 return self.forward(x, y)
             self._unchecked = False
@@ -134,8 +135,8 @@ class Execution:
         else:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(optimizer)  # clipping sees the true gradients
-        if grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
+        if grad_clip:  # one model: its parameters' gradients with a model dimension of 1
+            clip_grad_norms([p.grad.unsqueeze(0) for p in self.model.parameters() if p.grad is not None], grad_clip)
         if self.scaler is None:
             optimizer.step()
         else:
@@ -152,6 +153,21 @@ class Execution:
               f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); training eagerly instead",
               file=sys.stderr, flush=True)
         self.forward, self.compiled, self._unchecked = self.stepped, False, False
+
+
+@torch.no_grad()
+def clip_grad_norms(grads: list[torch.Tensor], max_norm: float) -> None:
+    """nn.utils.clip_grad_norm_ for each of N models at once: `grads` [N, ...] each, model n's gradient
+    norm over its slices [n] (the same arithmetic for a model alone, N = 1, and fused)."""
+    norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)  # [N]
+    coefficient = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coefficient.view(-1, *[1] * (g.dim() - 1)).to(g.dtype))
+
+
+def autocast(precision: str, device_type: str):
+    """The forward pass's autocast for train.precision (off for fp32)."""
+    return torch.autocast(device_type, dtype=AUTOCAST_DTYPES.get(precision), enabled=precision != "fp32")
 
 
 @contextlib.contextmanager
@@ -193,7 +209,7 @@ def train_members(members: list[Member], data: TaskData, settings: TrainSettings
     `on_finished(member, None, error)` when it failed (a failure of the shared training fails every
     member still training). Members whose checkpoints are at different epochs (a job stopped between
     two members' writes) train one after the other instead: the same results, at the cost of time."""
-    starts = {_start_epoch(m.out, continued_from, settings, device) for m in members}
+    starts = {start_epoch(m.out, continued_from, settings, device) for m in members}
     if len(members) > 1 and len(starts) > 1:
         for member in members:
             train_members([member], data, settings, seed, device, stop_requested, continued_from, on_finished)
@@ -202,7 +218,7 @@ def train_members(members: list[Member], data: TaskData, settings: TrainSettings
         fit(members, data, settings, seed, device, stop_requested, continued_from, on_finished)
 
 
-def _start_epoch(out: VariantTree, continued_from: dict | None, settings: TrainSettings, device: torch.device) -> int:
+def start_epoch(out: VariantTree, continued_from: dict | None, settings: TrainSettings, device: torch.device) -> int:
     """The epoch a variant's training starts from: its checkpoint's, else 0 (a continuation: -1, the
     shorter job's checkpoint)."""
     if out.last_checkpoint.exists() and not _damaged(out, settings, device):
@@ -220,111 +236,158 @@ def provenance(variant: dict, continued_from: dict | None) -> dict:
     return found
 
 
+@dataclass
+class Training:
+    """One network's training as its epoch loop starts: the model (every member's checkpoint loaded), its
+    optimizer, schedule, step and shuffle, and the epoch to start from."""
+
+    members: list[Member]
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    execution: Execution
+    shuffle: torch.Generator
+    start_epoch: int
+
+
+def prepare(members: list[Member], data: TaskData, settings: TrainSettings, seed: int, device: torch.device,
+            continued_from: dict | None) -> Training:
+    """Build the members' network from the seed and load what it starts from: the members' own checkpoints,
+    else the ones of the job they continue, else their init_from weights, else nothing (at random)."""
+    task = TASKS[data.task]
+    lead = members[0].variant
+    torch.manual_seed(seed)  # every variant of a job starts from the same seed: paired comparisons
+    model = build_model(lead["model"], data.d_in, data.d_out, model_params(lead), data.input_shape).to(device)
+    optimizer = make_optimizer(model, settings)
+    scheduler = make_scheduler(optimizer, settings)
+    execution = Execution(model, settings, device)
+    shuffle = torch.Generator().manual_seed(seed)
+    # a member of a shared training validates and is tested on a model of its own class; building it
+    # must not draw from the training's random numbers
+    with torch.random.fork_rng(devices=_rng_devices(device)):
+        for member in members:
+            member.model = model if len(members) == 1 else build_model(
+                member.variant["model"], data.d_in, data.d_out, model_params(member.variant), data.input_shape).to(device)
+            member.stopper = EarlyStopping(settings.early_stopping.patience, settings.early_stopping.min_delta,
+                                           task.primary_higher_is_better)
+    start_epoch = 0
+    first = members[0].out
+    if first.last_checkpoint.exists():  # every member's checkpoint is at this epoch (train_members)
+        for member in members:
+            start_epoch, member.history, member.test_experts = load_checkpoint(
+                member.out, model, optimizer, scheduler, shuffle, member.stopper, device, execution.scaler)
+            write_jsonl(member.out.metrics_file, [metrics_line(r) for r in member.history])  # drop lines after it
+    elif continued_from is not None:
+        for member in members:
+            shorter = JobTree(member.out.path.parent).sibling(continued_from["job"]).variant(member.out.name)
+            if not shorter.last_checkpoint.is_file():
+                raise FileNotFoundError(f"this job continues {shorter.path}, which has no checkpoint "
+                                        f"{shorter.last_checkpoint.name} any more; launch with --force to train from zero")
+            start_epoch, member.history, member.test_experts = load_checkpoint(
+                shorter, model, optimizer, scheduler, shuffle, member.stopper, device, execution.scaler)
+            carry_best_weights(shorter, member.out, model, member.stopper, start_epoch, settings)
+            write_jsonl(member.out.metrics_file, [metrics_line(r) for r in member.history])
+        # the epochs to come follow this job's learning-rate schedule, for its own number of epochs; the
+        # optimizer holds the rate the shorter job's schedule set
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(start_epoch)
+    else:
+        for member in members:
+            member.out.metrics_file.unlink(missing_ok=True)
+        if "init_from" in lead:
+            model.load_state_dict(load_weights(lead["init_from"], device))
+    return Training(members, model, optimizer, scheduler, execution, shuffle, start_epoch)
+
+
 def fit(members: list[Member], data: TaskData, settings: TrainSettings, seed: int, device: torch.device,
         stop_requested: Callable[[], bool], continued_from: dict | None,
         on_finished: Callable[[Member, dict | None, Exception | None], None]) -> None:
-    """The epoch loop: train, then for every member validate, checkpoint and `on_epoch(history)`. Starts
-    from the members' own checkpoints, else from the ones of the job they continue, else from their
-    init_from weights, else at random."""
-    task = TASKS[data.task]
-    lead = members[0].variant
+    """The epoch loop: train, then for every member validate, checkpoint and `on_epoch(history)`."""
     try:  # building the model and loading what it starts from: a failure here fails every member
-        torch.manual_seed(seed)  # every variant of a job starts from the same seed: paired comparisons
-        model = build_model(lead["model"], data.d_in, data.d_out, model_params(lead), data.input_shape).to(device)
-        optimizer = make_optimizer(model, settings)
-        scheduler = make_scheduler(optimizer, settings)
-        execution = Execution(model, settings, device)
-        shuffle = torch.Generator().manual_seed(seed)
-        # a member of a shared training validates and is tested on a model of its own class; building it
-        # must not draw from the training's random numbers
-        with torch.random.fork_rng(devices=_rng_devices(device)):
-            for member in members:
-                member.model = model if len(members) == 1 else build_model(
-                    member.variant["model"], data.d_in, data.d_out, model_params(member.variant), data.input_shape).to(device)
-                member.stopper = EarlyStopping(settings.early_stopping.patience, settings.early_stopping.min_delta,
-                                               task.primary_higher_is_better)
-        start_epoch = 0
-        first = members[0].out
-        if first.last_checkpoint.exists():  # every member's checkpoint is at this epoch (train_members)
-            for member in members:
-                start_epoch, member.history, member.test_experts = load_checkpoint(
-                    member.out, model, optimizer, scheduler, shuffle, member.stopper, device, execution.scaler)
-                write_jsonl(member.out.metrics_file, [metrics_line(r) for r in member.history])  # drop lines after it
-        elif continued_from is not None:
-            for member in members:
-                shorter = JobTree(member.out.path.parent).sibling(continued_from["job"]).variant(member.out.name)
-                if not shorter.last_checkpoint.is_file():
-                    raise FileNotFoundError(f"this job continues {shorter.path}, which has no checkpoint "
-                                            f"{shorter.last_checkpoint.name} any more; launch with --force to train from zero")
-                start_epoch, member.history, member.test_experts = load_checkpoint(
-                    shorter, model, optimizer, scheduler, shuffle, member.stopper, device, execution.scaler)
-                carry_best_weights(shorter, member.out, model, member.stopper, start_epoch, settings)
-                write_jsonl(member.out.metrics_file, [metrics_line(r) for r in member.history])
-            # the epochs to come follow this job's learning-rate schedule, for its own number of epochs; the
-            # optimizer holds the rate the shorter job's schedule set
-            for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-                group["lr"] = base * factor(start_epoch)
-        else:
-            for member in members:
-                member.out.metrics_file.unlink(missing_ok=True)
-            if "init_from" in lead:
-                model.load_state_dict(load_weights(lead["init_from"], device))
+        run = prepare(members, data, settings, seed, device, continued_from)
     except Exception as error:
         for member in members:
             on_finished(member, None, error)
         return
+    model, optimizer, scheduler, execution = run.model, run.optimizer, run.scheduler, run.execution
+
+    writer = CheckpointWriter()
 
     def done(member: Member, error: Exception | None = None) -> None:
         training.remove(member)
-        if error is not None:
-            on_finished(member, None, error)
-            return
-        fitted = Fit(member.model, member.history, member.stopper, provenance(member.variant, continued_from),
-                     execution.describe())
-        try:
-            with torch.random.fork_rng(devices=_rng_devices(device)):  # the others go on training
-                results = finish(member.variant, fitted, data, settings, member.out, device)
-        except Exception as failure:  # recorded by the caller; the other members go on
-            on_finished(member, None, failure)
-            return
-        on_finished(member, results, None)
+        writer.close()  # its files are whole before it is tested
+        finish_member(member, error, execution.describe(), data, settings, device, continued_from, on_finished)
 
     training = list(members)
-    for epoch in range(start_epoch, settings.epochs):
-        for member in [m for m in training if m.stopper.should_stop]:
-            done(member)
-        if not training:
-            break
-        started = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        model.set_progress(epoch / settings.epochs)
-        try:
-            train = train_one_epoch(model, data, optimizer, shuffle, settings, stop_requested, execution)
-        except StopRequested:
-            raise
-        except Exception as error:  # the shared training failed: so did every member still training
-            for member in list(training):
-                done(member, error)
-            return
-        scheduler.step()
-        for member in list(training):
+    try:
+        for epoch in range(run.start_epoch, settings.epochs):
+            for member in [m for m in training if m.stopper.should_stop]:
+                done(member)
+            if not training:
+                break
+            started = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            model.set_progress(epoch / settings.epochs)
             try:
-                history = member.history
-                history.append(validate(member, model, data, settings, epoch, train, lr, started))
-                append_jsonl(member.out.metrics_file, metrics_line(history[-1]))
-                check_finite(history[-1], epoch)
-                if member.stopper.update(history[-1][f"val_{task.primary}"], epoch):
-                    save_atomic(member.out.best_weights, model.state_dict())
-                save_checkpoint(member.out, epoch + 1, model, optimizer, scheduler, shuffle, member.stopper, history,
-                                member.test_experts, execution.scaler)
-            except Exception as error:
-                done(member, error)
-                continue
-            member.on_epoch(history)
-        if stop_requested() and any(not m.stopper.should_stop for m in training) and epoch + 1 < settings.epochs:
-            raise StopRequested(f"stopped after epoch {epoch} on request; resumes from the checkpoint")
-    for member in list(training):
-        done(member)
+                train = train_one_epoch(model, data, optimizer, run.shuffle, settings, stop_requested, execution)
+            except StopRequested:
+                raise
+            except Exception as error:  # the shared training failed: so did every member still training
+                for member in list(training):
+                    done(member, error)
+                return
+            scheduler.step()
+            state = checkpoint_state(optimizer.state_dict(), scheduler, run.shuffle, global_rng(), execution.scaler)
+            recorded = []
+            for member in list(training):
+                try:
+                    record_epoch(member, model, data, settings, epoch, train, lr, started, state, writer)
+                    recorded.append(member)
+                except Exception as error:
+                    done(member, error)
+            writer.flush()  # written while the callbacks and the next epoch run
+            for member in recorded:
+                member.on_epoch(member.history)
+            if stop_requested() and any(not m.stopper.should_stop for m in training) and epoch + 1 < settings.epochs:
+                raise StopRequested(f"stopped after epoch {epoch} on request; resumes from the checkpoint")
+        for member in list(training):
+            done(member)
+    finally:
+        writer.close()
+
+
+def finish_member(member: Member, error: Exception | None, execution: dict, data: TaskData, settings: TrainSettings,
+                  device: torch.device, continued_from: dict | None,
+                  on_finished: Callable[[Member, dict | None, Exception | None], None]) -> None:
+    """A member's training ended: test it and write its results (unless it failed), then tell `on_finished`."""
+    if error is not None:
+        on_finished(member, None, error)
+        return
+    fitted = Fit(member.model, member.history, member.stopper, provenance(member.variant, continued_from), execution)
+    try:
+        with torch.random.fork_rng(devices=_rng_devices(device)):  # the others go on training
+            results = finish(member.variant, fitted, data, settings, member.out, device)
+    except Exception as failure:  # recorded by the caller; the other members go on
+        on_finished(member, None, failure)
+        return
+    on_finished(member, results, None)
+
+
+def record_epoch(member: Member, model: nn.Module, data: TaskData, settings: TrainSettings, epoch: int, train: dict,
+                 lr: float, started: float, state: dict, writer: CheckpointWriter) -> None:
+    """A member's end of epoch: validate, append its metrics line, stop on divergence, keep its best
+    weights, and checkpoint (the training's `state` beside the member's own), through `writer`."""
+    history = member.history
+    history.append(validate(member, model, data, settings, epoch, train, lr, started))
+    # not synced: a resume rewrites the metrics from the checkpoint's history
+    append_jsonl(member.out.metrics_file, metrics_line(history[-1]), sync=False)
+    check_finite(history[-1], epoch)
+    if member.stopper.update(history[-1][f"val_{TASKS[data.task].primary}"], epoch):
+        writer.write(member.out.best_weights, model.state_dict())
+    writer.write(member.out.last_checkpoint, {
+        "next_epoch": epoch + 1, "model": model.state_dict(), "early_stopping": asdict(member.stopper),
+        "history": history, "test_experts": member.test_experts, **state,
+    })
 
 
 def validate(member: Member, model: nn.Module, data: TaskData, settings: TrainSettings, epoch: int, train: dict,
@@ -410,14 +473,11 @@ def first_experts_of_test_set(model, data: TaskData, settings: TrainSettings) ->
 def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSettings,
                     stop_requested: Callable[[], bool] = lambda: False, execution: Execution | None = None) -> dict:
     execution = execution or Execution(model, settings, data.x_train.device)
-    task_name = data.task
-    task = TASKS[task_name]
+    task = TASKS[data.task]
     model.train()
     x, y = data.x_train, data.y_train
     order = torch.randperm(len(x), generator=shuffle).to(x.device)
-    sums: dict[str, torch.Tensor] = {}
-    loss_sum = torch.zeros((), device=x.device)
-    batch_loads, batch_choices = [], []  # per batch: first choices per expert, and their number
+    sums = EpochSums(data.task)
     ranks = current_ranks()
     for start in range(0, len(x), settings.batch_size):
         if stop_requested():  # the epoch is redone from the checkpoint on resume, with the same shuffle
@@ -433,9 +493,28 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSe
         optimizer.zero_grad(set_to_none=True)
         execution.backward_and_step(loss, optimizer, settings.grad_clip)
         model.after_step()
-        n = len(index)
-        loss_sum += task_loss.detach() * n
-        batch = batch_stats(task_name, out.y.detach().float(), y[index])
+        sums.add(out, y[index], task_loss)
+    if ranks is not None:  # the epoch's figures are those of every rank's samples
+        sums.sum_over(ranks)
+    return sums.row()
+
+
+class EpochSums:
+    """A model's sums over the batches of an epoch (loss, task metrics, auxiliary losses, expert counts),
+    kept on the device until `row` (one transfer per epoch)."""
+
+    def __init__(self, task_name: str):
+        self.task_name = task_name
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.batch_loads: list[torch.Tensor] = []  # per batch: first choices of each expert
+        self.batch_choices: list[int] = []  # per batch: how many first choices (samples x MoE layers)
+
+    def add(self, out, targets: torch.Tensor, task_loss: torch.Tensor) -> None:
+        n = len(targets)
+        self.count += n
+        batch = batch_stats(self.task_name, out.y.detach().float(), targets)
+        batch["loss"] = task_loss.detach() * n
         for name, value in out.aux_losses.items():
             batch[f"aux_{name}"] = value.detach() * n
         for name, value in out.metrics.items():
@@ -449,24 +528,33 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSe
             batch[f"assignment_count_{i}"] = routing.expert_load.float() if routing.expert_load is not None else counts
             batch[f"gate_prob_sum_{i}"] = routing.gate_probs.detach().sum(dim=0)
         if routings:
-            batch_loads.append(sum(batch[f"expert_count_{i}"] for i in range(len(routings))))
-            batch_choices.append(len(chosen) * len(routings))
+            self.batch_loads.append(sum(batch[f"expert_count_{i}"] for i in range(len(routings))))
+            self.batch_choices.append(len(chosen) * len(routings))
         for name, value in batch.items():
-            sums[name] = sums[name] + value if name in sums else value
-    routed = bool(batch_loads)
-    if routed:
-        batch_loads, batch_choices = torch.stack(batch_loads), torch.tensor(batch_choices, device=x.device)
-    if ranks is not None:  # the epoch's figures are those of every rank's samples
-        ranks.sum([loss_sum, *sums.values()] + ([batch_loads, batch_choices] if routed else []))
-    count = len(x)
-    host = {k: v.tolist() for k, v in sums.items()}  # one transfer per epoch
-    row = {"loss": loss_sum.item() / count, **finish_metrics(task_name, host, count)}
-    row.update({k: v / count for k, v in host.items() if k.startswith("aux_")})
-    row.update({k[len("metric_"):]: v / count for k, v in host.items() if k.startswith("metric_")})
-    if routed:
-        row.update(routing_figures(host))
-        row["batch_expert_load"] = (batch_loads / batch_choices.unsqueeze(1)).tolist()
-    return row
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+
+    def sum_over(self, ranks) -> None:
+        """Add up every rank's sums (train/ranks.py): the figures of all the ranks' samples."""
+        device = next(iter(self.sums.values())).device
+        count = torch.tensor([self.count], device=device)
+        loads = [torch.stack(self.batch_loads), torch.tensor(self.batch_choices, device=device)] if self.batch_loads else []
+        ranks.sum([count, *self.sums.values(), *loads])
+        self.count = int(count)
+        if loads:
+            self.batch_loads, self.batch_choices = list(loads[0]), loads[1].tolist()
+
+    def row(self) -> dict:
+        """The epoch's training figures."""
+        count = self.count
+        host = {k: v.tolist() for k, v in self.sums.items()}
+        row = {"loss": host.pop("loss") / count, **finish_metrics(self.task_name, host, count)}
+        row.update({k: v / count for k, v in host.items() if k.startswith("aux_")})
+        row.update({k[len("metric_"):]: v / count for k, v in host.items() if k.startswith("metric_")})
+        if self.batch_loads:
+            row.update(routing_figures(host))
+            choices = torch.tensor(self.batch_choices, device=self.batch_loads[0].device).unsqueeze(1)
+            row["batch_expert_load"] = (torch.stack(self.batch_loads) / choices).tolist()
+        return row
 
 
 def routing_figures(host: dict) -> dict:
@@ -589,21 +677,91 @@ def _damaged(out: VariantTree, settings: TrainSettings, device: torch.device) ->
 
 
 def save_atomic(path, obj) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
+    atomic_write(path, lambda f: torch.save(own_storage(obj), f), mode="wb")
 
 
-def save_checkpoint(out: VariantTree, next_epoch, model, optimizer, scheduler, shuffle, stopper, history,
-                    test_experts, scaler=None) -> None:
-    state = {
-        "next_epoch": next_epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "early_stopping": asdict(stopper), "history": history,
-        "test_experts": test_experts,
-        "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-    }
+def own_storage(obj):
+    """`obj` with every tensor that views a larger one (a fused model's slice) copied: torch.save writes
+    a view's whole storage."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone() if obj.untyped_storage().nbytes() > obj.numel() * obj.element_size() else obj
+    if isinstance(obj, dict):
+        return {k: own_storage(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(own_storage(v) for v in obj)
+    return obj
+
+
+def checkpoint_state(optimizer_state: dict, scheduler, shuffle: torch.Generator, rng: dict, scaler=None) -> dict:
+    """What a checkpoint holds of a training besides each member's own: optimizer, schedule, random
+    number generators (`rng`: torch's, for dropout and gate noise, as `global_rng` gives them) and the
+    fp16 gradient scaler."""
+    state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
+             "rng": {**rng, "shuffle": shuffle.get_state()}}
     if scaler is not None:  # fp16: the loss scale and its growth tracker
         state["grad_scaler"] = scaler.state_dict()
-    save_atomic(out.last_checkpoint, state)
+    return state
+
+
+def global_rng() -> dict:
+    """torch's default generators: the CPU's, and every GPU's."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+class CheckpointWriter:
+    """Writes a training's checkpoints (atomically, synced to disk) on a thread of its own, in order:
+    the next epoch trains while the last one's files are written. What is handed over is copied
+    first, since training goes on changing it. `wait()` returns once every write asked for is on disk
+    and raises the error of one that failed; the epoch loop waits before testing, before a new epoch's
+    writes (at most one epoch in flight) and before it returns or raises, so that whoever reads the
+    files next (a resume, the test, another worker) finds them whole."""
+
+    def __init__(self):
+        self._pending: list[tuple[Path, object]] = []
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def write(self, path: Path, obj) -> None:
+        self._pending.append((path, _snapshot(obj)))
+
+    def flush(self) -> None:
+        """Start writing what was handed over since the last flush, after the writes before it."""
+        self.wait()
+        writes, self._pending = self._pending, []
+        if writes:
+            self._thread = threading.Thread(target=self._run, args=(writes,), name="checkpoint-writer", daemon=True)
+            self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def close(self) -> None:
+        """Write everything handed over, and wait for it."""
+        self.flush()
+        self.wait()
+
+    def _run(self, writes: list[tuple[Path, object]]) -> None:
+        try:
+            for path, obj in writes:
+                save_atomic(path, obj)
+        except BaseException as error:  # raised by wait(), in the training's thread
+            self._error = error
+
+
+def _snapshot(obj):
+    """A copy of every tensor in `obj` (on the CPU, each owning its storage)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_snapshot(v) for v in obj)
+    return obj
 
 
 def load_checkpoint(out: VariantTree, model, optimizer, scheduler, shuffle, stopper,

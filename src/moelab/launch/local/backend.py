@@ -25,6 +25,7 @@ from moelab.train.stop import stop_on_signals
 class LocalBackend(Backend):
     mode = "run_here"
     verb = "run"
+    section = "local"
 
     def launch(self, plan: LaunchPlan) -> int:
         trials = plan.search.trials_to_start if plan.search else 0

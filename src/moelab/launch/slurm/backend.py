@@ -103,6 +103,11 @@ def pack(jobs: int, concurrency: int, jobs_per_task: int | None, array_paralleli
 class SlurmBackend(Backend):
     mode = "submit"
     verb = "submit"
+    section = "slurm"
+
+    @property
+    def fuse(self) -> int:
+        return self.resources["fuse"]  # a site profile may set it too
 
     def __init__(self, experiment: Experiment, options: LaunchOptions):
         super().__init__(experiment, options)
