@@ -149,7 +149,8 @@ def _helper_main(job_dir: str, names: list[str], rank: int, world_size: int, add
 
     prepare_process(threads)
     try:
-        _follow(job_dir, names, Ranks(rank, world_size), Path(scratch), meet=lambda device: _meet(rank, world_size, address, device))
+        _follow(job_dir, names, Ranks(rank, world_size), Path(scratch),
+                meet=lambda device: _meet(rank, world_size, address, device))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -195,7 +196,8 @@ def _scratch_copy(job: JobTree, names: list[str], continued: dict | None, scratc
     for source_job, target_job in jobs:
         for name in names:
             source, target = source_job.variant(name), target_job.variant(name)
-            for path, copy in ((source.last_checkpoint, target.last_checkpoint), (source.best_weights, target.best_weights)):
+            for path, copy in ((source.last_checkpoint, target.last_checkpoint),
+                               (source.best_weights, target.best_weights)):
                 copy.parent.mkdir(parents=True, exist_ok=True)
                 with contextlib.suppress(FileNotFoundError):  # none yet, or set aside by rank 0 meanwhile
                     shutil.copyfile(path, copy)
