@@ -154,3 +154,24 @@ def test_status_and_the_dashboard_show_a_distributed_job_as_one_job_with_its_pro
     assert response.status_code == 200, response.text
     rows = response.json()["rows"]
     assert sorted(row["processes"] for row in rows) == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_search_trial_of_two_processes_is_sampled_once_and_runs_as_one_job(write_experiment, tmp_path):
+    """The rank disagreement other tools show (each rank drawing its own hyperparameters) cannot happen:
+    the trial is sampled once, into the job's config.json, which every rank reads."""
+    from conftest import TINY, launch
+
+    search = {**TINY, "name": "trials", "grid": {}, "variants": [{"name": "mlp", "model": "mlp", "hidden": 32}],
+              "train": {**TINY["train"], "epochs": 2},
+              "search": {"sampler": "random", "n_trials": 2, "parallel": 1, "seed": 0,
+                         "objective": {"variant": "mlp", "metric": "val_acc", "direction": "maximize"},
+                         "space": {"train.lr": {"loguniform": [1.0e-3, 1.0e-2]},
+                                   "train.distributed.processes": {"choice": [2]}}}}
+    done = launch(tmp_path, "run_here", str(write_experiment(search)), "--experiments-dir", "out", "--no-report")
+    assert done.returncode == 0, done.stdout + done.stderr
+    specs = [read_json(path) for path in (tmp_path / "out" / "trials" / "jobs").glob("*/config.json")]
+    assert len(specs) == 2 and all(spec["config"]["train"]["distributed"]["processes"] == 2 for spec in specs)
+    assert len({spec["config"]["train"]["lr"] for spec in specs}) == 2  # one draw per trial
+    for path in (tmp_path / "out" / "trials" / "jobs").glob("*/status.json"):
+        assert read_json(path)["state"] == "done"
