@@ -77,8 +77,9 @@ def test_a_rank_killed_fails_the_job_naming_the_rank_and_leaves_no_process(tmp_p
     job = make_job(tmp_path / "e", ["variants=[{name: mlp, model: mlp, hidden: 32}]", "train.epochs=5000",
                                     "train.early_stopping.patience=5000", "train.distributed.processes=2"])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    rank0 = subprocess.Popen([sys.executable, str(REPO / "run" / "train_models.py"), str(job.path)], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rank0 = subprocess.Popen([sys.executable, str(REPO / "run" / "train_models.py"), str(job.path)],
+                             env={**env, "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
     try:
         metrics = job.variant("mlp").metrics_file
         wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, 120, "two epochs")
@@ -175,3 +176,27 @@ def test_a_search_trial_of_two_processes_is_sampled_once_and_runs_as_one_job(wri
     assert len({spec["config"]["train"]["lr"] for spec in specs}) == 2  # one draw per trial
     for path in (tmp_path / "out" / "trials" / "jobs").glob("*/status.json"):
         assert read_json(path)["state"] == "done"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks' processes in /proc")
+def test_rank_0_killed_takes_the_other_ranks_with_it(tmp_path):
+    """Rank 0 is the process holding the job: when it dies outright (SIGKILL, the OOM killer) no other rank
+    is left running, and the job resumes from its checkpoint like any job whose worker died."""
+    job = make_job(tmp_path / "e", ["variants=[{name: mlp, model: mlp, hidden: 32}]", "train.epochs=5000",
+                                    "train.early_stopping.patience=5000", "train.distributed.processes=2"])
+    # a rank 0 killed outright cannot remove the scratch folder of the other ranks: it lands in tmp_path
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+           "TMPDIR": str(tmp_path)}
+    rank0 = subprocess.Popen([sys.executable, str(REPO / "run" / "train_models.py"), str(job.path)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        metrics = job.variant("mlp").metrics_file
+        wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, 120, "an epoch")
+        wait_until(lambda: [p for p in _processes_naming(str(job.path)) if p != rank0.pid], 30, "rank 1")
+        rank0.kill()
+        rank0.wait(timeout=30)
+        wait_until(lambda: not _processes_naming(str(job.path)), 30, "rank 1 to end with rank 0")
+    finally:
+        if rank0.poll() is None:
+            rank0.kill()
