@@ -71,6 +71,10 @@ def train_members_distributed(job_dir: Path, members: list, data, settings: Trai
     if _standing is not None:
         _train_with_standing_ranks(members, data, settings, seed, device, stop_requested, continued_from, on_finished)
         return
+    if device.type == "cuda" and torch.cuda.device_count() < world_size:  # NCCL: one GPU per rank
+        raise ValueError(f"train.distributed.processes={world_size} needs {world_size} GPUs, one per process, and this "
+                         f"worker sees {torch.cuda.device_count()} (local workers get one GPU each); submit the job "
+                         f"(one GPU per task), or train it on CPUs with train.device: cpu")
     address = free_address()
     names = [member.variant["name"] for member in members]
     # removed here, also when a rank was killed before it could clean up
