@@ -155,10 +155,17 @@ def keyed(schema: Section, values: dict) -> dict:
     for key, value in values.items():
         spec = schema.get(key)
         if isinstance(spec, dict) and isinstance(value, dict):
-            kept[key] = keyed(spec, value)
+            inner = keyed(spec, value)
+            if inner or not _all_since(spec):  # a section added later, every field at its default: left out
+                kept[key] = inner
         elif not (isinstance(spec, Field) and spec.since is not None and value == spec.default):
             kept[key] = value
     return kept
+
+
+def _all_since(schema: Section) -> bool:
+    return bool(schema) and all(_all_since(spec) if isinstance(spec, dict) else spec.since is not None
+                                for spec in schema.values())
 
 
 def section_from_dataclass(cls: type) -> Section:

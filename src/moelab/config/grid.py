@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moelab.config.baseline import add_matched_variants
+from moelab.config.distributed import distributed_problems
 from moelab.config.init_from import compatibility_problems
 from moelab.config.limits import MAX_GRID_JOBS, count_text
 from moelab.config.model_size import model_size_problem
@@ -193,6 +194,10 @@ def check_jobs(doc: dict) -> list[Issue]:
             if f"{name}: {problem}{at}" not in seen:
                 seen.add(f"{name}: {problem}{at}")
                 issues.append(Issue(f"variants.{name}.init_from", problem + at))
+        for key, problem in distributed_problems(job.config["train"]):
+            if f"{key}: {problem}{at}" not in seen:
+                seen.add(f"{key}: {problem}{at}")
+                issues.append(Issue(key, problem + at))
         model_point = json.dumps({k: v for k, v in job.grid_values.items() if k.startswith(("variants.", "data."))},
                                  sort_keys=True)
         for variant in job.config["variants"]:

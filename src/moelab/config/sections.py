@@ -104,6 +104,8 @@ SLURM: Section = {
                   help="jobs that differ only in their seed a worker trains as one fused model (1: off; mlp and the MoE models on flat inputs)"),
     "max_submit_jobs": Field(int, None, min=1, nullable=True,
                              help="jobs you may have queued, where accounting cannot say (MaxSubmitJobs)"),
+    "nodes": Field(int, 1, min=1, help="nodes a distributed job (train.distributed.processes) spreads its processes "
+                                       "over, evenly: one task per process, one GPU per task where gpus_per_node > 0"),
     "additional_parameters": Field(dict, {}, extra_check=check_sbatch_parameters,
                                    help="extra sbatch parameters, e.g. {mail-type: END, exclusive: true}"),
 }

@@ -79,13 +79,17 @@ def pull_jobs(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], No
                 return
             if key not in remaining:  # taken into a fused group, or settled, in this pass
                 continue
+            processes = spec(key).train.get("distributed", {}).get("processes", 1)
+            if runtime_info.get("slurm") and processes > 1:
+                del remaining[key]  # submitted alone, one task per process (launch/slurm/distributed_task.py)
+                continue
             claim, held = claim_to_run(key)
             held_elsewhere |= held
             if claim is None:
                 continue
             claims = {key: claim}
             for other in list(remaining):
-                if len(claims) >= plan.fuse:
+                if len(claims) >= plan.fuse or processes > 1:  # a job of several processes is never fused
                     break
                 if other in claims or spec(other).fusion_key != spec(key).fusion_key:
                     continue

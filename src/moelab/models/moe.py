@@ -130,6 +130,7 @@ class MoE(nn.Module):
         if balance == "bias":  # no gradient: moved by after_step
             self.register_buffer("expert_bias", torch.zeros(num_experts))
         self._step_load: torch.Tensor | None = None  # tokens per expert of the last training batch (bias)
+        self.expert_shard = None  # this rank's experts under expert parallelism (models/expert_parallel.py)
 
     def reset_parameters(self, balanced_init: bool = False) -> None:
         init_experts(self)
@@ -321,6 +322,8 @@ class MoE(nn.Module):
         return (y + b2.view(models, count, -1).sum(1, keepdim=True)).to(x.dtype)
 
     def _sparse(self, x, expert_index, mix, weights: LayerWeights, generators):
+        if self.expert_shard is not None:
+            return self.expert_shard.sparse(self, x, expert_index, mix, weights, generators)
         models, tokens, k = expert_index.shape
         experts = self.num_experts
         # model g's experts are experts g * E ... g * E + E - 1 of one layer of G * E experts

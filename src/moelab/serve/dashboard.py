@@ -147,8 +147,8 @@ class Dashboard:
         view = self.job_view(job, queues, curves=False)
         return {
             "key": view["key"], "state": view["state"], "shown": view["shown"], "grid_values": view["grid_values"],
-            "seed": view["seed"], "dataset": view["dataset"], "node": view["node"], "elapsed_s": view["elapsed_s"],
-            "error": view["error"], "variants_done": view["variants_done"], "variants_total": view["variants_total"],
+            "seed": view["seed"], "dataset": view["dataset"], "processes": view["processes"], "node": view["node"],
+            "elapsed_s": view["elapsed_s"], "error": view["error"], "variants_done": view["variants_done"], "variants_total": view["variants_total"],
             "variants": [{"name": v["name"], "state": v["state"], "epochs": v["epochs"], "best_val": v["best_val"],
                           **_router_health(v["last"])} for v in view["variants"]],
             "problems": view["problems"]}
@@ -247,6 +247,8 @@ class Dashboard:
         view = {
             "key": job.key, "grid_values": spec.grid_values if spec else {}, "seed": spec.seed if spec else None,
             "dataset": spec.data.get("name") if spec else None,
+            # one job trained by several processes (train.distributed) shows as one job with its count
+            "processes": spec.train.get("distributed", {}).get("processes", 1) if spec else 1,
             "state": str(state), "shown": state.shown, "disk_state": str(disk),
             "queue_state": str(queued) if queued else None, "queue_note": queues.view.notes.get(job.key),
             "attempts": status.attempts if status else 0, "restarts": status.restarts if status else 0,

@@ -17,6 +17,7 @@ import time
 import traceback
 import weakref
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +33,7 @@ from moelab.results.events import variant_events
 from moelab.results.io import read_json
 from moelab.results.status import JobState, JobStatus, VariantStatus, host, now, read_status
 from moelab.results.tree import JobTree, VariantTree, set_aside
+from moelab.train.distributed import train_members_distributed
 from moelab.train.fused import FusedShare, settings_refusal, train_fused
 from moelab.train.settings import TrainSettings
 from moelab.train.tasks import TASKS
@@ -137,6 +139,13 @@ class JobRun:
             left.append(variant)
         return left
 
+    @property
+    def train(self) -> Callable:
+        """trainer.train_members, or the same by several processes (train.distributed, train/distributed.py)."""
+        if self.settings.distributed.processes == 1:
+            return train_members
+        return partial(train_members_distributed, self.job.path)
+
     def load_data(self, device: torch.device) -> TaskData:
         """Loaded once per job, only when something is left to train."""
         if self.data is None:
@@ -228,7 +237,7 @@ def _run_claimed(job: JobTree, fresh: bool, stop_requested, runtime_info: dict, 
             data = run.load_data(device)
             members = run.members(group, should_prune)
             try:
-                train_members(members, data, run.settings, run.seed, device, stop_requested, run.continued, run.finished)
+                run.train(members, data, run.settings, run.seed, device, stop_requested, run.continued, run.finished)
             except (KeyboardInterrupt, StopRequested, SystemExit):
                 run.interrupted(members)
                 raise
@@ -315,7 +324,7 @@ def _train_together(shares: list[tuple[JobRun, list[Member]]], device: torch.dev
     if problem is not None and len(shares) > 1:
         print(f"note: {len(shares)} jobs train {lead['name']} unfused: {problem}", file=sys.stderr, flush=True)
     for run, members in alone:
-        train_members(members, run.data, settings, run.seed, device, stop_requested, run.continued, run.finished)
+        run.train(members, run.data, settings, run.seed, device, stop_requested, run.continued, run.finished)
 
 
 def trainings(variants: list[dict]) -> list[list[dict]]:

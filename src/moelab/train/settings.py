@@ -24,6 +24,19 @@ class EarlyStoppingSettings:
 
 
 @dataclass(frozen=True)
+class DistributedSettings:
+    """One job trained by several processes (train/distributed.py). Both fields are in the job's key: P processes
+    give the results of one process only up to the rounding of the gradients' sum, and only for models without
+    dropout, gate noise, batch norm or balance losses (each rank draws its own noise and computes batch norm and
+    balance losses over its own slice of the batch). Where the processes run (GPUs, nodes) is a resource: slurm."""
+
+    processes: int = param(1, "processes training the job with DistributedDataParallel, together taking each batch of "
+                           "train.batch_size (one per GPU, or CPU processes with gloo)", min=1, max=4096, since="0.2.0")
+    expert_parallel: bool = param(False, "shard each MoE layer's experts over the processes (token exchange with "
+                                  "all_to_all_single)", since="0.2.0")
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     epochs: int = param(100, "maximum epochs (early stopping may end sooner)", min=1)
     batch_size: int = param(64, min=1)
@@ -48,6 +61,7 @@ class TrainSettings:
                           "cannot compile)", since="0.1.0")
     deterministic: bool = param(False, "deterministic algorithms only (on GPUs: cuBLAS's fixed workspace); slower",
                                 since="0.1.0")
+    distributed: DistributedSettings = param(DistributedSettings())
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainSettings":

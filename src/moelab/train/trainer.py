@@ -31,6 +31,7 @@ from moelab.results.records import TestedWeights
 from moelab.results.tree import JobTree, VariantTree, set_aside
 from moelab.train.analysis import write_expert_analysis
 from moelab.train.evaluate import evaluate, predict, test_results
+from moelab.train.ranks import current_ranks, data_parallel
 from moelab.train.settings import TrainSettings
 from moelab.train.tasks import TASKS, batch_stats, finish_metrics
 
@@ -108,10 +109,12 @@ class Execution:
         self.model, self.precision, self.device_type = model, settings.precision, device.type
         self.scaler = torch.amp.GradScaler(device.type) if settings.precision == "fp16" else None
         self.compiled, self._unchecked = False, False
-        self.forward = model
+        # DistributedDataParallel around the model when the job is trained by several processes
+        self.stepped = data_parallel(model)
+        self.forward = self.stepped
         if settings.compile:
             try:
-                self.forward, self.compiled, self._unchecked = torch.compile(model), True, True
+                self.forward, self.compiled, self._unchecked = torch.compile(self.stepped), True, True
             except Exception as error:  # e.g. no compiler backend for this platform
                 self._fall_back(error)
 
@@ -149,7 +152,7 @@ class Execution:
         print(f"warning: train.compile: torch.compile failed ({type(error).__name__}: "
               f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); training eagerly instead",
               file=sys.stderr, flush=True)
-        self.forward, self.compiled, self._unchecked = self.model, False, False
+        self.forward, self.compiled, self._unchecked = self.stepped, False, False
 
 
 @torch.no_grad()
@@ -482,17 +485,24 @@ def train_one_epoch(model, data: TaskData, optimizer, shuffle, settings: TrainSe
     x, y = data.x_train, data.y_train
     order = torch.randperm(len(x), generator=shuffle).to(x.device)
     sums = EpochSums(data.task)
+    ranks = current_ranks()
     for start in range(0, len(x), settings.batch_size):
         if stop_requested():  # the epoch is redone from the checkpoint on resume, with the same shuffle
             raise StopRequested("stopped during an epoch on request; resumes from the checkpoint")
         index = order[start : start + settings.batch_size]
+        if ranks is not None:  # this process's slice of the batch (train/ranks.py)
+            index, share = ranks.share(index)
         out = execution(x[index], y[index])
         task_loss = task.loss(out.y.float(), y[index])
         loss = task_loss + sum(out.aux_losses.values())
+        if ranks is not None:
+            loss = loss * share
         optimizer.zero_grad(set_to_none=True)
         execution.backward_and_step(loss, optimizer, settings.grad_clip)
         model.after_step()
         sums.add(out, y[index], task_loss)
+    if ranks is not None:  # the epoch's figures are those of every rank's samples
+        sums.sum_over(ranks)
     return sums.row()
 
 
@@ -504,7 +514,8 @@ class EpochSums:
         self.task_name = task_name
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
-        self.batch_loads: list[torch.Tensor] = []  # per batch: share of its samples whose first expert is each expert
+        self.batch_loads: list[torch.Tensor] = []  # per batch: first choices of each expert
+        self.batch_choices: list[int] = []  # per batch: how many first choices (samples x MoE layers)
 
     def add(self, out, targets: torch.Tensor, task_loss: torch.Tensor) -> None:
         n = len(targets)
@@ -524,9 +535,20 @@ class EpochSums:
             batch[f"assignment_count_{i}"] = routing.expert_load.float() if routing.expert_load is not None else counts
             batch[f"gate_prob_sum_{i}"] = routing.gate_probs.detach().sum(dim=0)
         if routings:
-            self.batch_loads.append(sum(batch[f"expert_count_{i}"] for i in range(len(routings))) / (len(chosen) * len(routings)))
+            self.batch_loads.append(sum(batch[f"expert_count_{i}"] for i in range(len(routings))))
+            self.batch_choices.append(len(chosen) * len(routings))
         for name, value in batch.items():
             self.sums[name] = self.sums[name] + value if name in self.sums else value
+
+    def sum_over(self, ranks) -> None:
+        """Add up every rank's sums (train/ranks.py): the figures of all the ranks' samples."""
+        device = next(iter(self.sums.values())).device
+        count = torch.tensor([self.count], device=device)
+        loads = [torch.stack(self.batch_loads), torch.tensor(self.batch_choices, device=device)] if self.batch_loads else []
+        ranks.sum([count, *self.sums.values(), *loads])
+        self.count = int(count)
+        if loads:
+            self.batch_loads, self.batch_choices = list(loads[0]), loads[1].tolist()
 
     def row(self) -> dict:
         """The epoch's training figures."""
@@ -537,7 +559,8 @@ class EpochSums:
         row.update({k[len("metric_"):]: v / count for k, v in host.items() if k.startswith("metric_")})
         if self.batch_loads:
             row.update(routing_figures(host))
-            row["batch_expert_load"] = torch.stack(self.batch_loads).tolist()
+            choices = torch.tensor(self.batch_choices, device=self.batch_loads[0].device).unsqueeze(1)
+            row["batch_expert_load"] = (torch.stack(self.batch_loads) / choices).tolist()
         return row
 
 

@@ -35,11 +35,14 @@ from moelab.launch.base import Backend, LaunchFailed, LaunchOptions, QueueView, 
 from moelab.launch.plan import LaunchPlan
 from moelab.launch.slurm import queue
 from moelab.launch.slurm.cluster import resource_issues
+from moelab.launch.slurm.distributed_task import DistributedTask
 from moelab.launch.slurm.job import PackedTask
-from moelab.launch.slurm.resources import load_resources, profile_path, sbatch_parameters
+from moelab.launch.slurm.resources import (distributed_parameters, load_resources, processes_of, profile_path,
+                                           sbatch_parameters)
 from moelab.results.io import append_jsonl, read_jsonl
 from moelab.results.status import FAILURES, JobState, read_status, now
 from moelab.results.tree import ExperimentTree
+from moelab.schema import Issue
 
 
 class SlurmFiles:
@@ -214,8 +217,9 @@ class SlurmBackend(Backend):
         """submitit's folder, the sbatch parameters and the packing of this plan (said)."""
         folder = SlurmFiles(plan.tree).folder.resolve()  # nodes may start in another directory
         params = sbatch_parameters(self.resources, job_name=f"moelab-{plan.experiment.name}")
+        self._check_distributed(plan)
         try:
-            packing = self.packing(len(plan.to_run)) if not plan.search else self.search_packing(plan)
+            packing = self.packing(len(packed_jobs(plan))) if not plan.search else self.search_packing(plan)
         except queue.QueueUnavailable as error:
             raise LaunchFailed(f"cannot ask SLURM for its limits ({error})") from None
         if plan.search:  # every trial of `parallel` at once, whatever the profile's throttle
@@ -223,6 +227,17 @@ class SlurmBackend(Backend):
         print(f"packing: {packing.tasks} task(s), {packing.why}, {min(packing.jobs_per_task, self.concurrency())} "
               f"at once per task")
         return folder, params, packing
+
+    def _check_distributed(self, plan: LaunchPlan) -> None:
+        nodes = self.resources["nodes"]
+        uneven = sorted({processes_of(job) for job in plan.to_run if processes_of(job) > 1 and processes_of(job) % nodes})
+        if uneven:
+            raise ConfigError(self.experiment.source, [Issue("slurm.nodes", (
+                f"{nodes} node(s) cannot share train.distributed.processes={uneven[0]} evenly (one task per process, "
+                f"the same number on every node); use a number of nodes that divides it"))])
+
+    def _distributed_parameters(self, params: dict, job) -> dict:
+        return distributed_parameters(params, self.resources, processes_of(job))
 
     def launch(self, plan: LaunchPlan) -> int:
         trials = plan.search.trials_to_start if plan.search else 0
@@ -244,16 +259,31 @@ class SlurmBackend(Backend):
                 with contextlib.redirect_stderr(io.StringIO()), executor.batch():
                     handles = [executor.submit(PackedTask(), *args) for _ in range(size)]
                 arrays.append((handles[0].job_id.split("_")[0], size))
+            distributed = []  # never packed: each alone, one task per process
+            for job in distributed_jobs(plan):
+                executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=self.resources["max_num_timeout"],
+                                                  python=self._python())
+                executor.update_parameters(**self._distributed_parameters(params, job))
+                with contextlib.redirect_stderr(io.StringIO()):
+                    handle = executor.submit(DistributedTask(), args[0], args[1], job.key)
+                arrays.append((handle.job_id, 1))
+                distributed.append((job, handle.job_id))
         except (FailedJobError, OSError) as error:
             self._withdraw([array for array, _ in arrays], folder, had_files)
             reason = " ".join(str(error).split()) or type(error).__name__
             raise LaunchFailed(f"sbatch refused the submission: {reason}") from None
-        append_jsonl(files.submissions, {"time": now(), "launch_id": plan.launch_id, "arrays": [a for a, _ in arrays],
-                                         "jobs": [job.key for job in plan.to_run]})
+        packed_ids = [a for a, _ in arrays if a not in {i for _, i in distributed}]
+        append_jsonl(files.submissions, {"time": now(), "launch_id": plan.launch_id, "arrays": packed_ids,
+                                         "jobs": [job.key for job in packed_jobs(plan)]})
+        for job, job_id in distributed:  # its own SLURM job: status asks SLURM about that one
+            append_jsonl(files.submissions, {"time": now(), "launch_id": plan.launch_id, "arrays": [job_id],
+                                             "jobs": [job.key], "processes": processes_of(job)})
         what = f"a search of {trials} trial(s)" if plan.search else f"{len(plan.to_run)} job(s)"
-        print(f"submitted {what} as {packing.tasks} task(s) in {len(arrays)} array(s): "
+        print(f"submitted {what} as {packing.tasks} task(s) in {len(packed_ids)} array(s): "
               + ", ".join(f"array job {array} ({n} tasks, at most {min(n, params['array_parallelism'])} at once)"
-                          for array, n in arrays))
+                          for array, n in arrays if array in packed_ids))
+        for job, job_id in distributed:
+            print(f"distributed job {job.key}: SLURM job {job_id} ({processes_of(job)} processes, one task each)")
         print(f"logs: {folder}/<array id>_<task>_0_log.out (and .err)")
         print(f"follow them with: bash run/launch_experiment.sh status {plan.tree.path}")
         return 0
@@ -298,7 +328,19 @@ class SlurmBackend(Backend):
             # submitit sends a batch of one as a plain job, not an array
             script = _make_sbatch_string(command=command, folder=folder, map_count=size if size > 1 else None, **params)
             print(f"\n# sbatch script of array {index + 1} ({size} tasks)\n{script}")
+        for job in distributed_jobs(plan):
+            script = _make_sbatch_string(command=command, folder=folder, **self._distributed_parameters(params, job))
+            print(f"\n# sbatch script of distributed job {job.key} ({processes_of(job)} processes)\n{script}")
         return self.finish(plan, 0)
+
+
+def distributed_jobs(plan: LaunchPlan) -> list:
+    """The plan's jobs trained by several processes: each is submitted alone (never packed)."""
+    return [job for job in plan.to_run if processes_of(job) > 1]
+
+
+def packed_jobs(plan: LaunchPlan) -> list:
+    return [job for job in plan.to_run if processes_of(job) == 1]
 
 
 def array_state(records: list) -> JobState | None:

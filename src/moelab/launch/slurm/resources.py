@@ -65,3 +65,19 @@ def sbatch_parameters(resources: dict, job_name: str) -> dict:
         if resources[key]:
             params[key] = resources[key]
     return params
+
+
+def processes_of(job) -> int:
+    """How many processes train a job of a plan (train.distributed.processes; 1 when left out)."""
+    return job.config["train"].get("distributed", {}).get("processes", 1)
+
+
+def distributed_parameters(params: dict, resources: dict, processes: int) -> dict:
+    """submitit parameters of one distributed job: `processes` tasks over `nodes` nodes, one GPU per task on
+    GPU partitions (tasks, not GPUs per node, decide how many processes start), no array."""
+    nodes = resources["nodes"]
+    distributed = {k: v for k, v in params.items() if k not in ("array_parallelism", "gpus_per_node")}
+    distributed.update(nodes=nodes, ntasks_per_node=processes // nodes)
+    if resources["gpus_per_node"]:
+        distributed["gpus_per_task"] = 1
+    return distributed

@@ -66,7 +66,8 @@ function renderProblems(e) {
 function renderJobs(data) {
   if (!data.jobs.length) return `<p class="muted">No jobs yet.</p>`;
   const rows = data.jobs.map(job => {
-    const grid = Object.entries(job.grid_values).map(([k, v]) => `${esc(k)}=${esc(JSON.stringify(v))}`).join(" ");
+    const grid = Object.entries(job.grid_values).map(([k, v]) => `${esc(k)}=${esc(JSON.stringify(v))}`).join(" ") +
+      (job.processes > 1 ? ` <span class="muted">(${esc(job.processes)} processes)</span>` : "");
     const error = job.error ? `<div class="error">${esc(job.error)}</div>` : "";
     const note = job.queue_note && job.queue_state ? `<div class="muted">${esc(job.queue_note)}</div>` : "";
     const details = (job.details || []).map(d => `<div class="muted">${esc(d)}</div>`).join("");

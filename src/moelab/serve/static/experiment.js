@@ -75,7 +75,8 @@ function drawJobs(answer) {
   const health = [...new Set(page.flatMap(r => r.variants.flatMap(v => Object.keys(v).filter(k =>
     ["load_cv", "max_vio", "dead_expert_fraction", "effective_experts"].includes(k)))))];
   const body = page.map(row => {
-    const grid = Object.entries(row.grid_values).map(([k, v]) => `${esc(k)}=${esc(JSON.stringify(v))}`).join(" ");
+    const grid = Object.entries(row.grid_values).map(([k, v]) => `${esc(k)}=${esc(JSON.stringify(v))}`).join(" ") +
+      (row.processes > 1 ? ` <span class="muted">(${esc(row.processes)} processes)</span>` : "");
     const epochs = row.variants.map(v => `${esc(v.name)} ${v.epochs}`).join(", ");
     return `<tr class="job" data-job="${esc(row.key)}"><td><a href="/experiments/${encodeURIComponent(NAME)}/jobs/${encodeURIComponent(row.key)}"><code>${esc(row.key)}</code></a></td>
       <td>${grid}</td><td class="job-state" data-state="${esc(row.state)}">${stateBadge(row.state, row.shown)}</td>

@@ -15,7 +15,8 @@ function shell() {
 }
 
 function drawHead(job) {
-  const grid = Object.entries(job.grid_values).map(([k, v]) => `${esc(k)}=${esc(JSON.stringify(v))}`).join(" ");
+  const grid = Object.entries(job.grid_values).map(([k, v]) => `${esc(k)}=${esc(JSON.stringify(v))}`).join(" ") +
+    (job.processes > 1 ? ` <span class="muted">(${esc(job.processes)} processes)</span>` : "");
   document.getElementById("job-head").innerHTML = `<p>${stateBadge(job.state, job.shown)} ${grid} seed ${esc(job.seed)}
     <span class="muted">${esc(job.node || "")}</span> ${job.error ? `<span class="error">${esc(job.error)}</span>` : ""}</p>`;
   const health = HEALTH.filter(h => job.variants.some(v => h in v));

@@ -1,0 +1,202 @@
+"""A job trained by 2 processes (gloo on CPU): the losses of 1 process with the same global batch, rank 0
+alone writing; a rank killed fails the job with the rank named and leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, make_job, wait_until
+from moelab.results.io import read_json
+
+# no dropout, gate noise, batch norm or balance loss: what each rank would compute over its own slice
+EXACT_VARIANTS = ("variants=[{name: mlp, model: mlp, hidden: 32, dropout: 0.0}, "
+                  "{name: moe, model: moe_routed, hidden: 16, num_experts: 4, k: 2, dropout: 0.0, balance: none, "
+                  "batch_norm: false}]")
+
+
+def _losses(job, variant: str) -> list[tuple[float, float]]:
+    lines = job.variant(variant).metrics_file.read_text().splitlines()
+    return [(row["train_loss"], row["val_loss"]) for row in map(json.loads, lines)]
+
+
+def _files(job) -> set[str]:
+    """The job's files; event files by folder (their names hold the time)."""
+    return {str((path.parent if "tfevents" in path.name else path).relative_to(job.path))
+            for path in job.path.rglob("*") if path.is_file()}
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_losses_of_one_with_the_same_global_batch(tmp_path, monkeypatch):
+    from moelab.train.job import run_job
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the other rank's scratch files go there
+    (tmp_path / "tmp").mkdir()
+    single = make_job(tmp_path / "one", [EXACT_VARIANTS, "train.epochs=3"])
+    double = make_job(tmp_path / "two", [EXACT_VARIANTS, "train.epochs=3", "train.distributed.processes=2"])
+    assert single.key != double.key  # the process count is in the job's key
+    assert run_job(single.path).state == "done"
+    outcome = run_job(double.path)
+    assert outcome.state == "done", outcome.errors
+
+    for variant in ("mlp", "moe"):
+        one, two = _losses(single, variant), _losses(double, variant)
+        assert len(one) == len(two) == 3
+        for (train1, val1), (train2, val2) in zip(one, two):
+            assert train2 == pytest.approx(train1, abs=1e-5) and val2 == pytest.approx(val1, abs=1e-5)
+        assert read_json(double.variant(variant).results_file)["test_acc"] == pytest.approx(
+            read_json(single.variant(variant).results_file)["test_acc"], abs=1e-6)
+    # rank 0 alone wrote, what one process writes; the other rank's scratch folder is gone
+    skip = {"config.json", "status.json"}
+    assert {f for f in _files(double) if f not in skip} == {f for f in _files(single) if f not in skip}
+    assert not any((tmp_path / "tmp").iterdir())
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:  # ended meanwhile
+                continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the rank's process in /proc")
+def test_a_rank_killed_fails_the_job_naming_the_rank_and_leaves_no_process(tmp_path):
+    job = make_job(tmp_path / "e", ["variants=[{name: mlp, model: mlp, hidden: 32}]", "train.epochs=5000",
+                                    "train.early_stopping.patience=5000", "train.distributed.processes=2"])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    rank0 = subprocess.Popen([sys.executable, str(REPO / "run" / "train_models.py"), str(job.path)],
+                             env={**env, "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        metrics = job.variant("mlp").metrics_file
+        wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, 120, "two epochs")
+        rank1 = wait_until(lambda: [p for p in _processes_naming(str(job.path)) if p != rank0.pid], 30, "rank 1")
+        assert len(rank1) == 1
+        os.kill(rank1[0], signal.SIGKILL)
+        output, _ = rank0.communicate(timeout=120)
+    finally:
+        if rank0.poll() is None:
+            rank0.kill()
+    status = read_json(job.status_file)
+    assert status["state"] == "failed", output
+    error = status["variants"]["mlp"]["error"]
+    assert "rank 1 of 2 was killed by SIGKILL" in error, error
+    assert "rank 1 of 2 was killed by SIGKILL" in output
+    assert _processes_naming(str(job.path)) == []
+    # nothing half-written: the metrics end at the checkpoint's epoch
+    checkpoint = torch.load(job.variant("mlp").last_checkpoint, weights_only=False)
+    assert metrics.read_text().count("\n") == checkpoint["next_epoch"]
+
+
+def test_a_rank_takes_its_slice_weighted_so_the_ranks_average_is_the_batch_mean():
+    from moelab.train.ranks import Ranks
+
+    batch = torch.arange(7)
+    slices = [Ranks(rank, 2).share(batch) for rank in range(2)]
+    assert torch.equal(torch.cat([s for s, _ in slices]), batch)
+    values = torch.randn(7)
+    weighted = sum(values[s].mean() * weight for s, weight in slices) / 2
+    assert weighted == pytest.approx(float(values.mean()), abs=1e-6)
+    with pytest.raises(ValueError, match="a batch of 1 samples cannot be shared by 2 processes"):
+        Ranks(1, 2).share(torch.arange(1))
+
+
+def test_settings_several_processes_cannot_train_are_refused_naming_the_key(write_experiment):
+    from conftest import TINY
+    from moelab.config import ConfigError, load_experiment
+
+    path = write_experiment({**TINY, "grid": {}})
+    with pytest.raises(ConfigError) as caught:
+        load_experiment(path, ["train.distributed.processes=4", "train.batch_size=2",
+                               "train.distributed.expert_parallel=true"])
+    messages = {issue.path: issue.message for issue in caught.value.issues}
+    assert "must be at least train.distributed.processes=4" in messages["train.batch_size"]
+    assert "set it to false" in messages["train.distributed.expert_parallel"]
+    with pytest.raises(ConfigError, match="train.distributed.processes: must be an integer >= 1"):
+        load_experiment(path, ["train.distributed.processes=0"])
+
+
+def test_status_and_the_dashboard_show_a_distributed_job_as_one_job_with_its_process_count(write_experiment,
+                                                                                             tmp_path, capsys):
+    from fastapi.testclient import TestClient
+
+    from conftest import TINY
+    from moelab.config import load_experiment
+    from moelab.launch.status import print_status
+    from moelab.results.io import write_json
+    from moelab.results.tree import ExperimentTree
+    from moelab.serve.app import create_app
+    from moelab.serve.catalog import Catalog
+
+    experiment = load_experiment(write_experiment({**TINY, "grid": {"train.distributed.processes": [1, 2]}}))
+    root = tmp_path / "experiments"
+    tree = ExperimentTree(root / experiment.name)
+    for job in experiment.jobs():  # launched, not started
+        write_json(tree.job(job.key).config_file, experiment.job_spec(job))
+    print_status(experiment, root)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "processes=" in line]
+    assert len(lines) == 2 and sum("(2 processes)" in line for line in lines) == 1
+
+    client = TestClient(create_app(Catalog(root=root), ask_queues=False))
+    response = client.get(f"/api/experiments/{experiment.name}/job-page")
+    assert response.status_code == 200, response.text
+    rows = response.json()["rows"]
+    assert sorted(row["processes"] for row in rows) == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_search_trial_of_two_processes_is_sampled_once_and_runs_as_one_job(write_experiment, tmp_path):
+    """The rank disagreement other tools show (each rank drawing its own hyperparameters) cannot happen:
+    the trial is sampled once, into the job's config.json, which every rank reads."""
+    from conftest import TINY, launch
+
+    search = {**TINY, "name": "trials", "grid": {}, "variants": [{"name": "mlp", "model": "mlp", "hidden": 32}],
+              "train": {**TINY["train"], "epochs": 2},
+              "search": {"sampler": "random", "n_trials": 2, "parallel": 1, "seed": 0,
+                         "objective": {"variant": "mlp", "metric": "val_acc", "direction": "maximize"},
+                         "space": {"train.lr": {"loguniform": [1.0e-3, 1.0e-2]},
+                                   "train.distributed.processes": {"choice": [2]}}}}
+    done = launch(tmp_path, "run_here", str(write_experiment(search)), "--experiments-dir", "out", "--no-report")
+    assert done.returncode == 0, done.stdout + done.stderr
+    specs = [read_json(path) for path in (tmp_path / "out" / "trials" / "jobs").glob("*/config.json")]
+    assert len(specs) == 2 and all(spec["config"]["train"]["distributed"]["processes"] == 2 for spec in specs)
+    assert len({spec["config"]["train"]["lr"] for spec in specs}) == 2  # one draw per trial
+    for path in (tmp_path / "out" / "trials" / "jobs").glob("*/status.json"):
+        assert read_json(path)["state"] == "done"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks' processes in /proc")
+def test_rank_0_killed_takes_the_other_ranks_with_it(tmp_path):
+    """Rank 0 is the process holding the job: when it dies outright (SIGKILL, the OOM killer) no other rank
+    is left running, and the job resumes from its checkpoint like any job whose worker died."""
+    job = make_job(tmp_path / "e", ["variants=[{name: mlp, model: mlp, hidden: 32}]", "train.epochs=5000",
+                                    "train.early_stopping.patience=5000", "train.distributed.processes=2"])
+    # a rank 0 killed outright cannot remove the scratch folder of the other ranks: it lands in tmp_path
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+           "TMPDIR": str(tmp_path)}
+    rank0 = subprocess.Popen([sys.executable, str(REPO / "run" / "train_models.py"), str(job.path)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        metrics = job.variant("mlp").metrics_file
+        wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, 120, "an epoch")
+        wait_until(lambda: [p for p in _processes_naming(str(job.path)) if p != rank0.pid], 30, "rank 1")
+        rank0.kill()
+        rank0.wait(timeout=30)
+        wait_until(lambda: not _processes_naming(str(job.path)), 30, "rank 1 to end with rank 0")
+    finally:
+        if rank0.poll() is None:
+            rank0.kill()
