@@ -50,7 +50,7 @@ def worker_slots(jobs: int, workers: int | None, jobs_per_gpu: int, gpus: list[i
 class _Worker:
     process: multiprocessing.Process
     slot: Slot
-    job: str | None = None
+    jobs: list[str] = field(default_factory=list)  # the jobs it holds: several for a fused group
 
 
 @dataclass
@@ -84,7 +84,7 @@ class WorkerPool:
         progress = ProgressLines(self.tree)
         try:
             while self.workers:
-                progress.update([w.job for w in self.workers.values() if w.job])
+                progress.update([key for w in self.workers.values() for key in w.jobs])
                 if stop_requested():
                     self.result.interrupted = True
                     self.stop()
@@ -148,17 +148,17 @@ class WorkerPool:
         worker = self.workers.get(worker_id)
         if kind == "started":
             if worker:
-                worker.job = key
+                worker.jobs.append(key)
         elif kind == "finished":
-            if worker:
-                worker.job = None
+            if worker and key in worker.jobs:
+                worker.jobs.remove(key)
             self.result.settled.pop(key, None)
             self._record(key, event[2])
         elif kind == "note":  # a line for people, e.g. how a search's trial ended
             tqdm.write(key)
             sys.stdout.flush()
         elif kind == "settled" and key not in self.result.outcomes and key not in self.result.settled and not any(
-                w.job == key for w in self.workers.values()):  # one of ours that is just finishing
+                key in w.jobs for w in self.workers.values()):  # one of ours that is just finishing
             self.result.settled[key] = event[2]
             self._print(key, f"{event[2]:<6} (ran elsewhere)")
 
@@ -191,16 +191,16 @@ class WorkerPool:
             del self.workers[worker_id]
             if worker.process.exitcode == 0 or self.stopping:
                 continue
-            key = worker.job
             reason = f"worker process died with exit code {worker.process.exitcode}"
             if worker.process.exitcode == -signal.SIGKILL:
                 reason += " (killed: out of memory?)"
-            print(f"{reason}{f' while running {key}' if key else ''}; starting another worker", flush=True)
-            if key is not None:
+            running = f" while running {', '.join(worker.jobs)}" if worker.jobs else ""
+            print(f"{reason}{running}; starting another worker", flush=True)
+            for key in worker.jobs:
                 self.deaths[key] = self.deaths.get(key, 0) + 1
                 if self.deaths[key] >= MAX_WORKER_DEATHS_PER_JOB:
                     self._give_up(key, reason)
-            self._start(worker.slot)  # takes the job over from the dead worker's claim
+            self._start(worker.slot)  # takes the jobs over from the dead worker's claims
 
     def _give_up(self, key: str, reason: str) -> None:
         """Record a job that keeps killing its worker as failed, so that no worker claims it again."""
