@@ -14,13 +14,14 @@ import torch.nn.functional as F
 import yaml
 
 from conftest import TINY, launch
+from test_records import _served_test_accuracy
 from moelab.config import load_experiment
 from moelab.data import DataSettings, load_dataset
 from moelab.models import build_model
 from moelab.models.fused import FusedModel, fusion_problem
 from moelab.results.io import read_json, read_jsonl, write_json
 from moelab.results.status import JobState, read_status
-from moelab.results.tree import JobTree
+from moelab.results.tree import ExperimentTree, JobTree
 from moelab.train import fused as fused_training
 from moelab.train.job import run_fused_jobs, run_job
 from moelab.train.trainer import StopRequested
@@ -233,6 +234,9 @@ def test_run_here_with_local_fuse_trains_groups_and_records_them(write_experimen
     status = launch(tmp_path, "status", str(tree))
     assert status.returncode == 0 and "8 DONE (8 jobs)" in status.stdout, status.stdout
     assert "16 of 16 runs finished" in done.stdout
+    for job in load_experiment(experiment).jobs()[:2]:  # served: the weights that were tested
+        served, tested, samples = _served_test_accuracy(ExperimentTree(tree), job, "moe")
+        assert abs(served - tested) <= 1 / samples + 1e-9
 
 
 def test_settings_that_cannot_be_fused_train_each_job_alone_and_say_so(tmp_path, capsys):

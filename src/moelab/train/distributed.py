@@ -79,11 +79,11 @@ def train_members_distributed(job_dir: Path, members: list, data, settings: Trai
     names = [member.variant["name"] for member in members]
     # removed here, also when a rank was killed before it could clean up
     scratch = Path(tempfile.mkdtemp(prefix="moelab-ranks-"))
-    helpers: dict[int, subprocess.Popen] = {}
+    other_ranks: dict[int, subprocess.Popen] = {}
 
     def finished(member, results: dict | None, error: Exception | None) -> None:
         if error is not None:
-            dead = _dead_ranks(helpers, wait=DEATH_NOTICE_S)
+            dead = _dead_ranks(other_ranks, wait=DEATH_NOTICE_S)
             if dead:
                 error = RankFailed(f"{dead}; the job stopped there (its checkpoint is the last finished epoch's)")
         on_finished(member, results, error)
@@ -93,28 +93,28 @@ def train_members_distributed(job_dir: Path, members: list, data, settings: Trai
         for rank in range(1, world_size):
             arguments = {"job_dir": str(job_dir), "names": names, "rank": rank, "world_size": world_size,
                          "address": address, "threads": torch.get_num_threads(), "scratch": str(scratch / str(rank))}
-            helpers[rank] = subprocess.Popen([sys.executable, "-m", "moelab.train.distributed", json.dumps(arguments)],
+            other_ranks[rank] = subprocess.Popen([sys.executable, "-m", "moelab.train.distributed", json.dumps(arguments)],
                                              preexec_fn=_die_with_parent)
         _meet(0, world_size, address, device)
         with taking_part(Ranks(0, world_size)):
             train_members(members, data, settings, seed, device, stop_requested, continued_from, finished)
-        for helper in helpers.values():  # they end with the training
-            helper.wait(MEETING_TIMEOUT_S)
-        dead = _dead_ranks(helpers, wait=0)
+        for rank_process in other_ranks.values():  # they end with the training
+            rank_process.wait(MEETING_TIMEOUT_S)
+        dead = _dead_ranks(other_ranks, wait=0)
         if dead:
             raise RankFailed(f"{dead} after the training")
     except Exception as error:
-        dead = _dead_ranks(helpers, wait=0 if isinstance(error, StopRequested) else DEATH_NOTICE_S)
+        dead = _dead_ranks(other_ranks, wait=0 if isinstance(error, StopRequested) else DEATH_NOTICE_S)
         if dead and not isinstance(error, RankFailed):
             raise RankFailed(f"{dead}; the job stopped there") from error
         raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-        for helper in helpers.values():
-            if helper.poll() is None:
-                helper.kill()
-            helper.wait()
+        for rank_process in other_ranks.values():
+            if rank_process.poll() is None:
+                rank_process.kill()
+            rank_process.wait()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -125,13 +125,14 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _dead_ranks(helpers: dict[int, subprocess.Popen], wait: float) -> str:
+def _dead_ranks(other_ranks: dict[int, subprocess.Popen], wait: float) -> str:
     """The ranks that ended with an error, in words ('' when none), after waiting up to `wait` seconds for one."""
     deadline = time.monotonic() + wait
-    while helpers and all(helper.poll() is None for helper in helpers.values()) and time.monotonic() < deadline:
+    while (other_ranks and all(process.poll() is None for process in other_ranks.values())
+           and time.monotonic() < deadline):
         time.sleep(0.05)
-    dead = [f"rank {rank} of {len(helpers) + 1} {_exit_words(helper.returncode)}" for rank, helper in helpers.items()
-            if helper.poll() not in (None, 0)]
+    dead = [f"rank {rank} of {len(other_ranks) + 1} {_exit_words(process.returncode)}"
+            for rank, process in other_ranks.items() if process.poll() not in (None, 0)]
     return ", ".join(dead)
 
 
@@ -146,7 +147,7 @@ def _meet(rank: int, world_size: int, address: str, device: torch.device) -> Non
                             timeout=_timeout())
 
 
-def _helper_main(job_dir: str, names: list[str], rank: int, world_size: int, address: str, threads: int,
+def _rank_main(job_dir: str, names: list[str], rank: int, world_size: int, address: str, threads: int,
                  scratch: str) -> None:
     """Rank `rank` of a job's training, started by rank 0 on this machine."""
     from moelab.train.process import prepare_process
@@ -281,4 +282,4 @@ def _timeout():
 
 
 if __name__ == "__main__":  # a rank started by train_members_distributed
-    _helper_main(**json.loads(sys.argv[1]))
+    _rank_main(**json.loads(sys.argv[1]))
