@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from conftest import REPO, TINY, make_job, wait_until
 from moelab.results.io import read_json, read_jsonl
@@ -91,7 +92,11 @@ def test_a_stop_inside_a_write_or_a_callback_interrupts_and_resumes_identically(
     assert "Traceback" not in output and "interrupted" in output, output
     status = read_json(job.status_file)
     assert status["state"] == "interrupted" and status["variants"]["mlp"]["state"] == "interrupted"
-    assert [r["epoch"] for r in read_jsonl(job.variant("mlp").metrics_file)] == [0, 1]  # the paused epoch completed
+    # the paused epoch completed; the next one may have too: checkpoints are written while training goes on
+    epochs = [r["epoch"] for r in read_jsonl(job.variant("mlp").metrics_file)]
+    assert epochs[:2] == [0, 1] and epochs == list(range(len(epochs))), epochs
+    checkpoint = torch.load(job.variant("mlp").last_checkpoint, weights_only=False)
+    assert checkpoint["next_epoch"] == len(epochs) and len(checkpoint["history"]) == len(epochs)  # every write whole
     assert not list(job.path.rglob("*.tmp")) and not list(job.path.rglob(".*.tmp"))
 
     resumed = train(job)
