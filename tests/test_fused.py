@@ -262,3 +262,11 @@ def test_fused_reruns_are_bit_identical(tmp_path):
              if not any(w in k for w in ("seconds", "latency", "throughput"))}
             for job in jobs for v in DEFAULT_VARIANTS["variants"]]
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("value", ["0", "two", "1.5"])
+def test_a_bad_fuse_is_refused_before_anything_runs(write_experiment, tmp_path, value):
+    experiment = write_experiment()
+    done = launch(tmp_path, "run_here", str(experiment), f"local.fuse={value}", "--experiments-dir", "out")
+    assert done.returncode == 2 and "local.fuse" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
