@@ -8,15 +8,24 @@ On the device (the first GPU by default; the CPU when there is none, to check th
     their per-epoch training losses;
   - precision: one model's epoch time and final training loss in fp32, bf16 and fp16 (autocast);
   - deterministic: the same training twice with train.deterministic, bit-identical or not;
-  - MoE dispatch: one top-2 layer's forward + backward with torch._grouped_mm against the per-expert loop.
-Every check runs on tensors already on the device; times are medians of repeated epochs.
+  - MoE dispatch: one top-2 layer's forward + backward with torch._grouped_mm against the per-expert loop;
+  - jobs per hour (`--jobs N`, 0 to skip): the default grid with N seeds run_here one job per GPU, 4 and
+    8 per GPU (local.jobs_per_gpu), and fused 8 and 32 (local.fuse), each with the GPU's mean
+    utilisation and peak memory (nvidia-smi, sampled every 0.5 s).
+Every check but the last runs on tensors already on the device; times are medians of repeated epochs.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import torch
 
@@ -94,6 +103,42 @@ def epochs_fused(variant, data, settings, seeds, epochs, device) -> tuple[float,
     return statistics.median(times), losses
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def jobs_per_hour(seeds: int, epochs: int, overrides: list[str]) -> tuple[float, str, str]:
+    """(jobs per hour, mean GPU utilisation, peak GPU memory) of the default grid run_here with these overrides."""
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            answer = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
+                                     "--id=0"], capture_output=True, text=True)
+            if answer.returncode == 0 and answer.stdout.strip():
+                used, memory = answer.stdout.strip().split(",")[:2]
+                samples.append((float(used), float(memory)))
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    if shutil.which("nvidia-smi"):
+        watcher.start()
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        run = subprocess.run([sys.executable, "-m", "moelab.launch", "run_here", str(REPO / "experiments/configs/default.yaml"),
+                              f"grid.seed=[{','.join(str(s) for s in range(seeds))}]", f"train.epochs={epochs}",
+                              "report.live_plot_every=0", *overrides, "--experiments-dir", folder, "--no-report"],
+                             capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+    done.set()
+    if run.returncode != 0:
+        return 0.0, "failed", run.stderr.strip().splitlines()[-1][:60] if run.stderr.strip() else "failed"
+    jobs = seeds * 2  # x 2 expert counts
+    if not samples:
+        return jobs * 3600 / seconds, "n/a", "n/a"
+    return (jobs * 3600 / seconds, f"{statistics.mean(u for u, _ in samples):.0f} %",
+            f"{max(m for _, m in samples):.0f} MiB")
+
+
 def gap(a: list[list[float]], b: list[list[float]]) -> float:
     return max(abs(x - y) / abs(y) for xs, ys in zip(a, b) for x, y in zip(xs, ys))
 
@@ -103,6 +148,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=8, help="seeds of the jobs-per-hour grid (x 2 expert counts; 0: skip)")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -142,6 +188,16 @@ def main() -> None:
             rows.append((f"MoE layer, dispatch {dispatch}", f"{statistics.median(times[1:]) * 1e3:.2f} ms", "8192 tokens, E=16, k=2"))
         except (RuntimeError, ValueError) as error:
             rows.append((f"MoE layer, dispatch {dispatch}", "unavailable", str(error).splitlines()[0][:60]))
+
+    if args.jobs:
+        base = None
+        for label, overrides in (("1 job per GPU", ["local.jobs_per_gpu=1"]), ("4 jobs per GPU", ["local.jobs_per_gpu=4"]),
+                                 ("8 jobs per GPU", ["local.jobs_per_gpu=8"]), ("fused 8", ["local.fuse=8"]),
+                                 ("fused 32", ["local.fuse=32"])):
+            rate, utilisation, memory = jobs_per_hour(args.jobs, 5, overrides)
+            base = base or rate
+            rows.append((f"jobs/hour, {label}", f"{rate:.0f} ({rate / base:.1f}x)" if base else "failed",
+                         f"GPU {utilisation}, peak {memory}; {args.jobs * 2} jobs x 5 epochs"))
 
     print(f"device: {name} (torch {torch.__version__})\n")
     width = max(len(r[0]) for r in rows)
