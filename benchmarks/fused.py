@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -42,9 +44,9 @@ def write_mnist_shaped(root: Path, train: int = 6000, test: int = 1000) -> None:
             path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-def run(experiments: Path, overrides: list[str]) -> float:
+def run(experiment: Path, experiments: Path, overrides: list[str]) -> float:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "moelab.launch", "run_here", str(REPO / "experiments/configs/default.yaml"),
+    done = subprocess.run([sys.executable, "-m", "moelab.launch", "run_here", str(experiment),
                            *overrides, "--experiments-dir", str(experiments), "--no-report"],
                           capture_output=True, text=True)
     if done.returncode != 0:
@@ -70,12 +72,16 @@ def main() -> None:
     grid = [f"grid.seed=[{','.join(str(s) for s in range(args.seeds))}]", f"train.epochs={args.epochs}",
             "report.live_plot_every=0"]
     with tempfile.TemporaryDirectory() as folder:
-        if args.data == "mnist":
+        experiment = REPO / "experiments/configs/default.yaml"
+        if args.data == "mnist":  # the default experiment with MNIST's data section
             write_mnist_shaped(Path(folder) / "data")
-            grid += ["data.name=mnist", f"data.root={Path(folder) / 'data'}"]
+            doc = yaml.safe_load(experiment.read_text())
+            doc["data"] = {"name": "mnist", "root": str(Path(folder) / "data"), "val_fraction": 0.15}
+            experiment = Path(folder) / "default.yaml"
+            experiment.write_text(yaml.safe_dump(doc, sort_keys=False))
         alone_dir, fused_dir = Path(folder) / "alone", Path(folder) / "fused"
-        alone = run(alone_dir, grid)
-        fused = run(fused_dir, [*grid, f"local.fuse={args.fuse}"])
+        alone = run(experiment, alone_dir, grid)
+        fused = run(experiment, fused_dir, [*grid, f"local.fuse={args.fuse}"])
         mine, theirs = results(fused_dir), results(alone_dir)
     assert mine.keys() == theirs.keys(), "the two runs wrote different jobs"
     loss_gap = max(abs(a["train_loss"] - b["train_loss"]) / abs(b["train_loss"])
