@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -120,11 +121,13 @@ def test_settings_several_processes_cannot_train_are_refused_naming_the_key(writ
 
     path = write_experiment({**TINY, "grid": {}})
     with pytest.raises(ConfigError) as caught:
-        load_experiment(path, ["train.distributed.processes=4", "train.batch_size=2",
-                               "train.distributed.expert_parallel=true"])
+        load_experiment(path, ["train.distributed.processes=4", "train.batch_size=2"])
     messages = {issue.path: issue.message for issue in caught.value.issues}
     assert "must be at least train.distributed.processes=4" in messages["train.batch_size"]
-    assert "set it to false" in messages["train.distributed.expert_parallel"]
+    with pytest.raises(ConfigError) as caught:
+        load_experiment(path, ["train.distributed.expert_parallel=true"])
+    messages = {issue.path: issue.message for issue in caught.value.issues}
+    assert "set train.distributed.processes to 2 or more" in messages["train.distributed.expert_parallel"]
     with pytest.raises(ConfigError, match="train.distributed.processes: must be an integer >= 1"):
         load_experiment(path, ["train.distributed.processes=0"])
 
@@ -180,9 +183,10 @@ def test_a_search_trial_of_two_processes_is_sampled_once_and_runs_as_one_job(wri
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks' processes in /proc")
-def test_rank_0_killed_takes_the_other_ranks_with_it(tmp_path):
+def test_rank_0_killed_takes_the_other_ranks_with_it(tmp_path, monkeypatch):
     """Rank 0 is the process holding the job: when it dies outright (SIGKILL, the OOM killer) no other rank
     is left running, and the job resumes from its checkpoint like any job whose worker died."""
+    from moelab.train.distributed import scratch_folder
     job = make_job(tmp_path / "e", ["variants=[{name: mlp, model: mlp, hidden: 32}]", "train.epochs=5000",
                                     "train.early_stopping.patience=5000", "train.distributed.processes=2"])
     # a rank 0 killed outright cannot remove the scratch folder of the other ranks: it lands in tmp_path
@@ -200,3 +204,72 @@ def test_rank_0_killed_takes_the_other_ranks_with_it(tmp_path):
     finally:
         if rank0.poll() is None:
             rank0.kill()
+    # its scratch folder stays, until the next distributed training on this machine makes one
+    left = list(tmp_path.glob(f"moelab-ranks-{rank0.pid}-*"))
+    assert len(left) == 1
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    fresh = scratch_folder()
+    assert not left[0].exists() and fresh.is_dir() and fresh.name.startswith(f"moelab-ranks-{os.getpid()}-")
+
+
+def test_expert_parallelism_refuses_variants_it_cannot_shard_naming_the_variant_and_why(write_experiment):
+    from conftest import TINY
+    from moelab.config import ConfigError, load_experiment
+
+    variants = [{"name": "dense", "model": "mlp", "hidden": 16},
+                {"name": "soft", "model": "moe", "hidden": 16, "num_experts": 4},
+                {"name": "three", "model": "moe_routed", "hidden": 16, "num_experts": 3, "k": 1},
+                {"name": "fine", "model": "moe_routed", "hidden": 16, "num_experts": 4, "k": 2}]
+    path = write_experiment({**TINY, "grid": {}, "variants": variants})
+    with pytest.raises(ConfigError) as caught:
+        load_experiment(path, ["train.distributed.processes=2", "train.distributed.expert_parallel=true"])
+    messages = {issue.path: issue.message for issue in caught.value.issues}
+    assert set(messages) == {"variants.dense", "variants.soft", "variants.three"}
+    assert "no MoE layer" in messages["variants.dense"]
+    assert "soft routing" in messages["variants.soft"]
+    assert "num_experts=3 cannot be shared evenly by 2 processes" in messages["variants.three"]
+    assert all("train.distributed.expert_parallel over 2 processes" in m for m in messages.values())
+
+
+# batch norm and gradient clipping included: each expert normalises over the tokens of every rank, and the
+# clipped norm adds up the experts of every rank, as one process does
+EXPERT_PARALLEL = ["variants=[{name: moe, model: moe_routed, hidden: 16, num_experts: 4, k: 2, dropout: 0.0, "
+                   "balance: none, batch_norm: true}]", "train.epochs=3", "train.grad_clip=0.05"]
+SHARDED = ["train.distributed.processes=2", "train.distributed.expert_parallel=true"]
+
+
+@pytest.mark.slow
+def test_experts_sharded_over_two_processes_train_as_one_process_and_resume_exactly(tmp_path, monkeypatch):
+    from moelab.train.job import run_job
+    from moelab.train.trainer import StopRequested
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    single = make_job(tmp_path / "one", EXPERT_PARALLEL)
+    sharded = make_job(tmp_path / "two", [*EXPERT_PARALLEL, *SHARDED])
+    resumed = make_job(tmp_path / "three", [*EXPERT_PARALLEL, *SHARDED])
+    assert run_job(single.path).state == "done"
+    outcome = run_job(sharded.path)
+    assert outcome.state == "done", outcome.errors
+    one, two = _losses(single, "moe"), _losses(sharded, "moe")
+    assert len(one) == len(two) == 3
+    for (train1, val1), (train2, val2) in zip(one, two):
+        assert train2 == pytest.approx(train1, abs=1e-5) and val2 == pytest.approx(val1, abs=1e-5)
+    tested = {job: read_json(job.variant("moe").results_file) for job in (single, sharded)}
+    assert tested[sharded]["test_acc"] == pytest.approx(tested[single]["test_acc"], abs=1e-6)
+    assert tested[sharded]["num_parameters"] == tested[single]["num_parameters"]
+    # the checkpoint holds the whole model and the whole optimizer state: every expert, gathered
+    whole = torch.load(single.variant("moe").last_checkpoint, weights_only=False)
+    gathered = torch.load(sharded.variant("moe").last_checkpoint, weights_only=False)
+    assert {k: v.shape for k, v in gathered["model"].items()} == {k: v.shape for k, v in whole["model"].items()}
+    for index, state in whole["optimizer"]["state"].items():
+        assert gathered["optimizer"]["state"][index]["exp_avg"].shape == state["exp_avg"].shape
+
+    # stopped after its second epoch, then run again: it resumes from the gathered checkpoint, sliced again
+    metrics = resumed.variant("moe").metrics_file
+    with pytest.raises(StopRequested):
+        run_job(resumed.path, stop_requested=lambda: metrics.exists() and metrics.read_text().count("\n") >= 2)
+    assert torch.load(resumed.variant("moe").last_checkpoint, weights_only=False)["next_epoch"] == 2
+    assert run_job(resumed.path).state == "done"
+    assert _losses(resumed, "moe") == two
+    assert read_json(resumed.variant("moe").results_file)["test_acc"] == tested[sharded]["test_acc"]

@@ -47,6 +47,25 @@ def test_two_tasks_give_the_losses_of_one_process_and_show_as_one_job(write_expe
     assert status.stdout.count("(2 processes)") == 1
 
 
+def test_experts_sharded_over_two_tasks_train_as_data_parallel_tasks_do(write_experiment, tmp_path, profile):
+    """Expert parallelism on the cluster: each task holds half the experts; the losses are those of the same
+    job data parallel (both those of one process, test_distributed.py)."""
+    sharded = {**EXACT, "name": "sharded", "variants": EXACT["variants"][1:],
+               "train": {**TINY["train"], "epochs": 3, "distributed": {"processes": 2}},
+               "grid": {"train.distributed.expert_parallel": [False, True]}}
+    experiment = write_experiment(sharded)
+    submit(tmp_path, experiment, profile)
+    final = wait_until(lambda: all_final(experiment, tmp_path / "out"), 300, "both jobs")
+    assert set(final.values()) == {"done"}, final
+    tree = ExperimentTree(tmp_path / "out" / "sharded")
+    replicated, experts = (tree.job(job.key) for job in load_experiment(experiment).jobs())
+    for (train1, val1), (train2, val2) in zip(_losses(replicated, "moe"), _losses(experts, "moe"), strict=True):
+        assert train2 == pytest.approx(train1, abs=1e-5) and val2 == pytest.approx(val1, abs=1e-5)
+    gathered = torch.load(experts.variant("moe").best_weights, weights_only=True)
+    assert {k: v.shape for k, v in gathered.items()} == {
+        k: v.shape for k, v in torch.load(replicated.variant("moe").best_weights, weights_only=True).items()}
+
+
 def test_a_distributed_job_signalled_before_its_time_limit_is_requeued_and_resumes(write_experiment, tmp_path,
                                                                                    profile):
     """The signal SLURM sends before a time limit, sent once the job has a checkpoint: the allocation is

@@ -194,7 +194,7 @@ def check_jobs(doc: dict) -> list[Issue]:
             if f"{name}: {problem}{at}" not in seen:
                 seen.add(f"{name}: {problem}{at}")
                 issues.append(Issue(f"variants.{name}.init_from", problem + at))
-        for key, problem in distributed_problems(job.config["train"]):
+        for key, problem in distributed_problems(job.config):
             if f"{key}: {problem}{at}" not in seen:
                 seen.add(f"{key}: {problem}{at}")
                 issues.append(Issue(key, problem + at))

@@ -25,6 +25,8 @@ expert drops depends on the global token order), and an expert count the ranks d
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -161,14 +163,58 @@ def shard_experts(model: nn.Module, group=None) -> None:
         layer.expert_shard = ExpertShard(rank, world_size, local, group)
 
 
-def expert_parameters(model: nn.Module) -> list[str]:
-    """Names of the parameters and buffers each rank holds its own shard of (not replicated): what data
-    parallelism must neither average nor broadcast."""
-    names = []
+def expert_parameters(model: nn.Module) -> dict[str, ExpertShard]:
+    """The parameters and buffers each rank holds its own shard of (not replicated: what data
+    parallelism must neither average nor broadcast), by name, each with its layer's shard."""
+    names = {}
     for prefix, module in model.named_modules():
         if isinstance(module, MoE) and module.expert_shard is not None:
-            names += [f"{prefix}.{name}".lstrip(".") for name in ("w1", "b1", "w2", "b2")]
+            for name in ("w1", "b1", "w2", "b2"):
+                names[f"{prefix}.{name}".lstrip(".")] = module.expert_shard
             if module.norm is not None:
-                names += [f"{prefix}.norm.{name}".lstrip(".")
-                          for name in ("weight", "bias", "running_mean", "running_var")]
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    names[f"{prefix}.norm.{name}".lstrip(".")] = module.expert_shard
     return names
+
+
+def gather_experts(tensor: torch.Tensor, shard: ExpertShard) -> torch.Tensor:
+    """Every rank's slice of an expert tensor (this rank holding `tensor`), in expert order: the whole layer's.
+    A collective: every rank calls it, for the same tensors in the same order."""
+    slices = [torch.empty_like(tensor) for _ in range(shard.world_size)]
+    dist.all_gather(slices, tensor.contiguous(), group=shard.group)
+    return torch.cat(slices)
+
+
+def local_experts(tensor: torch.Tensor, shard: ExpertShard) -> torch.Tensor:
+    """This rank's slice of a whole layer's expert tensor."""
+    return tensor[shard.first_expert : shard.first_expert + shard.local_experts]
+
+
+def unsharded(model: nn.Module, whole_state: dict) -> nn.Module:
+    """A copy of sharded `model` holding every expert, with the weights of `whole_state` (a state dict whose
+    expert tensors are gathered): a model that runs alone, as if it had never been sharded."""
+    whole = copy.deepcopy(model)
+    for layer in moe_layers(whole):
+        if layer.expert_shard is None:
+            continue
+        for module, name in [(layer, n) for n in ("w1", "b1", "w2", "b2")] + (
+                [(layer.norm, n) for n in ("weight", "bias")] if layer.norm is not None else []):
+            part = getattr(module, name)
+            setattr(module, name, nn.Parameter(part.new_empty(layer.num_experts, *part.shape[1:])))
+        if layer.norm is not None:
+            for name in ("running_mean", "running_var"):
+                part = getattr(layer.norm, name)
+                setattr(layer.norm, name, part.new_empty(layer.num_experts, *part.shape[1:]))
+        layer.expert_shard = None
+    whole.load_state_dict(whole_state)
+    return whole
+
+
+def variant_problems(model: str, params: dict, d_in: int, d_out: int, input_shape, world_size: int) -> list[str]:
+    """Why a variant's model cannot have its experts sharded over `world_size` ranks (built on the meta
+    device: no memory, no weights drawn), one line per reason."""
+    from moelab.models.registry import build_model
+
+    with torch.device("meta"):
+        built = build_model(model, d_in, d_out, params, input_shape)
+    return expert_parallel_problems(built, world_size)

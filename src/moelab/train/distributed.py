@@ -4,13 +4,19 @@ The process that runs the job (a local worker, a SLURM task, `run/train_models.p
 the job's claim and heartbeat and alone writes metrics, checkpoints, status and results, exactly where
 a single process would. For each training of the job (trainer.train_members) it starts ranks 1..P-1 as
 processes of their own (`train_members_distributed`), which train the same members from the same
-checkpoint and write nothing of the job: their files go to a scratch folder removed when they end.
+checkpoint and write nothing of the job: their files go to a scratch folder removed when they end (or,
+after a kill, by the next training that makes one on that machine).
 
 Every rank takes its slice of each batch of train.batch_size, its loss weighted by its share of the
 batch, and DistributedDataParallel averages the gradients: the step is that of the whole batch, as
 with one process, and the epoch's figures are summed over the ranks (train/ranks.py).
 Validation and test run on every rank on the whole sets (the weights are the same everywhere), so no
 decision (early stopping, best weights) can differ between ranks.
+
+With `expert_parallel: true` each rank holds E / P experts of every MoE layer and the tokens travel to
+them (models/expert_parallel.py): validation runs on every rank through the sharded layers, in step;
+checkpoints and best weights are gathered whole (so they resume under any process count), and rank 0
+alone tests, on the gathered model (train/ranks.py, ShardedExperts).
 
 A rank that dies fails the training with the rank named (`RankFailed`); rank 0 stops the others and
 nothing of the unfinished epoch is written (the checkpoint is the last finished epoch's).
@@ -21,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import os
 import shutil
 import signal
 import socket
@@ -28,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -78,7 +86,7 @@ def train_members_distributed(job_dir: Path, members: list, data, settings: Trai
     address = free_address()
     names = [member.variant["name"] for member in members]
     # removed here, also when a rank was killed before it could clean up
-    scratch = Path(tempfile.mkdtemp(prefix="moelab-ranks-"))
+    scratch = scratch_folder()
     other_ranks: dict[int, subprocess.Popen] = {}
 
     def finished(member, results: dict | None, error: Exception | None) -> None:
@@ -96,7 +104,7 @@ def train_members_distributed(job_dir: Path, members: list, data, settings: Trai
             other_ranks[rank] = subprocess.Popen([sys.executable, "-m", "moelab.train.distributed", json.dumps(arguments)],
                                              preexec_fn=_die_with_parent)
         _meet(0, world_size, address, device)
-        with taking_part(Ranks(0, world_size)):
+        with taking_part(Ranks(0, world_size, settings.distributed.expert_parallel)):
             train_members(members, data, settings, seed, device, stop_requested, continued_from, finished)
         for rank_process in other_ranks.values():  # they end with the training
             rank_process.wait(MEETING_TIMEOUT_S)
@@ -116,6 +124,32 @@ def train_members_distributed(job_dir: Path, members: list, data, settings: Trai
                 rank_process.kill()
             rank_process.wait()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+SCRATCH_PREFIX = "moelab-ranks-"
+
+
+def scratch_folder() -> Path:
+    """A new scratch folder for ranks' files in the temporary directory, named after this process. Those of
+    processes of this user that are gone (killed outright before they could remove theirs) are removed
+    first, so that they do not pile up on a node."""
+    temporary = Path(tempfile.gettempdir())
+    for folder in temporary.glob(f"{SCRATCH_PREFIX}*"):
+        owner = folder.name[len(SCRATCH_PREFIX):].split("-")[0]
+        with contextlib.suppress(OSError):
+            if owner.isdigit() and folder.stat().st_uid == os.getuid() and not _alive(int(owner)):
+                shutil.rmtree(folder, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=temporary))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
 
 
 def _die_with_parent() -> None:
@@ -179,7 +213,7 @@ def _follow(job_dir: str, names: list[str], ranks: Ranks, scratch: Path, meet: C
     variants = {v["name"]: v for v in config["variants"]}
     members = [Member(variants[name], own.variant(name)) for name in names]
     meet(device)
-    with taking_part(ranks):
+    with taking_part(replace(ranks, expert_parallel=settings.distributed.expert_parallel)):
         # rank 0 records the errors; this rank shows its own and trains on, in step with rank 0
         train_members(members, data, settings, config["seed"], device, lambda: False, continued,
                       lambda member, results, error: _show(ranks.rank, member, error))
@@ -243,8 +277,11 @@ def follow_rank_zero(job_dir: str, ranks: Ranks, device: torch.device) -> None:
             dist.broadcast_object_list(names, src=0)
             if names[0] is None:
                 return
-            with tempfile.TemporaryDirectory(prefix="moelab-rank-") as scratch:
-                _follow(job_dir, names[0], ranks, Path(scratch), meet=lambda device: None)
+            scratch = scratch_folder()
+            try:
+                _follow(job_dir, names[0], ranks, scratch, meet=lambda device: None)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
     finally:
         dist.destroy_process_group()
 
@@ -264,7 +301,7 @@ def _train_with_standing_ranks(members: list, data, settings: TrainSettings, see
                                f"stopped there (its checkpoint is the last finished epoch's)")
         on_finished(member, results, error)
 
-    with taking_part(_standing):
+    with taking_part(replace(_standing, expert_parallel=settings.distributed.expert_parallel)):
         train_members(members, data, settings, seed, device, stop_requested, continued_from, finished)
 
 

@@ -31,7 +31,7 @@ from moelab.results.records import TestedWeights
 from moelab.results.tree import JobTree, VariantTree, set_aside
 from moelab.train.analysis import write_expert_analysis
 from moelab.train.evaluate import evaluate, predict, test_results
-from moelab.train.ranks import current_ranks, data_parallel
+from moelab.train.ranks import current_ranks, data_parallel, weight_layout
 from moelab.train.settings import TrainSettings
 from moelab.train.tasks import TASKS, batch_stats, finish_metrics
 
@@ -107,6 +107,7 @@ class Execution:
 
     def __init__(self, model: nn.Module, settings: TrainSettings, device: torch.device):
         self.model, self.precision, self.device_type = model, settings.precision, device.type
+        self.layout = weight_layout()
         self.scaler = torch.amp.GradScaler(device.type) if settings.precision == "fp16" else None
         self.compiled, self._unchecked = False, False
         # DistributedDataParallel around the model when the job is trained by several processes
@@ -136,7 +137,8 @@ class Execution:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(optimizer)  # clipping sees the true gradients
         if grad_clip:  # one model: its parameters' gradients with a model dimension of 1
-            clip_grad_norms([p.grad.unsqueeze(0) for p in self.model.parameters() if p.grad is not None], grad_clip)
+            whole, sharded = self.layout.gradients(self.model)
+            clip_grad_norms(whole, grad_clip, sharded)
         if self.scaler is None:
             optimizer.step()
         else:
@@ -156,12 +158,17 @@ class Execution:
 
 
 @torch.no_grad()
-def clip_grad_norms(grads: list[torch.Tensor], max_norm: float) -> None:
+def clip_grad_norms(grads: list[torch.Tensor], max_norm: float, sharded: list[torch.Tensor] = ()) -> None:
     """nn.utils.clip_grad_norm_ for each of N models at once: `grads` [N, ...] each, model n's gradient
-    norm over its slices [n] (the same arithmetic for a model alone, N = 1, and fused)."""
+    norm over its slices [n] (the same arithmetic for a model alone, N = 1, and fused). `sharded`: the
+    gradients of which each rank holds a part (expert parallelism), whose squares add up over the ranks."""
     norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)  # [N]
+    if sharded:
+        squares = torch.stack([g.flatten(1).square().sum(dim=1) for g in sharded]).sum(dim=0)
+        current_ranks().sum([squares])
+        norms = (norms.square() + squares).sqrt()
     coefficient = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    for g in grads:
+    for g in [*grads, *sharded]:
         g.mul_(coefficient.view(-1, *[1] * (g.dim() - 1)).to(g.dtype))
 
 
@@ -256,8 +263,10 @@ def prepare(members: list[Member], data: TaskData, settings: TrainSettings, seed
     else the ones of the job they continue, else their init_from weights, else nothing (at random)."""
     task = TASKS[data.task]
     lead = members[0].variant
+    layout = weight_layout()
     torch.manual_seed(seed)  # every variant of a job starts from the same seed: paired comparisons
     model = build_model(lead["model"], data.d_in, data.d_out, model_params(lead), data.input_shape).to(device)
+    layout.place(model)  # built whole on every rank, from the seed: a rank keeps its experts
     optimizer = make_optimizer(model, settings)
     scheduler = make_scheduler(optimizer, settings)
     execution = Execution(model, settings, device)
@@ -266,8 +275,12 @@ def prepare(members: list[Member], data: TaskData, settings: TrainSettings, seed
     # must not draw from the training's random numbers
     with torch.random.fork_rng(devices=_rng_devices(device)):
         for member in members:
-            member.model = model if len(members) == 1 else build_model(
-                member.variant["model"], data.d_in, data.d_out, model_params(member.variant), data.input_shape).to(device)
+            if len(members) == 1:
+                member.model = model
+            else:
+                member.model = build_model(member.variant["model"], data.d_in, data.d_out, model_params(member.variant),
+                                           data.input_shape).to(device)
+                layout.place(member.model)
             member.stopper = EarlyStopping(settings.early_stopping.patience, settings.early_stopping.min_delta,
                                            task.primary_higher_is_better)
     start_epoch = 0
@@ -295,7 +308,7 @@ def prepare(members: list[Member], data: TaskData, settings: TrainSettings, seed
         for member in members:
             member.out.metrics_file.unlink(missing_ok=True)
         if "init_from" in lead:
-            model.load_state_dict(load_weights(lead["init_from"], device))
+            layout.load_state_dict(model, load_weights(lead["init_from"], device))
     return Training(members, model, optimizer, scheduler, execution, shuffle, start_epoch)
 
 
@@ -337,7 +350,8 @@ def fit(members: list[Member], data: TaskData, settings: TrainSettings, seed: in
                     done(member, error)
                 return
             scheduler.step()
-            state = checkpoint_state(optimizer.state_dict(), scheduler, run.shuffle, global_rng(), execution.scaler)
+            state = checkpoint_state(execution.layout.optimizer_state(model, optimizer), scheduler, run.shuffle,
+                                     global_rng(), execution.scaler)
             recorded = []
             for member in list(training):
                 try:
@@ -363,7 +377,11 @@ def finish_member(member: Member, error: Exception | None, execution: dict, data
     if error is not None:
         on_finished(member, None, error)
         return
-    fitted = Fit(member.model, member.history, member.stopper, provenance(member.variant, continued_from), execution)
+    model = weight_layout().tested_model(member.model)
+    if model is None:  # tested by another rank
+        on_finished(member, None, None)
+        return
+    fitted = Fit(model, member.history, member.stopper, provenance(member.variant, continued_from), execution)
     try:
         with torch.random.fork_rng(devices=_rng_devices(device)):  # the others go on training
             results = finish(member.variant, fitted, data, settings, member.out, device)
@@ -383,10 +401,11 @@ def record_epoch(member: Member, model: nn.Module, data: TaskData, settings: Tra
     # not synced: a resume rewrites the metrics from the checkpoint's history
     append_jsonl(member.out.metrics_file, metrics_line(history[-1]), sync=False)
     check_finite(history[-1], epoch)
+    weights = weight_layout().state_dict(model)
     if member.stopper.update(history[-1][f"val_{TASKS[data.task].primary}"], epoch):
-        writer.write(member.out.best_weights, model.state_dict())
+        writer.write(member.out.best_weights, weights)
     writer.write(member.out.last_checkpoint, {
-        "next_epoch": epoch + 1, "model": model.state_dict(), "early_stopping": asdict(member.stopper),
+        "next_epoch": epoch + 1, "model": weights, "early_stopping": asdict(member.stopper),
         "history": history, "test_experts": member.test_experts, **state,
     })
 
@@ -653,7 +672,7 @@ def carry_best_weights(shorter: VariantTree, out: VariantTree, model, stopper: E
     if shorter.best_weights.is_file():
         save_atomic(out.best_weights, torch.load(shorter.best_weights, map_location="cpu", weights_only=True))
     elif stopper.best_epoch == start_epoch - 1:  # the best weights are the checkpoint's
-        save_atomic(out.best_weights, model.state_dict())
+        save_atomic(out.best_weights, weight_layout().state_dict(model))
     elif settings.checkpoint == "best":
         raise FileNotFoundError(f"this job continues {shorter.path}, whose best weights (epoch {stopper.best_epoch}) "
                                 f"were not kept ({shorter.best_weights.name} is missing: save_weights: false?); "
@@ -774,10 +793,11 @@ def _snapshot(obj):
 def load_checkpoint(out: VariantTree, model, optimizer, scheduler, shuffle, stopper,
                     device, scaler=None) -> tuple[int, list[dict], torch.Tensor | None]:
     state = torch.load(out.last_checkpoint, map_location=device, weights_only=False)
-    model.load_state_dict(state["model"])
+    layout = weight_layout()
+    layout.load_state_dict(model, state["model"])
     if scaler is not None and "grad_scaler" in state:
         scaler.load_state_dict(state["grad_scaler"])
-    optimizer.load_state_dict(state["optimizer"])
+    layout.load_optimizer_state(model, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     for key, value in state["early_stopping"].items():
         setattr(stopper, key, value)
