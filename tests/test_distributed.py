@@ -273,3 +273,34 @@ def test_experts_sharded_over_two_processes_train_as_one_process_and_resume_exac
     assert run_job(resumed.path).state == "done"
     assert _losses(resumed, "moe") == two
     assert read_json(resumed.variant("moe").results_file)["test_acc"] == tested[sharded]["test_acc"]
+
+
+def test_run_here_gives_a_worker_one_gpu_per_process_of_the_largest_job(monkeypatch):
+    from moelab.launch.pool import worker_slots
+    from moelab.train.process import prepare_process
+
+    assert [s.gpus for s in worker_slots(8, None, 1, [0, 1, 2, 3], 16, gpus_per_job=2)] == [(0, 1), (2, 3)]
+    assert [s.gpus for s in worker_slots(8, None, 2, [0, 1, 2], 16, gpus_per_job=2)] == [(0, 1), (0, 1)]
+    with pytest.raises(ValueError, match="a job of 4 processes needs 4 GPUs, one per process, and 2 are visible"):
+        worker_slots(8, None, 1, [0, 1], 16, gpus_per_job=4)
+    # a worker sees its set, as indices into the GPUs the launch sees; its ranks take one each (cuda:rank)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    prepare_process(None, (2, 3))
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "6,7"
+
+
+def test_a_job_needing_more_gpus_than_this_machine_has_is_refused_before_anything_runs(write_experiment, tmp_path,
+                                                                                        monkeypatch, capsys):
+    from conftest import TINY
+    from moelab.launch import launcher
+    from moelab.launch.local import backend
+    from moelab.launch.base import LaunchOptions
+
+    monkeypatch.setattr(backend, "visible_gpus", lambda: [0])  # one GPU, and a job of 2 processes
+    path = write_experiment({**TINY, "grid": {"train.distributed.processes": [1, 2]}})
+    code = launcher.launch_experiment(path, options=LaunchOptions(experiments_dir=tmp_path / "out"))
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "a job of 2 processes needs 2 GPUs, one per process, and 1 are visible on this machine" in error
+    assert "train.device: cpu" in error
+    assert not list((tmp_path / "out").rglob("status.json"))  # nothing ran

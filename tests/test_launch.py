@@ -306,4 +306,4 @@ def test_cpu_workers_never_hold_more_threads_than_cores():
     assert [s.threads for s in worker_slots(3, None, 1, [], 8)] == [2, 2, 2]
     assert [s.threads for s in worker_slots(10, 2, 1, [], 8)] == [4, 4]
     gpu = worker_slots(10, None, 4, [0, 1], 16)
-    assert [s.gpu for s in gpu] == [0, 1] * 4 and {s.threads for s in gpu} == {2}
+    assert [s.gpus for s in gpu] == [(0,), (1,)] * 4 and {s.threads for s in gpu} == {2}

@@ -29,21 +29,28 @@ MAX_WORKER_DEATHS_PER_JOB = 2
 
 @dataclass(frozen=True)
 class Slot:
-    """Where one worker runs: its GPU (None on CPU) and its torch threads."""
+    """Where one worker runs: its GPUs (none on CPU; several for a job of several processes, one each)
+    and its torch threads."""
 
-    gpu: int | None
+    gpus: tuple[int, ...]
     threads: int
 
 
-def worker_slots(jobs: int, workers: int | None, jobs_per_gpu: int, gpus: list[int], cores: int) -> list[Slot]:
-    """Workers and their threads for `jobs` jobs: `jobs_per_gpu` per GPU, else one single-thread
-    worker per core, `workers` overriding the count; never more workers than jobs, and never more
-    threads than cores (torch's thread pools collapse when they outnumber the cores)."""
+def worker_slots(jobs: int, workers: int | None, jobs_per_gpu: int, gpus: list[int], cores: int,
+                 gpus_per_job: int = 1) -> list[Slot]:
+    """Workers and their threads for `jobs` jobs: `jobs_per_gpu` per GPU (per set of `gpus_per_job`
+    GPUs: a distributed job's processes, train.distributed), else one single-thread worker per core,
+    `workers` overriding the count; never more workers than jobs, and never more threads than cores
+    (torch's thread pools collapse when they outnumber the cores)."""
     if gpus:
-        count = max(1, min(jobs, workers or len(gpus) * jobs_per_gpu))
-        return [Slot(gpus[i % len(gpus)], max(1, cores // count)) for i in range(count)]
+        sets = [tuple(gpus[i : i + gpus_per_job]) for i in range(0, len(gpus) - gpus_per_job + 1, gpus_per_job)]
+        if not sets:
+            raise ValueError(f"a job of {gpus_per_job} processes needs {gpus_per_job} GPUs, one per process, and "
+                             f"{len(gpus)} are visible")
+        count = max(1, min(jobs, workers or len(sets) * jobs_per_gpu))
+        return [Slot(sets[i % len(sets)], max(1, cores // count)) for i in range(count)]
     count = max(1, min(jobs, workers or cores))
-    return [Slot(None, max(1, cores // count))] * count
+    return [Slot((), max(1, cores // count))] * count
 
 
 @dataclass
@@ -131,7 +138,7 @@ class WorkerPool:
 
     def _start(self, slot: Slot) -> None:
         process = self.context.Process(target=worker_main, daemon=True, args=(
-            self.next_id, slot.gpu, slot.threads, str(self.tree.path), self.plan_path, self.events, self.runtime_info,
+            self.next_id, slot.gpus, slot.threads, str(self.tree.path), self.plan_path, self.events, self.runtime_info,
             self.wait_for_others, os.getpid()))
         # the worker inherits the blocked signals: one sent while it starts up (before its handlers
         # are installed) waits for them instead of killing it or raising a KeyboardInterrupt there

@@ -147,7 +147,7 @@ def _verdict(job: JobTree, names: list[str], planned: int, launch_id: str, claim
     return "run"
 
 
-def worker_main(worker_id: int, gpu: int | None, threads: int, experiment_dir: str, plan_path: str, events,
+def worker_main(worker_id: int, gpus: tuple[int, ...], threads: int, experiment_dir: str, plan_path: str, events,
                 runtime_info: dict, wait_for_others: bool, launcher_pid: int) -> None:
     """A worker process: set up threads and GPU, then pull jobs, reporting to the launcher's queue.
     It starts with the stop signals blocked (see WorkerPool._start): one sent while it starts up
@@ -160,7 +160,7 @@ def worker_main(worker_id: int, gpu: int | None, threads: int, experiment_dir: s
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     _stop_when_orphaned(launcher_pid)
-    prepare_process(threads, gpu)
+    prepare_process(threads, gpus)
     plan = PlanFile.read(Path(plan_path))
     tree, report = ExperimentTree(Path(experiment_dir)), lambda event: events.put((worker_id, *event))
     pull_jobs(tree, plan, report, stop_requested=stop_requested, runtime_info=runtime_info,

@@ -81,8 +81,9 @@ def train_members_distributed(job_dir: Path, members: list, data, settings: Trai
         return
     if device.type == "cuda" and torch.cuda.device_count() < world_size:  # NCCL: one GPU per rank
         raise ValueError(f"train.distributed.processes={world_size} needs {world_size} GPUs, one per process, and this "
-                         f"worker sees {torch.cuda.device_count()} (local workers get one GPU each); submit the job "
-                         f"(one GPU per task), or train it on CPUs with train.device: cpu")
+                         f"process sees {torch.cuda.device_count()} (run_here gives each worker one GPU per process of "
+                         f"its largest job; a process started otherwise needs them in CUDA_VISIBLE_DEVICES); submit "
+                         f"the job (one GPU per task), or train it on CPUs with train.device: cpu")
     address = free_address()
     names = [member.variant["name"] for member in members]
     # removed here, also when a rank was killed before it could clean up

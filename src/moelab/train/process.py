@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 
 
-def prepare_process(threads: int | None = None, gpu: int | None = None) -> None:
-    """`gpu`: the only GPU this process sees, an index into the GPUs its parent sees; `threads`:
-    torch's threads (None: SLURM's cpus-per-task when set, else torch's default)."""
-    if gpu is not None:
-        inherited = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-        os.environ["CUDA_VISIBLE_DEVICES"] = inherited[gpu] if inherited else str(gpu)
+def prepare_process(threads: int | None = None, gpus: tuple[int, ...] = ()) -> None:
+    """`gpus`: the only GPUs this process sees (none given: those of its parent), indices into the GPUs
+    its parent sees; `threads`: torch's threads (None: SLURM's cpus-per-task when set, else torch's default)."""
+    if gpus:
+        inherited = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(inherited[gpu] if inherited else str(gpu) for gpu in gpus)
     threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))
     if threads:
         # OpenMP and MKL read these when torch loads: no pool larger than this process's share

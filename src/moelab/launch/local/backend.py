@@ -1,6 +1,7 @@
 """run_here: the plan's jobs on this machine, by worker processes that pull them (launch/pool.py).
 
-On GPUs: `local.jobs_per_gpu` workers per visible GPU, each seeing only its own. On CPU: one
+On GPUs: `local.jobs_per_gpu` workers per visible GPU, each seeing only its own (with jobs of P
+processes on GPUs, train.distributed: per set of P GPUs, each worker seeing its set). On CPU: one
 single-thread worker per core available to this process (never more threads than cores: torch's
 thread pools collapse when they outnumber the cores), fewer with more threads each when the plan
 has fewer jobs than cores. `--workers N` (or `local.workers`) sets the count; the cores are shared
@@ -15,7 +16,7 @@ from __future__ import annotations
 import os
 import signal
 
-from moelab.launch.base import Backend
+from moelab.launch.base import Backend, LaunchFailed
 from moelab.launch.plan import LaunchPlan
 from moelab.launch.pool import PoolResult, WorkerPool, worker_slots
 from moelab.results.status import JobState
@@ -36,9 +37,15 @@ class LocalBackend(Backend):
         local = self.experiment.doc["local"]
         # a search runs `search.parallel` trials at once, one worker each
         workers = self.options.workers or (plan.search.parallel if plan.search else local["workers"])
-        slots = worker_slots(len(plan.to_run) or trials, workers, local["jobs_per_gpu"], gpus,
-                             len(os.sched_getaffinity(0)))
-        where = (f"{len(gpus)} GPU(s), {local['jobs_per_gpu']} job(s) per GPU" if gpus
+        per_job = gpus_per_job(plan.to_run) if gpus else 1
+        try:
+            slots = worker_slots(len(plan.to_run) or trials, workers, local["jobs_per_gpu"], gpus,
+                                 len(os.sched_getaffinity(0)), per_job)
+        except ValueError as error:
+            raise LaunchFailed(f"{error} on this machine: submit the job (one GPU per task), or train it on CPUs "
+                               f"with train.device: cpu") from error
+        where = (f"{len(gpus)} GPU(s), {local['jobs_per_gpu']} job(s) per GPU"
+                 + (f" per set of {per_job} (a job's processes, one GPU each)" if per_job > 1 else "") if gpus
                  else f"CPU, {slots[0].threads} thread(s) each")
         what = f"{trials} trial(s)" if plan.search else f"{len(plan.to_run)} job(s)"
         print(f"running {what} with {len(slots)} worker(s) ({where})", flush=True)
@@ -99,6 +106,13 @@ class LocalBackend(Backend):
         elif code != 130 and self.options.report:
             print(f"report (nothing ran, unchanged): {plan.tree.report_file}")
         return code
+
+
+def gpus_per_job(jobs) -> int:
+    """The GPUs a worker needs for these jobs: one per process of the largest distributed job that trains
+    on a GPU (train.distributed.processes; every worker gets that many, so that any worker can take any job)."""
+    return max((job.config["train"].get("distributed", {}).get("processes", 1) for job in jobs
+                if job.config["train"].get("device", "auto") != "cpu"), default=1)
 
 
 def visible_gpus() -> list[int]:
