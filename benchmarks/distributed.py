@@ -8,17 +8,23 @@ on a global batch of --batch samples: 1 process with 1 thread, 1 process with 2 
 each, each taking half the batch. Table 2: the MoE layer (T tokens, d=256, hidden=1024, E=8, top-2), forward +
 backward, in 1 process and with its experts sharded over 2 (each rank routing T/2 tokens), and the two
 all_to_all_single exchanges of the sharded layer alone (the rows each rank sends, there and back). Times are
-medians in milliseconds. CPU only: the figures of several GPUs (NCCL) need a machine that has them.
+medians in milliseconds. Table 3: a whole moelab job (digits, an MoE of E=8 experts, top-2) trained by 1
+process, by 2 data parallel and by 2 with its experts sharded (train.distributed.expert_parallel): the median
+epoch (training and validation), the final validation loss, and the parameters each process holds.
+CPU only: the figures of several GPUs (NCCL) need a machine that has them.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import socket
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -95,6 +101,45 @@ def moe_ms(rank: int, world: int, args) -> tuple[float, float | None]:
     return layer_ms, median_ms(lambda: exchange(exchange(rows, send, receive), receive, send), args.repeats)
 
 
+def job_rows(args) -> list[tuple[str, float, float, int]]:
+    """(how, median epoch seconds, last validation loss, parameters held by each process) for one job trained
+    each way."""
+    import yaml
+
+    from moelab.config import load_experiment
+    from moelab.models import build_model, model_params
+    from moelab.models.expert_parallel import moe_layers
+    from moelab.results.io import write_json
+    from moelab.results.tree import JobTree
+    from moelab.train.job import run_job
+
+    variant = {"name": "moe", "model": "moe_routed", "hidden": args.job_hidden, "num_experts": 8, "k": 2,
+               "dropout": 0.0, "balance": "none", "batch_norm": False}
+    model = build_model("moe_routed", 64, 10, model_params(variant))
+    total = sum(p.numel() for p in model.parameters())
+    experts = sum(getattr(layer, name).numel() for layer in moe_layers(model) for name in ("w1", "b1", "w2", "b2"))
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for how, distributed, held in (("1 process", {}, total),
+                                       ("2 processes, data parallel", {"processes": 2}, total),
+                                       ("2 processes, experts sharded", {"processes": 2, "expert_parallel": True},
+                                        total - experts // 2)):
+            path = Path(folder) / f"{len(rows)}.yaml"
+            path.write_text(yaml.safe_dump({
+                "name": "bench", "data": {"name": "digits"}, "variants": [variant], "grid": {},
+                "train": {"epochs": args.job_epochs, "batch_size": 256, "lr": 0.003, "distributed": distributed}}))
+            experiment = load_experiment(path)
+            job = experiment.jobs()[0]
+            tree = JobTree(Path(folder) / str(len(rows)) / "jobs" / job.key)
+            write_json(tree.config_file, experiment.job_spec(job))
+            outcome = run_job(tree.path)
+            if outcome.state != "done":
+                raise RuntimeError(f"{how}: {outcome.errors}")
+            lines = [json.loads(line) for line in tree.variant("moe").metrics_file.read_text().splitlines()]
+            rows.append((how, statistics.median(line["seconds"] for line in lines), lines[-1]["val_loss"], held))
+    return rows
+
+
 def _rank(rank: int, world: int, port: int, args, results) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -120,6 +165,8 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=1024)
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--job-epochs", type=int, default=5)
+    parser.add_argument("--job-hidden", type=int, default=1024)
     args = parser.parse_args()
 
     alone = {}
@@ -143,6 +190,11 @@ def main() -> None:
     print(f"| 1 process, all 8 experts | {moe_alone:.1f} |")
     print(f"| 2 processes, 4 experts each (T/2 tokens routed by each) | {moe_two:.1f} |")
     print(f"| of which the token exchange alone (all_to_all_single, there and back) | {exchanged:.1f} |")
+    print(f"\nA moelab job: digits, moe_routed hidden={args.job_hidden}, E=8, k=2, batch 256, {args.job_epochs} epochs, "
+          f"1 thread per process:\n")
+    print("| trained by | epoch (s, median) | last val_loss | parameters per process |\n|---|---|---|---|")
+    for how, seconds, val_loss, held in job_rows(args):
+        print(f"| {how} | {seconds:.2f} | {val_loss:.5f} | {held:,} |")
 
 
 if __name__ == "__main__":
