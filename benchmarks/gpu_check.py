@@ -33,7 +33,7 @@ from moelab.data import DataSettings, load_dataset
 from moelab.models import build_model, model_params
 from moelab.models.fused import FusedModel
 from moelab.models.moe import MoE
-from moelab.train.fused import train_fused_epoch
+from moelab.train.fused import FusedData, train_fused_epoch
 from moelab.train.settings import TrainSettings
 from moelab.train.trainer import deterministic_algorithms, make_optimizer, train_one_epoch
 
@@ -91,11 +91,12 @@ def epochs_fused(variant, data, settings, seeds, epochs, device) -> tuple[float,
     fused.generators = [torch.Generator(device).manual_seed(1000 + n) for n in range(seeds)]
     optimizer = make_optimizer(fused, settings)
     shuffles = [torch.Generator().manual_seed(s) for s in range(seeds)]
+    fused_data = FusedData.of([data] * seeds)
     times, losses = [], [[] for _ in range(seeds)]
     for _ in range(epochs):
         synchronize(device)
         started = time.perf_counter()
-        rows = train_fused_epoch(fused, [data] * seeds, shuffles, optimizer, settings, [True] * seeds, lambda: False)
+        rows = train_fused_epoch(fused, fused_data, shuffles, optimizer, settings, [True] * seeds, lambda: False)
         synchronize(device)
         times.append(time.perf_counter() - started)
         for n, row in enumerate(rows):

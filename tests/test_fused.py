@@ -84,10 +84,15 @@ def test_a_fused_model_computes_what_each_model_computes_alone(name, params):
 
 
 def test_models_that_cannot_be_fused_say_why():
-    cnn = build_model("cnn", 64, 10, {"width": 4, "features": 8}, (8, 8))
-    assert "CNN" in fusion_problem(cnn)
-    backbone = build_model("moe_topk", 64, 10, {"backbone": "cnn", "backbone_width": 4, "num_experts": 2, "hidden": 8}, (8, 8))
-    assert "backbone" in fusion_problem(backbone)
+    """Decided from the model's name and parameters, before anything is built; FusedModel refuses alike."""
+    assert "CNN" in fusion_problem("cnn", {"width": 4, "features": 8})
+    assert "Transformer" in fusion_problem("moe_transformer", {"num_experts": 2})
+    backbone = {"backbone": "cnn", "backbone_width": 4, "num_experts": 2, "hidden": 8}
+    assert "backbone" in fusion_problem("moe_topk", backbone)
+    assert fusion_problem("moe_topk", {**backbone, "backbone": "none"}) is None
+    assert fusion_problem("mlp", {}) is None
+    with pytest.raises(ValueError, match="backbone"):
+        FusedModel([build_model("moe_topk", 64, 10, backbone, (8, 8)) for _ in range(2)])
 
 
 def make_jobs(folder: Path, seeds, overrides=(), doc=None) -> list[JobTree]:

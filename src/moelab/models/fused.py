@@ -23,15 +23,23 @@ from moelab.models.base import Dropout, Model, ModelOutput, dropout, group_linea
 from moelab.models.dense import MLP
 from moelab.models.moe import LayerWeights, NormState
 from moelab.models.moe_models import GuidedMoE, MoEModel, RoutedMoE
+from moelab.models.registry import get_model_spec
 
 
-def fusion_problem(model: Model) -> str | None:
-    """Why this model cannot be trained fused; None when it can."""
-    if isinstance(model, MLP):
+def fusion_problem(name: str, params: dict) -> str | None:
+    """Why models `name` of these parameters cannot be trained fused; None when they can. Decided from
+    the registry entry and the parameters, before any model is built."""
+    spec = get_model_spec(name)
+    return _class_problem(spec.model_class, getattr(spec.params(**params), "backbone", "none") == "cnn")
+
+
+def _class_problem(model_class: type, convolutional_backbone: bool) -> str | None:
+    """The one rule, for fusion_problem before anything is built and for FusedModel given built models."""
+    if issubclass(model_class, MLP):
         return None
-    if not isinstance(model, MoEModel):
-        return f"model class {type(model).__name__} has no fused form yet (fused: mlp and the MoE models on flat inputs)"
-    if model.backbone is not None:
+    if not issubclass(model_class, MoEModel):
+        return f"model class {model_class.__name__} has no fused form yet (fused: mlp and the MoE models on flat inputs)"
+    if convolutional_backbone:
         return "a convolutional backbone has no fused form yet"
     return None
 
@@ -40,7 +48,7 @@ class FusedModel(nn.Module):
     def __init__(self, models: list[Model]):
         super().__init__()
         first = models[0]
-        problem = fusion_problem(first)
+        problem = _class_problem(type(first), getattr(first, "backbone", None) is not None)
         if problem is not None:
             raise ValueError(f"cannot fuse {type(first).__name__}: {problem}")
         shapes = [[(name, tuple(p.shape)) for name, p in m.named_parameters()] for m in models]

@@ -7,7 +7,7 @@ or relaunching a finished one, never pays for importing torch.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import Field, asdict, dataclass
 
 from moelab.schema import param
 
@@ -52,6 +52,52 @@ def cnn_backbone_parameters(input_shape: tuple[int, ...] | None, width: int, fea
             total += c_in * c_out + 2 * c_out  # 1x1 projection of the skip connection, batch norm
         c_in = c_out
     return total + linear_parameters(c_in, features)
+
+
+# Fields that several models declare alike, each in its own place in its own order: the gated models and
+# moe_transformer weight the same losses, moe_routed and moe_transformer route with the same routers
+# (router_problems). Defined once here so that defaults and checks cannot drift apart; where the help
+# differs (what is routed, a sample or a token; which routers apply) each class gives its own.
+
+
+def switch_balance_param(default: float) -> Field:
+    return param(default, "weight of the Switch balance loss (E/k) sum f_i P_i", min=0.0)
+
+
+def z_loss_param() -> Field:
+    return param(0.0, "weight of the router z-loss mean(logsumexp(z)^2)", min=0.0)
+
+
+def router_param(help: str) -> Field:
+    return param("topk", help, choices=ROUTERS)
+
+
+def balance_param(help: str) -> Field:
+    return param("aux_loss", help, choices=BALANCES)
+
+
+def bias_rate_param() -> Field:
+    return param(1e-3, "balance: bias: how far each step moves a bias", min=0.0, exclusive_min=True)
+
+
+def noisy_gating_param() -> Field:
+    return param(False, "topk: learned noise on the router logits during training (Shazeer)")
+
+
+def capacity_factor_param(help: str) -> Field:
+    return param(None, help, nullable=True, min=0.0, exclusive_min=True, kind=float)
+
+
+def shared_experts_param() -> Field:
+    return param(0, "always-on experts added to the routed output (DeepSeekMoE)", min=0, max=64)
+
+
+def granularity_param(help: str) -> Field:
+    return param(1, help, min=1, max=64)
+
+
+def hash_seed_param() -> Field:
+    return param(0, "hash: the seed of the fixed assignment", min=0)
 
 
 @dataclass(frozen=True)
@@ -122,9 +168,9 @@ class GatedParams:
     gate_noise: bool = param(False, "Gaussian noise on the router logits during training")
     gate_noise_sigma: float = param(0.1, "its standard deviation", min=0.0)
     balanced_init: bool = param(False, "router starts uniform (near-zero weights)")
-    switch_balance: float = param(0.0, "weight of the Switch balance loss (E/k) sum f_i P_i", min=0.0)
+    switch_balance: float = switch_balance_param(0.0)
     cv_balance: float = param(0.0, "weight of Shazeer's CV^2(importance) + CV^2(load)", min=0.0)
-    z_loss: float = param(0.0, "weight of the router z-loss mean(logsumexp(z)^2)", min=0.0)
+    z_loss: float = z_loss_param()
     diversity: float = param(0.0, "weight of the mean pairwise cosine similarity of expert outputs", min=0.0)
     kl_uniform: float = param(0.0, "weight of KL(mean gate || uniform)", min=0.0)
 
@@ -199,7 +245,7 @@ class HardMoEParams(GatedParams):
 @dataclass
 class SwitchMoEParams(GatedParams):
     capacity_factor: float = param(1.25, "an expert takes at most capacity_factor * T / E tokens", min=0.0, exclusive_min=True)
-    switch_balance: float = param(0.01, "weight of the Switch balance loss (E/k) sum f_i P_i", min=0.0)
+    switch_balance: float = switch_balance_param(0.01)
 
 
 @dataclass
@@ -242,23 +288,22 @@ def router_problems(router: str, balance: str, k: int, z_loss: float, unit: str)
 
 @dataclass
 class RoutedMoEParams(GatedParams):
-    router: str = param("topk", "topk: each sample picks its k best experts; expert_choice: each expert picks its "
-                        "best samples; hash: a fixed hash of the input, no router; sinkhorn: balanced assignment "
-                        "in training, greedy at inference", choices=ROUTERS)
+    router: str = router_param("topk: each sample picks its k best experts; expert_choice: each expert picks its "
+                               "best samples; hash: a fixed hash of the input, no router; sinkhorn: balanced "
+                               "assignment in training, greedy at inference")
     k: int = param(1, "experts per sample (expert_choice: on average)", min=1)
-    balance: str = param("aux_loss", "aux_loss: the balance losses weighted below; bias: a per-expert bias on the "
-                         "choice, moved toward equal load after each step (DeepSeek-V3); none: no balancing",
-                         choices=BALANCES)
-    bias_rate: float = param(1e-3, "balance: bias: how far each step moves a bias", min=0.0, exclusive_min=True)
-    switch_balance: float = param(0.01, "weight of the Switch balance loss (E/k) sum f_i P_i", min=0.0)
-    noisy_gating: bool = param(False, "topk: learned noise on the router logits during training (Shazeer)")
-    capacity_factor: float = param(None, "topk/sinkhorn: an expert takes at most capacity_factor * T * k / E samples "
-                                   "(null: no limit); expert_choice: each expert takes that many (null: 1.0)",
-                                   nullable=True, min=0.0, exclusive_min=True, kind=float)
-    shared_experts: int = param(0, "always-on experts added to the routed output (DeepSeekMoE)", min=0, max=64)
-    granularity: int = param(1, "split each expert into this many of 1/granularity the width, routing "
-                             "k * granularity of them (DeepSeekMoE's fine-grained experts)", min=1, max=64)
-    hash_seed: int = param(0, "hash: the seed of the fixed assignment", min=0)
+    balance: str = balance_param("aux_loss: the balance losses weighted below; bias: a per-expert bias on the choice, "
+                                 "moved toward equal load after each step (DeepSeek-V3); none: no balancing")
+    bias_rate: float = bias_rate_param()
+    switch_balance: float = switch_balance_param(0.01)
+    noisy_gating: bool = noisy_gating_param()
+    capacity_factor: float = capacity_factor_param("topk/sinkhorn: an expert takes at most capacity_factor * T * k / E "
+                                                   "samples (null: no limit); expert_choice: each expert takes that "
+                                                   "many (null: 1.0)")
+    shared_experts: int = shared_experts_param()
+    granularity: int = granularity_param("split each expert into this many of 1/granularity the width, routing "
+                                         "k * granularity of them (DeepSeekMoE's fine-grained experts)")
+    hash_seed: int = hash_seed_param()
 
     def check(self) -> list[str]:
         problems = super().check()
@@ -351,22 +396,20 @@ class MoETransformerParams(TransformerParams):
     num_experts: int = param(4, "experts of each MoE layer", min=1, max=1024)
     k: int = param(1, "experts per token", min=1)
     moe_every: int = param(1, "every n-th block's MLP is an MoE layer (the last block always is)", min=1, max=64)
-    router: str = param("topk", "topk: each token picks its k best experts; hash: a fixed hash of the token's byte; "
-                        "expert_choice and sinkhorn are refused here (they read later tokens)", choices=ROUTERS)
-    balance: str = param("aux_loss", "aux_loss: the Switch balance loss weighted by switch_balance; bias: a per-expert "
-                         "bias on the choice, moved toward equal load after each step (DeepSeek-V3); none",
-                         choices=BALANCES)
-    bias_rate: float = param(1e-3, "balance: bias: how far each step moves a bias", min=0.0, exclusive_min=True)
-    switch_balance: float = param(0.01, "weight of the Switch balance loss (E/k) sum f_i P_i", min=0.0)
-    z_loss: float = param(0.0, "weight of the router z-loss mean(logsumexp(z)^2)", min=0.0)
-    noisy_gating: bool = param(False, "topk: learned noise on the router logits during training (Shazeer)")
-    capacity_factor: float = param(None, "an expert takes at most capacity_factor * T * k / E tokens of a batch, "
-                                   "earlier positions first (null: no limit)", nullable=True, min=0.0,
-                                   exclusive_min=True, kind=float)
-    shared_experts: int = param(0, "always-on experts added to the routed output (DeepSeekMoE)", min=0, max=64)
-    granularity: int = param(1, "split each expert into this many of 1/granularity the width, routing "
-                             "k * granularity of them (fine-grained experts)", min=1, max=64)
-    hash_seed: int = param(0, "hash: the seed of the fixed assignment", min=0)
+    router: str = router_param("topk: each token picks its k best experts; hash: a fixed hash of the token's byte; "
+                               "expert_choice and sinkhorn are refused here (they read later tokens)")
+    balance: str = balance_param("aux_loss: the Switch balance loss weighted by switch_balance; bias: a per-expert "
+                                 "bias on the choice, moved toward equal load after each step (DeepSeek-V3); none")
+    bias_rate: float = bias_rate_param()
+    switch_balance: float = switch_balance_param(0.01)
+    z_loss: float = z_loss_param()
+    noisy_gating: bool = noisy_gating_param()
+    capacity_factor: float = capacity_factor_param("an expert takes at most capacity_factor * T * k / E tokens of a "
+                                                   "batch, earlier positions first (null: no limit)")
+    shared_experts: int = shared_experts_param()
+    granularity: int = granularity_param("split each expert into this many of 1/granularity the width, routing "
+                                         "k * granularity of them (fine-grained experts)")
+    hash_seed: int = hash_seed_param()
 
     def check(self) -> list[str]:
         problems = super().check()

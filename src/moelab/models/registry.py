@@ -61,10 +61,14 @@ class ModelSpec:
         """Active and total parameters, computed without building the model (or importing torch)."""
         return self.params(**params).parameter_counts(d_in, d_out, input_shape)
 
-    def build(self, d_in: int, d_out: int, params: dict, input_shape: tuple[int, ...] | None = None):
+    @property
+    def model_class(self) -> type:
+        """The implementation's class (imports it, and so torch)."""
         module, _, cls = self.implementation.partition(":")
-        model_class = getattr(importlib.import_module(f"moelab.models.{module}"), cls)
-        return model_class(d_in, d_out, self.params(**params), input_shape)
+        return getattr(importlib.import_module(f"moelab.models.{module}"), cls)
+
+    def build(self, d_in: int, d_out: int, params: dict, input_shape: tuple[int, ...] | None = None):
+        return self.model_class(d_in, d_out, self.params(**params), input_shape)
 
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (

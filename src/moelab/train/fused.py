@@ -40,6 +40,40 @@ class FusedShare:
     continued_from: dict | None
 
 
+@dataclass(frozen=True)
+class FusedData:
+    """Every model's data in a fused training, in model order, and the splits a fused epoch reads that
+    all of them share (jobs that differ only in their seed share what the seed does not draw: a fixed
+    test set, sometimes everything). Decided once, where the training starts, not every epoch."""
+
+    datas: list[TaskData]
+    shared: frozenset[str]  # the TaskData fields equal in every model's data
+
+    @classmethod
+    def of(cls, datas: list[TaskData]) -> FusedData:
+        first = datas[0]
+        return cls(datas, frozenset(split for split in ("x_train", "y_train", "x_val", "y_val", "x_test")
+                                    if all(_same(getattr(d, split), getattr(first, split)) for d in datas[1:])))
+
+    @property
+    def task(self) -> str:
+        return self.datas[0].task
+
+    def shares(self, *splits: str) -> bool:
+        return all(split in self.shared for split in splits)
+
+    def stacked(self, split: str) -> torch.Tensor:
+        """The split of every model's data, [N, ...]: one tensor seen N times when they share it."""
+        first = getattr(self.datas[0], split)
+        if self.shares(split):
+            return first.unsqueeze(0).expand(len(self.datas), *first.shape)
+        return torch.stack([getattr(d, split) for d in self.datas])
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a is b or torch.equal(a, b)
+
+
 def settings_refusal(settings: TrainSettings) -> str | None:
     """Why jobs with these settings train unfused; None when they can be fused."""
     if settings.precision == "fp16":
@@ -76,6 +110,7 @@ def _fit(runs, settings: TrainSettings, device: torch.device, stop_requested, on
     generators = [generator for *_, generator, _ in runs]
     cpu_states = [cpu for *_, cpu in runs]
     shuffles = [run.shuffle for _, run, *_ in runs]
+    data = FusedData.of([share.data for share in shares])
     fused = FusedModel(models)
     fused.generators = generators
     optimizer = make_optimizer(fused, settings)
@@ -110,8 +145,7 @@ def _fit(runs, settings: TrainSettings, device: torch.device, stop_requested, on
             lr = optimizer.param_groups[0]["lr"]
             fused.set_progress(epoch / settings.epochs)
             try:
-                rows = train_fused_epoch(fused, [s.data for s in shares], shuffles, optimizer, settings, active,
-                                         stop_requested)
+                rows = train_fused_epoch(fused, data, shuffles, optimizer, settings, active, stop_requested)
             except StopRequested:
                 raise
             except Exception as error:  # the fused step failed: so did every member still training
@@ -130,7 +164,7 @@ def _fit(runs, settings: TrainSettings, device: torch.device, stop_requested, on
                     for n in live:
                         shares[n].members[i].model.load_state_dict(models[n].state_dict())
                     viewer.set_progress(epoch / settings.epochs)
-                measured = score_each(viewer, [s.data for s in shares], settings)
+                measured = score_each(viewer, data, settings)
                 scores.update({(n, i): measured[n] for n in live})
             recorded = []
             for n, members in enumerate(training):
@@ -159,18 +193,19 @@ def _fit(runs, settings: TrainSettings, device: torch.device, stop_requested, on
         writer.close()
 
 
-def train_fused_epoch(fused: FusedModel, datas: list[TaskData], shuffles: list[torch.Generator], optimizer,
+def train_fused_epoch(fused: FusedModel, data: FusedData, shuffles: list[torch.Generator], optimizer,
                       settings: TrainSettings, active: list[bool], stop_requested: Callable[[], bool]) -> list[dict | None]:
     """One epoch of every model, each on its own order of its own data; the rows of the active models
     (as trainer.train_one_epoch gives them), None for the others."""
-    task = TASKS[datas[0].task]
+    task = TASKS[data.task]
     fused.train()
+    datas = data.datas
     x_all, y_all = datas[0].x_train, datas[0].y_train
     device = x_all.device
-    one_dataset = all(torch.equal(d.x_train, x_all) and torch.equal(d.y_train, y_all) for d in datas[1:])
+    one_dataset = data.shares("x_train", "y_train")
     order = torch.stack([torch.randperm(len(d.x_train), generator=g) for d, g in zip(datas, shuffles)]).to(device)
     live = torch.tensor(active, device=device)
-    sums = [EpochSums(datas[0].task) if on else None for on in active]
+    sums = [EpochSums(data.task) if on else None for on in active]
     for start in range(0, len(x_all), settings.batch_size):
         if stop_requested():  # the epoch is redone from the checkpoints on resume, with the same shuffles
             raise StopRequested("stopped during an epoch on request; resumes from the checkpoint")
@@ -199,7 +234,7 @@ def train_fused_epoch(fused: FusedModel, datas: list[TaskData], shuffles: list[t
     return [None if s is None else s.row() for s in sums]
 
 
-def score_each(viewer: FusedModel, datas: list[TaskData], settings: TrainSettings) -> list[tuple[dict, torch.Tensor | None]]:
+def score_each(viewer: FusedModel, data: FusedData, settings: TrainSettings) -> list[tuple[dict, torch.Tensor | None]]:
     """Each model's validation figures and first experts of its test set (trainer.validate), from one
     fused pass per batch."""
     viewer.eval()
@@ -208,18 +243,9 @@ def score_each(viewer: FusedModel, datas: list[TaskData], settings: TrainSetting
         out = viewer(batch)
         return [out.of_model(n) for n in range(len(viewer))]
 
-    val = evaluate_each(outputs_of, stacked(datas, "x_val"), stacked(datas, "y_val"), datas[0].task,
-                        settings.eval_batch_size)
-    tested = predict_each(outputs_of, stacked(datas, "x_test"), datas[0].task, settings.eval_batch_size)
+    val = evaluate_each(outputs_of, data.stacked("x_val"), data.stacked("y_val"), data.task, settings.eval_batch_size)
+    tested = predict_each(outputs_of, data.stacked("x_test"), data.task, settings.eval_batch_size)
     return [(v, first_experts(p)) for v, p in zip(val, tested)]
-
-
-def stacked(datas: list[TaskData], split: str) -> torch.Tensor:
-    """The split of every model's data, [N, ...]: one tensor seen N times when they share it."""
-    first = getattr(datas[0], split)
-    if all(getattr(d, split) is first or torch.equal(getattr(d, split), first) for d in datas[1:]):
-        return first.unsqueeze(0).expand(len(datas), *first.shape)
-    return torch.stack([getattr(d, split) for d in datas])
 
 
 def stacked_optimizer_state(states: list[dict]) -> dict:

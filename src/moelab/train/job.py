@@ -25,7 +25,7 @@ import torch
 
 from moelab.data import DataSettings, load_dataset
 from moelab.data.task_data import TaskData
-from moelab.models import build_model, get_model_spec, model_params
+from moelab.models import get_model_spec, model_params
 from moelab.models.fused import fusion_problem
 from moelab.report.plots import variant_curves
 from moelab.results.claims import Claim, try_claim
@@ -306,9 +306,8 @@ def _train_together(shares: list[tuple[JobRun, list[Member]]], device: torch.dev
     """One training of several jobs: fused in groups of shares that start at the same epoch, the rest alone."""
     settings = shares[0][0].settings
     lead = shares[0][1][0].variant
-    model = build_model(lead["model"], shares[0][0].data.d_in, shares[0][0].data.d_out, model_params(lead),
-                        shares[0][0].data.input_shape) if len(shares) > 1 else None
-    problem = settings_refusal(settings) or (fusion_problem(model) if model is not None else "one job")
+    problem = settings_refusal(settings) or (
+        fusion_problem(lead["model"], model_params(lead)) if len(shares) > 1 else "one job")
     by_epoch: dict[int, list[tuple[JobRun, list[Member]]]] = {}
     alone = []
     for run, members in shares:
