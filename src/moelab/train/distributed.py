@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -246,32 +247,33 @@ def _scratch_copy(job: JobTree, names: list[str], continued: dict | None, scratc
 
 # Standing ranks: processes started together by SLURM (one task each), which meet once through the environment
 # (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE) and stay together for the whole job. Rank 0 runs the job; before
-# each training it sends the members' names to the others, and None when the job is over.
+# each training it sends the members' names to the others, and None when the job is over. Rank 0 cannot see
+# the other tasks' processes (they may be on other nodes): each of them counts up a key of the store they met
+# by every HEARTBEAT_S (`Heartbeat`), and when a collective fails, rank 0 names the ranks whose count stopped.
 
+HEARTBEAT_S = 1.0
 _standing: Ranks | None = None
+_store: dist.TCPStore | None = None
 
 
 @contextlib.contextmanager
 def standing_ranks(ranks: Ranks, device: torch.device):
     """Rank 0's side: jobs run inside train with these ranks; the others are released when it ends."""
-    global _standing
-    if device.type == "cuda":  # the collectives of Python objects run on the current device
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend(device), init_method="env://", timeout=_timeout())
+    global _standing, _store
+    _store = _meet_standing(ranks, device)
     _standing = ranks
     try:
         yield
         dist.broadcast_object_list([None], src=0)  # the job is over
     finally:
-        _standing = None
+        _standing, _store = None, None
         dist.destroy_process_group()
 
 
 def follow_rank_zero(job_dir: str, ranks: Ranks, device: torch.device) -> None:
     """A standing rank other than 0: train what rank 0 sends, until it sends None."""
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend(device), init_method="env://", timeout=_timeout())
+    _meet_standing(ranks, device)
+    heartbeat = Heartbeat(ranks.rank)
     try:
         while True:
             names = [None]
@@ -284,7 +286,58 @@ def follow_rank_zero(job_dir: str, ranks: Ranks, device: torch.device) -> None:
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
     finally:
+        heartbeat.stop()
         dist.destroy_process_group()
+
+
+def _meet_standing(ranks: Ranks, device: torch.device) -> dist.TCPStore:
+    """Join the other standing ranks through a store that rank 0 holds at MASTER_ADDR:MASTER_PORT."""
+    if device.type == "cuda":  # the collectives of Python objects run on the current device
+        torch.cuda.set_device(device)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=ranks.rank == 0,
+                          timeout=_timeout(), wait_for_workers=False)
+    dist.init_process_group(backend(device), store=store, rank=ranks.rank, world_size=ranks.world_size,
+                            timeout=_timeout())
+    return store
+
+
+class Heartbeat:
+    """A standing rank's sign of life: a count in rank 0's store, one up every HEARTBEAT_S, from a thread of
+    its own (through a connection of its own), so that it goes on while the rank computes or waits in a
+    collective, and stops only with the process (or with rank 0's store)."""
+
+    def __init__(self, rank: int):
+        self._store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                    timeout=_timeout(), wait_for_workers=False)
+        self._key, self._stopped = _heartbeat_key(rank), threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="rank-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        with contextlib.suppress(Exception):  # rank 0's store gone: rank 0 ended, and this rank ends with it
+            while not self._stopped.wait(HEARTBEAT_S):
+                self._store.add(self._key, 1)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+
+def _heartbeat_key(rank: int) -> str:
+    return f"moelab/heartbeat/{rank}"
+
+
+def _silent_ranks(store: dist.TCPStore, world_size: int, wait: float) -> list[int]:
+    """The ranks other than 0 whose heartbeat did not move for `wait` seconds (fewer, once all have moved)."""
+    def counts() -> dict[int, int]:
+        return {rank: store.add(_heartbeat_key(rank), 0) for rank in range(1, world_size)}
+
+    first, deadline = counts(), time.monotonic() + wait
+    silent = set(first)
+    while silent and time.monotonic() < deadline:
+        time.sleep(HEARTBEAT_S / 4)
+        silent = {rank for rank, count in counts().items() if count == first[rank]}
+    return sorted(silent)
 
 
 def _train_with_standing_ranks(members: list, data, settings: TrainSettings, seed: int, device: torch.device,
@@ -296,14 +349,25 @@ def _train_with_standing_ranks(members: list, data, settings: TrainSettings, see
     dist.broadcast_object_list([[member.variant["name"] for member in members]], src=0)
 
     def finished(member, results: dict | None, error: Exception | None) -> None:
-        if error is not None and _lost_a_rank(error):  # SLURM knows which task ended; rank 0 does not
-            error = RankFailed(f"a rank of {_standing.world_size} other than 0 stopped answering (killed, out of "
-                               f"memory, its node lost: the job's SLURM logs, one per rank, say which); the job "
-                               f"stopped there (its checkpoint is the last finished epoch's)")
+        if error is not None and _lost_a_rank(error):
+            error = RankFailed(f"{_silent_words(_standing.world_size)}; the job stopped there (its checkpoint is the "
+                               f"last finished epoch's)")
         on_finished(member, results, error)
 
     with taking_part(replace(_standing, expert_parallel=settings.distributed.expert_parallel)):
         train_members(members, data, settings, seed, device, stop_requested, continued_from, finished)
+
+
+def _silent_words(world_size: int) -> str:
+    """Which rank went away, and where to read why."""
+    silent = _silent_ranks(_store, world_size, wait=DEATH_NOTICE_S)
+    job = os.environ.get("SLURM_JOB_ID", "<job id>")
+    if not silent:
+        return (f"a rank of {world_size} other than 0 stopped answering (killed, out of memory, its node lost: the "
+                f"job's SLURM logs, slurm/{job}_<rank>_log.*, say which)")
+    logs = ", ".join(f"slurm/{job}_{rank}_log.*" for rank in silent)
+    return (", ".join(f"rank {rank} of {world_size}" for rank in silent)
+            + f" stopped answering (killed, out of memory, its node lost: {logs} says how)")
 
 
 def _lost_a_rank(error: Exception) -> bool:
