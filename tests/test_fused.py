@@ -244,6 +244,38 @@ def test_run_here_with_local_fuse_trains_groups_and_records_them(write_experimen
         assert abs(served - tested) <= 1 / samples + 1e-9
 
 
+@pytest.mark.slow
+def test_a_worker_killed_in_a_fused_group_retrains_each_job_alone(write_experiment, tmp_path):
+    """A death in a fused group is nobody's in particular: the group's jobs are taken over one by one, so a
+    job that kills its worker again does it alone, and the others finish."""
+    import os
+    import signal
+
+    from test_launch import running_job, running_variant_with_epochs, start_launch, wait_for
+
+    epochs = 60
+    doc = {**DEFAULT_VARIANTS, "variants": DEFAULT_VARIANTS["variants"][:1],
+           "data": {"name": "digits", "max_train_samples": 100},
+           "train": {**TINY["train"], "epochs": epochs, "early_stopping": {"patience": epochs}},
+           "grid": {"seed": [0, 1, 2]}, "local": {"workers": 1, "fuse": 3}}
+    process = start_launch(write_experiment(doc), tmp_path)
+    root = tmp_path / "out" / "tiny"
+    try:
+        assert wait_for(lambda: running_variant_with_epochs(root))
+        os.kill(running_job(root)["pid"], signal.SIGKILL)
+        output, _ = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, output
+    assert "worker process died with exit code -9" in output and "3 done" in output, output
+    for job in root.glob("jobs/*"):
+        assert read_json(job / "status.json")["attempts"] == 2
+        (variant,) = [folder for folder in job.iterdir() if (folder / "results.json").is_file()]
+        assert "fused_models" not in read_json(variant / "results.json")["execution"]  # trained alone
+        assert [row["epoch"] for row in read_jsonl(variant / "metrics.jsonl")] == list(range(epochs))
+
+
 def test_settings_that_cannot_be_fused_train_each_job_alone_and_say_so(tmp_path, capsys):
     """fp16 (one loss scale would skip every model's step when one overflows): the jobs train one after
     the other, with a note naming the setting."""

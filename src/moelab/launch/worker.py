@@ -89,9 +89,12 @@ def pull_jobs(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], No
                 continue
             claims = {key: claim}
             for other in list(remaining):
-                if len(claims) >= plan.fuse or processes > 1:  # a job of several processes is never fused
+                # a job of several processes is never fused; nor one whose worker died while it trained in
+                # this launch (fused, most likely: alone, a death is its own, and the others are not held back)
+                if len(claims) >= plan.fuse or processes > 1 or _died_training(tree.job(key), plan.launch_id):
                     break
-                if other in claims or spec(other).fusion_key != spec(key).fusion_key:
+                if (other in claims or spec(other).fusion_key != spec(key).fusion_key
+                        or _died_training(tree.job(other), plan.launch_id)):
                     continue
                 more, held = claim_to_run(other)
                 held_elsewhere |= held
@@ -129,6 +132,13 @@ def pull_jobs(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], No
             if not wait_for_others:
                 return
             time.sleep(POLL_S)
+
+
+def _died_training(job: JobTree, launch_id: str) -> bool:
+    """Whether an attempt of this launch started the job and ended without a word (its status still says
+    running, and nobody holds its claim any more, or the caller just took it over): its worker died."""
+    status = read_status(job)
+    return status is not None and status.launch_id == launch_id and status.state == JobState.RUNNING
 
 
 def _verdict(job: JobTree, names: list[str], planned: int, launch_id: str, claimed: bool = False) -> str:
