@@ -304,3 +304,25 @@ def test_a_job_needing_more_gpus_than_this_machine_has_is_refused_before_anythin
     assert "a job of 2 processes needs 2 GPUs, one per process, and 1 are visible on this machine" in error
     assert "train.device: cpu" in error
     assert not list((tmp_path / "out").rglob("status.json"))  # nothing ran
+
+
+@pytest.mark.slow
+def test_transformer_experts_sharded_over_two_processes_train_as_one_process(tmp_path, monkeypatch):
+    """Token routing: every MoE layer of the transformer shards its experts; the tokens of each rank's windows
+    travel to them. The losses of one process, to the rounding of the longer sums (1e-4)."""
+    from moelab.train.job import run_job
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    text = ["data={name: text, context: 32, max_train_samples: 256}", "train.batch_size=32",
+            "variants=[{name: moe, model: moe_transformer, d_model: 32, layers: 2, heads: 2, d_ff: 64, num_experts: 4, "
+            "k: 2, dropout: 0.0, balance: none}]"]
+    single = make_job(tmp_path / "one", text)
+    sharded = make_job(tmp_path / "two", [*text, *SHARDED])
+    assert run_job(single.path).state == "done"
+    outcome = run_job(sharded.path)
+    assert outcome.state == "done", outcome.errors
+    for (train1, val1), (train2, val2) in zip(_losses(single, "moe"), _losses(sharded, "moe"), strict=True):
+        assert train2 == pytest.approx(train1, abs=1e-4) and val2 == pytest.approx(val1, abs=1e-4)
+    assert read_json(sharded.variant("moe").results_file)["test_bpb"] == pytest.approx(
+        read_json(single.variant("moe").results_file)["test_bpb"], abs=1e-4)
