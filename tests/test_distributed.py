@@ -132,8 +132,8 @@ def test_settings_several_processes_cannot_train_are_refused_naming_the_key(writ
         load_experiment(path, ["train.distributed.processes=0"])
 
 
-def test_status_and_the_dashboard_show_a_distributed_job_as_one_job_with_its_process_count(write_experiment,
-                                                                                             tmp_path, capsys):
+def test_status_dashboard_and_report_show_a_distributed_job_as_one_job_with_its_process_count(write_experiment,
+                                                                                                tmp_path, capsys):
     from fastapi.testclient import TestClient
 
     from conftest import TINY
@@ -158,6 +158,14 @@ def test_status_and_the_dashboard_show_a_distributed_job_as_one_job_with_its_pro
     assert response.status_code == 200, response.text
     rows = response.json()["rows"]
     assert sorted(row["processes"] for row in rows) == [1, 2]
+
+    from moelab.report.tables import distributed_note
+    from moelab.results.load import load_runs
+
+    runs = load_runs(tree.path)
+    assert len(runs) == 2 * len(TINY["variants"])  # a row per job and variant, whatever its process count
+    assert distributed_note(runs) == ("1 of 2 job(s) trained by several processes (train.distributed: 1 by 2 "
+                                      "processes); each is one job in every table.")
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from moelab.report import html
 from moelab.report.data import ReportData, read_report_data
 from moelab.report.plots import draw_plots
 from moelab.report.tables import (MATCHED_INTRO, SAMPLES, SAMPLES_SUFFIX, collapse_warning, comparisons_note, configurations_note, describe_match,
-                                  short_table, small_sample_warning, to_latex, to_markdown)
+                                  distributed_note, short_table, small_sample_warning, to_latex, to_markdown)
 from moelab.results.io import atomic_write, write_text
 from moelab.results.status import JobState
 
@@ -90,6 +90,9 @@ def _markdown(data: ReportData, not_drawn: dict[str, str]) -> str:
     collapsed = collapse_warning(data.runs, data.group_keys)
     if collapsed:
         parts.append(f"**Expert collapse.** {collapsed}\n\n")
+    distributed = distributed_note(data.runs)
+    if distributed:
+        parts.append(f"{distributed}\n\n")
     note = comparisons_note(data.table, data.metric, data.baseline)
     if note:
         parts.append(f"{note}\n\n")

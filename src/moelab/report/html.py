@@ -22,7 +22,8 @@ from moelab.report.plots import Plot
 from moelab.report.study import best_trials_data, study_section
 from moelab.report.stats import degenerate_reason
 from moelab.report.tables import (FAMILY_WISE_ALPHA, MATCHED_INTRO, axis_label, collapse_warning, comparisons_note, short_table,
-                                  configurations_note, describe_match, family_size, finished, small_sample_warning)
+                                  configurations_note, describe_match, distributed_note, family_size, finished,
+                                  small_sample_warning)
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:1rem 2rem;color:#222}
@@ -49,6 +50,9 @@ def render(data: ReportData, drawn: list[Plot], not_drawn: dict[str, str]) -> st
              f"<p>{len(done)} of {len(runs)} runs finished "
              f"({runs['job'].nunique() if not runs.empty else 0} jobs x {runs['variant'].nunique() if not runs.empty else 0} variants)."
              f" Tables: {_link(data, summary.summary_csv)}, {_link(data, summary.runs_csv)}, {_link(data, summary.latex)}.</p>"]
+    distributed = distributed_note(runs)
+    if distributed:
+        parts.append(f"<p class='sub'>{_e(distributed)}</p>")
     if data.study is not None:
         parts.append(study_section(data, lambda file: _href(data, file)))
     if notes:

@@ -327,6 +327,25 @@ def small_sample_warning(table: pd.DataFrame, metric: str, baseline: str | None)
             "small to tell the runs apart.")
 
 
+def distributed_note(runs: pd.DataFrame) -> str | None:
+    """How many of the jobs several processes trained (train.distributed), each one job of the tables; None
+    when every job trained in one process."""
+    column = "train.distributed.processes"
+    if column not in runs or runs.empty:
+        return None
+    jobs = runs.drop_duplicates("job")
+    processes = jobs[column].fillna(1).astype(int)
+    several = jobs[processes > 1]
+    if several.empty:
+        return None
+    counts = ", ".join(f"{n} by {p} processes" for p, n in processes[processes > 1].value_counts().sort_index().items())
+    sharded = "train.distributed.expert_parallel"
+    experts = int(several[sharded].fillna(False).astype(bool).sum()) if sharded in several else 0
+    return (f"{len(several)} of {len(jobs)} job(s) trained by several processes (train.distributed: {counts}"
+            + (f"; {experts} with their experts sharded over them" if experts else "")
+            + "); each is one job in every table.")
+
+
 def collapse_warning(runs: pd.DataFrame, keys: list[str]) -> str | None:
     """The rule for the report's collapse warning: a finished MoE run whose final epoch has a dead
     expert (the first choice of fewer than 1 % of that epoch's training samples) counts as collapsed.
