@@ -61,6 +61,8 @@ def test_experts_sharded_over_two_tasks_train_as_data_parallel_tasks_do(write_ex
     replicated, experts = (tree.job(job.key) for job in load_experiment(experiment).jobs())
     for (train1, val1), (train2, val2) in zip(_losses(replicated, "moe"), _losses(experts, "moe"), strict=True):
         assert train2 == pytest.approx(train1, abs=1e-5) and val2 == pytest.approx(val1, abs=1e-5)
+    status = launch(tmp_path, "status", str(tree.path))
+    assert status.stdout.count("(2 processes, experts sharded)") == 1 and status.stdout.count("(2 processes)") == 1
     gathered = torch.load(experts.variant("moe").best_weights, weights_only=True)
     assert {k: v.shape for k, v in gathered.items()} == {
         k: v.shape for k, v in torch.load(replicated.variant("moe").best_weights, weights_only=True).items()}

@@ -161,6 +161,9 @@ def test_force_retrains_every_job_once_with_two_tasks_pulling(write_experiment, 
 
 def test_a_grid_larger_than_max_submit_jobs_goes_as_fewer_fuller_tasks(write_experiment, tmp_path, profile):
     user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    # the limit counts every job of the user: earlier tests' allocations must have left the queue
+    wait_until(lambda: not subprocess.run(["squeue", "-h", "-u", user], capture_output=True, text=True).stdout.strip(),
+               120, "the queue to be empty of this user's jobs")
     limit = subprocess.run(["sacctmgr", "-i", "modify", "user", user, "set", "MaxSubmitJobs=2"], capture_output=True,
                            text=True)
     assert limit.returncode == 0, limit.stderr

@@ -35,9 +35,10 @@ def print_status(experiment: Experiment, experiments_dir: Path) -> int:
         elapsed = (status.elapsed_s if status else None) or view.elapsed_s.get(job.key)
         totals[state.shown] += 1
         point = " ".join(f"{k}={v}" for k, v in job.grid_values.items())
-        processes = job.config["train"].get("distributed", {}).get("processes", 1)
-        if processes > 1:  # one job, trained by several processes (train/distributed.py)
-            point = f"{point}  ({processes} processes)".strip()
+        distributed = job.config["train"].get("distributed", {})
+        if distributed.get("processes", 1) > 1:  # one job, trained by several processes (train/distributed.py)
+            sharded = ", experts sharded" if distributed.get("expert_parallel") else ""
+            point = f"{point}  ({distributed['processes']} processes{sharded})".strip()
         print(f"{job.key:<13} {state.shown:<14} {current.variants_done:>4}/{len(current.variants):<3} {status.restarts if status else 0:>8}  "
               f"{node[:12]:<12} {_duration(elapsed):>8}  {point}")
         if state in FAILURES:
