@@ -177,12 +177,15 @@ def expert_parameters(model: nn.Module) -> dict[str, ExpertShard]:
     return names
 
 
-def gather_experts(tensor: torch.Tensor, shard: ExpertShard) -> torch.Tensor:
-    """Every rank's slice of an expert tensor (this rank holding `tensor`), in expert order: the whole layer's.
+def gather_experts(tensor: torch.Tensor, shard: ExpertShard) -> torch.Tensor | None:
+    """On the group's first rank, the whole layer's expert tensor (every rank's slice, in expert order), on the
+    CPU (it is gathered to be written, and the device need never hold every expert); None on the others.
     A collective: every rank calls it, for the same tensors in the same order."""
-    slices = [torch.empty_like(tensor) for _ in range(shard.world_size)]
-    dist.all_gather(slices, tensor.contiguous(), group=shard.group)
-    return torch.cat(slices)
+    first = shard.rank == 0
+    slices = [torch.empty_like(tensor) for _ in range(shard.world_size)] if first else None
+    destination = 0 if shard.group is None else dist.get_global_rank(shard.group, 0)
+    dist.gather(tensor.contiguous(), slices, dst=destination, group=shard.group)
+    return torch.cat([part.cpu() for part in slices]) if first else None
 
 
 def local_experts(tensor: torch.Tensor, shard: ExpertShard) -> torch.Tensor:

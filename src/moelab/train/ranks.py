@@ -111,8 +111,9 @@ class WholeWeights:
 
 class ShardedExperts(WholeWeights):
     """Expert parallelism: each rank holds E / P experts of every MoE layer (models/expert_parallel.py) and
-    everything else whole. What leaves the training (checkpoints, best weights, the tested model) is whole:
-    the experts gathered from every rank (collectives: every rank calls these in the same order); what
+    everything else whole. What leaves the training (checkpoints, best weights, the tested model) is whole
+    on rank 0: the experts gathered from every rank to its CPU (collectives: every rank calls these in the
+    same order; the others get their own part, written only to their scratch folder, never read); what
     comes in is sliced to this rank's experts. Rank 0 alone tests, on the gathered model."""
 
     def __init__(self, ranks: Ranks):
@@ -126,9 +127,10 @@ class ShardedExperts(WholeWeights):
     def state_dict(self, model: nn.Module) -> dict:
         from moelab.models.expert_parallel import expert_parameters, gather_experts
 
-        sharded = expert_parameters(model)
-        return {name: gather_experts(value, sharded[name]) if name in sharded else value
-                for name, value in model.state_dict().items()}
+        sharded, state = expert_parameters(model), model.state_dict()
+        gathered = {name: gather_experts(value, sharded[name]) if name in sharded else value
+                    for name, value in state.items()}
+        return gathered if self.ranks.rank == 0 else state
 
     def load_state_dict(self, model: nn.Module, state: dict) -> None:
         from moelab.models.expert_parallel import expert_parameters, local_experts
@@ -140,7 +142,9 @@ class ShardedExperts(WholeWeights):
     def optimizer_state(self, model: nn.Module, optimizer) -> dict:
         from moelab.models.expert_parallel import gather_experts
 
-        return self._per_expert_state(model, optimizer.state_dict(), gather_experts)
+        state = optimizer.state_dict()
+        gathered = self._per_expert_state(model, state, gather_experts)
+        return gathered if self.ranks.rank == 0 else state
 
     def load_optimizer_state(self, model: nn.Module, optimizer, state: dict) -> None:
         from moelab.models.expert_parallel import local_experts
