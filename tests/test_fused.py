@@ -197,6 +197,22 @@ def test_an_interrupted_group_resumes_fused_or_alone(tmp_path, trained_alone, fi
         assert read_status(job).attempts == (2 if first == "fused" or job == jobs[0] else 1)
 
 
+def test_an_error_beyond_any_one_training_fails_every_job_of_the_group_on_record(tmp_path, monkeypatch):
+    """As run_job records a job-level failure: each job's status says failed, with the error, not running."""
+    from moelab.train import job as job_module
+
+    def broken(shares, device, stop_requested):
+        raise RuntimeError("the group's device went away")
+
+    monkeypatch.setattr(job_module, "_train_together", broken)
+    jobs = make_jobs(tmp_path, range(2), EPOCHS, DEFAULT_VARIANTS)
+    outcomes = run_fused_jobs(jobs, [False] * 2, lambda: False)
+    assert [o.state for o in outcomes] == [JobState.FAILED] * 2
+    for job in jobs:
+        status = read_status(job)
+        assert status.state is JobState.FAILED and "the group's device went away" in status.error
+
+
 def test_a_model_that_diverges_fails_its_own_job_only(tmp_path, trained_alone, monkeypatch):
     """The model of seed 1 starts from infinite weights: its variants fail with the divergence, the
     other jobs' models (sharing every kernel with it) train exactly as alone."""

@@ -46,10 +46,17 @@ def pull_jobs(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], No
     remaining = {key: attempts for key, attempts in plan.jobs}
     specs: dict[str, JobSpec] = {}
 
+    fusion_keys: dict[str, str] = {}
+
     def spec(key: str) -> JobSpec:
         if key not in specs:
             specs[key] = read_job_spec(tree.job(key))
         return specs[key]
+
+    def fusion_key(key: str) -> str:  # compared for every remaining job at each claim: computed once
+        if key not in fusion_keys:
+            fusion_keys[key] = spec(key).fusion_key
+        return fusion_keys[key]
 
     def claim_to_run(key: str) -> tuple[Claim | None, bool]:
         """The job's claim when it is this launch's to run now; and whether a live process holds it."""
@@ -88,12 +95,13 @@ def pull_jobs(tree: ExperimentTree, plan: PlanFile, report: Callable[[tuple], No
             if claim is None:
                 continue
             claims = {key: claim}
-            for other in list(remaining):
-                # a job of several processes is never fused; nor one whose worker died while it trained in
-                # this launch (fused, most likely: alone, a death is its own, and the others are not held back)
-                if len(claims) >= plan.fuse or processes > 1 or _died_training(tree.job(key), plan.launch_id):
+            # a job of several processes is never fused; nor one whose worker died while it trained in this
+            # launch (fused, most likely: alone, a death is its own, and the others are not held back)
+            fusable = plan.fuse > 1 and processes == 1 and not _died_training(tree.job(key), plan.launch_id)
+            for other in list(remaining) if fusable else []:
+                if len(claims) >= plan.fuse:
                     break
-                if (other in claims or spec(other).fusion_key != spec(key).fusion_key
+                if (other in claims or fusion_key(other) != fusion_key(key)
                         or _died_training(tree.job(other), plan.launch_id)):
                     continue
                 more, held = claim_to_run(other)

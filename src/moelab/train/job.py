@@ -297,6 +297,10 @@ def run_fused_jobs(jobs: list[JobTree], fresh: list[bool], stop_requested: Calla
         for run in active:
             run.finish(JobState.INTERRUPTED)
         raise
+    except Exception as error:  # beyond any one job's training (recorded by each): every job of the group
+        for run in active:
+            outcomes[run.job.key] = run.failed(error)
+        return [outcomes[job.key] for job in jobs]
     for run in active:
         outcomes[run.job.key] = run.finish()
     return [outcomes[job.key] for job in jobs]
