@@ -22,7 +22,7 @@ from pathlib import Path
 MEASURE = """
 import resource, sys, time
 from pathlib import Path
-from moelab.report import write_report, write_tables  # imports (about 1 s) are not counted
+from moelab.report.write import write_report, write_tables  # imports (about 1 s) are not counted
 started = time.perf_counter()
 path = Path(sys.argv[2])
 if sys.argv[1] == "aggregate":

@@ -297,6 +297,16 @@ def test_run_here_gives_a_worker_one_gpu_per_process_of_the_largest_job(monkeypa
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "6,7"
 
 
+def test_without_a_gpu_driver_the_launcher_finds_no_gpu_and_does_not_import_torch():
+    """Importing torch costs the launcher about 1.5 s; with no GPU driver it could count no GPU anyway."""
+    code = ("import sys; from moelab.launch.local.backend import gpu_driver_present, visible_gpus; "
+            "print(gpu_driver_present(), visible_gpus() == [], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    if out[0] == "True":
+        pytest.skip("this machine has a GPU driver")
+    assert out == ["False", "True", "False"]
+
+
 def test_a_job_needing_more_gpus_than_this_machine_has_is_refused_before_anything_runs(write_experiment, tmp_path,
                                                                                         monkeypatch, capsys):
     from conftest import TINY

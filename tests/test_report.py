@@ -17,7 +17,7 @@ import pytest
 from scipy import stats
 
 import moelab.report
-from moelab.report import write_report
+from moelab.report.write import write_report
 from moelab.report.cli import main
 from moelab.report.data import report_data_from_runs
 from moelab.report.html import headline
@@ -131,9 +131,9 @@ def test_damaged_analysis_files_cost_their_plot_not_the_report(finished_job, tmp
 def test_one_collect_feeds_tables_plots_and_page_and_summary_md_is_written_once(finished_job, tmp_path, monkeypatch):  # noqa: F811
     copy_job(finished_job, tmp_path)
     collects, writes = [], []
-    real_collect, real_write_text = moelab.report.data.collect, moelab.report.write_text
+    real_collect, real_write_text = moelab.report.data.collect, moelab.report.write.write_text
     monkeypatch.setattr(moelab.report.data, "collect", lambda *a, **k: collects.append(k) or real_collect(*a, **k))
-    monkeypatch.setattr(moelab.report, "write_text", lambda path, text: writes.append((path, text)) or real_write_text(path, text))
+    monkeypatch.setattr(moelab.report.write, "write_text", lambda path, text: writes.append((path, text)) or real_write_text(path, text))
     write_report([tmp_path / "experiment"])
     assert len(collects) == 1 and collects[0].get("curves", True) and collects[0].get("cache")
     summary = ExperimentTree(tmp_path / "experiment").summary

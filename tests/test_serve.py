@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from conftest import REPO, TINY
 from moelab.data import DataSettings, load_dataset
 from moelab.data.preprocessing import PreprocessingMismatch, input_preprocessing
-from moelab.report import write_report
+from moelab.report.write import write_report
 from moelab.results import ExperimentTree, collect
 from moelab.results.io import read_json
 from moelab.serve import predict_cli

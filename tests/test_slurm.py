@@ -160,14 +160,17 @@ def test_force_retrains_every_job_once_with_two_tasks_pulling(write_experiment, 
 
 
 def test_a_grid_larger_than_max_submit_jobs_goes_as_fewer_fuller_tasks(write_experiment, tmp_path, profile):
+    """The limit is set on an account of its own, which the grid is submitted under: jobs this user
+    has queued in other accounts (other tests', or a dev cluster's leftovers) do not count against it."""
     user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
-    # the limit counts every job of the user: earlier tests' allocations must have left the queue
-    wait_until(lambda: not subprocess.run(["squeue", "-h", "-u", user], capture_output=True, text=True).stdout.strip(),
-               120, "the queue to be empty of this user's jobs")
-    limit = subprocess.run(["sacctmgr", "-i", "modify", "user", user, "set", "MaxSubmitJobs=2"], capture_output=True,
-                           text=True)
+    account = "moelab-limit-test"
+    for command in (["add", "account", account], ["add", "user", user, f"account={account}"]):
+        subprocess.run(["sacctmgr", "-i", *command], capture_output=True, text=True)  # exists already: fine
+    limit = subprocess.run(["sacctmgr", "-i", "modify", "user", "where", f"name={user}", f"account={account}", "set",
+                            "MaxSubmitJobs=2"], capture_output=True, text=True)
     assert limit.returncode == 0, limit.stderr
     try:
+        profile.write_text(profile.read_text() + f"account: {account}\n")
         experiment = write_experiment({**TINY, "variants": TINY["variants"][:1], "train": {**TINY["train"], "epochs": 1},
                                        "grid": {"seed": [0, 1, 2, 3, 4, 5]}, "slurm": {"jobs_per_task": 1}})
         submitted = submit(tmp_path, experiment, profile)
@@ -175,8 +178,8 @@ def test_a_grid_larger_than_max_submit_jobs_goes_as_fewer_fuller_tasks(write_exp
         final = wait_until(lambda: all_final(experiment, tmp_path / "out"), 300, "the limited grid")
         assert set(final.values()) == {"done"} and len(final) == 6
     finally:
-        subprocess.run(["sacctmgr", "-i", "modify", "user", user, "set", "MaxSubmitJobs=-1"], check=True,
-                       capture_output=True)
+        subprocess.run(["sacctmgr", "-i", "modify", "user", "where", f"name={user}", f"account={account}", "set",
+                        "MaxSubmitJobs=-1"], check=True, capture_output=True)
 
 
 def test_dry_run_prints_the_array_script_and_submits_nothing(write_experiment, tmp_path, profile):

@@ -54,6 +54,23 @@ def test_squeue_answers_when_accounting_is_disabled(fake_slurm):
     assert {k: r.moelab_state for k, r in records.items()} == {"9_0": "running", "9_1": "queued"}
 
 
+def test_submit_allowance_counts_only_the_jobs_of_the_account_and_qos_a_limit_applies_to(fake_slurm):
+    """Association limits count the user's jobs of that account, a QOS's per-user limit those of
+    that QOS; with no account or QOS asked, SLURM's defaults (the user's default account, the
+    association's default QOS) are the ones that apply."""
+    fake_slurm(sacctmgr="""case "$*" in
+  *"show user"*) echo lab ;;
+  *"account=lab"*) echo "5||normal,long|normal" ;;
+  *"account=big"*) echo "||normal,long|" ;;
+  *"show qos"*) printf "normal|\nlong|3\n" ;;
+esac""")
+    queued = [queue.QueuedJob("lab", "normal")] * 2 + [queue.QueuedJob("big", "long")] * 2 + [queue.QueuedJob("x", "y")]
+    assert queue.submit_allowance(None, None, queued) == 3  # lab's MaxSubmit 5, 2 of its jobs queued; QOS normal: none
+    assert queue.submit_allowance("lab", "long", queued) == 1  # long's 3 per user, 2 queued (in account big)
+    assert queue.submit_allowance("big", None, queued) == 1  # no default QOS: each allowed one, long the tightest
+    assert queue.submit_allowance("big", "normal", queued) is None  # no limit applies
+
+
 def test_no_slurm_at_all_is_a_clear_error(fake_slurm, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     with pytest.raises(queue.QueueUnavailable, match="not found"):

@@ -144,11 +144,23 @@ submitter="${SUDO_USER:-$(id -un)}"
 if ! sacctmgr -n -P show assoc where user="$submitter" format=user | grep -qx "$submitter"; then
     sacctmgr -i add user "$submitter" account=moelab cluster="$CLUSTER" >/dev/null
 fi
+restarted=
 if ! alive "$DIR/run/slurmctld.pid" slurmctld; then
     log "starting slurmctld"
     slurmctld
+    restarted=1
 fi
 wait_for 30 slurmctld scontrol ping
+# Jobs saved from before the controller stopped: their processes are gone, often their folders too,
+# and a cancel sent just before the stop may not have been saved (such a job comes back pending).
+# A restarted dev cluster starts with an empty queue, before its node can start any of them.
+if [ -n "$restarted" ]; then
+    stale="$(squeue -h -o %i | tr '\n' ' ')"
+    if [ -n "${stale// }" ]; then
+        log "cancelling jobs left from before the restart: $stale"
+        scancel $stale
+    fi
+fi
 if ! alive "$DIR/run/slurmd.pid" slurmd; then
     log "starting slurmd"
     slurmd

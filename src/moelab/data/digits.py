@@ -11,10 +11,6 @@ from moelab.data.splits import standardise, stratified_split, subsample
 from moelab.data.task_data import TaskData
 
 
-def check(name: str, settings: DataSettings) -> list[str]:
-    return []  # ships with scikit-learn
-
-
 def load(name: str, settings: DataSettings, seed: int) -> TaskData:
     from sklearn.datasets import load_digits
 

@@ -28,6 +28,9 @@ class DatasetSpec:
     dimensions: Callable[[DataSettings], tuple[int, int]]
     # the image shape behind a sample's flat input (TaskData.input_shape), or None: not images
     input_shape: tuple[int, ...] | None = None
+    # False: nothing on disk to check (the data ships with a library), so checking a config does
+    # not import the loader and torch with it (the launcher then starts without torch)
+    has_files: bool = True
 
     @property
     def tokens(self) -> bool:
@@ -40,7 +43,7 @@ class DatasetSpec:
         return self.input_shape is not None
 
     def check(self, settings: DataSettings) -> list[str]:
-        return self._module().check(self.name, settings)
+        return self._module().check(self.name, settings) if self.has_files else []
 
     def load(self, settings: DataSettings, seed: int):
         return self._module().load(self.name, settings, seed)
@@ -51,7 +54,8 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("digits", CLASSIFICATION, ("test_fraction",), "digits",
-                "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes)", lambda s: (64, 10), (8, 8)),
+                "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes)", lambda s: (64, 10), (8, 8),
+                has_files=False),
     DatasetSpec("mnist", CLASSIFICATION, (), "torchvision_sets", "MNIST handwritten digits, torchvision format",
                 lambda s: (784, 10), (28, 28)),
     DatasetSpec("fashion_mnist", CLASSIFICATION, (), "torchvision_sets", "Fashion-MNIST, torchvision format",

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from moelab.report import write_report
+from moelab.report.write import write_report
 from moelab.report.compare import print_comparison
 from moelab.report.data import UnknownConfiguration
 from moelab.results.tree import ExperimentTree

@@ -135,22 +135,6 @@ def learning_curves(data: ReportData, path: Path) -> str | None:
     return None
 
 
-def variant_curves(history: list[dict], metric: str, title: str, path: Path) -> None:
-    """One variant's curves so far: what a running job refreshes every few epochs."""
-    epochs = [r["epoch"] for r in history]
-    fig, (left, right) = subplots(1, 2, figsize=(9, 3.5))
-    left.plot(epochs, [r["train_loss"] for r in history], label="train")
-    left.plot(epochs, [r["val_loss"] for r in history], label="validation")
-    left.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
-    left.legend(fontsize=8)
-    right.plot(epochs, [r[f"train_{metric}"] for r in history], label="train")
-    right.plot(epochs, [r[f"val_{metric}"] for r in history], label="validation")
-    right.set(xlabel="epoch", ylabel=metric, title=metric)
-    right.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    save(fig, path, formats=("png",))
-
-
 def test_metric_bars(data: ReportData, path: Path) -> str | None:
     """Final test metric per variant and grid point, with std error bars over seeds."""
     metric = data.metric

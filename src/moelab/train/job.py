@@ -27,7 +27,7 @@ from moelab.data import DataSettings, load_dataset
 from moelab.data.task_data import TaskData
 from moelab.models import get_model_spec, model_params
 from moelab.models.fused import fusion_problem
-from moelab.report.plots import variant_curves
+from moelab.report.figures import variant_curves
 from moelab.results.claims import Claim, try_claim
 from moelab.results.events import variant_events
 from moelab.results.io import read_json

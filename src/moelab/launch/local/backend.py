@@ -13,8 +13,10 @@ a second one at once; the next launch resumes from the checkpoints.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+from pathlib import Path
 
 from moelab.launch.base import Backend, LaunchFailed
 from moelab.launch.plan import LaunchPlan
@@ -100,7 +102,7 @@ class LocalBackend(Backend):
         if code != 130 and self.options.report and (ran or not plan.tree.report_file.is_file()):
             # imported here: the report needs pandas, matplotlib and scipy (seconds), which a
             # relaunch with nothing to run must not pay for
-            from moelab.report import write_report
+            from moelab.report.write import write_report
 
             write_report([plan.tree.path])
         elif code != 130 and self.options.report:
@@ -116,6 +118,20 @@ def gpus_per_job(jobs) -> int:
 
 
 def visible_gpus() -> list[int]:
+    if not gpu_driver_present():
+        return []  # torch could see none: not importing it saves the launcher a second and a half
     import torch  # only when there is something to run: a relaunch with nothing to do stays fast
 
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def gpu_driver_present() -> bool:
+    """An NVIDIA driver (its libcuda, which every CUDA program loads) or AMD's kernel driver (/dev/kfd,
+    which ROCm needs) is on this machine. Loading the library starts nothing on a GPU."""
+    if Path("/dev/kfd").exists():
+        return True
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True

@@ -191,16 +191,18 @@ class SlurmBackend(Backend):
     def packing(self, jobs: int) -> Packing:
         try:
             max_array = queue.max_array_size()
-            limit = queue.max_submit_jobs()
-            queued = queue.queued_jobs_of_user() if limit is not None or self.resources["max_submit_jobs"] else 0
+            queued = queue.queued_jobs_of_user()
+            allowances = [queue.submit_allowance(self.resources["account"], self.resources["qos"], queued)]
         except queue.QueueUnavailable as error:
             if not self.options.dry_run:
                 raise
             print(f"note: {error}; assuming MaxArraySize=1001 and no MaxSubmitJobs")
-            max_array, limit, queued = 1001, None, 0
+            max_array, queued, allowances = 1001, [], []
         max_array = min(max_array, self.resources["max_array_size"] or max_array)
-        limits = [v for v in (limit, self.resources["max_submit_jobs"]) if v is not None]
-        may_submit = max(1, min(limits) - queued) if limits else None
+        if self.resources["max_submit_jobs"]:  # the profile's word: every job of the user counts
+            allowances.append(self.resources["max_submit_jobs"] - len(queued))
+        allowances = [a for a in allowances if a is not None]
+        may_submit = max(1, min(allowances)) if allowances else None
         return pack(jobs, self.concurrency(), self.resources["jobs_per_task"], self.resources["array_parallelism"],
                     max_array, may_submit)
 

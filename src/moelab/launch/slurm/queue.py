@@ -97,33 +97,46 @@ def max_array_size() -> int:
     return int(match.group(1)) if match else 1001
 
 
-def max_submit_jobs() -> int | None:
-    """The smallest MaxSubmitJobs that applies to this user (association, or its QOS's per-user
-    limit), from accounting; None when none is set or accounting cannot be asked."""
+@dataclass(frozen=True)
+class QueuedJob:
+    account: str
+    qos: str
+
+
+def queued_jobs_of_user() -> list[QueuedJob]:
+    """This user's jobs in the queue now (array tasks one by one): they count against MaxSubmitJobs."""
+    out = ask_slurm(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%a|%q"])
+    return [QueuedJob(*(line.split("|") + [""])[:2]) for line in out.splitlines() if line.strip()]
+
+
+def submit_allowance(account: str | None, qos: str | None, queued: list[QueuedJob]) -> int | None:
+    """How many more jobs this user may queue under `account` and `qos` (None: the ones SLURM picks,
+    the user's default account and that association's default QOS), by the MaxSubmitJobs that apply
+    there: the association's MaxSubmit and GrpSubmit, counted over the user's queued jobs of that
+    account, and the QOS's per-user MaxSubmitPU, counted over the user's queued jobs of that QOS
+    (each QOS the association allows when it has no default). Jobs of other accounts and QOS do not
+    count, as SLURM counts them. None when no limit applies or accounting cannot be asked."""
     user = getpass.getuser()
-    limits = []
     try:
-        out = ask_slurm(["sacctmgr", "-n", "-P", "show", "assoc", "where", f"user={user}", "format=MaxSubmit,GrpSubmit,QOS"])
-        qos_names = set()
+        account = account or ask_slurm(["sacctmgr", "-n", "-P", "show", "user", user, "format=DefaultAccount"]).strip()
+        out = ask_slurm(["sacctmgr", "-n", "-P", "show", "assoc", "where", f"user={user}", f"account={account}",
+                         "format=MaxSubmit,GrpSubmit,QOS,DefaultQOS"])
+        allowances, qos_names = [], {qos} if qos else set()
+        in_account = sum(job.account == account for job in queued)
         for line in out.splitlines():
-            max_submit, group_submit, qos = (line.split("|") + ["", "", ""])[:3]
-            limits += [int(v) for v in (max_submit, group_submit) if v.isdigit()]
-            qos_names |= {q for q in qos.split(",") if q}
+            max_submit, group_submit, allowed, default = (line.split("|") + ["", "", "", ""])[:4]
+            allowances += [int(v) - in_account for v in (max_submit, group_submit) if v.isdigit()]
+            if not qos:
+                qos_names |= {default} if default else {q for q in allowed.split(",") if q}
         if qos_names:
             out = ask_slurm(["sacctmgr", "-n", "-P", "show", "qos", "format=Name,MaxSubmitPU"])
             for line in out.splitlines():
                 name, limit = (line.split("|") + [""])[:2]
                 if name in qos_names and limit.isdigit():
-                    limits.append(int(limit))
+                    allowances.append(int(limit) - sum(job.qos == name for job in queued))
     except QueueUnavailable:
         return None
-    return min(limits) if limits else None
-
-
-def queued_jobs_of_user() -> int:
-    """Jobs (array tasks counted one by one) this user has in the queue now: they count against
-    MaxSubmitJobs."""
-    return len(ask_slurm(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"]).split())
+    return min(allowances) if allowances else None
 
 
 def ask_slurm(command: list[str]) -> str:
