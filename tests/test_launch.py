@@ -287,8 +287,9 @@ def test_workers_stop_when_their_launcher_is_killed(write_experiment, tmp_path):
 @pytest.mark.slow
 def test_two_launches_at_once_train_every_job_once_and_both_succeed(write_experiment, tmp_path):
     experiment = slow_experiment(write_experiment, 30, [0, 1, 2, 3])
-    first = start_launch(experiment, tmp_path, "--workers", "1")
-    second = start_launch(experiment, tmp_path, "--workers", "1")
+    # single-thread workers: two launches of one 2-thread worker each would oversubscribe the cores
+    first = start_launch(experiment, tmp_path, "--workers", "2")
+    second = start_launch(experiment, tmp_path, "--workers", "2")
     outputs = [p.communicate(timeout=900)[0] for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outputs
     root = tmp_path / "out" / "tiny"
