@@ -14,7 +14,7 @@ members are all done (stopped early, diverged) rides along without a loss until 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -48,6 +48,8 @@ class FusedData:
 
     datas: list[TaskData]
     shared: frozenset[str]  # the TaskData fields equal in every model's data
+    # split -> stacked split, made once: validation reads the same stack every epoch
+    stacks: dict[str, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, datas: list[TaskData]) -> FusedData:
@@ -64,10 +66,11 @@ class FusedData:
 
     def stacked(self, split: str) -> torch.Tensor:
         """The split of every model's data, [N, ...]: one tensor seen N times when they share it."""
-        first = getattr(self.datas[0], split)
-        if self.shares(split):
-            return first.unsqueeze(0).expand(len(self.datas), *first.shape)
-        return torch.stack([getattr(d, split) for d in self.datas])
+        if split not in self.stacks:
+            first = getattr(self.datas[0], split)
+            self.stacks[split] = (first.unsqueeze(0).expand(len(self.datas), *first.shape) if self.shares(split)
+                                  else torch.stack([getattr(d, split) for d in self.datas]))
+        return self.stacks[split]
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
