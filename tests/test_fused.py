@@ -20,6 +20,7 @@ from moelab.data import DataSettings, load_dataset
 from moelab.models import build_model
 from moelab.models.fused import FusedModel, fusion_problem
 from moelab.results.io import read_json, read_jsonl, write_json
+from moelab.results.records import JobSpec
 from moelab.results.status import JobState, read_status
 from moelab.results.tree import ExperimentTree, JobTree
 from moelab.train import fused as fused_training
@@ -166,6 +167,35 @@ def test_eight_seeds_fused_train_as_each_alone(tmp_path, trained_alone):
             assert ours["execution"]["fused_models"] == 8 and "fused_models" not in theirs["execution"]
             assert ours["num_parameters"] == theirs["num_parameters"] and ours["epochs_trained"] == theirs["epochs_trained"]
         assert read_status(fused_job).state is JobState.DONE and read_status(fused_job).attempts == 1
+
+
+def test_jobs_that_continue_shorter_ones_fuse_and_train_as_each_alone(tmp_path):
+    """Each seed's job continues that seed's shorter job (a relaunch with more epochs): the fusion keys
+    agree, and the fused continuation takes over the first epochs and trains the rest as alone."""
+    def continuations(folder: Path) -> list[JobTree]:
+        short = make_jobs(folder, range(3), ["train.epochs=2", *EPOCHS[1:]], DEFAULT_VARIANTS)
+        for job in short:
+            assert run_job(job.path).state is JobState.DONE
+        longer = make_jobs(folder, range(3), ["train.epochs=4", *EPOCHS[1:]], DEFAULT_VARIANTS)
+        for job, shorter in zip(longer, short):
+            doc = read_json(job.config_file)
+            write_json(job.config_file, {**doc, "continued_from": {"job": shorter.key, "epochs": 2}})
+        return longer
+
+    together, alone = continuations(tmp_path / "together"), continuations(tmp_path / "alone")
+    specs = [JobSpec.from_dict(read_json(job.config_file), job.key) for job in together]
+    assert len({spec.fusion_key for spec in specs}) == 1 and len({s.continued_from["job"] for s in specs}) == 3
+    assert [o.state for o in run_fused_jobs(together, [False] * 3, lambda: False)] == [JobState.DONE] * 3
+    for job in alone:
+        assert run_job(job.path).state is JobState.DONE
+    for fused_job, alone_job in zip(together, alone):
+        assert_trained_alike(fused_job, alone_job)
+        for variant in variants(fused_job):
+            ours = read_json(variant.results_file)
+            assert ours["execution"]["fused_models"] == 3 and ours["epochs_trained"] == 4
+            shorter = together[0].path.parent / read_json(fused_job.config_file)["continued_from"]["job"]
+            # the first two epochs are the shorter job's, taken over as they were
+            assert read_jsonl(variant.metrics_file)[:2] == read_jsonl(JobTree(shorter).variant(variant.name).metrics_file)
 
 
 def stop_after_epochs(jobs: list[JobTree], epochs: int):

@@ -44,9 +44,12 @@ class JobSpec:
     @property
     def fusion_key(self) -> str:
         """Equal for jobs that differ only in their seed: they train the same networks with the same
-        settings, and fused training may train them as one."""
-        return json.dumps({**{k: v for k, v in self.config.items() if k != "seed"},
-                           "continued_from": self.continued_from}, sort_keys=True, default=str)
+        settings, and fused training may train them as one. Jobs that continue shorter ones continue
+        their own seed's job, so only how many epochs they take over counts (fused training groups
+        its shares by the epoch they start at in any case)."""
+        continued = self.continued_from and {"epochs": self.continued_from.get("epochs")}
+        return json.dumps({**{k: v for k, v in self.config.items() if k != "seed"}, "continued_from": continued},
+                          sort_keys=True, default=str)
 
     def variant(self, name: str) -> dict | None:
         return next((v for v in self.variants if v["name"] == name), None)
