@@ -171,31 +171,34 @@ def test_eight_seeds_fused_train_as_each_alone(tmp_path, trained_alone):
 
 def test_jobs_that_continue_shorter_ones_fuse_and_train_as_each_alone(tmp_path):
     """Each seed's job continues that seed's shorter job (a relaunch with more epochs): the fusion keys
-    agree, and the fused continuation takes over the first epochs and trains the rest as alone."""
+    agree, and the fused continuation takes over the first epochs and trains the rest as alone. A job
+    whose shorter job ran more epochs starts later: it is not fused with them, and trains alone."""
     def continuations(folder: Path) -> list[JobTree]:
-        short = make_jobs(folder, range(3), ["train.epochs=2", *EPOCHS[1:]], DEFAULT_VARIANTS)
+        short = [*make_jobs(folder, range(2), ["train.epochs=2", *EPOCHS[1:]], DEFAULT_VARIANTS),
+                 *make_jobs(folder, [2], ["train.epochs=3", *EPOCHS[1:]], DEFAULT_VARIANTS)]
         for job in short:
             assert run_job(job.path).state is JobState.DONE
-        longer = make_jobs(folder, range(3), ["train.epochs=4", *EPOCHS[1:]], DEFAULT_VARIANTS)
-        for job, shorter in zip(longer, short):
+        longer = make_jobs(folder, range(3), ["train.epochs=5", *EPOCHS[1:]], DEFAULT_VARIANTS)
+        for job, shorter, epochs in zip(longer, short, (2, 2, 3)):
             doc = read_json(job.config_file)
-            write_json(job.config_file, {**doc, "continued_from": {"job": shorter.key, "epochs": 2}})
+            write_json(job.config_file, {**doc, "continued_from": {"job": shorter.key, "epochs": epochs}})
         return longer
 
     together, alone = continuations(tmp_path / "together"), continuations(tmp_path / "alone")
     specs = [JobSpec.from_dict(read_json(job.config_file), job.key) for job in together]
-    assert len({spec.fusion_key for spec in specs}) == 1 and len({s.continued_from["job"] for s in specs}) == 3
+    assert specs[0].fusion_key == specs[1].fusion_key != specs[2].fusion_key
     assert [o.state for o in run_fused_jobs(together, [False] * 3, lambda: False)] == [JobState.DONE] * 3
     for job in alone:
         assert run_job(job.path).state is JobState.DONE
-    for fused_job, alone_job in zip(together, alone):
+    for fused_job, alone_job, fused_models in zip(together, alone, (2, 2, None)):
         assert_trained_alike(fused_job, alone_job)
         for variant in variants(fused_job):
             ours = read_json(variant.results_file)
-            assert ours["execution"]["fused_models"] == 3 and ours["epochs_trained"] == 4
-            shorter = together[0].path.parent / read_json(fused_job.config_file)["continued_from"]["job"]
-            # the first two epochs are the shorter job's, taken over as they were
-            assert read_jsonl(variant.metrics_file)[:2] == read_jsonl(JobTree(shorter).variant(variant.name).metrics_file)
+            assert ours["execution"].get("fused_models") == fused_models and ours["epochs_trained"] == 5
+            source = read_json(fused_job.config_file)["continued_from"]
+            shorter = JobTree(fused_job.path.parent / source["job"]).variant(variant.name)
+            # the shorter job's epochs are taken over as they were
+            assert read_jsonl(variant.metrics_file)[:source["epochs"]] == read_jsonl(shorter.metrics_file)
 
 
 def stop_after_epochs(jobs: list[JobTree], epochs: int):

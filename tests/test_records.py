@@ -212,3 +212,14 @@ def test_variant_results_are_read_once_and_a_damaged_file_is_named(tmp_path):
     with pytest.raises(DamagedRecord) as caught:
         read_variant_results(variant)
     assert caught.value.path == variant.results_file and "unreadable" in caught.value.problem
+
+
+def test_a_job_config_whose_continued_from_is_not_a_job_and_epochs_is_damaged_and_named():
+    from moelab.results.records import JobSpec
+
+    doc = {"config": {"seed": 0, "data": {}, "variants": [{"name": "moe", "model": "moe"}]}}
+    assert JobSpec.from_dict({**doc, "continued_from": {"job": "abc", "epochs": 2}}, "k").continued_from["epochs"] == 2
+    for damaged in ("abc", {"job": "abc"}, {"job": 3, "epochs": 2}):
+        with pytest.raises(DamagedRecord) as caught:
+            JobSpec.from_dict({**doc, "continued_from": damaged}, "k")
+        assert "continued_from" in caught.value.problem

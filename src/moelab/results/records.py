@@ -67,6 +67,10 @@ class JobSpec:
             raise DamagedRecord(where, f"lacks what a job needs ({type(error).__name__}: {error})", _RELAUNCH) from None
         if any(not isinstance(v.get("name"), str) or not isinstance(v.get("model"), str) for v in variants):
             raise DamagedRecord(where, "names a variant without a name or a model", _RELAUNCH)
+        source = spec.continued_from
+        if source is not None and not (isinstance(source, dict) and isinstance(source.get("job"), str)
+                                       and isinstance(source.get("epochs"), int)):
+            raise DamagedRecord(where, "continued_from is not {job, epochs}", _RELAUNCH)
         return spec
 
 

@@ -226,11 +226,17 @@ def train_members(members: list[Member], data: TaskData, settings: TrainSettings
 
 
 def start_epoch(out: VariantTree, continued_from: dict | None, settings: TrainSettings, device: torch.device) -> int:
-    """The epoch a variant's training starts from: its checkpoint's, else 0 (a continuation: -1, the
-    shorter job's checkpoint)."""
+    """The epoch a variant's training starts from: its checkpoint's, else 0, or for a continuation the
+    shorter job's checkpoint's (-1 when that is missing: prepare says so). Trainings are fused or
+    trained together only when they start at the same epoch."""
     if out.last_checkpoint.exists() and not _damaged(out, settings, device):
         return torch.load(out.last_checkpoint, map_location="cpu", weights_only=False)["next_epoch"]
-    return -1 if continued_from is not None else 0
+    if continued_from is None:
+        return 0
+    shorter = JobTree(out.path.parent).sibling(continued_from["job"]).variant(out.name)
+    if not shorter.last_checkpoint.is_file():
+        return -1
+    return torch.load(shorter.last_checkpoint, map_location="cpu", weights_only=False)["next_epoch"]
 
 
 def provenance(variant: dict, continued_from: dict | None) -> dict:
